@@ -1,0 +1,46 @@
+"""The FastAPI application factory: wires settings, database, blob store, routers and error handling."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from service.deps import Runtime
+from service.errors import add_exception_handlers
+from service.observability import RequestContextMiddleware
+from service.routers import health, images, projects, users
+from storage.blobs import BlobStore, open_blob_store
+from storage.db import Database
+from storage.migrate import upgrade
+from storage.settings import Settings, get_settings
+
+
+def blob_store_for(settings: Settings) -> BlobStore:
+    return open_blob_store(
+        settings.resolved_blob_url,
+        endpoint_url=settings.s3_endpoint_url,
+        region=settings.s3_region,
+        access_key_id=settings.s3_access_key_id,
+        secret_access_key=settings.s3_secret_access_key,
+    )
+
+
+def create_app(settings: Settings | None = None, *, migrate: bool | None = None) -> FastAPI:
+    """Build the app. The embedded default (SQLite) upgrades its own schema; at scale run `labelwheel db upgrade`."""
+    settings = settings or get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if migrate if migrate is not None else settings.uses_sqlite:
+        upgrade(settings.resolved_database_url)
+    runtime = Runtime(settings=settings, db=Database(settings.resolved_database_url), blobs=blob_store_for(settings))
+
+    app = FastAPI(
+        title="labelwheel",
+        version="0.1.0",
+        summary="Image labeling and data-flywheel service",
+        description="All endpoints but `/health` need `Authorization: Bearer <token>`.",
+    )
+    app.state.runtime = runtime
+    add_exception_handlers(app)
+    app.add_middleware(RequestContextMiddleware)
+    for module in (health, users, projects, images):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,59 @@
+"""Typed FastAPI dependencies: the runtime, a request session, and the calling user."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from storage.blobs import BlobStore
+from storage.db import Database
+from storage.ingest import Limits
+from storage.settings import Settings
+from storage.users import Principal, authenticate
+
+
+@dataclass
+class Runtime:
+    """What the app holds for its lifetime: settings, the database and the blob store."""
+
+    settings: Settings
+    db: Database
+    blobs: BlobStore
+
+    @property
+    def limits(self) -> Limits:
+        return Limits.from_settings(self.settings)
+
+
+def get_runtime(request: Request) -> Runtime:
+    return request.app.state.runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+def get_session(runtime: RuntimeDep) -> Iterator[Session]:
+    """A session whose transaction commits before the response is sent: a 2xx means it is stored."""
+    with runtime.db.session() as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+
+_bearer = HTTPBearer(auto_error=False, description="An API token from `labelwheel users create`.")
+
+
+def get_principal(
+    runtime: RuntimeDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> Principal:
+    # A short session of its own, so a long request (an upload) holds no transaction while it works.
+    with runtime.db.session() as session:
+        return authenticate(session, token=credentials.credentials if credentials else None)
+
+
+CurrentUser = Annotated[Principal, Depends(get_principal)]

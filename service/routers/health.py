@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service.deps import CurrentUser, RuntimeDep
+from service.schemas.common import ERROR_RESPONSES
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/health", summary="Database and blob store reachable (no token needed)")
+def health(runtime: RuntimeDep) -> JSONResponse:
+    checks = {}
+    for name, probe in (("database", runtime.db.ping), ("blob_store", runtime.blobs.check)):
+        try:
+            probe()
+            checks[name] = "ok"
+        except Exception as exc:  # a health check reports any failure instead of raising it
+            checks[name] = f"failing: {type(exc).__name__}"
+    healthy = all(v == "ok" for v in checks.values())
+    return JSONResponse({"status": "ok" if healthy else "degraded", "checks": checks}, 200 if healthy else 503)
+
+
+@router.get("/metrics", summary="Prometheus metrics", responses=ERROR_RESPONSES)
+def metrics(_: CurrentUser) -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,132 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Header, Query, Response, UploadFile, status
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from service.deps import CurrentUser, RuntimeDep, SessionDep
+from service.observability import IMAGES
+from service.schemas.common import ERROR_RESPONSES
+from service.schemas.images import ImageRead, ImagesPage, IngestFileResult, IngestSummary
+from storage.images import get_image, list_images, mimetype
+from storage.ingest import Outcome, ingest_uploads
+from storage.projects import get_project
+
+router = APIRouter(tags=["images"], responses=ERROR_RESPONSES)
+
+IMMUTABLE = "private, max-age=31536000, immutable"
+
+
+@router.post(
+    "/api/v1/projects/{project_id}/images",
+    summary="Upload images and/or zip archives (admin, engineer)",
+    responses={200: {"model": IngestSummary, "description": "Nothing new: every file was a duplicate."}},
+    status_code=status.HTTP_201_CREATED,
+)
+def upload(
+    project_id: int,
+    runtime: RuntimeDep,
+    principal: CurrentUser,
+    files: Annotated[list[UploadFile], File(description="Images or zip archives; repeat the field.")],
+) -> JSONResponse:
+    results = ingest_uploads(
+        db=runtime.db,
+        blobs=runtime.blobs,
+        limits=runtime.limits,
+        principal=principal,
+        project_id=project_id,
+        uploads=[(f.filename or "upload", f.file) for f in files],
+    )
+    counts = {outcome: sum(r.status is outcome for r in results) for outcome in Outcome}
+    for outcome, n in counts.items():
+        IMAGES.labels(outcome.value).inc(n)
+    summary = IngestSummary(
+        accepted=counts[Outcome.accepted],
+        duplicate=counts[Outcome.duplicate],
+        rejected=counts[Outcome.rejected],
+        files=[IngestFileResult.model_validate(r) for r in results],
+    )
+    if counts[Outcome.accepted]:
+        code = status.HTTP_201_CREATED
+    elif counts[Outcome.duplicate]:
+        code = status.HTTP_200_OK
+    else:
+        body = {
+            "error": {
+                "code": "no_images_accepted",
+                "message": "no file in the upload was accepted; see each file's reason",
+                "details": summary.model_dump(mode="json"),
+            }
+        }
+        return JSONResponse(body, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+    return JSONResponse(summary.model_dump(mode="json"), status_code=code)
+
+
+@router.get("/api/v1/projects/{project_id}/images", summary="A page of the project's images, by id")
+def index(
+    project_id: int,
+    session: SessionDep,
+    principal: CurrentUser,
+    after: Annotated[int | None, Query(description="Return images with an id above this one.")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> ImagesPage:
+    get_project(session, principal=principal, project_id=project_id)
+    images = list_images(session, project_id=project_id, after=after, limit=limit)
+    return ImagesPage(
+        items=[ImageRead.model_validate(i) for i in images],
+        next_after=images[-1].id if len(images) == limit else None,
+    )
+
+
+@router.get("/api/v1/images/{image_id}", summary="One image's facts")
+def read(image_id: int, session: SessionDep, principal: CurrentUser) -> ImageRead:
+    return ImageRead.model_validate(get_image(session, principal=principal, image_id=image_id))
+
+
+def _blob_response(runtime: RuntimeDep, sha256: str, media_type: str, if_none_match: str | None) -> Response:
+    etag = f'"{sha256}"'
+    if if_none_match and etag in {tag.strip() for tag in if_none_match.split(",")}:
+        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag})
+    stream = runtime.blobs.open(sha256)  # NotFound here becomes a 404 before any byte is sent
+
+    def chunks():
+        with stream:
+            while chunk := stream.read(1024 * 1024):
+                yield chunk
+
+    return StreamingResponse(chunks(), media_type=media_type, headers={"ETag": etag, "Cache-Control": IMMUTABLE})
+
+
+@router.get(
+    "/api/v1/images/{image_id}/content",
+    summary="The original bytes, unchanged",
+    response_class=Response,
+    responses={200: {"content": {"image/*": {}}}, 304: {"description": "Not modified"}},
+)
+def content(
+    image_id: int,
+    session: SessionDep,
+    principal: CurrentUser,
+    runtime: RuntimeDep,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Response:
+    image = get_image(session, principal=principal, image_id=image_id)
+    return _blob_response(runtime, image.sha256, mimetype(image), if_none_match)
+
+
+@router.get(
+    "/api/v1/images/{image_id}/thumbnail",
+    summary="A PNG thumbnail, upright (EXIF orientation applied)",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}, 304: {"description": "Not modified"}},
+)
+def thumbnail(
+    image_id: int,
+    session: SessionDep,
+    principal: CurrentUser,
+    runtime: RuntimeDep,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Response:
+    image = get_image(session, principal=principal, image_id=image_id)
+    return _blob_response(runtime, image.thumbnail_sha256, "image/png", if_none_match)

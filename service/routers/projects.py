@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, status
+
+from service.deps import CurrentUser, SessionDep
+from service.schemas.common import ERROR_RESPONSES
+from service.schemas.projects import MemberAdd, ProjectCreate, ProjectRead, ProjectSettingsUpdate
+from service.schemas.users import UserRead
+from storage.models import Role
+from storage.projects import (
+    add_member,
+    create_project,
+    get_project,
+    list_members,
+    list_projects,
+    remove_member,
+    require_role,
+    update_settings,
+)
+
+router = APIRouter(prefix="/api/v1/projects", tags=["projects"], responses=ERROR_RESPONSES)
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, summary="Create a project (admin)")
+def create(body: ProjectCreate, session: SessionDep, principal: CurrentUser) -> ProjectRead:
+    require_role(principal, Role.admin)
+    project = create_project(
+        session, name=body.name, labels=body.labels, settings=body.settings, task_type=body.task_type
+    )
+    return ProjectRead.model_validate(project)
+
+
+@router.get("", summary="Projects the caller is a member of (admins: all)")
+def index(session: SessionDep, principal: CurrentUser) -> list[ProjectRead]:
+    return [ProjectRead.model_validate(p) for p in list_projects(session, principal=principal)]
+
+
+@router.get("/{project_id}", summary="One project")
+def read(project_id: int, session: SessionDep, principal: CurrentUser) -> ProjectRead:
+    return ProjectRead.model_validate(get_project(session, principal=principal, project_id=project_id))
+
+
+@router.patch("/{project_id}/settings", summary="Change some settings (admin)")
+def patch_settings(
+    project_id: int, body: ProjectSettingsUpdate, session: SessionDep, principal: CurrentUser
+) -> ProjectRead:
+    project = get_project(session, principal=principal, project_id=project_id)
+    require_role(principal, Role.admin)
+    return ProjectRead.model_validate(update_settings(session, project=project, changes=body.settings))
+
+
+@router.get("/{project_id}/members", summary="Members of the project")
+def members(project_id: int, session: SessionDep, principal: CurrentUser) -> list[UserRead]:
+    project = get_project(session, principal=principal, project_id=project_id)
+    return [UserRead.model_validate(u) for u in list_members(session, project=project)]
+
+
+@router.post("/{project_id}/members", status_code=status.HTTP_201_CREATED, summary="Add a member (admin)")
+def add(project_id: int, body: MemberAdd, session: SessionDep, principal: CurrentUser) -> UserRead:
+    project = get_project(session, principal=principal, project_id=project_id)
+    require_role(principal, Role.admin)
+    return UserRead.model_validate(add_member(session, project=project, user_id=body.user_id))
+
+
+@router.delete(
+    "/{project_id}/members/{user_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Remove a member (admin)"
+)
+def remove(project_id: int, user_id: int, session: SessionDep, principal: CurrentUser) -> None:
+    project = get_project(session, principal=principal, project_id=project_id)
+    require_role(principal, Role.admin)
+    remove_member(session, project=project, user_id=user_id)

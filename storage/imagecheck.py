@@ -1,0 +1,86 @@
+"""Decode and validate one image file with Pillow, and make its thumbnail.
+
+Every check happens before anything is stored: the header is read first, so a decompression
+bomb is refused by its declared size without allocating its pixels; then the whole image is
+decoded, so truncated or corrupt data is caught.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image as PILImage
+from PIL import ImageFile, ImageOps, UnidentifiedImageError
+
+ALLOWED_FORMATS = {"PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF"}
+EXIF_ORIENTATION = 0x0112
+
+# Our own pixel limit is checked explicitly; Pillow's global guard stays as a second line of defence.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+class ImageRejected(Exception):
+    """The file is not an image we accept; the message says why."""
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    width: int
+    height: int
+    format: str
+    exif_orientation: int | None
+    thumbnail_png: bytes
+
+
+def inspect_image(path: Path, *, max_pixels: int, thumbnail_size: int) -> ImageInfo:
+    """Validate the image at ``path`` and return its facts and a PNG thumbnail; raise ImageRejected."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PILImage.DecompressionBombWarning)
+        try:
+            with PILImage.open(path) as img:
+                fmt = img.format or "unknown"
+                if fmt not in ALLOWED_FORMATS:
+                    raise ImageRejected(
+                        f"format {fmt} is not accepted; use one of {', '.join(sorted(ALLOWED_FORMATS))}"
+                    )
+                width, height = img.size
+                if width <= 0 or height <= 0:
+                    raise ImageRejected(f"image has no pixels ({width}x{height})")
+                if width * height > max_pixels:
+                    raise ImageRejected(
+                        f"image is {width}x{height} = {width * height:,} pixels, over the limit of "
+                        f"{max_pixels:,} (LABELWHEEL_MAX_IMAGE_PIXELS)"
+                    )
+                orientation = img.getexif().get(EXIF_ORIENTATION)
+                img.seek(0)  # GIF and multi-page TIFF: the first frame is the image
+                img.load()
+                thumbnail = _thumbnail(img, thumbnail_size)
+        except ImageRejected:
+            raise
+        except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning) as exc:
+            raise ImageRejected(f"decompression bomb refused: {exc}") from None
+        except UnidentifiedImageError:
+            raise ImageRejected("not an image file Pillow can read (corrupt, or another file type)") from None
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            raise ImageRejected(f"corrupt or truncated image data: {exc}") from None
+    return ImageInfo(
+        width=width,
+        height=height,
+        format=fmt,
+        exif_orientation=int(orientation) if isinstance(orientation, int) else None,
+        thumbnail_png=thumbnail,
+    )
+
+
+def _thumbnail(img: PILImage.Image, size: int) -> bytes:
+    """An upright PNG no larger than ``size`` on its longer side (never enlarged)."""
+    upright = ImageOps.exif_transpose(img)
+    if upright.mode not in {"L", "LA", "RGB", "RGBA"}:
+        upright = upright.convert("RGBA" if "A" in upright.getbands() or "transparency" in img.info else "RGB")
+    upright.thumbnail((size, size))
+    out = io.BytesIO()
+    upright.save(out, format="PNG")
+    return out.getvalue()

@@ -1,0 +1,131 @@
+"""The one settings object, read from ``LABELWHEEL_*`` environment variables.
+
+Nothing else in labelwheel reads ``os.environ``: every part gets its configuration from here,
+so a wrong value is reported once, at start-up, with the variable's name.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from urllib.parse import urlparse
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "LABELWHEEL_"
+_PLACEHOLDER_SECRETS = {"changeme", "change-me", "changethis", "secret", "password", "admin"}
+
+
+class SettingsError(Exception):
+    """A setting is wrong; the message names the environment variable and how to fix it."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    data_dir: Path = Field(
+        default=Path(".labelwheel"),
+        description="Everything the embedded default keeps: the SQLite database and local blobs.",
+    )
+    database_url: str = Field(default="", description="SQLAlchemy URL; empty means SQLite in data_dir.")
+    blob_url: str = Field(default="", description="file:///path or s3://bucket/prefix; empty means data_dir/blobs.")
+    s3_endpoint_url: str | None = Field(default=None, description="For S3-compatible stores (MinIO, moto, R2).")
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
+
+    admin_token: str | None = Field(
+        default=None, description="When set, an admin user with this token exists after start."
+    )
+
+    max_file_bytes: int = Field(default=50 * 1024 * 1024, gt=0, description="Largest single image file.")
+    max_image_pixels: int = Field(default=64_000_000, gt=0, description="Largest width*height accepted.")
+    max_zip_bytes: int = Field(
+        default=4 * 1024**3, gt=0, description="Largest total uncompressed size of one zip archive."
+    )
+    max_zip_entries: int = Field(default=200_000, gt=0)
+    max_files_per_request: int = Field(default=10_000, gt=0)
+    thumbnail_size: int = Field(default=256, ge=16, le=2048)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    log_level: str = "INFO"
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        if value and not value.startswith(("sqlite:///", "sqlite+pysqlite:///", "postgresql")):
+            raise ValueError(
+                "use sqlite:///PATH or postgresql+psycopg://USER@HOST:PORT/DB, "
+                "or leave it empty for SQLite in the data directory"
+            )
+        return value
+
+    @field_validator("blob_url")
+    @classmethod
+    def _known_blob_store(cls, value: str) -> str:
+        if not value:
+            return value
+        parsed = urlparse(value)
+        if parsed.scheme == "file" and parsed.path:
+            return value
+        if parsed.scheme == "s3" and parsed.netloc:
+            return value
+        raise ValueError("use file:///ABSOLUTE/PATH or s3://BUCKET/PREFIX")
+
+    @field_validator("admin_token")
+    @classmethod
+    def _strong_admin_token(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if value.lower() in _PLACEHOLDER_SECRETS or len(value) < 16:
+            raise ValueError("must be at least 16 characters and not a placeholder; try `openssl rand -hex 24`")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError("use DEBUG, INFO, WARNING or ERROR")
+        return level
+
+    @model_validator(mode="after")
+    def _s3_credentials_together(self) -> Settings:
+        if (self.s3_access_key_id is None) != (self.s3_secret_access_key is None):
+            raise ValueError(
+                f"set both {ENV_PREFIX}S3_ACCESS_KEY_ID and {ENV_PREFIX}S3_SECRET_ACCESS_KEY, or neither"
+            )
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir.resolve() / 'labelwheel.db'}"
+
+    @property
+    def resolved_blob_url(self) -> str:
+        return self.blob_url or (self.data_dir.resolve() / "blobs").as_uri()
+
+    @property
+    def uses_sqlite(self) -> bool:
+        return self.resolved_database_url.startswith("sqlite")
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment; raise SettingsError naming the bad variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            field = ".".join(str(part) for part in error["loc"]) or "settings"
+            name = f"{ENV_PREFIX}{field.upper()}" if error["loc"] else "settings"
+            lines.append(f"{name}: {error['msg']}")
+        raise SettingsError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return load_settings()

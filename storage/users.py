@@ -1,0 +1,121 @@
+"""Users, roles and API tokens. Tokens are shown once and stored only as their sha256."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from storage.errors import Conflict, InvalidInput, NotFound, Unauthorized
+from storage.models import Role, User
+
+TOKEN_PREFIX = "lw_"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,99}$")
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: a detached snapshot of the user, safe to pass around after the session ends."""
+
+    id: int
+    name: str
+    role: Role
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role is Role.admin
+
+
+def new_token() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _principal(user: User) -> Principal:
+    return Principal(id=user.id, name=user.name, role=user.role)
+
+
+def create_user(session: Session, *, name: str, role: Role, token: str | None = None) -> tuple[User, str]:
+    """Create a user; returns the user and their token (the only time it is visible)."""
+    if not _NAME.match(name):
+        raise InvalidInput(
+            f"invalid user name {name!r}: use 1-100 letters, digits, '_', '.', '@' or '-', starting with a letter "
+            "or digit",
+            code="invalid_user_name",
+        )
+    token = token or new_token()
+    user = User(name=name, role=role, token_hash=hash_token(token))
+    session.add(user)
+    try:
+        with session.begin_nested():
+            session.flush()
+    except IntegrityError:
+        raise Conflict(f"a user named {name!r} already exists", code="user_exists") from None
+    return user, token
+
+
+def get_user_by_name(session: Session, *, name: str) -> User:
+    user = session.scalar(select(User).where(User.name == name))
+    if user is None:
+        raise NotFound(f"no user named {name!r}", code="user_not_found")
+    return user
+
+
+def get_user(session: Session, *, user_id: int) -> User:
+    user = session.get(User, user_id)
+    if user is None:
+        raise NotFound(f"user {user_id} not found", code="user_not_found")
+    return user
+
+
+def list_users(session: Session) -> list[User]:
+    return list(session.scalars(select(User).order_by(User.id)))
+
+
+def rotate_token(session: Session, *, name: str) -> str:
+    """Give the user a new token; the old one stops working at once."""
+    user = get_user_by_name(session, name=name)
+    token = new_token()
+    user.token_hash = hash_token(token)
+    session.flush()
+    return token
+
+
+def authenticate(session: Session, *, token: str | None) -> Principal:
+    if not token:
+        raise Unauthorized(
+            "missing API token: send the header 'Authorization: Bearer <token>'", code="missing_token"
+        )
+    user = session.scalar(select(User).where(User.token_hash == hash_token(token)))
+    if user is None:
+        raise Unauthorized("invalid API token: check it, or ask an admin for a new one", code="invalid_token")
+    return _principal(user)
+
+
+def ensure_admin(session: Session, *, token: str | None, name: str = "admin") -> str | None:
+    """Make sure an admin can sign in after start; returns a newly made token to show, if any.
+
+    With ``token`` (LABELWHEEL_ADMIN_TOKEN) the admin named ``name`` gets exactly that token.
+    Without it, a first start creates the admin with a random token; later starts return None.
+    """
+    user = session.scalar(select(User).where(User.name == name))
+    if token is not None:
+        if user is None:
+            create_user(session, name=name, role=Role.admin, token=token)
+        else:
+            user.role = Role.admin
+            user.token_hash = hash_token(token)
+            session.flush()
+        return None
+    if user is not None or session.scalar(select(User.id).where(User.role == Role.admin).limit(1)):
+        return None
+    _, new = create_user(session, name=name, role=Role.admin)
+    return new
