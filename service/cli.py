@@ -18,7 +18,7 @@ users_app = typer.Typer(help="Users and API tokens.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(users_app, name="users")
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 
 def _settings() -> Settings:
@@ -99,7 +99,7 @@ def users_create(
     except LabelwheelError as exc:
         console.print(f"[red]{exc.message}[/red]")
         raise typer.Exit(1) from None
-    print(token)
+    typer.echo(token)
 
 
 @users_app.command("rotate-token")
@@ -115,7 +115,7 @@ def users_rotate(name: str) -> None:
     except LabelwheelError as exc:
         console.print(f"[red]{exc.message}[/red]")
         raise typer.Exit(1) from None
-    print(token)
+    typer.echo(token)
 
 
 @app.command("import")
@@ -149,7 +149,7 @@ def import_folder(
     for r in results:
         if r.status is Outcome.rejected:
             console.print(f"[yellow]rejected[/yellow] {r.name}: {r.reason}")
-    print(
+    typer.echo(
         f"{counts[Outcome.accepted]} accepted, {counts[Outcome.duplicate]} duplicate, "
         f"{counts[Outcome.rejected]} rejected"
     )

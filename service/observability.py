@@ -51,8 +51,8 @@ def configure_logging(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("uvicorn.access",):
-        logging.getLogger(noisy).disabled = True
+    logging.getLogger("uvicorn.access").disabled = True  # our middleware logs each request, with its id
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))
 
 
 class RequestContextMiddleware:

@@ -61,7 +61,9 @@ def inspect_image(path: Path, *, max_pixels: int, thumbnail_size: int) -> ImageI
         except ImageRejected:
             raise
         except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning) as exc:
-            raise ImageRejected(f"decompression bomb refused: {exc}") from None
+            raise ImageRejected(
+                f"decompression bomb refused ({exc}); the limit is LABELWHEEL_MAX_IMAGE_PIXELS"
+            ) from None
         except UnidentifiedImageError:
             raise ImageRejected("not an image file Pillow can read (corrupt, or another file type)") from None
         except (OSError, SyntaxError, ValueError, EOFError) as exc:

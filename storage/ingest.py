@@ -324,9 +324,7 @@ class Ingestor:
     def _ingest_chunk(
         self, project_id: int, chunk: Sequence[Candidate], staging: Path, pool: ThreadPoolExecutor
     ) -> list[IngestResult]:
-        staged = [
-            _Staged(c, result=c.rejected) if c.rejected else _stage(c, staging, self.limits) for c in chunk
-        ]
+        staged = [_Staged(c, result=c.rejected) if c.rejected else _stage(c, staging, self.limits) for c in chunk]
         try:
             staged = list(pool.map(lambda s: _inspect(s, staging, self.limits), staged))
             good = [s for s in staged if s.result is None]

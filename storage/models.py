@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    DateTime,
     Enum,
     ForeignKey,
     Index,
@@ -56,9 +57,7 @@ class Base(DeclarativeBase):
 
 
 class CreatedAt:
-    created_at: Mapped[datetime] = mapped_column(
-        UTCDateTime(), default=utcnow, server_default=func.now()
-    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, server_default=func.now())
 
 
 def _enum(cls: type[enum.Enum], name: str) -> Enum:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -14,6 +15,11 @@ from storage.models import Membership, Project, Role, TaskType, User
 from storage.users import Principal
 
 MIN_LABELS, MAX_LABELS, MAX_LABEL_LENGTH = 2, 1000, 100
+# Explicit ASCII classes, so the API schema (Rust regex) and this module (Python re) agree exactly:
+# a label has no control characters and no space at either end; a name has a visible character.
+LABEL_PATTERN = r"^[^\x00-\x20\x7f](?:[^\x00-\x1f\x7f]*[^\x00-\x20\x7f])?$"
+NAME_PATTERN = r"[^\x00-\x20\x7f]"
+ASCII_SPACE = " \t\n\r\x0b\x0c"
 
 
 class ProjectSettings(BaseModel):
@@ -26,13 +32,13 @@ class ProjectSettings(BaseModel):
 
 
 def validate_labels(labels: list[str]) -> list[str]:
-    """Strip names; refuse empty, duplicate, over-long names and sets outside 2-1000 labels."""
-    cleaned = [label.strip() for label in labels]
+    """Refuse empty, space-padded, duplicate or over-long names, and sets outside 2-1000 labels."""
+    cleaned = list(labels)
     problems = []
     if not MIN_LABELS <= len(cleaned) <= MAX_LABELS:
         problems.append(f"a project needs {MIN_LABELS} to {MAX_LABELS} labels, got {len(cleaned)}")
-    if any(not label for label in cleaned):
-        problems.append("label names must not be empty")
+    if any(not re.match(LABEL_PATTERN, label) for label in cleaned):
+        problems.append("label names must not be empty, contain control characters, or start or end with spaces")
     if any(len(label) > MAX_LABEL_LENGTH for label in cleaned):
         problems.append(f"label names must have at most {MAX_LABEL_LENGTH} characters")
     duplicates = sorted({label for label in cleaned if cleaned.count(label) > 1})
@@ -47,9 +53,7 @@ def validate_settings(raw: dict[str, Any] | None) -> dict[str, Any]:
     try:
         return ProjectSettings.model_validate(raw or {}).model_dump()
     except ValidationError as exc:
-        details = [
-            {"setting": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in exc.errors()
-        ]
+        details = [{"setting": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in exc.errors()]
         summary = "; ".join(f"{d['setting']}: {d['message']}" for d in details)
         raise InvalidInput(f"invalid project settings: {summary}", code="invalid_settings", details=details) from None
 
@@ -62,9 +66,9 @@ def create_project(
     settings: dict[str, Any] | None = None,
     task_type: TaskType = TaskType.classification,
 ) -> Project:
-    name = name.strip()
-    if not name:
-        raise InvalidInput("project name must not be empty", code="invalid_project_name")
+    name = name.strip(ASCII_SPACE)
+    if not re.search(NAME_PATTERN, name):
+        raise InvalidInput("project name must have a visible character", code="invalid_project_name")
     project = Project(
         name=name, labels=validate_labels(labels), settings=validate_settings(settings), task_type=task_type
     )
@@ -142,7 +146,9 @@ def remove_member(session: Session, *, project: Project, user_id: int) -> None:
 def list_members(session: Session, *, project: Project) -> list[User]:
     return list(
         session.scalars(
-            select(User).join(Membership, Membership.user_id == User.id).where(Membership.project_id == project.id)
+            select(User)
+            .join(Membership, Membership.user_id == User.id)
+            .where(Membership.project_id == project.id)
             .order_by(User.id)
         )
     )

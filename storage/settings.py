@@ -94,9 +94,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _s3_credentials_together(self) -> Settings:
         if (self.s3_access_key_id is None) != (self.s3_secret_access_key is None):
-            raise ValueError(
-                f"set both {ENV_PREFIX}S3_ACCESS_KEY_ID and {ENV_PREFIX}S3_SECRET_ACCESS_KEY, or neither"
-            )
+            raise ValueError(f"set both {ENV_PREFIX}S3_ACCESS_KEY_ID and {ENV_PREFIX}S3_SECRET_ACCESS_KEY, or neither")
         return self
 
     @property

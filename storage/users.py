@@ -15,7 +15,8 @@ from storage.errors import Conflict, InvalidInput, NotFound, Unauthorized
 from storage.models import Role, User
 
 TOKEN_PREFIX = "lw_"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,99}$")
+USER_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,99}$"
+_NAME = re.compile(USER_NAME_PATTERN)
 
 
 @dataclass(frozen=True)
@@ -91,9 +92,7 @@ def rotate_token(session: Session, *, name: str) -> str:
 
 def authenticate(session: Session, *, token: str | None) -> Principal:
     if not token:
-        raise Unauthorized(
-            "missing API token: send the header 'Authorization: Bearer <token>'", code="missing_token"
-        )
+        raise Unauthorized("missing API token: send the header 'Authorization: Bearer <token>'", code="missing_token")
     user = session.scalar(select(User).where(User.token_hash == hash_token(token)))
     if user is None:
         raise Unauthorized("invalid API token: check it, or ask an admin for a new one", code="invalid_token")

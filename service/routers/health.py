@@ -23,6 +23,11 @@ def health(runtime: RuntimeDep) -> JSONResponse:
     return JSONResponse({"status": "ok" if healthy else "degraded", "checks": checks}, 200 if healthy else 503)
 
 
-@router.get("/metrics", summary="Prometheus metrics", responses=ERROR_RESPONSES)
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={**ERROR_RESPONSES, 200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}}},
+)
 def metrics(_: CurrentUser) -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from service.deps import CurrentUser, RuntimeDep, SessionDep
 from service.observability import IMAGES
-from service.schemas.common import ERROR_RESPONSES
+from service.schemas.common import ERROR_RESPONSES, MAX_ID, ImageId, ProjectId
 from service.schemas.images import ImageRead, ImagesPage, IngestFileResult, IngestSummary
 from storage.images import get_image, list_images, mimetype
 from storage.ingest import Outcome, ingest_uploads
@@ -25,7 +25,7 @@ IMMUTABLE = "private, max-age=31536000, immutable"
     status_code=status.HTTP_201_CREATED,
 )
 def upload(
-    project_id: int,
+    project_id: ProjectId,
     runtime: RuntimeDep,
     principal: CurrentUser,
     files: Annotated[list[UploadFile], File(description="Images or zip archives; repeat the field.")],
@@ -65,10 +65,10 @@ def upload(
 
 @router.get("/api/v1/projects/{project_id}/images", summary="A page of the project's images, by id")
 def index(
-    project_id: int,
+    project_id: ProjectId,
     session: SessionDep,
     principal: CurrentUser,
-    after: Annotated[int | None, Query(description="Return images with an id above this one.")] = None,
+    after: Annotated[int | None, Query(ge=0, le=MAX_ID, description="Return images with an id above this one.")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> ImagesPage:
     get_project(session, principal=principal, project_id=project_id)
@@ -80,7 +80,7 @@ def index(
 
 
 @router.get("/api/v1/images/{image_id}", summary="One image's facts")
-def read(image_id: int, session: SessionDep, principal: CurrentUser) -> ImageRead:
+def read(image_id: ImageId, session: SessionDep, principal: CurrentUser) -> ImageRead:
     return ImageRead.model_validate(get_image(session, principal=principal, image_id=image_id))
 
 
@@ -105,7 +105,7 @@ def _blob_response(runtime: RuntimeDep, sha256: str, media_type: str, if_none_ma
     responses={200: {"content": {"image/*": {}}}, 304: {"description": "Not modified"}},
 )
 def content(
-    image_id: int,
+    image_id: ImageId,
     session: SessionDep,
     principal: CurrentUser,
     runtime: RuntimeDep,
@@ -122,7 +122,7 @@ def content(
     responses={200: {"content": {"image/png": {}}}, 304: {"description": "Not modified"}},
 )
 def thumbnail(
-    image_id: int,
+    image_id: ImageId,
     session: SessionDep,
     principal: CurrentUser,
     runtime: RuntimeDep,

@@ -3,7 +3,7 @@ from __future__ import annotations
 from fastapi import APIRouter, status
 
 from service.deps import CurrentUser, SessionDep
-from service.schemas.common import ERROR_RESPONSES
+from service.schemas.common import ERROR_RESPONSES, ProjectId, UserId
 from service.schemas.projects import MemberAdd, ProjectCreate, ProjectRead, ProjectSettingsUpdate
 from service.schemas.users import UserRead
 from storage.models import Role
@@ -25,7 +25,7 @@ router = APIRouter(prefix="/api/v1/projects", tags=["projects"], responses=ERROR
 def create(body: ProjectCreate, session: SessionDep, principal: CurrentUser) -> ProjectRead:
     require_role(principal, Role.admin)
     project = create_project(
-        session, name=body.name, labels=body.labels, settings=body.settings, task_type=body.task_type
+        session, name=body.name, labels=body.labels, settings=body.settings.model_dump(), task_type=body.task_type
     )
     return ProjectRead.model_validate(project)
 
@@ -36,27 +36,29 @@ def index(session: SessionDep, principal: CurrentUser) -> list[ProjectRead]:
 
 
 @router.get("/{project_id}", summary="One project")
-def read(project_id: int, session: SessionDep, principal: CurrentUser) -> ProjectRead:
+def read(project_id: ProjectId, session: SessionDep, principal: CurrentUser) -> ProjectRead:
     return ProjectRead.model_validate(get_project(session, principal=principal, project_id=project_id))
 
 
 @router.patch("/{project_id}/settings", summary="Change some settings (admin)")
 def patch_settings(
-    project_id: int, body: ProjectSettingsUpdate, session: SessionDep, principal: CurrentUser
+    project_id: ProjectId, body: ProjectSettingsUpdate, session: SessionDep, principal: CurrentUser
 ) -> ProjectRead:
     project = get_project(session, principal=principal, project_id=project_id)
     require_role(principal, Role.admin)
-    return ProjectRead.model_validate(update_settings(session, project=project, changes=body.settings))
+    return ProjectRead.model_validate(
+        update_settings(session, project=project, changes=body.settings.model_dump(exclude_none=True))
+    )
 
 
 @router.get("/{project_id}/members", summary="Members of the project")
-def members(project_id: int, session: SessionDep, principal: CurrentUser) -> list[UserRead]:
+def members(project_id: ProjectId, session: SessionDep, principal: CurrentUser) -> list[UserRead]:
     project = get_project(session, principal=principal, project_id=project_id)
     return [UserRead.model_validate(u) for u in list_members(session, project=project)]
 
 
 @router.post("/{project_id}/members", status_code=status.HTTP_201_CREATED, summary="Add a member (admin)")
-def add(project_id: int, body: MemberAdd, session: SessionDep, principal: CurrentUser) -> UserRead:
+def add(project_id: ProjectId, body: MemberAdd, session: SessionDep, principal: CurrentUser) -> UserRead:
     project = get_project(session, principal=principal, project_id=project_id)
     require_role(principal, Role.admin)
     return UserRead.model_validate(add_member(session, project=project, user_id=body.user_id))
@@ -65,7 +67,7 @@ def add(project_id: int, body: MemberAdd, session: SessionDep, principal: Curren
 @router.delete(
     "/{project_id}/members/{user_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Remove a member (admin)"
 )
-def remove(project_id: int, user_id: int, session: SessionDep, principal: CurrentUser) -> None:
+def remove(project_id: ProjectId, user_id: UserId, session: SessionDep, principal: CurrentUser) -> None:
     project = get_project(session, principal=principal, project_id=project_id)
     require_role(principal, Role.admin)
     remove_member(session, project=project, user_id=user_id)

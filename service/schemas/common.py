@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel
+from fastapi import Path
+from pydantic import BaseModel, ConfigDict, Field
+
+# Ids are 32-bit integer columns on PostgreSQL; larger numbers can name nothing.
+MAX_ID = 2**31 - 1
+ProjectId = Annotated[int, Path(ge=1, le=MAX_ID)]
+ImageId = Annotated[int, Path(ge=1, le=MAX_ID)]
+UserId = Annotated[int, Path(ge=1, le=MAX_ID)]
+IdField = Annotated[int, Field(ge=1, le=MAX_ID)]
+
+
+class RequestModel(BaseModel):
+    """Request bodies refuse unknown fields, so a misspelt field is an error rather than ignored."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 class ErrorBody(BaseModel):

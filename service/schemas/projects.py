@@ -1,22 +1,42 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model
+from pydantic.fields import FieldInfo
 
+from service.schemas.common import IdField, RequestModel
 from storage.models import TaskType
+from storage.projects import LABEL_PATTERN, MAX_LABEL_LENGTH, MAX_LABELS, MIN_LABELS, NAME_PATTERN, ProjectSettings
+
+LabelName = Annotated[str, StringConstraints(min_length=1, max_length=MAX_LABEL_LENGTH, pattern=LABEL_PATTERN)]
+
+# Every project setting, each optional: PATCH changes only the ones it names.
+ProjectSettingsPatch = create_model(
+    "ProjectSettingsPatch",
+    __config__=ConfigDict(extra="forbid"),
+    **{
+        name: (field.annotation | None, FieldInfo.merge_field_infos(field, default=None))
+        for name, field in ProjectSettings.model_fields.items()
+    },
+)
 
 
-class ProjectCreate(BaseModel):
-    name: str = Field(min_length=1, max_length=200)
-    labels: list[str] = Field(description="Ordered label names: unique, non-empty, 2 to 1000 of them.")
+class ProjectCreate(RequestModel):
+    name: str = Field(min_length=1, max_length=200, pattern=NAME_PATTERN)
+    labels: list[LabelName] = Field(
+        min_length=MIN_LABELS,
+        max_length=MAX_LABELS,
+        json_schema_extra={"uniqueItems": True},
+        description="Ordered label names: unique, without leading or trailing spaces, 2 to 1000 of them.",
+    )
     task_type: TaskType = TaskType.classification
-    settings: dict[str, Any] = Field(default_factory=dict, description="See ProjectSettings for the keys.")
+    settings: ProjectSettings = Field(default_factory=ProjectSettings)
 
 
-class ProjectSettingsUpdate(BaseModel):
-    settings: dict[str, Any]
+class ProjectSettingsUpdate(RequestModel):
+    settings: ProjectSettingsPatch  # type: ignore[valid-type]
 
 
 class ProjectRead(BaseModel):
@@ -30,5 +50,5 @@ class ProjectRead(BaseModel):
     created_at: datetime
 
 
-class MemberAdd(BaseModel):
-    user_id: int
+class MemberAdd(RequestModel):
+    user_id: IdField

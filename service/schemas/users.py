@@ -4,11 +4,13 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.schemas.common import RequestModel
 from storage.models import Role
+from storage.users import USER_NAME_PATTERN
 
 
-class UserCreate(BaseModel):
-    name: str = Field(min_length=1, max_length=100)
+class UserCreate(RequestModel):
+    name: str = Field(pattern=USER_NAME_PATTERN, description="Letters, digits, '_', '.', '@', '-'; up to 100.")
     role: Role
 
 

@@ -1,0 +1,94 @@
+"""Every route, every role: who is allowed, who is refused, and that outsiders learn nothing.
+
+The route list comes from the OpenAPI schema, so a new endpoint fails this test until its
+access rule is written down here.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from storage.models import Role
+from tests import imagefactory as img
+from tests.conftest import make_project, make_user
+
+ADMIN, ENGINEER, ANNOTATOR = "admin", "engineer", "annotator"
+EVERYONE = {ADMIN, ENGINEER, ANNOTATOR}
+
+# (method, path) -> (roles allowed when a member of the project, request arguments)
+ROUTES: dict[tuple[str, str], tuple[set[str], dict]] = {
+    ("GET", "/health"): (EVERYONE, {}),
+    ("GET", "/metrics"): (EVERYONE, {}),
+    ("POST", "/api/v1/users"): ({ADMIN}, {"json": {"name": "new-user", "role": "annotator"}}),
+    ("GET", "/api/v1/users"): ({ADMIN}, {}),
+    ("GET", "/api/v1/users/me"): (EVERYONE, {}),
+    ("POST", "/api/v1/projects"): ({ADMIN}, {"json": {"name": "new-project", "labels": ["a", "b"]}}),
+    ("GET", "/api/v1/projects"): (EVERYONE, {}),
+    ("GET", "/api/v1/projects/{project_id}"): (EVERYONE, {}),
+    ("PATCH", "/api/v1/projects/{project_id}/settings"): ({ADMIN}, {"json": {"settings": {"overlap_k": 4}}}),
+    ("GET", "/api/v1/projects/{project_id}/members"): (EVERYONE, {}),
+    ("POST", "/api/v1/projects/{project_id}/members"): ({ADMIN}, {"json": {"user_id": "{spare_id}"}}),
+    ("DELETE", "/api/v1/projects/{project_id}/members/{user_id}"): ({ADMIN}, {}),
+    ("POST", "/api/v1/projects/{project_id}/images"): ({ADMIN, ENGINEER}, {"files": "one-png"}),
+    ("GET", "/api/v1/projects/{project_id}/images"): (EVERYONE, {}),
+    ("GET", "/api/v1/images/{image_id}"): (EVERYONE, {}),
+    ("GET", "/api/v1/images/{image_id}/content"): (EVERYONE, {}),
+    ("GET", "/api/v1/images/{image_id}/thumbnail"): (EVERYONE, {}),
+}
+
+PUBLIC = {("GET", "/health")}
+
+
+def test_the_access_table_covers_every_route_in_the_api(app):
+    operations = {
+        (method.upper(), path)
+        for path, item in app.openapi()["paths"].items()
+        for method in item
+        if method in {"get", "post", "put", "patch", "delete"}
+    }
+    assert operations == set(ROUTES)
+
+
+@pytest.mark.parametrize("route", sorted(ROUTES), ids=lambda r: f"{r[0]} {r[1]}")
+def test_route_allows_and_refuses_by_role_and_membership(client, app, admin, route):
+    method, path = route
+    allowed, arguments = ROUTES[route]
+    engineer = make_user(app, "member-engineer", Role.engineer)
+    annotator = make_user(app, "member-annotator", Role.annotator)
+    outsider = make_user(app, "outsider", Role.engineer)
+    spare = make_user(app, "spare", Role.annotator)
+    project = make_project(client, admin, engineer, annotator, spare)
+    uploaded = client.post(
+        f"/api/v1/projects/{project['id']}/images", files=[("files", ("a.png", img.png()))], headers=admin.headers
+    )
+    image_id = uploaded.json()["files"][0]["image_id"]
+    url = path.format(project_id=project["id"], image_id=image_id, user_id=spare.id)
+
+    def call(headers):
+        kwargs = {}
+        if "json" in arguments:
+            kwargs["json"] = {k: spare.id if v == "{spare_id}" else v for k, v in arguments["json"].items()}
+        if arguments.get("files"):
+            kwargs["files"] = [("files", ("b.png", img.png(color=(1, 2, 3))))]
+        return client.request(method, url, headers=headers, **kwargs)
+
+    anonymous = call({})
+    if route in PUBLIC:
+        assert anonymous.status_code == 200
+    else:
+        assert anonymous.status_code == 401, anonymous.text
+        assert anonymous.json()["error"]["code"] == "missing_token"
+
+    scoped = "{project_id}" in path or "{image_id}" in path
+    if scoped:
+        response = call(outsider.headers)
+        assert response.status_code == 404, f"outsider on {method} {url}: {response.text}"
+
+    # The admin goes last: some allowed calls change state (removing the spare member).
+    for role, account in ((ENGINEER, engineer), (ANNOTATOR, annotator), (ADMIN, admin)):
+        response = call(account.headers)
+        if role in allowed:
+            assert response.status_code < 400, f"{role} on {method} {url}: {response.text}"
+        else:
+            assert response.status_code == 403, f"{role} on {method} {url}: {response.text}"
+            assert response.json()["error"]["code"] == "forbidden"

@@ -1,0 +1,57 @@
+"""The migrations produce exactly the models' schema, on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import text
+
+from storage.db import create_db_engine
+from storage.migrate import upgrade
+from storage.models import Base
+
+
+def schema_diff(url: str) -> list:
+    engine = create_db_engine(url)
+    try:
+        with engine.connect() as connection:
+            context = MigrationContext.configure(connection, opts={"compare_type": True})
+            return compare_metadata(context, Base.metadata)
+    finally:
+        engine.dispose()
+
+
+def test_migrations_match_the_models_exactly(database_url):
+    upgrade(database_url)
+    assert schema_diff(database_url) == []
+
+
+def test_migrations_go_down_and_up_again(database_url):
+    upgrade(database_url)
+    upgrade_then = schema_diff(database_url)
+    from alembic import command
+
+    from storage.migrate import alembic_config
+
+    command.downgrade(alembic_config(database_url), "base")
+    engine = create_db_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            tables = {t for t in Base.metadata.tables if engine.dialect.has_table(connection, t)}
+    finally:
+        engine.dispose()
+    assert tables == set()
+    upgrade(database_url)
+    assert schema_diff(database_url) == upgrade_then == []
+
+
+def test_sqlite_runs_in_wal_mode_with_foreign_keys_and_a_busy_timeout(tmp_path):
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    engine = create_db_engine(url)
+    try:
+        with engine.connect() as connection:
+            assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+            assert connection.execute(text("PRAGMA foreign_keys")).scalar() == 1
+            assert connection.execute(text("PRAGMA busy_timeout")).scalar() >= 5000
+    finally:
+        engine.dispose()
