@@ -15,7 +15,7 @@ import shutil
 import tempfile
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +59,10 @@ class BlobStore(ABC):
 
     @abstractmethod
     def put_many(self, blobs: Sequence[StagedBlob]) -> None:
-        """Durably store every blob; when this returns, all of them survive a crash."""
+        """Durably store every blob; when this returns, all of them survive a crash.
+
+        Files staged under ``staging_dir`` may be moved into the store rather than copied.
+        """
 
     @abstractmethod
     def open(self, sha256: str) -> IO[bytes]:
@@ -119,27 +122,32 @@ class LocalBlobStore(BlobStore):
         if not todo:
             return
         staged: list[tuple[Path, Path]] = []
+        copies: list[Path] = []
         try:
             for blob in todo.values():
-                tmp = self.tmp / f"{blob.sha256}.{uuid.uuid4().hex}"
                 if self.tmp in blob.path.parents:
-                    os.replace(blob.path, tmp)  # staged on our disk: take it over instead of copying
+                    source = blob.path  # staged on our disk: rename it into place, no copy
                 else:
-                    shutil.copyfile(blob.path, tmp)
-                staged.append((tmp, self.path(blob.sha256)))
-            with ThreadPoolExecutor(min(self._sync_threads, len(staged))) as pool:
-                list(pool.map(lambda pair: _fsync_path(pair[0]), staged))
-            dirs = set()
-            for tmp, final in staged:
+                    source = self.tmp / f"{blob.sha256}.{uuid.uuid4().hex}"
+                    shutil.copyfile(blob.path, source)
+                    copies.append(source)
+                staged.append((source, self.path(blob.sha256)))
+            self._parallel(_fsync_path, [source for source, _ in staged])
+            dirs = {self.root}
+            for source, final in staged:
                 final.parent.mkdir(exist_ok=True)
-                os.replace(tmp, final)
+                os.replace(source, final)
                 dirs.add(final.parent)
-            dirs.add(self.root)
-            with ThreadPoolExecutor(min(self._sync_threads, len(dirs))) as pool:
-                list(pool.map(_fsync_path, dirs))
+            self._parallel(_fsync_path, dirs)
         finally:
-            for tmp, _ in staged:
-                tmp.unlink(missing_ok=True)
+            for copy in copies:
+                copy.unlink(missing_ok=True)
+
+    def _parallel(self, work: Callable[[Path], None], paths: Iterable[Path]) -> None:
+        """fsyncs issued together let the file system commit them in one journal transaction."""
+        paths = list(paths)
+        with ThreadPoolExecutor(max(1, min(self._sync_threads, len(paths)))) as pool:
+            list(pool.map(work, paths))
 
     def open(self, sha256: str) -> IO[bytes]:
         try:

@@ -32,11 +32,14 @@ class ImageInfo:
     height: int
     format: str
     exif_orientation: int | None
-    thumbnail_png: bytes
+    thumbnail_png: bytes | None  # None: the original already is a fine thumbnail (a small upright PNG)
 
 
 def inspect_image(path: Path, *, max_pixels: int, thumbnail_size: int) -> ImageInfo:
-    """Validate the image at ``path`` and return its facts and a PNG thumbnail; raise ImageRejected."""
+    """Validate the image at ``path`` and return its facts and a PNG thumbnail; raise ImageRejected.
+
+    A PNG that is already upright and no larger than a thumbnail serves as its own thumbnail.
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("error", PILImage.DecompressionBombWarning)
         try:
@@ -57,7 +60,8 @@ def inspect_image(path: Path, *, max_pixels: int, thumbnail_size: int) -> ImageI
                 orientation = img.getexif().get(EXIF_ORIENTATION)
                 img.seek(0)  # GIF and multi-page TIFF: the first frame is the image
                 img.load()
-                thumbnail = _thumbnail(img, thumbnail_size)
+                upright_small_png = fmt == "PNG" and max(width, height) <= thumbnail_size and orientation in (None, 1)
+                thumbnail = None if upright_small_png else _thumbnail(img, thumbnail_size)
         except ImageRejected:
             raise
         except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning) as exc:

@@ -8,15 +8,16 @@ chunk's commit. One bad file never fails the others: it gets its own rejected ou
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import io
 import logging
 import shutil
 import tempfile
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path, PurePosixPath
 from typing import IO
@@ -82,7 +83,7 @@ class Candidate:
 
     name: str
     source: ImageSource
-    open: Callable[[], IO[bytes]]
+    open: Callable[[], AbstractContextManager[IO[bytes]]]
     declared_size: int | None = None
     rejected: IngestResult | None = None
 
@@ -97,7 +98,6 @@ class _Staged:
     thumb_sha256: str = ""
     thumb_path: Path | None = None
     result: IngestResult | None = None
-    extra_paths: list[Path] = field(default_factory=list)
 
 
 def split_for(sha256: str) -> Split:
@@ -112,7 +112,7 @@ def _reject(name: str, code: str, reason: str) -> IngestResult:
 def _refused(name: str, source: ImageSource, code: str, reason: str) -> Candidate:
     """A candidate refused before any byte of it is read."""
 
-    def never_opened() -> IO[bytes]:
+    def never_opened() -> AbstractContextManager[IO[bytes]]:
         raise AssertionError("a refused candidate is never read")
 
     return Candidate(name, source, never_opened, rejected=_reject(name, code, reason))
@@ -130,12 +130,18 @@ def _unsafe_member_name(name: str) -> str | None:
     return None
 
 
+def _rewound(fileobj: IO[bytes]) -> AbstractContextManager[IO[bytes]]:
+    """The caller's upload from its start, left open: the caller closes it."""
+    fileobj.seek(0)
+    return nullcontext(fileobj)
+
+
 def expand_upload(name: str, fileobj: IO[bytes], *, limits: Limits, source: ImageSource) -> Iterator[Candidate]:
     """Yield the image candidates of one uploaded file: itself, or the members of a zip archive."""
     head = fileobj.read(4)
     fileobj.seek(0)
     if head != ZIP_MAGIC:
-        yield Candidate(name=name, source=source, open=lambda: _Unclosable(fileobj))
+        yield Candidate(name=name, source=source, open=functools.partial(_rewound, fileobj))
         return
     try:
         archive = zipfile.ZipFile(fileobj)
@@ -171,38 +177,23 @@ def expand_upload(name: str, fileobj: IO[bytes], *, limits: Limits, source: Imag
         yield Candidate(
             name=member_name,
             source=ImageSource.zip,
-            open=lambda info=info: archive.open(info),
+            open=functools.partial(archive.open, info),
             declared_size=info.file_size,
         )
 
 
-class _Unclosable(io.RawIOBase):
-    """Lets the staging step close what it opened without closing the caller's upload."""
-
-    def __init__(self, inner: IO[bytes]) -> None:
-        self._inner = inner
-        inner.seek(0)
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        data = self._inner.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
+def _file_opener(path: Path) -> Callable[[], AbstractContextManager[IO[bytes]]]:
+    return lambda: path.open("rb")
 
 
 def candidates_from_folder(root: Path) -> list[Candidate]:
     """Every regular file under ``root``, recursively, in a stable order."""
 
-    def opener(path: Path) -> Callable[[], IO[bytes]]:
-        return lambda: open(path, "rb")
-
     return [
         Candidate(
             name=str(path.relative_to(root)),
             source=ImageSource.folder,
-            open=opener(path),
+            open=_file_opener(path),
             declared_size=path.stat().st_size,
         )
         for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
@@ -258,6 +249,9 @@ def _inspect(staged: _Staged, staging: Path, limits: Limits) -> _Staged:
         staged.result = _reject(staged.candidate.name, "invalid_image", str(exc))
         return staged
     thumb = staged.info.thumbnail_png
+    if thumb is None:
+        staged.thumb_sha256 = staged.sha256
+        return staged
     staged.thumb_sha256 = hashlib.sha256(thumb).hexdigest()
     with tempfile.NamedTemporaryFile(dir=staging, prefix="thumb.", delete=False) as out:
         out.write(thumb)
@@ -330,23 +324,31 @@ class Ingestor:
             good = [s for s in staged if s.result is None]
             blobs: list[StagedBlob] = []
             for s in good:
-                assert s.path is not None and s.thumb_path is not None
+                assert s.path is not None
                 blobs.append(StagedBlob(s.sha256, s.path))
-                blobs.append(StagedBlob(s.thumb_sha256, s.thumb_path))
+                if s.thumb_path is not None:
+                    blobs.append(StagedBlob(s.thumb_sha256, s.thumb_path))
             self.blobs.put_many(blobs)
             if good:
-                try:
-                    self._record(project_id, good)
-                except IntegrityError:
-                    # Another request stored some of the same images meanwhile: they are duplicates now.
-                    log.info("ingest race on project %s; retrying the chunk's rows", project_id)
-                    self._record(project_id, good)
+                self._record_with_retries(project_id, good)
         finally:
             for s in staged:
                 for path in (s.path, s.thumb_path):
                     if path is not None:
                         path.unlink(missing_ok=True)
         return [s.result for s in staged if s.result is not None]
+
+    def _record_with_retries(self, project_id: int, good: Sequence[_Staged], attempts: int = 5) -> None:
+        for attempt in range(1, attempts + 1):
+            try:
+                self._record(project_id, good)
+                return
+            except IntegrityError:
+                # Another request stored some of the same images meanwhile: on the next attempt they
+                # are found as existing and reported as duplicates.
+                if attempt == attempts:
+                    raise
+                log.info("ingest race on project %s; retrying the chunk's rows (attempt %d)", project_id, attempt)
 
     def _record(self, project_id: int, good: Sequence[_Staged]) -> None:
         """Insert rows for new images; point duplicates at the existing image. One transaction."""

@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -136,11 +136,11 @@ def add_member(session: Session, *, project: Project, user_id: int) -> User:
 
 
 def remove_member(session: Session, *, project: Project, user_id: int) -> None:
-    result = session.execute(
-        delete(Membership).where(Membership.project_id == project.id, Membership.user_id == user_id)
-    )
-    if result.rowcount == 0:
+    membership = session.get(Membership, (project.id, user_id))
+    if membership is None:
         raise NotFound(f"user {user_id} is not a member of project {project.id}", code="member_not_found")
+    session.delete(membership)
+    session.flush()
 
 
 def list_members(session: Session, *, project: Project) -> list[User]:

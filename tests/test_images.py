@@ -299,3 +299,41 @@ def test_the_split_is_fixed_by_the_hash_and_about_a_fifth_is_test(client, admin)
     for result in results:
         splits.append(client.get(f"/api/v1/images/{result['image_id']}", headers=admin.headers).json()["split"])
     assert 0.1 < splits.count("test") / len(splits) < 0.3
+
+
+def test_a_small_upright_png_is_its_own_thumbnail(client, admin):
+    project = make_project(client, admin)
+    data = img.png(16, 16)
+    image_id = upload(client, project["id"], admin, ("small.png", data)).json()["files"][0]["image_id"]
+    assert client.get(f"/api/v1/images/{image_id}/thumbnail", headers=admin.headers).content == data
+
+
+def test_concurrent_uploads_of_the_same_images_store_each_once(client, admin, app):
+    """Racing requests both see the images as new; the database decides, the loser reports duplicates."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from storage.ingest import ingest_uploads
+    from storage.users import Principal
+
+    project = make_project(client, admin)
+    files = [(f"{i}.png", img.png(color=(i, 1, 2))) for i in range(20)]
+    runtime = app.state.runtime
+    principal = Principal(id=admin.id, name=admin.name, role=admin.role)
+
+    def ingest(_):
+        return ingest_uploads(
+            db=runtime.db,
+            blobs=runtime.blobs,
+            limits=runtime.limits,
+            principal=principal,
+            project_id=project["id"],
+            uploads=[(name, io.BytesIO(data)) for name, data in files],
+        )
+
+    with ThreadPoolExecutor(4) as pool:
+        outcomes = list(pool.map(ingest, range(4)))
+    accepted = [r for results in outcomes for r in results if r.status == "accepted"]
+    assert sorted(r.name for r in accepted) == sorted(name for name, _ in files)
+    ids = {r.name: r.image_id for results in outcomes for r in results}
+    assert all(r.image_id == ids[r.name] for results in outcomes for r in results)
+    assert stored_rows(app) == 20
