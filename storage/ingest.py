@@ -29,7 +29,7 @@ from storage.blobs import CHUNK, BlobStore, StagedBlob
 from storage.db import Database
 from storage.errors import InvalidInput
 from storage.imagecheck import ImageInfo, ImageRejected, inspect_image
-from storage.models import Image, ImageSource, Role, Split
+from storage.models import Image, ImageSource, Project, QueueTier, Role, Split
 from storage.projects import get_project, require_role
 from storage.settings import Settings
 from storage.users import Principal
@@ -103,6 +103,18 @@ class _Staged:
 def split_for(sha256: str) -> Split:
     """The image's fixed split: about 20% test, decided by its hash so it never changes."""
     return Split.test if int(sha256[:8], 16) % 100 < TEST_SHARE_PERCENT else Split.train
+
+
+def queue_placement(sha256: str, settings: dict) -> tuple[int, float]:
+    """How many independent labels the image needs, and its starting priority.
+
+    Both come from hash bits that the split does not use: a stable choice of the overlapped share
+    (``overlap_rate`` of the images get ``overlap_k`` labels) and a deterministic shuffle that
+    mining replaces with real priorities later.
+    """
+    overlapped = int(sha256[16:24], 16) / 2**32 < settings.get("overlap_rate", 0.0)
+    priority = int(sha256[8:16], 16) / 2**32
+    return (settings.get("overlap_k", 1) if overlapped else 1), priority
 
 
 def _reject(name: str, code: str, reason: str) -> IngestResult:
@@ -354,6 +366,7 @@ class Ingestor:
         """Insert rows for new images; point duplicates at the existing image. One transaction."""
         hashes = {s.sha256 for s in good}
         with self.db.session() as session:
+            project_settings = session.get_one(Project, project_id).settings
             existing = dict(
                 session.execute(
                     select(Image.sha256, Image.id).where(Image.project_id == project_id, Image.sha256.in_(hashes))
@@ -364,7 +377,11 @@ class Ingestor:
                 if s.sha256 in existing or s.sha256 in new_rows:
                     continue
                 assert s.info is not None
+                labels_needed, priority = queue_placement(s.sha256, project_settings)
                 new_rows[s.sha256] = Image(
+                    labels_needed=labels_needed,
+                    priority=priority,
+                    queue_tier=QueueTier.fresh,
                     project_id=project_id,
                     sha256=s.sha256,
                     thumbnail_sha256=s.thumb_sha256,

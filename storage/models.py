@@ -13,14 +13,17 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Enum,
+    Float,
     ForeignKey,
     Index,
     Integer,
     MetaData,
     String,
     UniqueConstraint,
+    false,
     func,
 )
 from sqlalchemy.engine import Dialect
@@ -87,6 +90,29 @@ class ImageSource(enum.StrEnum):
     label_studio = "label_studio"
 
 
+class QueueTier(enum.IntEnum):
+    """Where an image waits in the labeling queue; higher tiers are served first. NULL: not waiting.
+
+    The queue is read as one backward scan of (project_id, queue_tier, priority, id), so every
+    ordering column runs the same direction: higher tier, then higher priority, then newer id.
+    """
+
+    fresh = 0  # not labeled yet
+    review = 1  # sent back for another look, with a reason
+    overlap = 2  # labeled by some, still needs more independent labels
+
+
+class AssignmentStatus(enum.StrEnum):
+    leased = "leased"
+    submitted = "submitted"
+    skipped = "skipped"
+
+
+class AnnotationOrigin(enum.StrEnum):
+    human = "human"
+    imported = "imported"
+
+
 class User(CreatedAt, Base):
     __tablename__ = "users"
 
@@ -136,7 +162,84 @@ class Image(CreatedAt, Base):
     source: Mapped[ImageSource] = mapped_column(_enum(ImageSource, "image_source"))
     original_name: Mapped[str] = mapped_column(String(1024))
 
+    # The labeling queue, kept up to date on every submission so that serving a task is an index
+    # range scan, never a scan of all images or annotations.
+    labels_needed: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    label_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    queue_tier: Mapped[int | None] = mapped_column(Integer, default=int(QueueTier.fresh))
+    priority: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    review_reason: Mapped[str | None] = mapped_column(String(500))
+    gold_label: Mapped[str | None] = mapped_column(String(100))
+    # The current label training reads: majority vote over current annotations (gold answer for gold images).
+    consensus_label: Mapped[str | None] = mapped_column(String(100))
+    consensus_tie: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+
     __table_args__ = (
         UniqueConstraint("project_id", "sha256", name="uq_images_project_id_sha256"),
         Index("ix_images_project_id_id", "project_id", "id"),
+        Index("ix_images_queue", "project_id", "queue_tier", "priority", "id"),
+        Index("ix_images_gold", "project_id", "gold_label"),
     )
+
+
+class Assignment(Base):
+    """A task served to an annotator: a lease until ``expires_at``, then submitted or skipped.
+
+    One row per (image, annotator): an annotator is never served the same image twice.
+    """
+
+    __tablename__ = "assignments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    annotator_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    status: Mapped[AssignmentStatus] = mapped_column(_enum(AssignmentStatus, "assignment_status"))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("image_id", "annotator_id", name="uq_assignments_image_id_annotator_id"),
+        Index("ix_assignments_annotator_status", "annotator_id", "project_id", "status", "expires_at"),
+    )
+
+
+class Annotation(CreatedAt, Base):
+    """One label given by one annotator. Append-only: a correction is a new row superseding the old."""
+
+    __tablename__ = "annotations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    annotator_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    label: Mapped[str] = mapped_column(String(100))
+    duration_ms: Mapped[int | None] = mapped_column(Integer)
+    origin: Mapped[AnnotationOrigin] = mapped_column(_enum(AnnotationOrigin, "annotation_origin"))
+    is_current: Mapped[bool] = mapped_column(Boolean, default=True)
+    supersedes_id: Mapped[int | None] = mapped_column(ForeignKey("annotations.id"))
+    # Set only for gold questions: whether the answer matched the known one.
+    gold_correct: Mapped[bool | None] = mapped_column(Boolean)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+
+    __table_args__ = (
+        Index("ix_annotations_project_id_id", "project_id", "id"),
+        Index("ix_annotations_image_id", "image_id", "is_current"),
+        Index("ix_annotations_annotator", "annotator_id", "project_id"),
+        UniqueConstraint("annotator_id", "idempotency_key", name="uq_annotations_annotator_id_idempotency_key"),
+    )
+
+
+class Prediction(CreatedAt, Base):
+    """A model's answer for one image; the newest one is the pre-label annotators see."""
+
+    __tablename__ = "predictions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    model_version: Mapped[str] = mapped_column(String(100))
+    label: Mapped[str] = mapped_column(String(100))
+    confidence: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (Index("ix_predictions_image_id_id", "image_id", "id"),)

@@ -29,6 +29,10 @@ class ProjectSettings(BaseModel):
 
     overlap_rate: float = Field(default=0.1, ge=0.0, le=1.0, description="Share of images labeled by several people.")
     overlap_k: int = Field(default=3, ge=2, le=20, description="Annotators per overlapped image.")
+    lease_minutes: int = Field(
+        default=10, ge=1, le=1440, description="How long a served task is held for one annotator."
+    )
+    gold_rate: float = Field(default=0.05, ge=0.0, le=1.0, description="Share of tasks that are gold questions.")
 
 
 def validate_labels(labels: list[str]) -> list[str]:

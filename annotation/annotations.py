@@ -1,0 +1,191 @@
+"""Submitting labels: idempotent, append-only, with the image's consensus kept current.
+
+Every submission is one transaction that adds the annotation row, closes the lease, and updates
+the image's label count, queue place and majority-vote label, so nothing later has to scan all
+annotations to know an image's current label.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from annotation.consensus import majority_vote
+from annotation.queue import capacity_left, place_in_queue
+from storage.errors import Conflict, InvalidInput, NotFound
+from storage.models import Annotation, AnnotationOrigin, Assignment, AssignmentStatus, Image, Project, Role, utcnow
+from storage.users import Principal
+
+MAX_DURATION_MS = 24 * 3600 * 1000
+
+
+@dataclass(frozen=True)
+class Submitted:
+    annotation: Annotation
+    replayed: bool  # True when an Idempotency-Key matched an earlier, identical request
+
+
+def check_label(project: Project, label: str) -> str:
+    if label not in project.labels:
+        shown = ", ".join(project.labels[:50]) + (" ..." if len(project.labels) > 50 else "")
+        raise InvalidInput(
+            f"unknown label {label!r} for project {project.id}; valid labels: {shown}",
+            code="unknown_label",
+            details={"valid_labels": project.labels},
+        )
+    return label
+
+
+def project_image(session: Session, *, project: Project, image_id: int, lock: bool = False) -> Image:
+    """The image if it belongs to the project; NotFound otherwise (another project's id included)."""
+    query = select(Image).where(Image.id == image_id, Image.project_id == project.id)
+    image = session.scalar(query.with_for_update() if lock else query)
+    if image is None:
+        raise NotFound(f"image {image_id} not found in project {project.id}", code="image_not_found")
+    return image
+
+
+def _request_hash(image_id: int, label: str, duration_ms: int | None) -> str:
+    body = json.dumps({"image_id": image_id, "label": label, "duration_ms": duration_ms}, sort_keys=True)
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def _replay(session: Session, *, annotator_id: int, key: str, request_hash: str) -> Annotation | None:
+    earlier = session.scalar(
+        select(Annotation).where(Annotation.annotator_id == annotator_id, Annotation.idempotency_key == key)
+    )
+    if earlier is not None and earlier.request_hash != request_hash:
+        raise InvalidInput(
+            f"Idempotency-Key {key!r} was used for a different request; use a new key for a new label",
+            code="idempotency_key_reused",
+        )
+    return earlier
+
+
+def submit_annotation(
+    session: Session,
+    *,
+    principal: Principal,
+    project: Project,
+    image_id: int,
+    label: str,
+    duration_ms: int | None = None,
+    idempotency_key: str | None = None,
+) -> Submitted:
+    """Record one label. A second label by the same annotator is a correction: it supersedes the first."""
+    request_hash = _request_hash(image_id, label, duration_ms)
+    if idempotency_key:
+        earlier = _replay(session, annotator_id=principal.id, key=idempotency_key, request_hash=request_hash)
+        if earlier is not None:
+            return Submitted(earlier, replayed=True)
+    check_label(project, label)
+    if duration_ms is not None and not 0 <= duration_ms <= MAX_DURATION_MS:
+        raise InvalidInput(f"duration_ms must be between 0 and {MAX_DURATION_MS}", code="invalid_duration")
+    # Locking the image row serializes submissions for one image on PostgreSQL (SQLite serializes all writers).
+    image = project_image(session, project=project, image_id=image_id, lock=True)
+    now = utcnow()
+    previous = session.scalar(
+        select(Annotation).where(
+            Annotation.image_id == image.id, Annotation.annotator_id == principal.id, Annotation.is_current
+        )
+    )
+    assignment = session.scalar(
+        select(Assignment).where(Assignment.image_id == image.id, Assignment.annotator_id == principal.id)
+    )
+    if previous is None:
+        holds_lease = (
+            assignment is not None and assignment.status is AssignmentStatus.leased and assignment.expires_at > now
+        )
+        if (
+            not holds_lease
+            and image.gold_label is None
+            and not capacity_left(session, image=image, annotator_id=principal.id, now=now)
+        ):
+            raise Conflict(
+                f"image {image.id} already has the labels it needs (your lease expired or was never taken, and "
+                "others labeled it meanwhile); nothing was stored: ask for the next task",
+                code="lease_lost",
+            )
+    annotation = Annotation(
+        project_id=project.id,
+        image_id=image.id,
+        annotator_id=principal.id,
+        label=label,
+        duration_ms=duration_ms,
+        origin=AnnotationOrigin.human,
+        is_current=True,
+        supersedes_id=previous.id if previous else None,
+        gold_correct=(label == image.gold_label) if image.gold_label is not None else None,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+    )
+    if previous is not None:
+        previous.is_current = False
+    session.add(annotation)
+    try:
+        with session.begin_nested():
+            session.flush()
+    except IntegrityError:
+        # The same Idempotency-Key raced in from a parallel retry: answer with the row that won.
+        if idempotency_key:
+            earlier = _replay(session, annotator_id=principal.id, key=idempotency_key, request_hash=request_hash)
+            if earlier is not None:
+                return Submitted(earlier, replayed=True)
+        raise
+    if assignment is None:
+        assignment = Assignment(project_id=project.id, image_id=image.id, annotator_id=principal.id, expires_at=now)
+        session.add(assignment)
+    assignment.status = AssignmentStatus.submitted
+    assignment.updated_at = now
+    if previous is None:
+        image.label_count += 1
+    refresh_consensus(session, project=project, image=image)
+    session.flush()
+    return Submitted(annotation, replayed=False)
+
+
+def refresh_consensus(session: Session, *, project: Project, image: Image) -> None:
+    """Recompute the image's current label from its current annotations (a handful of rows)."""
+    if image.gold_label is not None:
+        image.consensus_label, image.consensus_tie = image.gold_label, False
+    else:
+        labels = list(
+            session.scalars(select(Annotation.label).where(Annotation.image_id == image.id, Annotation.is_current))
+        )
+        vote = majority_vote(labels, project.labels)
+        image.consensus_label, image.consensus_tie = vote.label, vote.tie
+    place_in_queue(image)
+
+
+def visible_annotator(principal: Principal, requested: int | None) -> int | None:
+    """Annotators see only their own labels (overlapped images get independent ones); others see all."""
+    if principal.role is Role.annotator:
+        return principal.id
+    return requested
+
+
+def list_annotations(
+    session: Session,
+    *,
+    project_id: int,
+    after: int | None,
+    limit: int,
+    annotator_id: int | None = None,
+    image_id: int | None = None,
+    current_only: bool = False,
+) -> list[Annotation]:
+    query = select(Annotation).where(Annotation.project_id == project_id)
+    if after is not None:
+        query = query.where(Annotation.id > after)
+    if annotator_id is not None:
+        query = query.where(Annotation.annotator_id == annotator_id)
+    if image_id is not None:
+        query = query.where(Annotation.image_id == image_id)
+    if current_only:
+        query = query.where(Annotation.is_current)
+    return list(session.scalars(query.order_by(Annotation.id).limit(limit)))

@@ -1,0 +1,224 @@
+"""The labeling queue: which image an annotator gets next, leases, skips and the queue's order.
+
+An image waits in ``images.queue_tier`` until it has all the labels it needs; serving a task is a
+backward index scan over (project_id, queue_tier, priority, id) that stops at the first image this
+annotator may take, so its cost does not grow with the pool. Leases are rows in ``assignments``;
+one that has expired simply stops counting, which is how it returns to the pool.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select, tuple_
+from sqlalchemy.orm import Session
+
+from storage.errors import Conflict
+from storage.models import Assignment, AssignmentStatus, Image, Prediction, Project, QueueTier, utcnow
+from storage.users import Principal
+
+CANDIDATE_BATCH = 32
+
+
+@dataclass(frozen=True)
+class PreLabel:
+    label: str
+    confidence: float
+    model_version: str
+
+
+@dataclass(frozen=True)
+class Task:
+    image: Image
+    lease_expires_at: datetime
+    review_reason: str | None
+    prelabel: PreLabel | None
+
+
+def place_in_queue(image: Image) -> None:
+    """Set the image's tier from its label counts; an image with all its labels leaves the queue."""
+    if image.gold_label is not None or image.label_count >= image.labels_needed:
+        image.queue_tier = None
+        image.review_reason = None
+    elif image.review_reason is not None:
+        image.queue_tier = QueueTier.review
+    elif image.label_count > 0:
+        image.queue_tier = QueueTier.overlap
+    else:
+        image.queue_tier = QueueTier.fresh
+
+
+def _active_lease_counts(session: Session, *, image_ids: list[int], now: datetime, exclude: int) -> dict[int, int]:
+    rows = session.execute(
+        select(Assignment.image_id, func.count())
+        .where(
+            Assignment.image_id.in_(image_ids),
+            Assignment.annotator_id != exclude,
+            Assignment.status == AssignmentStatus.leased,
+            Assignment.expires_at > now,
+        )
+        .group_by(Assignment.image_id)
+    )
+    return dict(rows.all())
+
+
+def _seen_by(session: Session, *, image_ids: list[int], annotator_id: int) -> set[int]:
+    return set(
+        session.scalars(
+            select(Assignment.image_id).where(
+                Assignment.image_id.in_(image_ids), Assignment.annotator_id == annotator_id
+            )
+        )
+    )
+
+
+def _queue_batches(session: Session, *, project_id: int) -> Iterator[list[Image]]:
+    """The waiting images in serving order, a batch at a time (keyset pagination, row-locked on PostgreSQL).
+
+    ``FOR UPDATE SKIP LOCKED`` lets concurrent annotators pass over the rows another request is
+    leasing right now; SQLite serializes writers and ignores the clause.
+    """
+    order = (Image.queue_tier.desc(), Image.priority.desc(), Image.id.desc())
+    query = select(Image).where(Image.project_id == project_id, Image.queue_tier.is_not(None))
+    last: tuple[int, float, int] | None = None
+    while True:
+        page = query
+        if last is not None:
+            page = page.where(tuple_(Image.queue_tier, Image.priority, Image.id) < last)
+        batch = list(session.scalars(page.order_by(*order).limit(CANDIDATE_BATCH).with_for_update(skip_locked=True)))
+        if not batch:
+            return
+        yield batch
+        tail = batch[-1]
+        last = (tail.queue_tier, tail.priority, tail.id)  # type: ignore[assignment]
+
+
+def _gold_candidate(session: Session, *, project_id: int, annotator_id: int) -> Image | None:
+    seen = select(Assignment.image_id).where(
+        Assignment.annotator_id == annotator_id, Assignment.project_id == project_id
+    )
+    return session.scalar(
+        select(Image)
+        .where(Image.project_id == project_id, Image.gold_label.is_not(None), Image.id.not_in(seen))
+        .order_by(Image.priority.desc(), Image.id)
+        .limit(1)
+    )
+
+
+def _prelabel(session: Session, image_id: int) -> PreLabel | None:
+    prediction = session.scalar(
+        select(Prediction).where(Prediction.image_id == image_id).order_by(Prediction.id.desc()).limit(1)
+    )
+    if prediction is None:
+        return None
+    return PreLabel(prediction.label, prediction.confidence, prediction.model_version)
+
+
+def _task(session: Session, image: Image, expires_at: datetime) -> Task:
+    return Task(
+        image=image,
+        lease_expires_at=expires_at,
+        review_reason=image.review_reason,
+        prelabel=_prelabel(session, image.id),
+    )
+
+
+def next_task(
+    session: Session, *, principal: Principal, project: Project, rng: random.Random | None = None
+) -> Task | None:
+    """Lease the most useful image this annotator has not seen; None when nothing is left for them.
+
+    Calling again while a lease is held returns the same task, so a retried request never holds two.
+    """
+    now = utcnow()
+    held = session.execute(
+        select(Assignment, Image)
+        .join(Image, Image.id == Assignment.image_id)
+        .where(
+            Assignment.annotator_id == principal.id,
+            Assignment.project_id == project.id,
+            Assignment.status == AssignmentStatus.leased,
+            Assignment.expires_at > now,
+        )
+        .limit(1)
+    ).first()
+    if held is not None:
+        assignment, image = held
+        return _task(session, image, assignment.expires_at)
+
+    lease = timedelta(minutes=project.settings["lease_minutes"])
+    chosen: Image | None = None
+    if (rng or random).random() < project.settings["gold_rate"]:
+        chosen = _gold_candidate(session, project_id=project.id, annotator_id=principal.id)
+    if chosen is None:
+        chosen = _first_open(session, project_id=project.id, annotator_id=principal.id, now=now)
+    if chosen is None:
+        return None
+    return _task(session, chosen, _lease(session, image=chosen, annotator_id=principal.id, until=now + lease))
+
+
+def _first_open(session: Session, *, project_id: int, annotator_id: int, now: datetime) -> Image | None:
+    for batch in _queue_batches(session, project_id=project_id):
+        ids = [image.id for image in batch]
+        seen = _seen_by(session, image_ids=ids, annotator_id=annotator_id)
+        leased = _active_lease_counts(session, image_ids=ids, now=now, exclude=annotator_id)
+        for image in batch:
+            if image.id not in seen and image.label_count + leased.get(image.id, 0) < image.labels_needed:
+                return image
+    return None
+
+
+def _lease(session: Session, *, image: Image, annotator_id: int, until: datetime) -> datetime:
+    session.add(
+        Assignment(
+            project_id=image.project_id,
+            image_id=image.id,
+            annotator_id=annotator_id,
+            status=AssignmentStatus.leased,
+            expires_at=until,
+        )
+    )
+    session.flush()
+    return until
+
+
+def skip_task(session: Session, *, principal: Principal, project: Project, image_id: int) -> None:
+    """Give the task back: the lease ends now and this annotator is not served the image again."""
+    assignment = session.scalar(
+        select(Assignment).where(
+            Assignment.annotator_id == principal.id,
+            Assignment.project_id == project.id,
+            Assignment.image_id == image_id,
+        )
+    )
+    if assignment is None or assignment.status is not AssignmentStatus.leased:
+        state = "never served to you" if assignment is None else f"already {assignment.status.value}"
+        raise Conflict(f"cannot skip image {image_id}: it is {state}; ask for the next task", code="not_leased")
+    assignment.status = AssignmentStatus.skipped
+    assignment.expires_at = assignment.updated_at = utcnow()
+    session.flush()
+
+
+def capacity_left(session: Session, *, image: Image, annotator_id: int, now: datetime) -> bool:
+    """Whether one more annotator may label the image now (its other leases and labels counted)."""
+    leased = _active_lease_counts(session, image_ids=[image.id], now=now, exclude=annotator_id)
+    return image.label_count + leased.get(image.id, 0) < image.labels_needed
+
+
+def progress(session: Session, *, project_id: int, annotator_id: int) -> dict[str, int]:
+    images = select(func.count()).select_from(Image).where(Image.project_id == project_id)
+    waiting = session.scalar(images.where(Image.queue_tier.is_not(None))) or 0
+    total = session.scalar(images) or 0
+    mine = session.scalar(
+        select(func.count())
+        .select_from(Assignment)
+        .where(
+            Assignment.annotator_id == annotator_id,
+            Assignment.project_id == project_id,
+            Assignment.status == AssignmentStatus.submitted,
+        )
+    )
+    return {"images": total, "waiting": waiting, "done": total - waiting, "labeled_by_you": mine or 0}

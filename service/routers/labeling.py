@@ -1,0 +1,204 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response, status
+from fastapi.responses import JSONResponse
+
+from annotation.annotations import list_annotations, project_image, submit_annotation, visible_annotator
+from annotation.curation import gold_scores, send_for_review, set_gold
+from annotation.labels import current_labels
+from annotation.queue import next_task, progress, skip_task
+from service.deps import CurrentUser, SessionDep
+from service.schemas.common import ERROR_RESPONSES, MAX_ID, ImageId, ProjectId
+from service.schemas.images import ImageRead
+from service.schemas.labeling import (
+    AnnotationCreate,
+    AnnotationRead,
+    AnnotationsPage,
+    CurrentLabel,
+    CurrentLabelsPage,
+    GoldScoreRead,
+    GoldSet,
+    PreLabelRead,
+    ProgressRead,
+    ReviewRequest,
+    ReviewResult,
+    TaskRead,
+)
+from storage.models import Role
+from storage.projects import get_project, require_role
+
+router = APIRouter(prefix="/api/v1/projects/{project_id}", tags=["labeling"], responses=ERROR_RESPONSES)
+
+After = Annotated[int | None, Query(ge=0, le=MAX_ID, description="Return items with an id above this one.")]
+Limit = Annotated[int, Query(ge=1, le=1000)]
+
+
+@router.get(
+    "/tasks/next",
+    summary="Lease the next image to label (204 when nothing is left for you)",
+    response_model=TaskRead,
+    responses={204: {"description": "Nothing left to label for you."}},
+)
+def next_(project_id: ProjectId, session: SessionDep, principal: CurrentUser) -> TaskRead | Response:
+    project = get_project(session, principal=principal, project_id=project_id)
+    task = next_task(session, principal=principal, project=project)
+    if task is None:
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+    image = task.image
+    return TaskRead(
+        image_id=image.id,
+        project_id=project.id,
+        content_url=f"/api/v1/images/{image.id}/content",
+        thumbnail_url=f"/api/v1/images/{image.id}/thumbnail",
+        width=image.width,
+        height=image.height,
+        lease_expires_at=task.lease_expires_at,
+        review_reason=task.review_reason,
+        prelabel=PreLabelRead(**vars(task.prelabel)) if task.prelabel else None,
+    )
+
+
+@router.post(
+    "/tasks/{image_id}/skip", status_code=status.HTTP_204_NO_CONTENT, summary="Give a leased task back unlabeled"
+)
+def skip(project_id: ProjectId, image_id: ImageId, session: SessionDep, principal: CurrentUser) -> None:
+    project = get_project(session, principal=principal, project_id=project_id)
+    skip_task(session, principal=principal, project=project, image_id=image_id)
+
+
+@router.post(
+    "/annotations",
+    status_code=status.HTTP_201_CREATED,
+    summary="Submit a label (a second one by you for the same image is a correction)",
+    responses={200: {"model": AnnotationRead, "description": "A replay of an earlier request with this key."}},
+)
+def submit(
+    project_id: ProjectId,
+    body: AnnotationCreate,
+    session: SessionDep,
+    principal: CurrentUser,
+    idempotency_key: Annotated[
+        str | None, Header(max_length=200, description="Retries with the same key store the label once.")
+    ] = None,
+) -> JSONResponse:
+    project = get_project(session, principal=principal, project_id=project_id)
+    result = submit_annotation(
+        session,
+        principal=principal,
+        project=project,
+        image_id=body.image_id,
+        label=body.label,
+        duration_ms=body.duration_ms,
+        idempotency_key=idempotency_key,
+    )
+    payload = AnnotationRead.model_validate(result.annotation).model_dump(mode="json")
+    return JSONResponse(payload, status_code=status.HTTP_200_OK if result.replayed else status.HTTP_201_CREATED)
+
+
+@router.get("/annotations", summary="Annotations by id, history included (annotators see their own)")
+def index(
+    project_id: ProjectId,
+    session: SessionDep,
+    principal: CurrentUser,
+    after: After = None,
+    limit: Limit = 100,
+    annotator_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+    image_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+    current_only: bool = False,
+) -> AnnotationsPage:
+    get_project(session, principal=principal, project_id=project_id)
+    items = list_annotations(
+        session,
+        project_id=project_id,
+        after=after,
+        limit=limit,
+        annotator_id=visible_annotator(principal, annotator_id),
+        image_id=image_id,
+        current_only=current_only,
+    )
+    return AnnotationsPage(
+        items=[AnnotationRead.model_validate(a) for a in items],
+        next_after=items[-1].id if len(items) == limit else None,
+    )
+
+
+@router.get("/progress", summary="Counters for the labeling page")
+def progress_(project_id: ProjectId, session: SessionDep, principal: CurrentUser) -> ProgressRead:
+    get_project(session, principal=principal, project_id=project_id)
+    return ProgressRead(**progress(session, project_id=project_id, annotator_id=principal.id))
+
+
+@router.get("/labels", summary="The current (consensus) label of each labeled image (admin, engineer)")
+def labels(
+    project_id: ProjectId, session: SessionDep, principal: CurrentUser, after: After = None, limit: Limit = 100
+) -> CurrentLabelsPage:
+    get_project(session, principal=principal, project_id=project_id)
+    require_role(principal, Role.admin, Role.engineer)
+    items = current_labels(session, project_id=project_id, after=after, limit=limit)
+    return CurrentLabelsPage(
+        items=[
+            CurrentLabel(
+                image_id=i.id,
+                label=i.consensus_label or "",
+                tie=i.consensus_tie,
+                label_count=i.label_count,
+                labels_needed=i.labels_needed,
+                gold=i.gold_label is not None,
+            )
+            for i in items
+        ],
+        next_after=items[-1].id if len(items) == limit else None,
+    )
+
+
+@router.put("/gold", summary="Mark an image as a gold question with its known answer (admin)")
+def gold(project_id: ProjectId, body: GoldSet, session: SessionDep, principal: CurrentUser) -> ImageRead:
+    project = get_project(session, principal=principal, project_id=project_id)
+    require_role(principal, Role.admin)
+    return ImageRead.model_validate(set_gold(session, project=project, image_id=body.image_id, label=body.label))
+
+
+@router.delete("/gold/{image_id}", summary="Unmark a gold question (admin)")
+def ungold(project_id: ProjectId, image_id: ImageId, session: SessionDep, principal: CurrentUser) -> ImageRead:
+    project = get_project(session, principal=principal, project_id=project_id)
+    require_role(principal, Role.admin)
+    return ImageRead.model_validate(set_gold(session, project=project, image_id=image_id, label=None))
+
+
+@router.get("/gold/scores", summary="Each annotator's answers to gold questions (admin, engineer)")
+def scores(project_id: ProjectId, session: SessionDep, principal: CurrentUser) -> list[GoldScoreRead]:
+    get_project(session, principal=principal, project_id=project_id)
+    require_role(principal, Role.admin, Role.engineer)
+    return [
+        GoldScoreRead(
+            annotator_id=s.annotator_id, name=s.name, answered=s.answered, correct=s.correct, accuracy=s.accuracy
+        )
+        for s in gold_scores(session, project_id=project_id)
+    ]
+
+
+@router.post("/review", summary="Send images back for one more label, with a reason (admin, engineer)")
+def review(project_id: ProjectId, body: ReviewRequest, session: SessionDep, principal: CurrentUser) -> ReviewResult:
+    project = get_project(session, principal=principal, project_id=project_id)
+    require_role(principal, Role.admin, Role.engineer)
+    images = send_for_review(session, project=project, image_ids=body.image_ids, reason=body.reason)
+    return ReviewResult(queued=[i.id for i in images if i.queue_tier is not None])
+
+
+@router.get("/images/{image_id}/annotations", summary="One image's annotation history (annotators see their own)")
+def history(
+    project_id: ProjectId, image_id: ImageId, session: SessionDep, principal: CurrentUser
+) -> list[AnnotationRead]:
+    project = get_project(session, principal=principal, project_id=project_id)
+    project_image(session, project=project, image_id=image_id)
+    items = list_annotations(
+        session,
+        project_id=project_id,
+        after=None,
+        limit=10_000,
+        image_id=image_id,
+        annotator_id=visible_annotator(principal, None),
+    )
+    return [AnnotationRead.model_validate(a) for a in items]
