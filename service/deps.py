@@ -51,8 +51,8 @@ _bearer = HTTPBearer(auto_error=False, description="An API token from `labelwhee
 def get_principal(
     runtime: RuntimeDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> Principal:
-    # A short session of its own, so a long request (an upload) holds no transaction while it works.
-    with runtime.db.session() as session:
+    # A short read-only session of its own, so a long request (an upload) holds no transaction while it works.
+    with runtime.db.read_session() as session:
         return authenticate(session, token=credentials.credentials if credentials else None)
 
 

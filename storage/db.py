@@ -11,6 +11,7 @@ from sqlalchemy import Engine, create_engine, event, make_url, text
 from sqlalchemy.orm import Session, sessionmaker
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+READ_ONLY = "labelwheel_read_only"
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -20,6 +21,7 @@ def _configure_sqlite(engine: Engine) -> None:
     transaction that read first and then writes fails at once with "database is locked" when
     another writer committed in between (the busy timeout does not apply). Taking the write lock
     at BEGIN makes writers queue on the busy timeout instead, so concurrent requests never fail.
+    Sessions that only read (``Database.read_session``) begin DEFERRED and never wait for writers.
     """
 
     @event.listens_for(engine, "connect")
@@ -34,7 +36,8 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        read_only = connection.get_execution_options().get(READ_ONLY, False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 def create_db_engine(url: str) -> Engine:
@@ -55,6 +58,7 @@ class Database:
         self.url = url
         self.engine = create_db_engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._read_sessions = sessionmaker(self.engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -65,6 +69,15 @@ class Database:
             except BaseException:
                 session.rollback()
                 raise
+
+    @contextmanager
+    def read_session(self) -> Iterator[Session]:
+        """A session for reads only: on SQLite it does not take the write lock."""
+        with self._read_sessions() as session:
+            try:
+                yield session
+            finally:
+                session.rollback()
 
     def ping(self) -> None:
         with self.engine.connect() as connection:

@@ -55,3 +55,19 @@ def test_sqlite_runs_in_wal_mode_with_foreign_keys_and_a_busy_timeout(tmp_path):
             assert connection.execute(text("PRAGMA busy_timeout")).scalar() >= 5000
     finally:
         engine.dispose()
+
+
+def test_sqlite_read_sessions_do_not_wait_for_a_writer(tmp_path):
+    """A request's sign-in check reads while an upload or a submission holds the write lock."""
+    from storage.db import Database
+
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    upgrade(url)
+    db = Database(url)
+    try:
+        with db.session() as writer:
+            writer.execute(text("INSERT INTO users (name, role, token_hash) VALUES ('w', 'admin', 'h')"))
+            with db.read_session() as reader:
+                assert reader.execute(text("SELECT count(*) FROM users")).scalar() == 0  # not yet committed
+    finally:
+        db.dispose()

@@ -1,0 +1,293 @@
+"""Labeling over HTTP: the task queue, leases, overlap, gold questions, review, submissions and corrections."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select, update
+
+from storage.models import Annotation, Assignment, Image, Prediction, Role, utcnow
+from tests import imagefactory as img
+from tests.conftest import make_project, make_user
+
+NO_GOLD = {"gold_rate": 0.0, "overlap_rate": 0.0}
+
+
+@pytest.fixture
+def team(app):
+    return [make_user(app, f"annotator{i}", Role.annotator) for i in range(4)]
+
+
+def setup_project(client, admin, members, *, images=4, settings=None, labels=("cat", "dog", "bird")):
+    project = make_project(client, admin, *members, labels=list(labels), settings={**NO_GOLD, **(settings or {})})
+    files = [("files", (f"{i}.png", img.png(8, 8, color=(i, 7, 9)))) for i in range(images)]
+    uploaded = client.post(f"/api/v1/projects/{project['id']}/images", files=files, headers=admin.headers)
+    assert uploaded.status_code == 201
+    return project, [f["image_id"] for f in uploaded.json()["files"]]
+
+
+def next_task(client, project, account):
+    return client.get(f"/api/v1/projects/{project['id']}/tasks/next", headers=account.headers)
+
+
+def submit(client, project, account, image_id, label, key=None, **extra):
+    headers = {**account.headers, **({"Idempotency-Key": key} if key else {})}
+    body = {"image_id": image_id, "label": label, **extra}
+    return client.post(f"/api/v1/projects/{project['id']}/annotations", json=body, headers=headers)
+
+
+def label_all(client, project, account, label="cat"):
+    labeled = []
+    while (task := next_task(client, project, account)).status_code == 200:
+        image_id = task.json()["image_id"]
+        assert submit(client, project, account, image_id, label).status_code == 201
+        labeled.append(image_id)
+    assert task.status_code == 204
+    return labeled
+
+
+def rows(app, model, *conditions):
+    with app.state.runtime.db.session() as session:
+        return list(session.scalars(select(model).where(*conditions)))
+
+
+def test_next_task_leases_an_image_and_repeats_it_until_answered(client, admin, team):
+    project, image_ids = setup_project(client, admin, team)
+    first = next_task(client, project, team[0])
+    assert first.status_code == 200
+    task = first.json()
+    assert task["image_id"] in image_ids
+    assert task["content_url"] == f"/api/v1/images/{task['image_id']}/content"
+    assert task["prelabel"] is None and task["review_reason"] is None
+    assert next_task(client, project, team[0]).json()["image_id"] == task["image_id"]
+
+
+def test_concurrent_annotators_get_different_images(client, admin, team):
+    project, image_ids = setup_project(client, admin, team)
+    served = [next_task(client, project, a).json()["image_id"] for a in team]
+    assert sorted(served) == sorted(image_ids)
+    extra = make_user(client.app, "latecomer", Role.annotator)
+    client.post(f"/api/v1/projects/{project['id']}/members", json={"user_id": extra.id}, headers=admin.headers)
+    assert next_task(client, project, extra).status_code == 204  # every image is leased
+
+
+def test_an_annotator_never_gets_an_image_they_labeled_and_204_ends_the_queue(client, admin, team):
+    project, image_ids = setup_project(client, admin, team)
+    assert sorted(label_all(client, project, team[0])) == sorted(image_ids)
+    assert next_task(client, project, team[1]).status_code == 204
+
+
+def test_the_queue_is_a_deterministic_shuffle_by_priority(client, admin, team, app):
+    project, image_ids = setup_project(client, admin, team, images=6)
+    order = label_all(client, project, team[0])
+    priorities = {i.id: i.priority for i in rows(app, Image, Image.id.in_(image_ids))}
+    assert order == sorted(image_ids, key=lambda i: priorities[i], reverse=True)
+
+
+def test_an_expired_lease_returns_to_the_pool(client, admin, team, app):
+    project, _ = setup_project(client, admin, team, images=1)
+    image_id = next_task(client, project, team[0]).json()["image_id"]
+    assert next_task(client, project, team[1]).status_code == 204
+    with app.state.runtime.db.session() as session:
+        session.execute(update(Assignment).values(expires_at=utcnow() - timedelta(seconds=1)))
+    assert next_task(client, project, team[1]).json()["image_id"] == image_id
+
+
+def test_a_late_submission_after_someone_else_labeled_is_a_409_and_stores_nothing(client, admin, team, app):
+    project, _ = setup_project(client, admin, team, images=1)
+    image_id = next_task(client, project, team[0]).json()["image_id"]
+    with app.state.runtime.db.session() as session:
+        session.execute(update(Assignment).values(expires_at=utcnow() - timedelta(seconds=1)))
+    assert next_task(client, project, team[1]).json()["image_id"] == image_id
+    assert submit(client, project, team[1], image_id, "dog").status_code == 201
+    late = submit(client, project, team[0], image_id, "cat")
+    assert late.status_code == 409
+    assert late.json()["error"]["code"] == "lease_lost"
+    assert [a.label for a in rows(app, Annotation, Annotation.image_id == image_id)] == ["dog"]
+
+
+def test_a_late_submission_is_kept_when_nobody_took_the_image(client, admin, team, app):
+    project, _ = setup_project(client, admin, team, images=1)
+    image_id = next_task(client, project, team[0]).json()["image_id"]
+    with app.state.runtime.db.session() as session:
+        session.execute(update(Assignment).values(expires_at=utcnow() - timedelta(seconds=1)))
+    assert submit(client, project, team[0], image_id, "cat").status_code == 201
+
+
+def test_idempotent_retries_store_one_row(client, admin, team, app):
+    project, _ = setup_project(client, admin, team, images=1)
+    image_id = next_task(client, project, team[0]).json()["image_id"]
+    first = submit(client, project, team[0], image_id, "cat", key="retry-1", duration_ms=1500)
+    again = submit(client, project, team[0], image_id, "cat", key="retry-1", duration_ms=1500)
+    assert first.status_code == 201 and again.status_code == 200
+    assert again.json() == first.json()
+    assert len(rows(app, Annotation)) == 1
+    different = submit(client, project, team[0], image_id, "dog", key="retry-1")
+    assert different.status_code == 422
+    assert different.json()["error"]["code"] == "idempotency_key_reused"
+    assert len(rows(app, Annotation)) == 1
+
+
+def test_a_correction_supersedes_and_history_is_kept(client, admin, team, engineer):
+    project, _ = setup_project(client, admin, [*team, engineer], images=1)
+    image_id = next_task(client, project, team[0]).json()["image_id"]
+    first = submit(client, project, team[0], image_id, "cat").json()
+    fixed = submit(client, project, team[0], image_id, "bird").json()
+    assert fixed["supersedes_id"] == first["id"]
+    history = client.get(
+        f"/api/v1/projects/{project['id']}/images/{image_id}/annotations", headers=engineer.headers
+    ).json()
+    assert [(a["label"], a["is_current"]) for a in history] == [("cat", False), ("bird", True)]
+    labels = client.get(f"/api/v1/projects/{project['id']}/labels", headers=engineer.headers).json()["items"]
+    assert [(item["label"], item["label_count"]) for item in labels] == [("bird", 1)]
+
+
+@pytest.mark.parametrize(
+    ("label", "status", "code"),
+    [("zebra", 422, "unknown_label"), ("", 422, "invalid_request"), ("Cat", 422, "unknown_label")],
+)
+def test_labels_outside_the_set_are_refused_naming_the_valid_ones(client, admin, team, app, label, status, code):
+    project, _ = setup_project(client, admin, team, images=1)
+    image_id = next_task(client, project, team[0]).json()["image_id"]
+    response = submit(client, project, team[0], image_id, label)
+    assert response.status_code == status
+    assert response.json()["error"]["code"] == code
+    if code == "unknown_label":
+        assert "cat, dog, bird" in response.json()["error"]["message"]
+    assert rows(app, Annotation) == []
+
+
+def test_another_projects_image_and_non_members_get_404(client, admin, team, app):
+    project, _ = setup_project(client, admin, team, images=1)
+    _, other_images = setup_project(client, admin, team, images=1)
+    wrong_project = submit(client, project, team[0], other_images[0], "cat")
+    assert wrong_project.status_code == 404 and wrong_project.json()["error"]["code"] == "image_not_found"
+    outsider = make_user(app, "outsider", Role.annotator)
+    assert next_task(client, project, outsider).status_code == 404
+    assert submit(client, project, outsider, other_images[0], "cat").status_code == 404
+    assert rows(app, Annotation) == []
+
+
+def test_skip_releases_the_lease_to_others_and_a_flood_of_skips_is_refused(client, admin, team, app):
+    project, _ = setup_project(client, admin, team, images=1)
+    image_id = next_task(client, project, team[0]).json()["image_id"]
+    url = f"/api/v1/projects/{project['id']}/tasks/{image_id}/skip"
+    assert client.post(url, headers=team[0].headers).status_code == 204
+    for _ in range(5):
+        again = client.post(url, headers=team[0].headers)
+        assert again.status_code == 409 and again.json()["error"]["code"] == "not_leased"
+    assert client.post(url, headers=team[1].headers).status_code == 409  # never served to them
+    assert next_task(client, project, team[0]).status_code == 204  # not served again to who skipped
+    assert next_task(client, project, team[1]).json()["image_id"] == image_id
+    assert rows(app, Annotation) == []
+
+
+def test_overlapped_images_get_k_independent_labels_from_different_annotators(client, admin, team, app):
+    project, image_ids = setup_project(client, admin, team, images=2, settings={"overlap_rate": 1.0, "overlap_k": 3})
+    votes = {"annotator0": "cat", "annotator1": "dog", "annotator2": "dog", "annotator3": "bird"}
+    for annotator in team[:3]:
+        assert len(label_all(client, project, annotator, votes[annotator.name])) == 2
+    assert next_task(client, project, team[3]).status_code == 204  # each image has its 3 labels
+    for image_id in image_ids:
+        current = rows(app, Annotation, Annotation.image_id == image_id, Annotation.is_current)
+        assert len({a.annotator_id for a in current}) == 3
+    image = rows(app, Image, Image.id == image_ids[0])[0]
+    assert (image.consensus_label, image.consensus_tie, image.queue_tier) == ("dog", False, None)
+
+
+def test_an_annotator_sees_only_their_own_labels(client, admin, team):
+    project, image_ids = setup_project(client, admin, team, images=1, settings={"overlap_rate": 1.0, "overlap_k": 2})
+    label_all(client, project, team[0], "cat")
+    label_all(client, project, team[1], "dog")
+    mine = client.get(f"/api/v1/projects/{project['id']}/annotations", headers=team[1].headers).json()["items"]
+    assert [a["label"] for a in mine] == ["dog"]
+    history = client.get(
+        f"/api/v1/projects/{project['id']}/images/{image_ids[0]}/annotations", headers=team[1].headers
+    ).json()
+    assert [a["label"] for a in history] == ["dog"]
+    everyone = client.get(f"/api/v1/projects/{project['id']}/annotations", headers=admin.headers).json()["items"]
+    assert sorted(a["label"] for a in everyone) == ["cat", "dog"]
+    assert client.get(f"/api/v1/projects/{project['id']}/labels", headers=team[0].headers).status_code == 403
+
+
+def test_a_tie_is_flagged_and_resolved_by_label_order(client, admin, team, engineer):
+    project, _ = setup_project(
+        client, admin, [*team, engineer], images=1, settings={"overlap_rate": 1.0, "overlap_k": 2}
+    )
+    label_all(client, project, team[0], "bird")
+    label_all(client, project, team[1], "dog")
+    item = client.get(f"/api/v1/projects/{project['id']}/labels", headers=engineer.headers).json()["items"][0]
+    assert (item["label"], item["tie"]) == ("dog", True)  # dog comes before bird in the label set
+
+
+def test_partly_labeled_overlap_images_come_before_fresh_ones(client, admin, team, app):
+    project, image_ids = setup_project(client, admin, team, images=3, settings={"overlap_rate": 1.0, "overlap_k": 2})
+    first = next_task(client, project, team[0]).json()["image_id"]
+    submit(client, project, team[0], first, "cat")
+    assert next_task(client, project, team[1]).json()["image_id"] == first
+
+
+def test_gold_questions_are_served_and_scored_per_annotator(client, admin, team, app):
+    project, image_ids = setup_project(client, admin, team, images=3, settings={"gold_rate": 1.0})
+    gold_id = image_ids[0]
+    marked = client.put(
+        f"/api/v1/projects/{project['id']}/gold", json={"image_id": gold_id, "label": "dog"}, headers=admin.headers
+    )
+    assert marked.status_code == 200
+    for annotator, answer in ((team[0], "dog"), (team[1], "cat")):
+        task = next_task(client, project, annotator).json()
+        assert task["image_id"] == gold_id
+        assert set(task) == {
+            "image_id", "project_id", "content_url", "thumbnail_url", "width", "height",
+            "lease_expires_at", "review_reason", "prelabel",
+        }  # fmt: skip
+        assert submit(client, project, annotator, gold_id, answer).status_code == 201
+        assert next_task(client, project, annotator).json()["image_id"] != gold_id  # each gold once
+    scores = client.get(f"/api/v1/projects/{project['id']}/gold/scores", headers=admin.headers).json()
+    by_name = {s["name"]: s for s in scores}
+    assert (by_name["annotator0"]["correct"], by_name["annotator0"]["accuracy"]) == (1, 1.0)
+    assert (by_name["annotator1"]["answered"], by_name["annotator1"]["accuracy"]) == (1, 0.0)
+    unknown = client.put(
+        f"/api/v1/projects/{project['id']}/gold", json={"image_id": gold_id, "label": "zebra"}, headers=admin.headers
+    )
+    assert unknown.status_code == 422
+
+
+def test_images_sent_for_review_come_first_to_someone_else_with_the_reason(client, admin, team, engineer):
+    project, image_ids = setup_project(client, admin, [*team, engineer], images=3)
+    labeled = next_task(client, project, team[0]).json()["image_id"]
+    submit(client, project, team[0], labeled, "cat")
+    sent = client.post(
+        f"/api/v1/projects/{project['id']}/review",
+        json={"image_ids": [labeled], "reason": "looks like a dog"},
+        headers=engineer.headers,
+    )
+    assert sent.json() == {"queued": [labeled]}
+    task = next_task(client, project, team[1]).json()
+    assert (task["image_id"], task["review_reason"]) == (labeled, "looks like a dog")
+    assert next_task(client, project, team[0]).json()["image_id"] != labeled
+    submit(client, project, team[1], labeled, "dog")
+    item = next(
+        i
+        for i in client.get(f"/api/v1/projects/{project['id']}/labels", headers=engineer.headers).json()["items"]
+        if i["image_id"] == labeled
+    )
+    assert (item["label_count"], item["labels_needed"], item["tie"]) == (2, 2, True)
+
+
+def test_the_newest_model_prediction_is_the_prelabel(client, admin, team, app):
+    project, image_ids = setup_project(client, admin, team, images=1)
+    with app.state.runtime.db.session() as session:
+        session.add(Prediction(image_id=image_ids[0], model_version="v1", label="cat", confidence=0.6))
+        session.add(Prediction(image_id=image_ids[0], model_version="v2", label="dog", confidence=0.93))
+    task = next_task(client, project, team[0]).json()
+    assert task["prelabel"] == {"label": "dog", "confidence": 0.93, "model_version": "v2"}
+
+
+def test_progress_counts_for_the_page(client, admin, team):
+    project, _ = setup_project(client, admin, team, images=3)
+    task = next_task(client, project, team[0]).json()
+    submit(client, project, team[0], task["image_id"], "cat")
+    progress = client.get(f"/api/v1/projects/{project['id']}/progress", headers=team[0].headers).json()
+    assert progress == {"images": 3, "waiting": 2, "done": 1, "labeled_by_you": 1}
