@@ -124,12 +124,13 @@ def submit_annotation(
         idempotency_key=idempotency_key,
         request_hash=request_hash,
     )
-    if previous is not None:
-        previous.is_current = False
-    session.add(annotation)
     try:
+        # Everything pending goes inside the savepoint: begin_nested() flushes what is pending before
+        # it starts, so a row added outside it would fail outside the savepoint and abort the transaction.
         with session.begin_nested():
-            session.flush()
+            if previous is not None:
+                previous.is_current = False
+            session.add(annotation)
     except IntegrityError:
         # The same Idempotency-Key raced in from a parallel retry: answer with the row that won.
         if idempotency_key:

@@ -1,6 +1,6 @@
 """The labeling queue: which image an annotator gets next, leases, skips and the queue's order.
 
-An image waits in ``images.queue_tier`` until it has all the labels it needs; serving a task is a
+An image waits in ``images.queue_tier`` until it has all the labels it needs; serving a task is one
 backward index scan over (project_id, queue_tier, priority, id) that stops at the first image this
 annotator may take, so its cost does not grow with the pool. Leases are rows in ``assignments``;
 one that has expired simply stops counting, which is how it returns to the pool.
@@ -9,18 +9,15 @@ one that has expired simply stops counting, which is how it returns to the pool.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select, tuple_
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from storage.errors import Conflict
 from storage.models import Assignment, AssignmentStatus, Image, Prediction, Project, QueueTier, utcnow
 from storage.users import Principal
-
-CANDIDATE_BATCH = 32
 
 
 @dataclass(frozen=True)
@@ -65,35 +62,35 @@ def _active_lease_counts(session: Session, *, image_ids: list[int], now: datetim
     return dict(rows.all())
 
 
-def _seen_by(session: Session, *, image_ids: list[int], annotator_id: int) -> set[int]:
-    return set(
-        session.scalars(
-            select(Assignment.image_id).where(
-                Assignment.image_id.in_(image_ids), Assignment.annotator_id == annotator_id
-            )
-        )
-    )
+def _open_for(project_id: int, annotator_id: int, now: datetime) -> Select[Image]:
+    """Waiting images this annotator has never been served and that have room for one more label.
 
-
-def _queue_batches(session: Session, *, project_id: int) -> Iterator[list[Image]]:
-    """The waiting images in serving order, a batch at a time (keyset pagination, row-locked on PostgreSQL).
-
-    ``FOR UPDATE SKIP LOCKED`` lets concurrent annotators pass over the rows another request is
-    leasing right now; SQLite serializes writers and ignores the clause.
+    One statement in serving order: a backward scan of ix_images_queue that probes the assignments
+    index for each image it passes, so it stops at the first match without reading the pool.
     """
-    order = (Image.queue_tier.desc(), Image.priority.desc(), Image.id.desc())
-    query = select(Image).where(Image.project_id == project_id, Image.queue_tier.is_not(None))
-    last: tuple[int, float, int] | None = None
-    while True:
-        page = query
-        if last is not None:
-            page = page.where(tuple_(Image.queue_tier, Image.priority, Image.id) < last)
-        batch = list(session.scalars(page.order_by(*order).limit(CANDIDATE_BATCH).with_for_update(skip_locked=True)))
-        if not batch:
-            return
-        yield batch
-        tail = batch[-1]
-        last = (tail.queue_tier, tail.priority, tail.id)  # type: ignore[assignment]
+    seen = (
+        select(Assignment.id).where(Assignment.image_id == Image.id, Assignment.annotator_id == annotator_id).exists()
+    )
+    live_leases = (
+        select(func.count())
+        .where(
+            Assignment.image_id == Image.id,
+            Assignment.status == AssignmentStatus.leased,
+            Assignment.expires_at > now,
+        )
+        .scalar_subquery()
+    )
+    return (
+        select(Image)
+        .where(
+            Image.project_id == project_id,
+            Image.queue_tier.is_not(None),
+            ~seen,
+            Image.label_count + live_leases < Image.labels_needed,
+        )
+        .order_by(Image.queue_tier.desc(), Image.priority.desc(), Image.id.desc())
+        .limit(1)
+    )
 
 
 def _gold_candidate(session: Session, *, project_id: int, annotator_id: int) -> Image | None:
@@ -161,13 +158,27 @@ def next_task(
 
 
 def _first_open(session: Session, *, project_id: int, annotator_id: int, now: datetime) -> Image | None:
-    for batch in _queue_batches(session, project_id=project_id):
-        ids = [image.id for image in batch]
-        seen = _seen_by(session, image_ids=ids, annotator_id=annotator_id)
-        leased = _active_lease_counts(session, image_ids=ids, now=now, exclude=annotator_id)
-        for image in batch:
-            if image.id not in seen and image.label_count + leased.get(image.id, 0) < image.labels_needed:
+    """The first open image, locked for this transaction.
+
+    On PostgreSQL a concurrent request may be leasing the same row: SKIP LOCKED passes over it, and
+    the capacity is checked again once the row is ours, since the other request may have just taken
+    the last place. Only when every candidate was locked do we wait for the locks, so an annotator
+    never gets a premature 204. SQLite runs one writer at a time and ignores the locking clauses.
+    """
+    passed: set[int] = set()
+    for skip_locked in (True, False):
+        while True:
+            query = _open_for(project_id, annotator_id, now)
+            if passed:
+                query = query.where(Image.id.not_in(passed))
+            image = session.scalar(
+                query.with_for_update(skip_locked=skip_locked).execution_options(populate_existing=True)
+            )
+            if image is None:
+                break
+            if capacity_left(session, image=image, annotator_id=annotator_id, now=now):
                 return image
+            passed.add(image.id)
     return None
 
 

@@ -7,7 +7,7 @@ from fastapi import FastAPI
 from service.deps import Runtime
 from service.errors import add_exception_handlers
 from service.observability import RequestContextMiddleware
-from service.routers import health, images, labeling, projects, users
+from service.routers import exports, health, images, labeling, projects, users, webpage
 from storage.blobs import BlobStore, open_blob_store
 from storage.db import Database
 from storage.migrate import upgrade
@@ -41,6 +41,6 @@ def create_app(settings: Settings | None = None, *, migrate: bool | None = None)
     app.state.runtime = runtime
     add_exception_handlers(app)
     app.add_middleware(RequestContextMiddleware)
-    for module in (health, users, projects, images, labeling):
+    for module in (health, users, projects, images, labeling, exports, webpage):
         app.include_router(module.router)
     return app

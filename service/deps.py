@@ -45,6 +45,15 @@ def get_session(runtime: RuntimeDep) -> Iterator[Session]:
 
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
+
+def get_read_session(runtime: RuntimeDep) -> Iterator[Session]:
+    """For routes that only read: on SQLite it neither takes nor waits for the write lock."""
+    with runtime.db.read_session() as session:
+        yield session
+
+
+ReadSessionDep = Annotated[Session, Depends(get_read_session, scope="function")]
+
 _bearer = HTTPBearer(auto_error=False, description="An API token from `labelwheel users create`.")
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +34,7 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA synchronous=NORMAL")  # durable across crashes in WAL mode
+        cursor.execute("PRAGMA synchronous=FULL")  # every commit is on disk before it is acknowledged
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -51,18 +54,50 @@ def create_db_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
 
+class WriterLock:
+    """One SQLite writer at a time across threads and processes, woken at once when the lock frees.
+
+    SQLite's own busy handler polls with sleeps of up to 100 ms, so under load some writers keep
+    losing and latency tails grow to seconds; queueing on a kernel lock (a thread lock, then
+    ``flock`` on a file beside the database for other processes) serves writers in turn instead.
+    """
+
+    def __init__(self, database_path: str) -> None:
+        self._threads = threading.Lock()
+        self._path = f"{database_path}.writer-lock"
+        self._fd: int | None = None
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        if not self._threads.acquire(timeout=SQLITE_BUSY_TIMEOUT_MS / 1000):
+            raise TimeoutError("the database stayed busy for 30 s; retry, or look for a stuck writer")
+        try:
+            if self._fd is None:
+                self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._threads.release()
+
+
 class Database:
     """One engine and its session factory; ``session()`` commits on success, rolls back on error."""
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = create_db_engine(url)
+        database = make_url(url).database
+        sqlite_file = self.engine.dialect.name == "sqlite" and database not in (None, "", ":memory:")
+        self._writer_lock = WriterLock(str(database)) if sqlite_file else None
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._read_sessions = sessionmaker(self.engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        with self._sessions() as session:
+        with self._writer_lock.held() if self._writer_lock else nullcontext(), self._sessions() as session:
             try:
                 yield session
                 session.commit()

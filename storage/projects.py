@@ -76,10 +76,9 @@ def create_project(
     project = Project(
         name=name, labels=validate_labels(labels), settings=validate_settings(settings), task_type=task_type
     )
-    session.add(project)
     try:
         with session.begin_nested():
-            session.flush()
+            session.add(project)
     except IntegrityError:
         raise Conflict(f"a project named {name!r} already exists", code="project_exists") from None
     return project

@@ -54,10 +54,9 @@ def create_user(session: Session, *, name: str, role: Role, token: str | None = 
         )
     token = token or new_token()
     user = User(name=name, role=role, token_hash=hash_token(token))
-    session.add(user)
     try:
         with session.begin_nested():
-            session.flush()
+            session.add(user)
     except IntegrityError:
         raise Conflict(f"a user named {name!r} already exists", code="user_exists") from None
     return user, token

@@ -51,6 +51,11 @@ ROUTES: dict[tuple[str, str], tuple[set[str], dict]] = {
         {ADMIN, ENGINEER},
         {"json": {"image_ids": ["{image_id}"], "reason": "check it"}},
     ),
+    ("GET", "/api/v1/projects/{project_id}/export"): ({ADMIN, ENGINEER}, {}),
+    ("POST", "/api/v1/projects/{project_id}/import/labelstudio"): (
+        {ADMIN},
+        {"multipart": [("export", ("export.json", b'[{"data": {"image": "c.png"}}]')), ("files", "c.png")]},
+    ),
 }
 
 PUBLIC = {("GET", "/health")}
@@ -94,6 +99,11 @@ def test_route_allows_and_refuses_by_role_and_membership(client, app, admin, rou
             kwargs["json"] = {k: fill(v) for k, v in arguments["json"].items()}
         if arguments.get("files"):
             kwargs["files"] = [("files", ("b.png", img.png(color=(1, 2, 3))))]
+        if "multipart" in arguments:  # a named image part becomes a real PNG under that name
+            kwargs["files"] = [
+                (field, (value, img.png(color=(4, 5, 6))) if isinstance(value, str) else value)
+                for field, value in arguments["multipart"]
+            ]
         return client.request(method, url, headers=headers, **kwargs)
 
     anonymous = call({})

@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Header, Query, Response, UploadFile, status
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from service.deps import CurrentUser, RuntimeDep, SessionDep
+from service.deps import CurrentUser, ReadSessionDep, RuntimeDep
 from service.observability import IMAGES
 from service.schemas.common import ERROR_RESPONSES, MAX_ID, ImageId, ProjectId
 from service.schemas.images import ImageRead, ImagesPage, IngestFileResult, IngestSummary
@@ -66,7 +66,7 @@ def upload(
 @router.get("/api/v1/projects/{project_id}/images", summary="A page of the project's images, by id")
 def index(
     project_id: ProjectId,
-    session: SessionDep,
+    session: ReadSessionDep,
     principal: CurrentUser,
     after: Annotated[int | None, Query(ge=0, le=MAX_ID, description="Return images with an id above this one.")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -80,7 +80,7 @@ def index(
 
 
 @router.get("/api/v1/images/{image_id}", summary="One image's facts")
-def read(image_id: ImageId, session: SessionDep, principal: CurrentUser) -> ImageRead:
+def read(image_id: ImageId, session: ReadSessionDep, principal: CurrentUser) -> ImageRead:
     return ImageRead.model_validate(get_image(session, principal=principal, image_id=image_id))
 
 
@@ -106,7 +106,7 @@ def _blob_response(runtime: RuntimeDep, sha256: str, media_type: str, if_none_ma
 )
 def content(
     image_id: ImageId,
-    session: SessionDep,
+    session: ReadSessionDep,
     principal: CurrentUser,
     runtime: RuntimeDep,
     if_none_match: Annotated[str | None, Header()] = None,
@@ -123,7 +123,7 @@ def content(
 )
 def thumbnail(
     image_id: ImageId,
-    session: SessionDep,
+    session: ReadSessionDep,
     principal: CurrentUser,
     runtime: RuntimeDep,
     if_none_match: Annotated[str | None, Header()] = None,

@@ -9,7 +9,7 @@ from annotation.annotations import list_annotations, project_image, submit_annot
 from annotation.curation import gold_scores, send_for_review, set_gold
 from annotation.labels import current_labels
 from annotation.queue import next_task, progress, skip_task
-from service.deps import CurrentUser, SessionDep
+from service.deps import CurrentUser, ReadSessionDep, SessionDep
 from service.schemas.common import ERROR_RESPONSES, MAX_ID, ImageId, ProjectId
 from service.schemas.images import ImageRead
 from service.schemas.labeling import (
@@ -100,7 +100,7 @@ def submit(
 @router.get("/annotations", summary="Annotations by id, history included (annotators see their own)")
 def index(
     project_id: ProjectId,
-    session: SessionDep,
+    session: ReadSessionDep,
     principal: CurrentUser,
     after: After = None,
     limit: Limit = 100,
@@ -125,14 +125,14 @@ def index(
 
 
 @router.get("/progress", summary="Counters for the labeling page")
-def progress_(project_id: ProjectId, session: SessionDep, principal: CurrentUser) -> ProgressRead:
+def progress_(project_id: ProjectId, session: ReadSessionDep, principal: CurrentUser) -> ProgressRead:
     get_project(session, principal=principal, project_id=project_id)
     return ProgressRead(**progress(session, project_id=project_id, annotator_id=principal.id))
 
 
 @router.get("/labels", summary="The current (consensus) label of each labeled image (admin, engineer)")
 def labels(
-    project_id: ProjectId, session: SessionDep, principal: CurrentUser, after: After = None, limit: Limit = 100
+    project_id: ProjectId, session: ReadSessionDep, principal: CurrentUser, after: After = None, limit: Limit = 100
 ) -> CurrentLabelsPage:
     get_project(session, principal=principal, project_id=project_id)
     require_role(principal, Role.admin, Role.engineer)
@@ -168,7 +168,7 @@ def ungold(project_id: ProjectId, image_id: ImageId, session: SessionDep, princi
 
 
 @router.get("/gold/scores", summary="Each annotator's answers to gold questions (admin, engineer)")
-def scores(project_id: ProjectId, session: SessionDep, principal: CurrentUser) -> list[GoldScoreRead]:
+def scores(project_id: ProjectId, session: ReadSessionDep, principal: CurrentUser) -> list[GoldScoreRead]:
     get_project(session, principal=principal, project_id=project_id)
     require_role(principal, Role.admin, Role.engineer)
     return [
@@ -189,7 +189,7 @@ def review(project_id: ProjectId, body: ReviewRequest, session: SessionDep, prin
 
 @router.get("/images/{image_id}/annotations", summary="One image's annotation history (annotators see their own)")
 def history(
-    project_id: ProjectId, image_id: ImageId, session: SessionDep, principal: CurrentUser
+    project_id: ProjectId, image_id: ImageId, session: ReadSessionDep, principal: CurrentUser
 ) -> list[AnnotationRead]:
     project = get_project(session, principal=principal, project_id=project_id)
     project_image(session, project=project, image_id=image_id)

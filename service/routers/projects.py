@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, status
 
-from service.deps import CurrentUser, SessionDep
+from service.deps import CurrentUser, ReadSessionDep, SessionDep
 from service.schemas.common import ERROR_RESPONSES, ProjectId, UserId
 from service.schemas.projects import MemberAdd, ProjectCreate, ProjectRead, ProjectSettingsUpdate
 from service.schemas.users import UserRead
@@ -31,12 +31,12 @@ def create(body: ProjectCreate, session: SessionDep, principal: CurrentUser) -> 
 
 
 @router.get("", summary="Projects the caller is a member of (admins: all)")
-def index(session: SessionDep, principal: CurrentUser) -> list[ProjectRead]:
+def index(session: ReadSessionDep, principal: CurrentUser) -> list[ProjectRead]:
     return [ProjectRead.model_validate(p) for p in list_projects(session, principal=principal)]
 
 
 @router.get("/{project_id}", summary="One project")
-def read(project_id: ProjectId, session: SessionDep, principal: CurrentUser) -> ProjectRead:
+def read(project_id: ProjectId, session: ReadSessionDep, principal: CurrentUser) -> ProjectRead:
     return ProjectRead.model_validate(get_project(session, principal=principal, project_id=project_id))
 
 
@@ -52,7 +52,7 @@ def patch_settings(
 
 
 @router.get("/{project_id}/members", summary="Members of the project")
-def members(project_id: ProjectId, session: SessionDep, principal: CurrentUser) -> list[UserRead]:
+def members(project_id: ProjectId, session: ReadSessionDep, principal: CurrentUser) -> list[UserRead]:
     project = get_project(session, principal=principal, project_id=project_id)
     return [UserRead.model_validate(u) for u in list_members(session, project=project)]
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, status
 
-from service.deps import CurrentUser, SessionDep
+from service.deps import CurrentUser, ReadSessionDep, SessionDep
 from service.schemas.common import ERROR_RESPONSES
 from service.schemas.users import UserCreate, UserRead, UserWithToken
 from storage.models import Role
@@ -20,11 +20,11 @@ def create(body: UserCreate, session: SessionDep, principal: CurrentUser) -> Use
 
 
 @router.get("", summary="List users (admin)")
-def index(session: SessionDep, principal: CurrentUser) -> list[UserRead]:
+def index(session: ReadSessionDep, principal: CurrentUser) -> list[UserRead]:
     require_role(principal, Role.admin)
     return [UserRead.model_validate(u) for u in list_users(session)]
 
 
 @router.get("/me", summary="The calling user")
-def me(session: SessionDep, principal: CurrentUser) -> UserRead:
+def me(session: ReadSessionDep, principal: CurrentUser) -> UserRead:
     return UserRead.model_validate(get_user(session, user_id=principal.id))

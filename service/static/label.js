@@ -1,0 +1,281 @@
+// The labeling page: sign in with an API token, then label, skip and correct images from the keyboard.
+"use strict";
+
+const TOKEN_KEY = "labelwheel.token";
+const ACTION_KEYS = new Set(["s", "u"]);
+const LABEL_KEYS = [..."1234567890abcdefghijklmnopqrstuvwxyz"].filter((key) => !ACTION_KEYS.has(key));
+const PROJECT = `/api/v1/projects/${location.pathname.split("/")[2]}`;
+
+const $ = (id) => document.getElementById(id);
+
+const state = {
+  token: localStorage.getItem(TOKEN_KEY),
+  shortcuts: new Map(), // key -> label name
+  current: null, // the leased task: the API's task plus `blob` and `shownAt`
+  last: null, // the task labeled last, with its `label`: what undo brings back
+  correcting: false, // the screen shows `last`; the next label corrects it
+  pending: null, // a submission whose request failed: a retry reuses its Idempotency-Key
+  onScreen: null,
+  imageUrl: null,
+  busy: false,
+};
+
+class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+async function api(method, path, { body, headers = {} } = {}) {
+  const init = { method, headers: { Authorization: `Bearer ${state.token}`, ...headers } };
+  if (body !== undefined) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const response = await fetch(path, init);
+  if (!response.ok) {
+    const error = await response.json().then((payload) => payload.error, () => null);
+    throw new ApiError(response.status, error?.code, error?.message ?? `the server answered ${response.status}`);
+  }
+  return response;
+}
+
+function newIdempotencyKey() {
+  // randomUUID exists only in secure contexts; the service may be reached over plain http on a LAN address.
+  if (crypto.randomUUID) return crypto.randomUUID();
+  return Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+function showMessage(text, kind = "error") {
+  $("message").textContent = text;
+  $("message").dataset.kind = kind;
+  $("message").hidden = !text;
+}
+
+// Runs one user action at a time. Keys pressed meanwhile are dropped, not queued: a key pressed before the
+// next image is on screen cannot be a judgment of that image.
+async function act(work) {
+  if (state.busy) return;
+  state.busy = true;
+  $("workspace").setAttribute("aria-busy", "true");
+  showMessage("");
+  try {
+    await work();
+  } catch (error) {
+    if (error instanceof ApiError && error.status === 401) signOut(error.message);
+    else if (error instanceof ApiError) showMessage(error.message);
+    else showMessage(`Could not reach the server (${error.message}); try again.`);
+  } finally {
+    state.busy = false;
+    $("workspace").setAttribute("aria-busy", "false");
+  }
+}
+
+function signOut(reason) {
+  localStorage.removeItem(TOKEN_KEY);
+  Object.assign(state, { token: null, current: null, last: null, correcting: false, pending: null, onScreen: null });
+  $("workspace").hidden = $("sign-out").hidden = true;
+  $("progress").textContent = $("project-name").textContent = "";
+  $("sign-in").hidden = false;
+  $("sign-in-error").textContent = reason;
+  $("token").focus();
+}
+
+function start() {
+  $("sign-in").hidden = true;
+  $("workspace").hidden = $("sign-out").hidden = false;
+  return act(async () => {
+    const project = await (await api("GET", PROJECT)).json();
+    $("project-name").textContent = project.name;
+    document.title = `${project.name} · labelwheel`;
+    renderLabels(project.labels);
+    await Promise.all([loadNext(), refreshProgress()]);
+  });
+}
+
+function renderLabels(names) {
+  state.shortcuts.clear();
+  const buttons = names.map((name, i) => {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "label";
+    button.dataset.label = name;
+    button.title = name;
+    const key = LABEL_KEYS[i];
+    const kbd = document.createElement("kbd");
+    if (key) {
+      state.shortcuts.set(key, name);
+      button.setAttribute("aria-keyshortcuts", key);
+      kbd.textContent = key;
+    }
+    const text = document.createElement("span");
+    text.textContent = name;
+    button.append(kbd, " ", text);
+    button.addEventListener("click", () => submit(name));
+    return button;
+  });
+  $("labels").replaceChildren(...buttons);
+  $("labels").classList.toggle("compact", names.length > 8);
+}
+
+async function refreshProgress() {
+  const p = await (await api("GET", `${PROJECT}/progress`)).json();
+  $("progress").textContent = `You labeled ${p.labeled_by_you} · done ${p.done} of ${p.images}`;
+}
+
+async function loadNext() {
+  const response = await api("GET", `${PROJECT}/tasks/next`);
+  if (response.status === 204) {
+    state.current = null;
+  } else {
+    const task = await response.json();
+    // <img src> cannot send the Authorization header, so the bytes come through fetch.
+    task.blob = await (await api("GET", task.content_url)).blob();
+    state.current = task;
+  }
+  await render();
+}
+
+// After a label, a skip or a lost lease: back to the held task after a correction, else the next task.
+async function advance() {
+  if (state.correcting) state.correcting = false;
+  else state.current = null;
+  if (state.current) await render();
+  else await loadNext();
+}
+
+async function render() {
+  const task = state.correcting ? state.last : state.current;
+  const image = $("image");
+  image.hidden = task === null;
+  $("done").hidden = task !== null;
+  if (task && task !== state.onScreen) {
+    if (state.imageUrl) URL.revokeObjectURL(state.imageUrl);
+    state.imageUrl = URL.createObjectURL(task.blob);
+    image.src = state.imageUrl;
+    image.alt = `Image ${task.image_id}`;
+    await image.decode().catch(() => {}); // an undecodable file can still be labeled or skipped
+    fitImage();
+    task.shownAt = performance.now();
+  }
+  state.onScreen = task;
+  image.dataset.imageId = task ? task.image_id : "";
+  $("caption").textContent = task ? `Image #${task.image_id} · ${task.width}×${task.height} px` : "";
+
+  const reason = task?.review_reason;
+  $("review-banner").hidden = !reason;
+  $("review-banner").textContent = reason ? `Sent back for review: ${reason}` : "";
+  $("undo-banner").hidden = !state.correcting;
+  $("undo-banner").textContent = state.correcting
+    ? `Correcting image #${task.image_id}: you chose “${task.label}”. Pick the right label, or press Esc to go back.`
+    : "";
+
+  const prelabel = task?.prelabel;
+  $("suggestion").hidden = !prelabel;
+  $("suggestion").textContent = prelabel
+    ? `Model suggests ${prelabel.label} (${Math.round(prelabel.confidence * 100)}%)`
+    : "";
+  $("suggestion").title = prelabel ? `model ${prelabel.model_version}` : "";
+  for (const button of $("labels").children) {
+    const suggested = prelabel?.label === button.dataset.label;
+    button.classList.toggle("suggested", suggested);
+    button.classList.toggle("previous", state.correcting && task.label === button.dataset.label);
+    if (suggested) button.setAttribute("aria-describedby", "suggestion");
+    else button.removeAttribute("aria-describedby");
+  }
+  $("skip").disabled = state.correcting || !state.current;
+  $("undo").disabled = !state.last;
+}
+
+// Tiny images are enlarged with visible pixels; smooth scaling only blurs what the annotator must judge.
+function fitImage() {
+  const image = $("image");
+  const stage = $("stage");
+  const scale = Math.min(stage.clientWidth / image.naturalWidth, stage.clientHeight / image.naturalHeight);
+  image.classList.toggle("pixelated", scale >= 2);
+}
+
+function submit(label) {
+  return act(async () => {
+    const task = state.correcting ? state.last : state.current;
+    if (!task) return;
+    if (state.pending?.image_id !== task.image_id || state.pending?.label !== label) {
+      const duration_ms = Math.round(performance.now() - task.shownAt);
+      state.pending = { image_id: task.image_id, label, duration_ms, key: newIdempotencyKey() };
+    }
+    const { key, ...body } = state.pending;
+    try {
+      await api("POST", `${PROJECT}/annotations`, { body, headers: { "Idempotency-Key": key } });
+    } catch (error) {
+      // A network error or a 5xx stored nothing: pressing the key again retries with the same key.
+      if (!(error instanceof ApiError) || error.status >= 500) throw error;
+      state.pending = null;
+      if (error.status !== 409 && error.status !== 404) throw error;
+      showMessage(error.message); // e.g. lease_lost: others finished this image meanwhile
+      await Promise.all([advance(), refreshProgress()]);
+      return;
+    }
+    state.pending = null;
+    state.last = { ...task, label };
+    await Promise.all([advance(), refreshProgress()]);
+  });
+}
+
+function skip() {
+  return act(async () => {
+    if (state.correcting || !state.current) return;
+    try {
+      await api("POST", `${PROJECT}/tasks/${state.current.image_id}/skip`);
+    } catch (error) {
+      if (!(error instanceof ApiError && error.status === 409)) throw error;
+      showMessage(error.message);
+    }
+    await advance();
+  });
+}
+
+function undo() {
+  return act(async () => {
+    if (state.correcting) {
+      state.correcting = false;
+    } else if (state.last) {
+      state.correcting = true;
+    } else {
+      showMessage("Nothing to undo yet.", "info");
+      return;
+    }
+    await render();
+  });
+}
+
+document.addEventListener("keydown", (event) => {
+  if ($("workspace").hidden || event.ctrlKey || event.metaKey || event.altKey || event.repeat) return;
+  const key = event.key.length === 1 ? event.key.toLowerCase() : event.key;
+  if (key === "s") skip();
+  else if (key === "u" || key === "Backspace") undo();
+  else if (key === "Escape" && state.correcting) undo();
+  else if (state.shortcuts.has(key)) submit(state.shortcuts.get(key));
+  else return;
+  event.preventDefault();
+});
+
+$("sign-in-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  state.token = $("token").value.trim();
+  $("token").value = "";
+  localStorage.setItem(TOKEN_KEY, state.token);
+  start();
+});
+$("sign-out").addEventListener("click", (event) => {
+  event.preventDefault();
+  signOut("");
+});
+$("skip").addEventListener("click", skip);
+$("undo").addEventListener("click", undo);
+$("check-again").addEventListener("click", () => act(loadNext));
+window.addEventListener("resize", fitImage);
+
+if (state.token) start();
+else signOut("");

@@ -1,0 +1,237 @@
+"""The labeling page: served outside the API schema, and driven end to end in headless Chromium on a real server."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import secrets
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image, ImageDraw
+from playwright.sync_api import ConsoleMessage, Page, Route, expect, sync_playwright
+
+from storage.db import Database
+from storage.models import Prediction
+from tests.conftest import unavailable
+from tests.test_blobs import free_port
+from tests.test_cli import start_server, stop
+
+CHROMIUM = Path("/usr/bin/chromium")
+# The machines running the tests have no internet: keep Chromium from calling home.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+
+
+def test_the_page_and_its_assets_are_served_outside_the_api_schema(client, app):
+    page = client.get("/label/1")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    assert '<script src="/static/label.js"' in page.text
+    for bad in ("0", str(2**31), "abc"):
+        assert client.get(f"/label/{bad}").status_code == 422
+    assert client.get("/static/label.js").headers["content-type"].startswith("text/javascript")
+    assert client.get("/static/label.css").headers["content-type"].startswith("text/css")
+    for missing in ("nope.js", "label.html", "..", "%2e%2e%2fapp.py"):
+        assert client.get(f"/static/{missing}").status_code == 404
+    paths = app.openapi()["paths"]
+    assert not any(path.startswith(("/label", "/static")) for path in paths)
+
+
+@dataclass(frozen=True)
+class Server:
+    base: str
+    admin_token: str
+    data_dir: Path
+
+
+@pytest.fixture
+def server(tmp_path) -> Iterator[Server]:
+    if not CHROMIUM.exists():
+        unavailable("chromium", f"{CHROMIUM} is missing; install Debian's chromium package")
+    data_dir = tmp_path / "data"
+    admin_token = secrets.token_urlsafe(32)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LABELWHEEL_")}
+    env |= {"LABELWHEEL_DATA_DIR": str(data_dir), "LABELWHEEL_ADMIN_TOKEN": admin_token}
+    process, base, _ = start_server(env, free_port())
+    # The server logs each request to its stdout pipe: keep draining it so a full pipe never blocks it.
+    threading.Thread(target=process.stdout.read, daemon=True).start()
+    try:
+        yield Server(base, admin_token, data_dir)
+    finally:
+        stop(process)
+
+
+def picture(i: int) -> bytes:
+    """A small distinct PNG: a coloured disc on a plain background."""
+    image = Image.new("RGB", (40, 30), (230 - 30 * i, 220, 200 + 10 * i))
+    ImageDraw.Draw(image).ellipse((8 + i, 5, 30 + i, 25), fill=(40 * i, 90, 160 - 20 * i))
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+def seed(server: Server, admin: httpx.Client) -> tuple[int, str, list[int]]:
+    """A project with three labels and five images, and an annotator who is a member: (project, token, images)."""
+    body = {"name": "pets", "labels": ["cat", "dog", "bird"], "settings": {"gold_rate": 0, "overlap_rate": 0}}
+    created = admin.post("/api/v1/projects", json=body)
+    assert created.status_code == 201, created.text
+    project_id = created.json()["id"]
+    user = admin.post("/api/v1/users", json={"name": "annie", "role": "annotator"})
+    assert user.status_code == 201, user.text
+    member = admin.post(f"/api/v1/projects/{project_id}/members", json={"user_id": user.json()["id"]})
+    assert member.status_code == 201, member.text
+    files = [("files", (f"{i}.png", picture(i))) for i in range(5)]
+    uploaded = admin.post(f"/api/v1/projects/{project_id}/images", files=files)
+    assert uploaded.status_code == 201, uploaded.text
+    image_ids = [f["image_id"] for f in uploaded.json()["files"]]
+    assert len(set(image_ids)) == 5
+    return project_id, user.json()["token"], image_ids
+
+
+def add_prelabel(server: Server, image_id: int) -> None:
+    db = Database(f"sqlite:///{server.data_dir / 'labelwheel.db'}")
+    with db.session() as session:
+        session.add(Prediction(image_id=image_id, model_version="v-test", label="dog", confidence=0.87))
+    db.dispose()
+
+
+def note_console_error(message: ConsoleMessage, problems: list[str]) -> None:
+    # A 401 or 404 answer is logged as "Failed to load resource"; the page handles those itself.
+    if message.type == "error" and not message.text.startswith("Failed to load resource"):
+        problems.append(message.text)
+
+
+def shown_image(page: Page) -> int:
+    expect(page.locator("#workspace")).to_have_attribute("aria-busy", "false")
+    return int(page.locator("#image").get_attribute("data-image-id"))
+
+
+def press(page: Page, key: str, *, posts_to: str, status: int) -> httpx.Headers:
+    """Press a shortcut, wait for its POST and for the page to settle; the request's headers come back."""
+    with page.expect_response(lambda r: r.request.method == "POST" and r.url.endswith(posts_to)) as answer:
+        page.keyboard.press(key)
+    assert answer.value.status == status, answer.value.text()
+    expect(page.locator("#workspace")).to_have_attribute("aria-busy", "false")
+    return httpx.Headers(answer.value.request.headers)
+
+
+def test_an_annotator_labels_skips_and_corrects_with_the_keyboard(server, tmp_path):
+    admin = httpx.Client(base_url=server.base, headers={"Authorization": f"Bearer {server.admin_token}"}, timeout=30)
+    project_id, token, image_ids = seed(server, admin)
+    prelabeled = image_ids[2]
+    add_prelabel(server, prelabeled)
+    screenshot = tmp_path / "label-page.png"
+    problems: list[str] = []
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.set_default_timeout(10_000)
+            page.on("pageerror", lambda error: problems.append(str(error)))
+            page.on("console", lambda message: note_console_error(message, problems))
+            page.goto(f"{server.base}/label/{project_id}")
+
+            page.get_by_label("API token").fill("not-a-real-token")
+            page.get_by_role("button", name="Sign in").click()
+            expect(page.locator("#sign-in-error")).to_contain_text("invalid API token")
+            page.get_by_label("API token").fill(token)
+            page.get_by_role("button", name="Sign in").click()
+            progress = page.locator("#progress")
+            expect(progress).to_have_text("You labeled 0 · done 0 of 5")
+            expect(page.locator("#project-name")).to_have_text("pets")
+            for name, key in (("cat", "1"), ("dog", "2"), ("bird", "3")):
+                button = page.get_by_role("button", name=re.compile(rf"^{key} {name}"))
+                expect(button).to_have_attribute("aria-keyshortcuts", key)
+
+            def check_prelabel(image_id: int) -> None:
+                suggested = page.locator("button.label.suggested")
+                if image_id == prelabeled:
+                    expect(page.locator("#suggestion")).to_have_text("Model suggests dog (87%)")
+                    expect(suggested).to_have_count(1)
+                    expect(suggested).to_contain_text("dog")
+                    if not screenshot.exists():
+                        page.screenshot(path=screenshot)
+                else:
+                    expect(page.locator("#suggestion")).to_be_hidden()
+                    expect(suggested).to_have_count(0)
+
+            given: dict[int, str] = {}
+            for n, (key, label) in enumerate((("1", "cat"), ("2", "dog"), ("3", "bird")), start=1):
+                image_id = shown_image(page)
+                check_prelabel(image_id)
+                headers = press(page, key, posts_to="/annotations", status=201)
+                assert UUID.match(headers["idempotency-key"])
+                given[image_id] = label
+                expect(progress).to_have_text(f"You labeled {n} · done {n} of 5")
+            image = page.locator("#image")
+            assert "pixelated" in image.get_attribute("class")
+            assert image.bounding_box()["height"] > 500  # a 40×30 picture fills the stage
+
+            skipped = shown_image(page)
+            check_prelabel(skipped)
+            press(page, "s", posts_to=f"/tasks/{skipped}/skip", status=204)
+            held = shown_image(page)
+            check_prelabel(held)
+            assert len({*given, skipped, held}) == 5
+
+            corrected = image_id  # the last one labeled, as "bird"
+            page.keyboard.press("u")
+            expect(image).to_have_attribute("data-image-id", str(corrected))
+            expect(page.locator("#workspace")).to_have_attribute("aria-busy", "false")
+            expect(page.locator("#undo-banner")).to_contain_text("you chose “bird”")
+            expect(page.locator("button.label.previous")).to_contain_text("bird")
+            press(page, "1", posts_to="/annotations", status=201)
+            given[corrected] = "cat"
+            expect(image).to_have_attribute("data-image-id", str(held))
+            expect(page.locator("#undo-banner")).to_be_hidden()
+            expect(progress).to_have_text("You labeled 3 · done 3 of 5")
+
+            dropped: list[str] = []
+
+            def drop(route: Route) -> None:
+                dropped.append(route.request.headers["idempotency-key"])
+                route.abort()
+
+            page.route("**/annotations", drop, times=1)
+            page.keyboard.press("2")
+            expect(page.locator("#message")).to_contain_text("Could not reach the server")
+            expect(page.locator("#workspace")).to_have_attribute("aria-busy", "false")
+            headers = press(page, "2", posts_to="/annotations", status=201)
+            assert headers["idempotency-key"] == dropped[0]  # the retry of a lost request reuses its key
+            given[held] = "dog"
+            expect(page.get_by_text("All done — nothing left to label")).to_be_visible()
+            expect(progress).to_have_text("You labeled 4 · done 4 of 5")
+        finally:
+            browser.close()
+
+    assert problems == []
+    assert screenshot.exists()
+    print(f"\nscreenshot of the labeling page: {screenshot}")  # noqa: T201
+
+    url = f"/api/v1/projects/{project_id}/annotations"
+    current = admin.get(url, params={"current_only": "true"}).json()["items"]
+    assert {a["image_id"]: a["label"] for a in current} == given
+    assert all(a["duration_ms"] is not None and a["origin"] == "human" for a in current)
+    history = admin.get(url).json()["items"]
+    replaced = [a for a in history if not a["is_current"]]
+    assert [(a["image_id"], a["label"]) for a in replaced] == [(corrected, "bird")]
+    correction = next(a for a in current if a["image_id"] == corrected)
+    assert correction["supersedes_id"] == replaced[0]["id"]
+    assert skipped not in {a["image_id"] for a in history}
+    admin.close()
