@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 from fastapi import FastAPI
 
 from service.deps import Runtime
@@ -44,3 +46,23 @@ def create_app(settings: Settings | None = None, *, migrate: bool | None = None)
     for module in (health, users, projects, images, labeling, exports, webpage):
         app.include_router(module.router)
     return app
+
+
+def create_worker_app() -> FastAPI:
+    """The app of one `serve --workers N` process: settings from the environment, schema already upgraded."""
+    from service.observability import configure_logging
+
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    app = create_app(settings, migrate=False)
+    settle_heap()
+    return app
+
+
+def settle_heap() -> None:
+    """Take the ~130k objects made at start-up, which live as long as the process, out of the collector's sight.
+
+    A full collection then takes a few ms instead of ~70 ms that stall every request (bench/export.py).
+    """
+    gc.collect()
+    gc.freeze()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import gc
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -44,35 +43,42 @@ def _database(settings: Settings):
 def serve(
     host: Annotated[str | None, typer.Option(help="Interface to listen on.")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
+    workers: Annotated[int | None, typer.Option(help="API worker processes (LABELWHEEL_WORKERS).")] = None,
 ) -> None:
     """Start the API server (the embedded default keeps everything under LABELWHEEL_DATA_DIR)."""
     import uvicorn
 
-    from service.app import create_app
     from service.observability import configure_logging
     from storage.users import ensure_admin
 
     settings = _settings()
     host = host or settings.host
     port = port or settings.port
+    workers = workers or settings.workers
     configure_logging(settings.log_level)
-    app_ = create_app(settings)
-    with app_.state.runtime.db.session() as session:
+    db = _database(settings)
+    with db.session() as session:
         token = ensure_admin(session, token=settings.admin_token)
+    db.dispose()
     shown = "localhost" if host in {"0.0.0.0", "::"} else host
     console.print(f"labelwheel on http://{shown}:{port}  (API docs: http://{shown}:{port}/docs)")
-    console.print(f"data: {settings.resolved_database_url}  blobs: {settings.resolved_blob_url}")
+    console.print(f"data: {settings.resolved_database_url}  blobs: {settings.resolved_blob_url}  workers: {workers}")
     if token:
         console.print(f"admin token (shown once, keep it): [bold]{token}[/bold]")
     elif settings.admin_token:
         console.print("admin token: the one in LABELWHEEL_ADMIN_TOKEN")
     else:
         console.print("an admin exists already; `labelwheel users rotate-token admin` prints a new token")
-    # The ~130k objects of the imported libraries live as long as the process: out of the collector's
-    # sight, a full collection takes a few ms instead of ~70 ms that stall every request (bench/export.py).
-    gc.collect()
-    gc.freeze()
-    uvicorn.run(app_, host=host, port=port, log_config=None, timeout_graceful_shutdown=10)
+    options = {"host": host, "port": port, "log_config": None, "timeout_graceful_shutdown": 10}
+    if workers > 1:
+        # Each worker process builds its own app from the same LABELWHEEL_* environment.
+        uvicorn.run("service.app:create_worker_app", factory=True, workers=workers, **options)
+        return
+    from service.app import create_app, settle_heap
+
+    app_ = create_app(settings, migrate=False)
+    settle_heap()
+    uvicorn.run(app_, **options)
 
 
 @db_app.command("upgrade")

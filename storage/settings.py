@@ -50,6 +50,7 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+    workers: int = Field(default=1, ge=1, le=64, description="API worker processes for `serve`.")
     log_level: str = "INFO"
 
     @field_validator("database_url")

@@ -139,3 +139,21 @@ def test_import_a_folder_twice_adds_nothing_the_second_time(env, tmp_path, datab
     db.dispose()
     app.state.runtime.db.dispose()
     assert "cats/deep/x.jpg" in names
+
+
+def test_serve_with_several_worker_processes(env):
+    token = "a-long-automation-token-0123456789"
+    process, base, output = start_server(
+        {**env, "LABELWHEEL_ADMIN_TOKEN": token, "LABELWHEEL_WORKERS": "2"}, free_port()
+    )
+    try:
+        assert "workers: 2" in output
+        headers = {"Authorization": f"Bearer {token}"}
+        for i in range(6):  # requests spread over both processes, which share the database
+            created = httpx.post(
+                f"{base}/api/v1/projects", json={"name": f"p{i}", "labels": ["a", "b"]}, headers=headers
+            )
+            assert created.status_code == 201
+        assert len(httpx.get(f"{base}/api/v1/projects", headers=headers).json()) == 6
+    finally:
+        stop(process)
