@@ -10,20 +10,10 @@ from service.deps import Runtime
 from service.errors import add_exception_handlers
 from service.observability import RequestContextMiddleware
 from service.routers import exports, health, images, labeling, projects, users, webpage
-from storage.blobs import BlobStore, open_blob_store
+from storage.blobs import blob_store_from_settings
 from storage.db import Database
 from storage.migrate import upgrade
 from storage.settings import Settings, get_settings
-
-
-def blob_store_for(settings: Settings) -> BlobStore:
-    return open_blob_store(
-        settings.resolved_blob_url,
-        endpoint_url=settings.s3_endpoint_url,
-        region=settings.s3_region,
-        access_key_id=settings.s3_access_key_id,
-        secret_access_key=settings.s3_secret_access_key,
-    )
 
 
 def create_app(settings: Settings | None = None, *, migrate: bool | None = None) -> FastAPI:
@@ -32,7 +22,9 @@ def create_app(settings: Settings | None = None, *, migrate: bool | None = None)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if migrate if migrate is not None else settings.uses_sqlite:
         upgrade(settings.resolved_database_url)
-    runtime = Runtime(settings=settings, db=Database(settings.resolved_database_url), blobs=blob_store_for(settings))
+    runtime = Runtime(
+        settings=settings, db=Database(settings.resolved_database_url), blobs=blob_store_from_settings(settings)
+    )
 
     app = FastAPI(
         title="labelwheel",

@@ -137,7 +137,7 @@ def import_folder(
     workers: Annotated[int, typer.Option(help="Parallel decoders.")] = 2,
 ) -> None:
     """Import every image under FOLDER into a project; running it again adds nothing (dedup)."""
-    from service.app import blob_store_for
+    from storage.blobs import blob_store_from_settings
     from storage.errors import LabelwheelError
     from storage.ingest import Ingestor, Limits, Outcome, candidates_from_folder
     from storage.projects import get_project_by_name
@@ -153,7 +153,7 @@ def import_folder(
     candidates = candidates_from_folder(folder)
     # A local folder is not a request: the per-request file limit does not apply.
     limits = dataclasses.replace(Limits.from_settings(settings), max_files=max(len(candidates), 1))
-    ingestor = Ingestor(db=db, blobs=blob_store_for(settings), limits=limits, workers=workers)
+    ingestor = Ingestor(db=db, blobs=blob_store_from_settings(settings), limits=limits, workers=workers)
     with Progress(
         TextColumn("importing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console
     ) as progress:
@@ -238,7 +238,7 @@ def import_labelstudio(
 
     from annotation.labelstudio import import_labelstudio as run_import
     from annotation.labelstudio_tasks import read_export
-    from service.app import blob_store_for
+    from storage.blobs import blob_store_from_settings
     from storage.errors import LabelwheelError
     from storage.ingest import Limits, candidates_from_folder
 
@@ -258,7 +258,7 @@ def import_labelstudio(
             tasks_bar = progress.add_task("tasks", total=len(tasks))
             summary = run_import(
                 db=db,
-                blobs=blob_store_for(settings),
+                blobs=blob_store_from_settings(settings),
                 limits=limits,
                 project_id=project_id,
                 tasks=tasks,

@@ -23,6 +23,7 @@ from typing import IO, Any
 from urllib.parse import urlparse
 
 from storage.errors import NotFound
+from storage.settings import Settings
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 CHUNK = 1024 * 1024
@@ -259,3 +260,13 @@ def open_blob_store(
         )
         return S3BlobStore(client, parsed.netloc, parsed.path)
     raise ValueError(f"unsupported blob store URL {url!r}: use file:///PATH or s3://BUCKET/PREFIX")
+
+
+def blob_store_from_settings(settings: Settings) -> BlobStore:
+    return open_blob_store(
+        settings.resolved_blob_url,
+        endpoint_url=settings.s3_endpoint_url,
+        region=settings.s3_region,
+        access_key_id=settings.s3_access_key_id,
+        secret_access_key=settings.s3_secret_access_key,
+    )
