@@ -24,10 +24,7 @@ import platform
 import random
 import secrets
 import shutil
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -36,17 +33,17 @@ from multiprocessing.synchronize import Event
 from pathlib import Path
 
 import httpx
+from _server import image_row, running_server
 from sqlalchemy import insert
 
 from annotation.consensus import majority_vote
 from storage.db import Database
 from storage.ingest import split_for
 from storage.migrate import upgrade
-from storage.models import Annotation, AnnotationOrigin, Image, ImageSource, Project, Role, User, utcnow
+from storage.models import Annotation, AnnotationOrigin, Image, Project, Role, User, utcnow
 from storage.projects import validate_settings
 from storage.users import hash_token
 
-LABELWHEEL = str(Path(sys.executable).parent / "labelwheel")
 ANNOTATORS = 5
 LABELS = [str(d) for d in range(10)]
 RUNS = 3
@@ -76,25 +73,19 @@ def populate(url: str, images: int, seed: int = 0) -> int:
             vote = majority_vote(labels, LABELS)
             votes.append(labels)
             image_rows.append(
-                {
-                    "project_id": project_id,
-                    "sha256": sha,
-                    "thumbnail_sha256": sha,
-                    "width": 8,
-                    "height": 8,
-                    "format": "PNG",
-                    "byte_size": 100,
-                    "split": split_for(sha),
-                    "source": ImageSource.upload,
-                    "original_name": f"digits/{n:06d}.png",
-                    "labels_needed": ANNOTATORS,
-                    "label_count": ANNOTATORS,
-                    "queue_tier": None,
-                    "priority": rng.random(),
-                    "consensus_label": vote.label,
-                    "consensus_tie": vote.tie,
-                    "created_at": now,
-                }
+                image_row(
+                    project_id,
+                    sha,
+                    split=split_for(sha),
+                    original_name=f"digits/{n:06d}.png",
+                    labels_needed=ANNOTATORS,
+                    label_count=ANNOTATORS,
+                    queue_tier=None,
+                    priority=rng.random(),
+                    consensus_label=vote.label,
+                    consensus_tie=vote.tie,
+                    created_at=now,
+                )
             )
         with db.session() as session:
             ids = list(session.scalars(insert(Image).returning(Image.id, sort_by_parameter_order=True), image_rows))
@@ -117,43 +108,6 @@ def populate(url: str, images: int, seed: int = 0) -> int:
             )
     db.dispose()
     return project_id
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(data_dir: Path, token: str, port: int, log_path: Path) -> subprocess.Popen:
-    env = {
-        **os.environ,
-        "LABELWHEEL_DATA_DIR": str(data_dir),
-        "LABELWHEEL_ADMIN_TOKEN": token,
-        "LABELWHEEL_LOG_LEVEL": "WARNING",
-    }
-    env.pop("LABELWHEEL_DATABASE_URL", None)
-    with open(log_path, "wb") as log:
-        return subprocess.Popen(
-            [LABELWHEEL, "serve", "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-
-
-def wait_healthy(client: httpx.Client, server: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"server exited with code {server.returncode} before becoming healthy")
-        try:
-            if client.get("/health").status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"GET /health did not return 200 within {timeout:.0f} s")
 
 
 def timed_export(client: httpx.Client, project_id: int, fmt: str) -> tuple[float, bytes]:
@@ -233,42 +187,40 @@ def run(tmp: Path, images: int) -> None:
     print(f"inserted {images:,} images and {images * ANNOTATORS:,} annotations in {took:.1f} s")
 
     token = secrets.token_hex(16)
-    log_path = tmp / "server.log"
-    port = free_port()
-    server = start_server(data_dir, token, port, log_path)
-    base = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "LABELWHEEL_DATA_DIR": str(data_dir),
+        "LABELWHEEL_ADMIN_TOKEN": token,
+        "LABELWHEEL_LOG_LEVEL": "WARNING",
+    }
+    env.pop("LABELWHEEL_DATABASE_URL", None)
     headers = {"Authorization": f"Bearer {token}"}
     progress_url = f"/api/v1/projects/{project_id}/progress"
-    try:
-        with httpx.Client(base_url=base, headers=headers, timeout=120) as exporter:
-            wait_healthy(exporter, server)
-            idle = probed(base, headers, progress_url, lambda: time.sleep(IDLE_SECONDS))
+    with (
+        running_server(env, tmp / "server.log") as (_, base),
+        httpx.Client(base_url=base, headers=headers, timeout=120) as exporter,
+    ):
+        idle = probed(base, headers, progress_url, lambda: time.sleep(IDLE_SECONDS))
 
-            seconds: dict[str, list[float]] = {"labelstudio": [], "csv": []}
-            during: list[float] = []
-            for fmt in seconds:
-                for attempt in range(RUNS):
-                    result: list[tuple[float, bytes]] = []
+        seconds: dict[str, list[float]] = {"labelstudio": [], "csv": []}
+        during: list[float] = []
+        for fmt in seconds:
+            for attempt in range(RUNS):
+                result: list[tuple[float, bytes]] = []
 
-                    def download(f: str = fmt, r: list = result) -> None:
-                        r.append(timed_export(exporter, project_id, f))
+                def download(f: str = fmt, r: list = result) -> None:
+                    r.append(timed_export(exporter, project_id, f))
 
-                    probe_samples = probed(base, headers, progress_url, download)
-                    elapsed, body = result[0]
-                    annotations = check(fmt, body, images)
-                    seconds[fmt].append(elapsed)
-                    during.extend(probe_samples)
-                    print(
-                        f"{fmt} export {attempt + 1}: {elapsed:.2f} s, {len(body) / 1e6:.1f} MB, "
-                        f"{annotations:,} annotations; {len(probe_samples)} progress requests meanwhile"
-                    )
-            idle_after = probed(base, headers, progress_url, lambda: time.sleep(IDLE_SECONDS))
-    except BaseException:
-        print(f"--- server log, last 4000 chars ---\n{log_path.read_text(errors='replace')[-4000:]}", file=sys.stderr)
-        raise
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+                probe_samples = probed(base, headers, progress_url, download)
+                elapsed, body = result[0]
+                annotations = check(fmt, body, images)
+                seconds[fmt].append(elapsed)
+                during.extend(probe_samples)
+                print(
+                    f"{fmt} export {attempt + 1}: {elapsed:.2f} s, {len(body) / 1e6:.1f} MB, "
+                    f"{annotations:,} annotations; {len(probe_samples)} progress requests meanwhile"
+                )
+        idle_after = probed(base, headers, progress_url, lambda: time.sleep(IDLE_SECONDS))
 
     idle_all = idle + idle_after
     ratio = p(during, 0.99) / p(idle_all, 0.99)

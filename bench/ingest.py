@@ -27,10 +27,8 @@ import platform
 import re
 import secrets
 import shutil
-import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -42,10 +40,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 import psutil
+from _server import LABELWHEEL, running_server
 from PIL import Image
 from sklearn.datasets import load_digits
 
-LABELWHEEL = str(Path(sys.executable).parent / "labelwheel")
 MB = 1_000_000
 BATCH = 100
 TARGET_HTTP_RATIO = 0.3
@@ -126,12 +124,6 @@ def copy_with_fsync(paths: list[Path], src_root: Path, dst_root: Path) -> float:
 # --- server -------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def labelwheel_env(tmp: Path, token: str) -> dict[str, str]:
     """The environment shared by the server and the CLI runs.
 
@@ -148,39 +140,6 @@ def labelwheel_env(tmp: Path, token: str) -> dict[str, str]:
     }
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     return env
-
-
-def start_server(env: dict[str, str], port: int, log_path: Path) -> subprocess.Popen:
-    with open(log_path, "wb") as log:
-        return subprocess.Popen(
-            [LABELWHEEL, "serve", "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-
-
-def wait_healthy(client: httpx.Client, server: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"server exited with code {server.returncode} before becoming healthy")
-        try:
-            if client.get("/health").status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"GET /health did not return 200 within {timeout:.0f} s")
-
-
-def stop_server(server: subprocess.Popen) -> None:
-    server.terminate()
-    try:
-        server.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        server.kill()
-        server.wait()
 
 
 def create_project(client: httpx.Client, name: str) -> int:
@@ -344,39 +303,27 @@ def against_server(
     """
     token = secrets.token_hex(16)
     env = labelwheel_env(tmp, token)
-    port = free_port()
-    log_path = tmp / "server.log"
-    server = start_server(env, port, log_path)
-    try:
-        with httpx.Client(
-            base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {token}"}, timeout=120
-        ) as client:
-            wait_healthy(client, server)
+    with (
+        running_server(env, tmp / "server.log") as (server, base),
+        httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=120) as client,
+    ):
+        http_rate = http_ingest(client, create_project(client, "bench"), paths)
+        print(f"HTTP ingest: {http_rate:,.0f} images/s")
+        between()
 
-            http_rate = http_ingest(client, create_project(client, "bench"), paths)
-            print(f"HTTP ingest: {http_rate:,.0f} images/s")
-            between()
+        create_project(client, "bench-cli")
+        startup_seconds, _ = run_cli(["--help"], env)
+        cli_seconds, counts = cli_import(digits_dir, "bench-cli", env)
+        assert counts == (len(paths), 0, 0), f"first import printed {counts}, expected all accepted"
+        _, again = cli_import(digits_dir, "bench-cli", env)
+        assert again == (0, len(paths), 0), f"second import printed {again}, expected all duplicate"
+        print(f"CLI import: {cli_seconds:.2f} s; re-import printed {again[0]} accepted, {again[1]} duplicate")
 
-            create_project(client, "bench-cli")
-            startup_seconds, _ = run_cli(["--help"], env)
-            cli_seconds, counts = cli_import(digits_dir, "bench-cli", env)
-            assert counts == (len(paths), 0, 0), f"first import printed {counts}, expected all accepted"
-            _, again = cli_import(digits_dir, "bench-cli", env)
-            assert again == (0, len(paths), 0), f"second import printed {again}, expected all duplicate"
-            print(f"CLI import: {cli_seconds:.2f} s; re-import printed {again[0]} accepted, {again[1]} duplicate")
-
-            zip_project = create_project(client, "bench-zip")
-            rss_before, rss_peak = peak_rss_during(
-                server.pid, lambda: upload_zip(client, zip_project, zip_path, zip_images)
-            )
-            print(f"zip upload: {zip_images} accepted")
-    except BaseException:
-        sys.stdout.flush()
-        print(f"--- server log ({log_path}), last 8000 chars ---", file=sys.stderr)
-        print(log_path.read_text(errors="replace")[-8000:], file=sys.stderr)
-        raise
-    finally:
-        stop_server(server)
+        zip_project = create_project(client, "bench-zip")
+        rss_before, rss_peak = peak_rss_during(
+            server.pid, lambda: upload_zip(client, zip_project, zip_path, zip_images)
+        )
+        print(f"zip upload: {zip_images} accepted")
     return ServerResults(http_rate, cli_seconds, startup_seconds, rss_before, rss_peak)
 
 

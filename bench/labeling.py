@@ -28,11 +28,9 @@ import platform
 import random
 import secrets
 import shutil
-import socket
 import sqlite3
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -44,14 +42,14 @@ from pathlib import Path
 
 import httpx
 import psutil
+from _server import image_row, running_server
 from sqlalchemy import create_engine, func, insert, make_url, select, text
 
 from storage.db import create_db_engine
 from storage.ingest import queue_placement
 from storage.migrate import upgrade
-from storage.models import Annotation, Image, ImageSource, Split
+from storage.models import Annotation, Image, Split
 
-LABELWHEEL = str(Path(sys.executable).parent / "labelwheel")
 POSTGRES_URL = os.environ.get("LABELWHEEL_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 ANNOTATORS = 16
 LABELS = [str(d) for d in range(10)]
@@ -142,23 +140,17 @@ def insert_images(url: str, *, project_id: int, count: int, settings: dict, seed
                 sha = rng.randbytes(32).hex()
                 labels_needed, priority = queue_placement(sha, settings)
                 rows.append(
-                    {
-                        "project_id": project_id,
-                        "sha256": sha,
-                        "thumbnail_sha256": sha,
-                        "width": 8,
-                        "height": 8,
-                        "format": "PNG",
-                        "byte_size": 100,
-                        "split": Split.train,
-                        "source": ImageSource.upload,
-                        "original_name": f"bench/{seed}/{i}.png",
-                        "labels_needed": labels_needed,
-                        "label_count": 0,
-                        "queue_tier": 0,
-                        "priority": priority,
-                        "consensus_tie": False,
-                    }
+                    image_row(
+                        project_id,
+                        sha,
+                        split=Split.train,
+                        original_name=f"bench/{seed}/{i}.png",
+                        labels_needed=labels_needed,
+                        label_count=0,
+                        queue_tier=0,
+                        priority=priority,
+                        consensus_tie=False,
+                    )
                 )
             with engine.begin() as connection:
                 connection.execute(insert(Image), rows)
@@ -226,22 +218,16 @@ def count_check(url: str, *, project_id: int, acknowledged: set[int]) -> CountCh
 # --- server and clients -------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @dataclass
 class Server:
     process: subprocess.Popen
     base: str
     admin_token: str
-    log_path: Path
 
 
 @contextmanager
-def running_server(tmp: Path, database_url: str) -> Iterator[Server]:
+def serving(tmp: Path, database_url: str) -> Iterator[Server]:
+    """``labelwheel serve`` on ``database_url``, with its data directory and log under ``tmp``."""
     token = secrets.token_hex(16)
     env = {
         **os.environ,
@@ -250,43 +236,9 @@ def running_server(tmp: Path, database_url: str) -> Iterator[Server]:
         "LABELWHEEL_ADMIN_TOKEN": token,
         "LABELWHEEL_LOG_LEVEL": "WARNING",
     }
-    port = free_port()
     tmp.mkdir(parents=True, exist_ok=True)
-    log_path = tmp / f"server-{port}.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [LABELWHEEL, "serve", "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=log, stderr=log
-        )
-    server = Server(process, f"http://127.0.0.1:{port}", token, log_path)
-    try:
-        wait_healthy(server)
-        yield server
-    except BaseException:
-        sys.stdout.flush()
-        print(f"--- server log ({log_path}), last 6000 chars ---", file=sys.stderr)
-        print(log_path.read_text(errors="replace")[-6000:], file=sys.stderr)
-        raise
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def wait_healthy(server: Server, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"server exited with code {server.process.returncode} before becoming healthy")
-        try:
-            if httpx.get(f"{server.base}/health").status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"GET /health did not return 200 within {timeout:.0f} s")
+    with running_server(env, tmp / "server.log") as (process, base):
+        yield Server(process, base, token)
 
 
 def client(server: Server, token: str) -> httpx.Client:
@@ -430,7 +382,7 @@ class DatabaseResult:
 
 def measure(name: str, url: str, plan: Plan, tmp: Path) -> DatabaseResult:
     upgrade(url)
-    with running_server(tmp, url) as server, client(server, server.admin_token) as admin:
+    with serving(tmp, url) as server, client(server, server.admin_token) as admin:
         annotators = create_annotators(admin, ANNOTATORS)
         project = create_project(admin, "concurrent", CONCURRENT_SETTINGS, [a for a, _ in annotators])
         images = max(20_000, int(plan.seconds * 800))
