@@ -1,0 +1,64 @@
+"""Evaluation on the fixed test split, and the paired test that decides promotion."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.stats import binomtest
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+PROMOTION_ALPHA = 0.05
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    accuracy: float
+    baseline_accuracy: float  # always answering the most common training label
+    per_class: dict[str, dict[str, float]]  # label -> precision, recall, f1, support
+    confusion: list[list[int]]  # rows: true label, columns: predicted, in label-set order
+    wrong: list[int]  # positions of the test items the model gets wrong
+
+
+def evaluate(y_true: np.ndarray, y_pred: np.ndarray, *, labels: list[str], train_labels: np.ndarray) -> Evaluation:
+    """Metrics of predictions ``y_pred`` (class indices) against ``y_true`` on the test split."""
+    if len(y_true) == 0:
+        raise ValueError("the test split has no labeled images yet")
+    classes = list(range(len(labels)))
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=classes, zero_division=0)
+    majority = int(np.bincount(train_labels, minlength=len(labels)).argmax())
+    return Evaluation(
+        accuracy=float((y_true == y_pred).mean()),
+        baseline_accuracy=float((y_true == majority).mean()),
+        per_class={
+            label: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+            for label, p, r, f, s in zip(labels, precision, recall, f1, support, strict=True)
+        },
+        confusion=confusion_matrix(y_true, y_pred, labels=classes).tolist(),
+        wrong=[int(i) for i in np.flatnonzero(y_true != y_pred)],
+    )
+
+
+@dataclass(frozen=True)
+class PromotionDecision:
+    promote: bool
+    champion_only_right: int  # test items only the champion gets right
+    candidate_only_right: int  # test items only the candidate gets right
+    p_value: float  # McNemar's exact test, two-sided
+    reason: str
+
+
+def decide_promotion(champion_correct: np.ndarray, candidate_correct: np.ndarray) -> PromotionDecision:
+    """McNemar's exact test on the same test items: the candidate replaces the champion unless it is
+    significantly worse (the discordant pairs favour the champion with p < 0.05)."""
+    if champion_correct.shape != candidate_correct.shape:
+        raise ValueError("both models must be judged on the same test items")
+    b = int(np.sum(champion_correct & ~candidate_correct))
+    c = int(np.sum(candidate_correct & ~champion_correct))
+    p_value = float(binomtest(min(b, c), b + c, 0.5).pvalue) if b + c else 1.0
+    worse = b > c and p_value < PROMOTION_ALPHA
+    if worse:
+        reason = f"significantly worse: champion alone right on {b} items, candidate alone on {c} (p={p_value:.3g})"
+    else:
+        reason = f"not worse: champion alone right on {b} items, candidate alone on {c} (p={p_value:.3g})"
+    return PromotionDecision(not worse, b, c, p_value, reason)

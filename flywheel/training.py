@@ -1,0 +1,127 @@
+"""Training a classifier on prepared arrays: a few plain functions and a frozen config.
+
+Deterministic on CPU: the same arrays, config and seed give the same weights and metrics.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from flywheel.architectures import build_model
+from flywheel.preprocess import augmentation, to_tensor
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    architecture: str = "small_cnn"
+    epochs: int = 30
+    batch_size: int = 64
+    learning_rate: float = 3e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    patience: int = 5  # epochs without a better dev accuracy before stopping early
+    threads: int = 1  # torch's share of the CPU, so the API stays responsive
+    augment: bool = True
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    best_epoch: int
+    dev_accuracy: float
+    history: list[dict[str, float]]
+
+
+def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
+    """Inverse-frequency weights for the loss, so rare classes count as much as common ones."""
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float32)
+    weights = np.where(counts > 0, counts.sum() / (num_classes * np.maximum(counts, 1)), 0.0)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    config: TrainConfig,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: nn.Module,
+    rng: np.random.Generator,
+) -> float:
+    model.train()
+    augment = augmentation(images.shape[1], seed=int(rng.integers(2**31))) if config.augment else None
+    order = rng.permutation(len(images))
+    total = 0.0
+    for start in range(0, len(order), config.batch_size):
+        batch = order[start : start + config.batch_size]
+        arrays = images[batch]
+        if augment is not None:
+            arrays = np.stack([augment(image=a)["image"] for a in arrays])
+        optimizer.zero_grad()
+        loss = loss_fn(model(to_tensor(arrays)), torch.from_numpy(labels[batch]).long())
+        loss.backward()
+        optimizer.step()
+        total += loss.item() * len(batch)
+    return total / max(len(order), 1)
+
+
+@torch.no_grad()
+def predict_proba(model: nn.Module, images: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
+    """(N, K) class probabilities for N prepared HxWx3 uint8 images."""
+    model.eval()
+    out = [
+        torch.softmax(model(to_tensor(images[start : start + batch_size])), dim=1).numpy()
+        for start in range(0, len(images), batch_size)
+    ]
+    return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
+
+
+def train(
+    config: TrainConfig,
+    *,
+    train_images: np.ndarray,
+    train_labels: np.ndarray,
+    dev_images: np.ndarray,
+    dev_labels: np.ndarray,
+    num_classes: int,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Train with early stopping on dev accuracy; returns the best epoch's weights."""
+    if len(np.unique(train_labels)) < 2:
+        raise ValueError("training needs labeled images of at least two classes")
+    torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    model = build_model(config.architecture, num_classes)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+    loss_fn = nn.CrossEntropyLoss(weight=class_weights(train_labels, num_classes))
+    best_state, best_accuracy, best_epoch, history = copy.deepcopy(model.state_dict()), -1.0, 0, []
+    for epoch in range(1, config.epochs + 1):
+        loss = train_one_epoch(
+            model, train_images, train_labels, config=config, optimizer=optimizer, loss_fn=loss_fn, rng=rng
+        )
+        scheduler.step()
+        dev_accuracy = (
+            float((predict_proba(model, dev_images).argmax(1) == dev_labels).mean()) if len(dev_labels) else 0.0
+        )
+        record = {"epoch": epoch, "loss": loss, "dev_accuracy": dev_accuracy}
+        history.append(record)
+        if on_epoch:
+            on_epoch(epoch, record)
+        if dev_accuracy > best_accuracy:
+            best_state, best_accuracy, best_epoch = copy.deepcopy(model.state_dict()), dev_accuracy, epoch
+        elif epoch - best_epoch >= config.patience:
+            break
+    model.load_state_dict(best_state)
+    return TrainResult(model=model, best_epoch=best_epoch, dev_accuracy=best_accuracy, history=history)

@@ -1,0 +1,121 @@
+"""The training core on scikit-learn's digits: architectures, determinism, evaluation and promotion."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy.stats import binomtest
+from sklearn.datasets import load_digits
+from sklearn.metrics import accuracy_score, f1_score
+
+from flywheel.architectures import build_model, default_architecture
+from flywheel.evaluation import decide_promotion, evaluate
+from flywheel.preprocess import to_array
+from flywheel.training import TrainConfig, predict_proba, train
+
+LABELS = [str(d) for d in range(10)]
+
+
+@pytest.fixture(scope="module")
+def digits():
+    data = load_digits()
+    images = np.stack([to_array(Image.fromarray((x * 16).clip(0, 255).astype(np.uint8)), 32) for x in data.images])
+    order = np.random.default_rng(0).permutation(len(data.target))
+    test, dev, train_ = order[:300], order[300:450], order[450:1250]
+    return {name: (images[idx], data.target[idx]) for name, idx in (("train", train_), ("dev", dev), ("test", test))}
+
+
+def fit(digits, **overrides):
+    config = TrainConfig(**{"epochs": 4, **overrides})
+    return train(
+        config,
+        train_images=digits["train"][0],
+        train_labels=digits["train"][1],
+        dev_images=digits["dev"][0],
+        dev_labels=digits["dev"][1],
+        num_classes=10,
+    )
+
+
+def test_the_small_cnn_learns_the_digits(digits):
+    result = fit(digits)
+    probabilities = predict_proba(result.model, digits["test"][0])
+    assert probabilities.shape == (300, 10)
+    assert np.allclose(probabilities.sum(1), 1, atol=1e-5)
+    assert (probabilities.argmax(1) == digits["test"][1]).mean() > 0.85
+    assert result.best_epoch >= 1 and len(result.history) == 4
+
+
+def test_same_data_config_and_seed_give_the_same_model(digits):
+    first, second = fit(digits, epochs=2), fit(digits, epochs=2)
+    assert first.history == second.history
+    for a, b in zip(first.model.state_dict().values(), second.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert fit(digits, epochs=2, seed=1).history != first.history
+
+
+def test_training_needs_two_classes(digits):
+    images, labels = digits["train"]
+    with pytest.raises(ValueError, match="at least two classes"):
+        train(
+            TrainConfig(epochs=1),
+            train_images=images[:20],
+            train_labels=np.zeros(20, dtype=int),
+            dev_images=images[:5],
+            dev_labels=labels[:5],
+            num_classes=10,
+        )
+
+
+@pytest.mark.parametrize("architecture", ["small_cnn", "resnet18", "mobilenet_v3_small"])
+def test_every_architecture_builds_with_random_weights_and_runs(architecture):
+    model = build_model(architecture, 7).eval()
+    with torch.no_grad():
+        assert model(torch.zeros(2, 3, 64, 64)).shape == (2, 7)
+
+
+def test_pretrained_backbone_weights_load_from_a_local_file_with_a_new_head(tmp_path):
+    source = build_model("resnet18", 1000)
+    torch.save(source.state_dict(), tmp_path / "resnet18.pt")
+    model = build_model("resnet18", 5, pretrained_path=tmp_path / "resnet18.pt")
+    assert torch.equal(model.conv1.weight, source.conv1.weight)
+    assert model.fc.out_features == 5
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(Exception):  # noqa: B017 - torch raises its own unpickling error for junk
+        build_model("resnet18", 5, pretrained_path=tmp_path / "junk.pt")
+
+
+def test_default_architecture_follows_image_size():
+    assert default_architecture(8, 8) == "small_cnn"
+    assert default_architecture(640, 480) == "mobilenet_v3_small"
+
+
+def test_evaluation_matches_scikit_learn():
+    rng = np.random.default_rng(3)
+    y_true, y_pred = rng.integers(0, 4, 200), rng.integers(0, 4, 200)
+    y_pred[:100] = y_true[:100]
+    train_labels = np.array([2] * 50 + [1] * 10)
+    result = evaluate(y_true, y_pred, labels=["a", "b", "c", "d"], train_labels=train_labels)
+    assert result.accuracy == pytest.approx(accuracy_score(y_true, y_pred), abs=1e-12)
+    f1 = f1_score(y_true, y_pred, average=None, labels=[0, 1, 2, 3])
+    assert [result.per_class[name]["f1"] for name in "abcd"] == pytest.approx(list(f1), abs=1e-12)
+    assert result.baseline_accuracy == pytest.approx((y_true == 2).mean())
+    assert sum(map(sum, result.confusion)) == 200
+    assert result.wrong == [int(i) for i in np.flatnonzero(y_true != y_pred)]
+
+
+def test_promotion_refuses_a_significantly_worse_candidate_and_accepts_an_equal_one():
+    champion = np.array([True] * 100)
+    worse = champion.copy()
+    worse[:12] = False
+    decision = decide_promotion(champion, worse)
+    assert not decision.promote
+    assert (decision.champion_only_right, decision.candidate_only_right) == (12, 0)
+    assert decision.p_value == pytest.approx(binomtest(0, 12, 0.5).pvalue)
+    slightly_different = champion.copy()
+    slightly_different[:2] = False
+    assert decide_promotion(champion, slightly_different).promote  # 2 discordant pairs prove nothing
+    better = decide_promotion(worse, champion)
+    assert better.promote and better.candidate_only_right == 12
