@@ -20,12 +20,12 @@ from flywheel.preprocess import augmentation, to_tensor
 @dataclass(frozen=True)
 class TrainConfig:
     architecture: str = "small_cnn"
-    epochs: int = 30
+    epochs: int = 20
     batch_size: int = 64
     learning_rate: float = 3e-3
     weight_decay: float = 1e-4
     seed: int = 0
-    patience: int = 5  # epochs without a better dev accuracy before stopping early
+    patience: int = 8  # epochs without a better dev accuracy before stopping early
     threads: int = 1  # torch's share of the CPU, so the API stays responsive
     augment: bool = True
 
