@@ -48,18 +48,19 @@ def place_in_queue(image: Image) -> None:
         image.queue_tier = QueueTier.fresh
 
 
-def _active_lease_counts(session: Session, *, image_ids: list[int], now: datetime, exclude: int) -> dict[int, int]:
-    rows = session.execute(
-        select(Assignment.image_id, func.count())
-        .where(
-            Assignment.image_id.in_(image_ids),
-            Assignment.annotator_id != exclude,
-            Assignment.status == AssignmentStatus.leased,
-            Assignment.expires_at > now,
+def _live_leases(session: Session, *, image_id: int, now: datetime, exclude: int) -> int:
+    """Leases other annotators hold on the image right now."""
+    return (
+        session.scalar(
+            select(func.count()).where(
+                Assignment.image_id == image_id,
+                Assignment.annotator_id != exclude,
+                Assignment.status == AssignmentStatus.leased,
+                Assignment.expires_at > now,
+            )
         )
-        .group_by(Assignment.image_id)
+        or 0
     )
-    return dict(rows.all())
 
 
 def _open_for(project_id: int, annotator_id: int, now: datetime) -> Select[Image]:
@@ -215,8 +216,10 @@ def skip_task(session: Session, *, principal: Principal, project: Project, image
 
 def capacity_left(session: Session, *, image: Image, annotator_id: int, now: datetime) -> bool:
     """Whether one more annotator may label the image now (its other leases and labels counted)."""
-    leased = _active_lease_counts(session, image_ids=[image.id], now=now, exclude=annotator_id)
-    return image.label_count + leased.get(image.id, 0) < image.labels_needed
+    return (
+        image.label_count + _live_leases(session, image_id=image.id, now=now, exclude=annotator_id)
+        < image.labels_needed
+    )
 
 
 def progress(session: Session, *, project_id: int, annotator_id: int) -> dict[str, int]:

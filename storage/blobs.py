@@ -95,9 +95,14 @@ class BlobStore(ABC):
             return f.read()
 
     def iter_chunks(self, sha256: str) -> Iterator[bytes]:
-        with self.open(sha256) as f:
-            while chunk := f.read(CHUNK):
-                yield chunk
+        """The blob in chunks; NotFound is raised by this call, before any chunk is produced."""
+        return _chunks(self.open(sha256))
+
+
+def _chunks(stream: IO[bytes]) -> Iterator[bytes]:
+    with stream:
+        while chunk := stream.read(CHUNK):
+            yield chunk
 
 
 class LocalBlobStore(BlobStore):

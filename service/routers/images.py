@@ -88,14 +88,8 @@ def _blob_response(runtime: RuntimeDep, sha256: str, media_type: str, if_none_ma
     etag = f'"{sha256}"'
     if if_none_match and etag in {tag.strip() for tag in if_none_match.split(",")}:
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag})
-    stream = runtime.blobs.open(sha256)  # NotFound here becomes a 404 before any byte is sent
-
-    def chunks():
-        with stream:
-            while chunk := stream.read(1024 * 1024):
-                yield chunk
-
-    return StreamingResponse(chunks(), media_type=media_type, headers={"ETag": etag, "Cache-Control": IMMUTABLE})
+    chunks = runtime.blobs.iter_chunks(sha256)  # NotFound here becomes a 404 before any byte is sent
+    return StreamingResponse(chunks, media_type=media_type, headers={"ETag": etag, "Cache-Control": IMMUTABLE})
 
 
 @router.get(
