@@ -8,6 +8,7 @@ leaves a ``running`` row whose heartbeat stops: the reaper puts it back in the q
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import socket
@@ -18,13 +19,13 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from storage.blobs import BlobStore
 from storage.db import Database, after_commit
 from storage.errors import Conflict, NotFound
-from storage.models import Job, JobKind, JobStatus, Project, utcnow
+from storage.models import Image, Job, JobKind, JobStatus, Project, utcnow
 from storage.settings import Settings
 
 if TYPE_CHECKING:
@@ -76,6 +77,13 @@ class JobContext:
 
 Handler = Callable[[JobContext], dict[str, Any]]
 HANDLERS: dict[JobKind, Handler] = {}
+# Modules whose import registers handlers; they need torch, so they are imported only where jobs run.
+HANDLER_MODULES = ("flywheel.training_job", "flywheel.refresh")
+
+
+def load_handlers() -> None:
+    for module in HANDLER_MODULES:
+        importlib.import_module(module)
 
 
 def handler(kind: JobKind) -> Callable[[Handler], Handler]:
@@ -117,6 +125,11 @@ def create_job(
         ).first()
         if waiting is not None:
             return waiting
+        # What the retraining policy counts growth from, whoever asked for this training.
+        labeled = session.scalar(
+            select(func.count()).where(Image.project_id == project_id, Image.consensus_label.is_not(None))
+        )
+        params = {**(params or {}), "labeled": labeled}
     job = Job(project_id=project_id, kind=kind, params=params or {}, created_by=created_by, message="queued")
     session.add(job)
     session.flush()
@@ -266,6 +279,36 @@ def run_claimed(claim: Claim, *, context: JobContext, worker: str, beat_seconds:
         stop.set()
         thread.join()
     finish_job(context.db, job_id=claim.job_id, worker=worker, status=status, **outcome)
+    return status
+
+
+def execute_job(db: Database, blobs: BlobStore, settings: Settings, queues: Queues, *, job_id: int) -> JobStatus | None:
+    """Claim and run one job in this process; None when it was not ours to run (gone, taken, or waiting).
+
+    After a training, the project's next queued training (the follow-up) is enqueued.
+    """
+    worker = worker_name()
+    claim = claim_job(db, job_id=job_id, worker=worker)
+    if claim is None:
+        return None
+    load_handlers()
+    context = JobContext(
+        job_id=claim.job_id,
+        project_id=claim.project_id,
+        kind=claim.kind,
+        params=claim.params,
+        attempt=claim.attempt,
+        db=db,
+        blobs=blobs,
+        settings=settings,
+        queues=queues,
+    )
+    status = run_claimed(claim, context=context, worker=worker, beat_seconds=min(2.0, settings.job_stale_seconds / 5))
+    logger.info("job %s (%s) %s", claim.job_id, claim.kind.value, status.value)
+    if claim.kind == JobKind.train:
+        waiting = next_waiting_training(db, project_id=claim.project_id)
+        if waiting is not None:
+            queues.run_job(waiting, JobKind.train)
     return status
 
 

@@ -49,7 +49,7 @@ def check_project(db: Database, queues: Queues, *, project_id: int) -> list[JobK
                     project_id=project_id,
                     kind=JobKind.train,
                     queues=queues,
-                    params={"trigger": "policy", "labeled": labeled, "previous": last},
+                    params={"trigger": "policy", "previous": last},
                     delay_seconds=policy.debounce_seconds,
                 )
                 started.append(JobKind.train)

@@ -13,10 +13,11 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from sqlalchemy import func, select
 
-from flywheel.artefacts import checkpoint_bytes, embed_and_predict, full_network, head_probabilities
+from flywheel.artefacts import checkpoint_bytes, embed_and_predict, full_network, head_probabilities, load_model
 from flywheel.datasets import load_arrays
 from flywheel.evaluation import evaluate
-from flywheel.jobs import JobContext, JobFailed, handler
+from flywheel.jobs import JobContext, JobFailed, create_job, handler
+from flywheel.onnx_export import ONNX_TOLERANCE, export_onnx, max_difference
 from flywheel.registry import champion
 from flywheel.snapshots import build_snapshot, load_items
 from storage.blobs import BlobStore
@@ -174,6 +175,9 @@ def run_refresh(ctx: JobContext) -> dict[str, Any]:
         model.weights_sha256 = ctx.blobs.put_bytes(checkpoint_bytes(head, model=model, head_only=True))
         session.add(model)
         session.flush()
+        create_job(
+            session, project_id=ctx.project_id, kind=JobKind.export, queues=ctx.queues, params={"model_id": model.id}
+        )
         accuracy = metrics.get("test_accuracy")
         shown = f"{accuracy:.3f}" if accuracy is not None else "n/a"
         return {
@@ -182,3 +186,24 @@ def run_refresh(ctx: JobContext) -> dict[str, Any]:
             "test_accuracy": accuracy,
             "message": f"refreshed head of model {best.id} on {len(train_items)} labels (test accuracy {shown})",
         }
+
+
+@handler(JobKind.export)
+def run_export(ctx: JobContext) -> dict[str, Any]:
+    """Make and check the ONNX file of a refreshed model (off the fast lane, so refreshes stay quick)."""
+    with ctx.db.read_session() as session:
+        model = session.get_one(ModelVersion, int(ctx.params["model_id"]))
+        parent = session.get(ModelVersion, model.parent_id) if model.parent_id else None
+    if model.onnx_sha256 is not None:
+        return {"model_id": model.id, "message": f"model {model.id} has its ONNX file already"}
+    network = load_model(ctx.blobs, model, parent)
+    onnx_bytes = export_onnx(network, model.input_size)
+    difference = max_difference(network, onnx_bytes, model.input_size)
+    if difference > ONNX_TOLERANCE:
+        raise JobFailed(f"the ONNX export differs from PyTorch by {difference:.2e} (> {ONNX_TOLERANCE}); not stored")
+    sha = ctx.blobs.put_bytes(onnx_bytes)
+    with ctx.db.session() as session:
+        stored = session.get_one(ModelVersion, model.id)
+        stored.onnx_sha256 = sha
+        stored.metrics = {**(stored.metrics or {}), "onnx_max_difference": difference}
+    return {"model_id": model.id, "onnx_sha256": sha, "message": f"ONNX of model {model.id} stored"}

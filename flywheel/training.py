@@ -35,6 +35,7 @@ class TrainConfig:
     translate: float = 0.08
     brightness_contrast: float = 0.15
     device: str = "auto"  # "auto": the GPU when there is one, else the CPU
+    pretrained_weights: str | None = None  # a file name in LABELWHEEL_PRETRAINED_DIR; None: random init
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -89,7 +89,7 @@ def _train(ctx: JobContext, model_id: int) -> dict[str, Any]:
         dev_labels=train_y[dev],
         num_classes=len(labels),
         on_epoch=on_epoch,
-        pretrained_path=_pretrained_path(ctx, model.hyperparameters.get("pretrained_weights")),
+        pretrained_path=_pretrained_path(ctx, config.pretrained_weights),
     )
     ctx.progress(0.86, "evaluating on the test split")
     predicted = predict_proba(result.model, test_x).argmax(1)
@@ -163,7 +163,7 @@ def _start(ctx: JobContext) -> int:
             architecture=architecture,
             input_size=settings.input_size or default_input_size(architecture),
             labels=list(project.labels),
-            hyperparameters={**config.as_dict(), "pretrained_weights": settings.pretrained_weights},
+            hyperparameters=config.as_dict(),
             seed=config.seed,
             labels_through=session.scalar(select(func.max(Annotation.id)).where(Annotation.project_id == project.id)),
         )
@@ -188,6 +188,7 @@ def _config(settings: TrainingSettings, architecture: str, threads: int) -> Trai
         scale=augment.scale,
         translate=augment.translate,
         brightness_contrast=augment.brightness_contrast,
+        pretrained_weights=settings.pretrained_weights,
     )
 
 

@@ -6,7 +6,6 @@ queue; ``labelwheel serve`` starts one beside the API for the embedded default.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import multiprocessing
 import signal
@@ -19,13 +18,10 @@ from flywheel import jobs
 from flywheel.queue import LANES, Queues, get_queues
 from storage.blobs import BlobStore, blob_store_from_settings
 from storage.db import Database
-from storage.models import JobKind, Project
+from storage.models import Project
 from storage.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
-
-# Modules whose import registers job handlers; they need torch, so only the worker imports them.
-HANDLER_MODULES = ("flywheel.training_job", "flywheel.refresh")
 
 
 @dataclass
@@ -54,32 +50,9 @@ def runtime() -> WorkerRuntime:
 
 
 def run_job(job_id: int) -> None:
-    """The queue task: claim the job row and run its handler; then start the project's next training."""
+    """The queue task: run the job row (if it is still queued); then start the project's next training."""
     rt = runtime()
-    worker = jobs.worker_name()
-    claim = jobs.claim_job(rt.db, job_id=job_id, worker=worker)
-    if claim is None:
-        return
-    for module in HANDLER_MODULES:
-        importlib.import_module(module)
-    context = jobs.JobContext(
-        job_id=claim.job_id,
-        project_id=claim.project_id,
-        kind=claim.kind,
-        params=claim.params,
-        attempt=claim.attempt,
-        db=rt.db,
-        blobs=rt.blobs,
-        settings=rt.settings,
-        queues=rt.queues,
-    )
-    beat = min(2.0, rt.settings.job_stale_seconds / 5)
-    status = jobs.run_claimed(claim, context=context, worker=worker, beat_seconds=beat)
-    logger.info("job %s (%s) %s", claim.job_id, claim.kind.value, status.value)
-    if claim.kind == JobKind.train:
-        waiting = jobs.next_waiting_training(rt.db, project_id=claim.project_id)
-        if waiting is not None:
-            rt.queues.run_job(waiting, JobKind.train)
+    jobs.execute_job(rt.db, rt.blobs, rt.settings, rt.queues, job_id=job_id)
 
 
 def check_project(project_id: int) -> None:
@@ -111,8 +84,7 @@ def run_lane(lane: str) -> None:
     import torch
 
     torch.set_num_threads(rt.settings.train_threads)
-    for module in HANDLER_MODULES:
-        importlib.import_module(module)
+    jobs.load_handlers()
     logger.info("worker lane %s consuming %s", lane, rt.queues.url.split("@")[-1])
     rt.queues.consumer(lane).run()
 

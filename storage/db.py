@@ -117,11 +117,15 @@ class Database:
 
     @contextmanager
     def read_session(self) -> Iterator[Session]:
-        """A session for reads only: on SQLite it does not take the write lock."""
+        """A session for reads only: on SQLite it does not take the write lock.
+
+        Objects read stay usable after it ends (detached with their loaded values).
+        """
         with self._read_sessions() as session:
             try:
                 yield session
             finally:
+                session.expunge_all()
                 session.rollback()
 
     def ping(self) -> None:

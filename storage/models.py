@@ -262,6 +262,7 @@ class JobKind(enum.StrEnum):
     embed = "embed"  # cache every image's embedding from the champion's backbone
     label_quality = "label_quality"
     mine = "mine"
+    export = "export"  # the ONNX file of a refreshed model, made after it already serves
 
 
 class Job(CreatedAt, Base):

@@ -31,7 +31,7 @@ def upgrade() -> None:
         "jobs",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("project_id", sa.Integer(), nullable=False),
-        sa.Column("kind", _enum("job_kind", "train", "refresh", "embed", "label_quality", "mine"), nullable=False),
+        sa.Column("kind", _enum("job_kind", "train", "refresh", "embed", "label_quality", "mine", "export"), nullable=False),
         sa.Column(
             "status", _enum("job_status", "queued", "running", "succeeded", "failed", "cancelled"), nullable=False
         ),
