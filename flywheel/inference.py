@@ -22,6 +22,7 @@ from flywheel.heads import head_probabilities, read_head
 from flywheel.preprocess import normalize, to_array
 from flywheel.registry import serving_model
 from storage.blobs import BlobStore
+from storage.errors import Conflict
 from storage.models import Embedding, Image, ModelKind, ModelVersion
 
 CACHED_SESSIONS = 4
@@ -67,7 +68,9 @@ class Predictor:
         """The model whose backbone computes embeddings, and the serving model's head."""
         backbone = session.get_one(ModelVersion, model.parent_id) if model.kind == ModelKind.refresh else model
         if backbone.onnx_sha256 is None or model.head_sha256 is None:
-            raise ValueError(f"model {model.id} has no ONNX backbone or head stored")
+            raise Conflict(
+                f"model {model.id} has no files to predict with yet; try again shortly", code="model_not_ready"
+            )
         return backbone, read_head(self._blobs, model.head_sha256)
 
     def _embed(self, backbone: ModelVersion, arrays: np.ndarray) -> np.ndarray:
