@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import signal
+import threading
+import time
 from dataclasses import dataclass
 from types import FrameType
 
@@ -83,6 +86,7 @@ def run_lane(lane: str, *, recover: bool) -> None:
     """
     from service.observability import configure_logging
 
+    exit_with_parent()
     rt = runtime()
     configure_logging(rt.settings.log_level)
     import torch
@@ -95,12 +99,30 @@ def run_lane(lane: str, *, recover: bool) -> None:
     rt.queues.consumer(lane).run()
 
 
-def run_worker(lanes: tuple[str, ...] = LANES) -> int:
-    """Run one consumer process per lane until stopped.
+def exit_with_parent() -> None:
+    """Stop this process (SIGTERM, handled as a normal stop) when the process that started it is gone.
+
+    `serve` is stopped by a signal that ends it without running cleanup code, and a lane must not
+    outlive its worker: both watch their parent instead of relying on being told.
+    """
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def run_worker(lanes: tuple[str, ...] = LANES, *, with_parent: bool = False) -> int:
+    """Run one consumer process per lane until stopped (with ``with_parent``, also when the parent exits).
 
     The job code (torch, torchvision, albumentations: seconds of imports) is loaded once here and the
     lanes are forked from this process, before it opens any connection, so they start at once.
     """
+    if with_parent:
+        exit_with_parent()  # before the seconds of imports: a SIGTERM then simply ends this process
     jobs.load_handlers()
     context = multiprocessing.get_context("fork")
     processes = [

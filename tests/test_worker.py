@@ -217,3 +217,14 @@ def test_a_worker_killed_mid_training_leaves_a_job_that_finishes_after_restart_w
         models = full_models(client, project, engineer)
         assert [m["job_id"] for m in models] == [job_id]  # the retry finished the same model, no duplicate
         assert models[0]["status"] == "champion"
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_stopping_serve_stops_its_worker_and_lanes(env, tmp_path):
+    import psutil
+
+    with running_server(env, tmp_path / "server.log") as (server, _):
+        worker = wait_for(lambda: psutil.Process(server.pid).children(), timeout=30, what="the worker")[0]
+        lanes = wait_for(lambda: worker.children(), timeout=60, what="the lane processes")
+    gone, alive = psutil.wait_procs([worker, *lanes], timeout=30)
+    assert not alive, f"still running after serve stopped: {alive}"
