@@ -18,7 +18,7 @@ from flywheel.evaluation import evaluate
 from flywheel.heads import head_bytes, head_probabilities
 from flywheel.jobs import JobContext, JobFailed, create_job, handler
 from flywheel.onnx_export import ONNX_TOLERANCE, export_onnx, max_difference
-from flywheel.registry import champion
+from flywheel.registry import champion, newer_refresh
 from flywheel.snapshots import build_snapshot, load_items
 from storage.blobs import BlobStore
 from storage.db import Database
@@ -199,8 +199,11 @@ def run_export(ctx: JobContext) -> dict[str, Any]:
     with ctx.db.read_session() as session:
         model = session.get_one(ModelVersion, int(ctx.params["model_id"]))
         parent = session.get(ModelVersion, model.parent_id) if model.parent_id else None
+        newer = newer_refresh(session, model=model)
     if model.onnx_sha256 is not None:
         return {"model_id": model.id, "message": f"model {model.id} has its ONNX file already"}
+    if newer is not None:  # labels keep coming: only the serving head is worth the export's seconds
+        return {"model_id": model.id, "message": f"skipped: model {newer.id} replaced model {model.id}"}
     network = load_model(ctx.blobs, model, parent)
     onnx_bytes = export_onnx(network, model.input_size)
     difference = max_difference(network, onnx_bytes, model.input_size)

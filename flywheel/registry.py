@@ -59,6 +59,22 @@ def serving_model(session: Session, *, project_id: int) -> ModelVersion | None:
     return refreshed or best
 
 
+def newer_refresh(session: Session, *, model: ModelVersion) -> ModelVersion | None:
+    """A later refreshed head on the same champion: it replaced ``model`` before ``model``'s files were made."""
+    if model.kind != ModelKind.refresh:
+        return None
+    return session.scalars(
+        select(ModelVersion)
+        .where(
+            ModelVersion.parent_id == model.parent_id,
+            ModelVersion.kind == ModelKind.refresh,
+            ModelVersion.id > model.id,
+        )
+        .order_by(ModelVersion.id.desc())
+        .limit(1)
+    ).first()
+
+
 def promote(session: Session, *, model: ModelVersion, by_user: int | None, reason: str) -> ModelVersion:
     """Make ``model`` the project's champion (also an older one: a rollback); the old champion retires."""
     if model.kind != ModelKind.full:

@@ -146,15 +146,15 @@ def test_refresh_refits_the_head_on_cached_embeddings_and_serves_it(app, client,
     engineer, annotator = team
     project, truth = labeled
     champion_id = train_once(app, client, engineer, project)["result"]["model_id"]
-    embed = app.state.runtime.db
-    with embed.read_session() as session:
+    db = app.state.runtime.db
+    with db.read_session() as session:
         embed_job = session.scalars(select(Job).where(Job.kind == JobKind.embed)).one()
     assert run(app, embed_job.id) == JobStatus.succeeded
     assert job(client, engineer, embed_job.id)["result"]["images"] == 300
 
     label_digits(client, project, annotator, truth, 10)
-    assert check_project(embed, app.state.runtime.queues, project_id=project["id"]) == [JobKind.refresh]
-    with embed.read_session() as session:
+    assert check_project(db, app.state.runtime.queues, project_id=project["id"]) == [JobKind.refresh]
+    with db.read_session() as session:
         refresh_job = session.scalars(select(Job).where(Job.kind == JobKind.refresh)).one()
     assert run(app, refresh_job.id) == JobStatus.succeeded
     refreshed = job(client, engineer, refresh_job.id)["result"]["model_id"]
@@ -173,14 +173,31 @@ def test_refresh_refits_the_head_on_cached_embeddings_and_serves_it(app, client,
     assert task["prelabel"]["model_version"] == f"model-{refreshed}"
     assert task["prelabel"]["label"] in [str(d) for d in range(10)]
     # Nothing new since: no second refresh. The ONNX file of the refreshed model comes from its own job.
-    assert check_project(embed, app.state.runtime.queues, project_id=project["id"]) == []
+    assert check_project(db, app.state.runtime.queues, project_id=project["id"]) == []
     not_yet = client.get(f"/api/v1/models/{refreshed}/download?format=onnx", headers=engineer.headers)
-    assert not_yet.status_code == 409
-    with embed.read_session() as session:
-        export_job = session.scalars(select(Job).where(Job.kind == JobKind.export)).one()
-    assert run(app, export_job.id) == JobStatus.succeeded
-    onnx = client.get(f"/api/v1/models/{refreshed}/download?format=onnx", headers=engineer.headers)
-    assert onnx.status_code == 200 and len(onnx.content) > 1000
+    assert not_yet.status_code == 409 and "still being made" in not_yet.json()["error"]["message"]
+
+    # A newer head before that export ran: only the serving head gets exported.
+    label_digits(client, project, annotator, truth, 3)
+    assert check_project(db, app.state.runtime.queues, project_id=project["id"]) == [JobKind.refresh]
+    with db.read_session() as session:
+        second_refresh = session.scalars(select(Job).where(Job.kind == JobKind.refresh).order_by(Job.id.desc())).first()
+    assert run(app, second_refresh.id) == JobStatus.succeeded
+    newest = job(client, engineer, second_refresh.id)["result"]["model_id"]
+    with db.read_session() as session:
+        exports = session.scalars(select(Job).where(Job.kind == JobKind.export).order_by(Job.id)).all()
+    assert [e.params["model_id"] for e in exports] == [refreshed, newest]
+    assert run(app, exports[0].id) == JobStatus.succeeded
+    assert job(client, engineer, exports[0].id)["result"]["message"].startswith("skipped")
+    superseded = client.get(f"/api/v1/models/{refreshed}/download?format=onnx", headers=engineer.headers)
+    assert superseded.status_code == 409 and superseded.json()["error"]["code"] == "model_superseded"
+    assert run(app, exports[1].id) == JobStatus.succeeded
+    onnx = client.get(f"/api/v1/models/{newest}/download?format=onnx", headers=engineer.headers)
+    assert onnx.status_code == 200
+    session_ = ort.InferenceSession(onnx.content, providers=["CPUExecutionProvider"])
+    assert [o.name for o in session_.get_outputs()] == ["logits", "embedding"]
+    weights = client.get(f"/api/v1/models/{newest}/download?format=weights", headers=engineer.headers)
+    assert torch.load(io.BytesIO(weights.content), weights_only=True)["architecture"] == "small_cnn"
 
 
 def test_promote_by_hand_and_roll_back(app, client, team, labeled):
@@ -242,6 +259,14 @@ def test_too_few_labels_or_one_class_fail_with_a_clear_message_and_the_policy_st
     one = start(client, one_class, engineer)
     assert run(app, one["id"]) == JobStatus.failed
     assert "at least two classes" in job(client, engineer, one["id"])["error"]
+
+    url = f"/api/v1/projects/{project['id']}/settings"
+    client.patch(url, json={"settings": {"training": {"pretrained_weights": "backbone.pt"}}}, headers=admin.headers)
+    label_digits(client, project, annotator, truth, 20)
+    no_folder = start(client, project, engineer)
+    assert run(app, no_folder["id"]) == JobStatus.failed
+    assert "LABELWHEEL_PRETRAINED_DIR is not set" in job(client, engineer, no_folder["id"])["error"]
+    client.patch(url, json={"settings": {"training": {"pretrained_weights": None}}}, headers=admin.headers)
 
     # The policy triggers again once labels have grown, and that training succeeds.
     rt = app.state.runtime

@@ -7,7 +7,8 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy.orm import Session
 
 from flywheel.inference import model_version
-from flywheel.registry import champion, get_model, list_models, model_card, promote
+from flywheel.jobs import create_job
+from flywheel.registry import champion, get_model, list_models, model_card, newer_refresh, promote
 from service.deps import CurrentUser, ReadSessionDep, RuntimeDep, SessionDep
 from service.schemas.common import ERROR_RESPONSES, MAX_ID, ProjectId
 from service.schemas.models import (
@@ -21,7 +22,7 @@ from service.schemas.models import (
 from storage.db import after_commit
 from storage.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
 from storage.imagecheck import ImageRejected, decode_image
-from storage.models import ModelStatus, ModelVersion, Role
+from storage.models import JobKind, ModelStatus, ModelVersion, Role
 from storage.projects import get_project, require_role
 from storage.users import Principal
 
@@ -83,6 +84,13 @@ def download(
         )
     sha256 = model.onnx_sha256 if format == DownloadFormat.onnx else model.weights_sha256
     if sha256 is None:
+        newer = newer_refresh(session, model=model)
+        if newer is not None:
+            raise Conflict(
+                f"model {model.id} was replaced by the refreshed model {newer.id} before its files were made; "
+                "download that one",
+                code="model_superseded",
+            )
         raise Conflict(f"the {format.value} file of model {model.id} is still being made; try again shortly")
     data = runtime.blobs.read_bytes(sha256)
     suffix = "onnx" if format == DownloadFormat.onnx else "pt"
@@ -105,7 +113,9 @@ def promote_(
 ) -> ModelCard:
     model = _visible_model(session, principal, model_id)
     promoted = promote(session, model=model, by_user=principal.id, reason=(body or PromoteRequest()).reason)
-    after_commit(session, lambda: runtime.notifier.labels_changed(promoted.project_id))  # refresh on the new champion
+    # The new champion's embeddings (cached ones are kept), then a refresh on top of it.
+    create_job(session, project_id=promoted.project_id, kind=JobKind.embed, queues=runtime.queues)
+    after_commit(session, lambda: runtime.notifier.labels_changed(promoted.project_id))
     return model_card(session, model=promoted)
 
 
