@@ -99,7 +99,10 @@ class Predictor:
         model = serving_model(session, project_id=image.project_id)
         if model is None:
             return None
-        backbone, (weight, bias) = self._parts(session, model)
+        try:
+            backbone, (weight, bias) = self._parts(session, model)
+        except Conflict:  # a pre-label is a hint: without one the task is still served
+            return None
         vector = session.scalar(
             select(Embedding.vector).where(Embedding.model_id == backbone.id, Embedding.image_id == image.id)
         )
