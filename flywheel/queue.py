@@ -8,15 +8,12 @@ quick work from waiting behind long work: ``fast`` (policy checks, head refreshe
 from __future__ import annotations
 
 import functools
-import logging
 from datetime import timedelta
 from typing import Any
 
 from huey import Huey, RedisHuey, SqliteHuey, crontab
 
 from storage.models import JobKind
-
-logger = logging.getLogger(__name__)
 
 LANES = ("fast", "slow")
 FAST_KINDS = frozenset({JobKind.refresh})
@@ -57,14 +54,12 @@ class Queues:
     def check_project(self, project_id: int) -> None:
         self._check(project_id)
 
-    def pending(self, lane: str) -> int:
-        return self.lanes[lane].pending_count()
-
-    def consumer(self, lane: str, **options: Any) -> Any:
-        """A huey consumer for one lane: polls fast when idle on SQLite, blocks on Redis."""
-        defaults: dict[str, Any] = {"workers": 1, "periodic": lane == "slow", "initial_delay": 0.05}
-        defaults["max_delay"] = 0.1 if lane == "fast" else 1.0
-        return self.lanes[lane].create_consumer(**(defaults | options))
+    def consumer(self, lane: str) -> Any:
+        """A huey consumer for one lane: one task at a time; on SQLite it polls every 0.1 s (fast) or at most
+        every second (slow) when idle; on Redis it blocks until a message comes."""
+        return self.lanes[lane].create_consumer(
+            workers=1, periodic=lane == "slow", initial_delay=0.05, max_delay=0.1 if lane == "fast" else 1.0
+        )
 
 
 @functools.cache
