@@ -335,9 +335,11 @@ def update_project_consensus(session: Session, project_id: int) -> ConsensusSumm
     )
 
 
-def weak_consensus(session: Session, *, project: Project, after: int | None, limit: int) -> list[Image]:
-    """Images that automatic review gave up on: all labels in, consensus still weak. An admin resolves
-    them by giving the answer as a gold label."""
+def weak_consensus(
+    session: Session, *, project: Project, after: int | None, limit: int
+) -> list[tuple[Image, dict[str, int]]]:
+    """Images automatic review gave up on (all labels in, consensus still weak), each with its current votes.
+    An admin resolves one by giving the answer as a gold label, which then scores everyone who labeled it."""
     threshold = _settings(project).review_posterior
     query = select(Image).where(
         Image.project_id == project.id,
@@ -348,4 +350,10 @@ def weak_consensus(session: Session, *, project: Project, after: int | None, lim
     )
     if after is not None:
         query = query.where(Image.id > after)
-    return list(session.scalars(query.order_by(Image.id).limit(limit)))
+    images = list(session.scalars(query.order_by(Image.id).limit(limit)))
+    votes: dict[int, Counter[str]] = {image.id: Counter() for image in images}
+    for image_id, label in session.execute(
+        select(Annotation.image_id, Annotation.label).where(Annotation.image_id.in_(votes), Annotation.is_current)
+    ):
+        votes[image_id][label] += 1
+    return [(image, dict(votes[image.id])) for image in images]

@@ -13,8 +13,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from annotation.exclusions import excluded_annotators
-from storage.models import Annotation, Image, Project
+from storage.models import Annotation, AnnotatorExclusion, Image, Project
 
 
 @dataclass(frozen=True)
@@ -63,6 +62,16 @@ class Crowd:
         keep = self.usable
         matrix[self.item[keep], self.worker[keep]] = self.label[keep]
         return matrix[:, ~self.excluded]
+
+
+def excluded_annotators(session: Session, *, project_id: int) -> set[int]:
+    return set(
+        session.scalars(
+            select(AnnotatorExclusion.annotator_id).where(
+                AnnotatorExclusion.project_id == project_id, AnnotatorExclusion.revoked_at.is_(None)
+            )
+        )
+    )
 
 
 def load_crowd(session: Session, *, project: Project) -> Crowd:

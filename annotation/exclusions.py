@@ -9,19 +9,10 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from annotation.consensus import ConsensusSummary, update_project_consensus
 from storage.errors import Conflict, NotFound
-from storage.models import Annotation, AnnotatorExclusion, Project, User, utcnow
+from storage.models import AnnotatorExclusion, Project, User, utcnow
 from storage.users import Principal
-
-
-def excluded_annotators(session: Session, *, project_id: int) -> set[int]:
-    return set(
-        session.scalars(
-            select(AnnotatorExclusion.annotator_id).where(
-                AnnotatorExclusion.project_id == project_id, AnnotatorExclusion.revoked_at.is_(None)
-            )
-        )
-    )
 
 
 def _active(session: Session, *, project_id: int, annotator_id: int) -> AnnotatorExclusion | None:
@@ -36,17 +27,12 @@ def _active(session: Session, *, project_id: int, annotator_id: int) -> Annotato
 
 def exclude_annotator(
     session: Session, *, project: Project, annotator_id: int, reason: str, by: Principal
-) -> AnnotatorExclusion:
-    """Record the exclusion. The caller recomputes consensus (see ``consensus.update_project_consensus``)."""
+) -> tuple[AnnotatorExclusion, ConsensusSummary]:
+    """Record the exclusion and recompute the project's consensus without the annotator's labels.
+
+    Any user may be excluded, before or after labeling, member or not: the decision is about labels."""
     if session.get(User, annotator_id) is None:
         raise NotFound(f"user {annotator_id} not found", code="user_not_found")
-    labeled = session.scalar(
-        select(Annotation.id)
-        .where(Annotation.project_id == project.id, Annotation.annotator_id == annotator_id)
-        .limit(1)
-    )
-    if labeled is None:
-        raise NotFound(f"user {annotator_id} has no labels in project {project.id}", code="annotator_not_found")
     # Locking the project row serializes exclusions of one project, so there is never two active rows.
     session.scalar(select(Project.id).where(Project.id == project.id).with_for_update())
     if _active(session, project_id=project.id, annotator_id=annotator_id) is not None:
@@ -56,18 +42,20 @@ def exclude_annotator(
     )
     session.add(exclusion)
     session.flush()
-    return exclusion
+    return exclusion, update_project_consensus(session, project.id)
 
 
-def revoke_exclusion(session: Session, *, project: Project, annotator_id: int, by: Principal) -> AnnotatorExclusion:
+def revoke_exclusion(
+    session: Session, *, project: Project, annotator_id: int, by: Principal
+) -> tuple[AnnotatorExclusion, ConsensusSummary]:
     """Put the annotator's labels back into consensus; the exclusion stays in the record, revoked."""
     session.scalar(select(Project.id).where(Project.id == project.id).with_for_update())
     exclusion = _active(session, project_id=project.id, annotator_id=annotator_id)
     if exclusion is None:
-        raise NotFound(f"user {annotator_id} is not excluded from project {project.id}", code="not_excluded")
+        raise Conflict(f"user {annotator_id} is not excluded from project {project.id}", code="not_excluded")
     exclusion.revoked_at, exclusion.revoked_by_id = utcnow(), by.id
     session.flush()
-    return exclusion
+    return exclusion, update_project_consensus(session, project.id)
 
 
 def list_exclusions(session: Session, *, project_id: int) -> list[AnnotatorExclusion]:

@@ -11,8 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from annotation.agreement import NO_OVERLAP, Agreement, agreement, without_figures
-from annotation.crowd import load_crowd
-from annotation.exclusions import excluded_annotators
+from annotation.crowd import excluded_annotators, load_crowd
 from storage.models import Annotation, Image, Project, Split, User
 
 

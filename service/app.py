@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from service.deps import Runtime
 from service.errors import add_exception_handlers
 from service.observability import RequestContextMiddleware
-from service.routers import exports, health, images, labeling, projects, users, webpage
+from service.routers import exports, health, images, labeling, projects, quality, users, webpage
 from storage.blobs import blob_store_from_settings
 from storage.db import Database
 from storage.migrate import upgrade
@@ -35,7 +35,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool | None = None)
     app.state.runtime = runtime
     add_exception_handlers(app)
     app.add_middleware(RequestContextMiddleware)
-    for module in (health, users, projects, images, labeling, exports, webpage):
+    for module in (health, users, projects, images, labeling, quality, exports, webpage):
         app.include_router(module.router)
     return app
 

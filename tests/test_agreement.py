@@ -76,9 +76,7 @@ def test_random_crowds_match_statsmodels_krippendorff_and_scikit_learn(seed, cla
     for pair in result.pairs:
         assert pair.cohen_kappa.value == pytest.approx(expected_pairs[pair.first, pair.second][1], abs=TOL)
 
-    pair_agreement = [
-        np.mean([x == y for x, y in itertools.combinations(row[row >= 0], 2)]) for row in overlapped
-    ]
+    pair_agreement = [np.mean([x == y for x, y in itertools.combinations(row[row >= 0], 2)]) for row in overlapped]
     assert result.percent_agreement.value == pytest.approx(np.mean(pair_agreement), abs=TOL)
 
 
