@@ -154,35 +154,44 @@ def _flags(
     mine = checked[w]
     if not mine.enough:
         return []
-    flags = []
     n, hits, accuracy = len(mine.given), mine.hits, mine.hits / len(mine.given)
-    chance = mine.chance(len(labels))
-    kappa = mine.kappa(len(labels))
+    chance, kappa = mine.chance(len(labels)), mine.kappa(len(labels))
     if kappa is not None and kappa < RANDOM_KAPPA:
-        flags.append(
-            Flag(
-                "random",
-                f"agrees with the consensus or gold answer on {hits} of {n} checked labels ({accuracy:.0%}); "
-                f"chance alone gives {chance:.0%} (kappa {kappa:.2f})",
-                {"checked": n, "agreed": hits, "accuracy": accuracy, "chance": chance, "kappa": kappa},
-            )
+        random = Flag(
+            "random",
+            f"agrees with the consensus or gold answer on {hits} of {n} checked labels ({accuracy:.0%}); "
+            f"chance alone gives {chance:.0%} (kappa {kappa:.2f})",
+            {"checked": n, "agreed": hits, "accuracy": accuracy, "chance": chance, "kappa": kappa},
         )
-    others = [checked[o].accuracy for o in np.flatnonzero(eligible) if o != w]
-    if others:
-        crowd = float(np.median([a for a in others if a is not None]))
-        upper = float(proportion_confint(hits, n, alpha=0.05, method="wilson")[1])
-        if accuracy < crowd - UNRELIABLE_GAP and upper < crowd:
-            flags.append(
-                Flag(
-                    "unreliable",
-                    f"agrees with the consensus or gold answer on {accuracy:.0%} of {n} checked labels; "
-                    f"the other annotators' median is {crowd:.0%}",
-                    {"checked": n, "accuracy": accuracy, "upper_95": upper, "crowd_median": crowd},
-                )
-            )
-    if not any(f.flag == "random" for f in flags):
-        flags.extend(_confusions(w, checked, consensus, eligible, labels))
-    return flags
+        return [random, *_unreliable(mine, w, checked, eligible, confused=set())]
+    confusions = _confusions(w, checked, consensus, eligible, labels)
+    # A habit on one class explains the errors it causes: reliability is judged on the other classes.
+    confused = {labels.index(f.details["true_label"]) for f in confusions}
+    return [*_unreliable(mine, w, checked, eligible, confused=confused), *confusions]
+
+
+def _unreliable(
+    mine: _Checked, w: int, checked: list[_Checked], eligible: np.ndarray, confused: set[int]
+) -> list[Flag]:
+    others = [a for o in np.flatnonzero(eligible) if o != w and (a := checked[o].accuracy) is not None]
+    keep = ~np.isin(mine.reference, sorted(confused))
+    n = int(keep.sum())
+    if not others or n == 0:
+        return []
+    crowd = float(np.median(others))
+    hits = int((mine.given[keep] == mine.reference[keep]).sum())
+    accuracy, upper = hits / n, float(proportion_confint(hits, n, alpha=0.05, method="wilson")[1])
+    if accuracy >= crowd - UNRELIABLE_GAP or upper >= crowd:
+        return []
+    scope = " outside the confused classes" if confused else ""
+    return [
+        Flag(
+            "unreliable",
+            f"agrees with the consensus or gold answer on {accuracy:.0%} of {n} checked labels{scope}; "
+            f"the other annotators' median is {crowd:.0%}",
+            {"checked": n, "accuracy": accuracy, "upper_95": upper, "crowd_median": crowd},
+        )
+    ]
 
 
 def _confusion_counts(items: Iterable[_Checked], n_classes: int) -> np.ndarray:
