@@ -30,7 +30,7 @@ from storage.models import (
     Project,
     utcnow,
 )
-from storage.projects import ProjectSettings
+from storage.projects import ProjectSettings, project_settings
 
 # Dawid-Skene learns K x K numbers per annotator: below this much overlap (images with two usable
 # labels or a gold answer) its estimates are noise, and majority vote is the honest answer.
@@ -190,10 +190,6 @@ def _settle(image: Image, settings: ProjectSettings) -> bool:
     return sent
 
 
-def _settings(project: Project) -> ProjectSettings:
-    return ProjectSettings.model_validate(project.settings)
-
-
 def refresh_consensus(session: Session, *, project: Project, image: Image) -> None:
     """Recompute one image's label from its current annotations and the project's last fit (a few rows)."""
     if image.gold_label is not None:
@@ -237,7 +233,7 @@ def refresh_consensus(session: Session, *, project: Project, image: Image) -> No
         image.consensus_label = project.labels[int(posterior.argmax())]
         image.consensus_posterior = float(ordered[-1])
         image.consensus_tie = bool(ordered[-1] - ordered[-2] < TIE_TOLERANCE)
-    _settle(image, _settings(project))
+    _settle(image, project_settings(project))
 
 
 @dataclass(frozen=True)
@@ -309,7 +305,7 @@ def update_project_consensus(session: Session, project_id: int) -> ConsensusSumm
     crowd = load_crowd(session, project=project)
     consensus = compute_consensus(crowd)
     _store_fit(session, project=project, consensus=consensus)
-    settings = _settings(project)
+    settings = project_settings(project)
     changed = sent = 0
     for image in images:
         i = int(np.searchsorted(crowd.image_ids, image.id))
@@ -340,7 +336,7 @@ def weak_consensus(
 ) -> list[tuple[Image, dict[str, int]]]:
     """Images automatic review gave up on (all labels in, consensus still weak), each with its current votes.
     An admin resolves one by giving the answer as a gold label, which then scores everyone who labeled it."""
-    threshold = _settings(project).review_posterior
+    threshold = project_settings(project).review_posterior
     query = select(Image).where(
         Image.project_id == project.id,
         Image.gold_label.is_(None),

@@ -72,3 +72,14 @@ def load_backbone(model: nn.Module, path: Path) -> None:
     if not usable:
         raise ValueError(f"{path} holds no weights that fit this architecture")
     model.load_state_dict(usable, strict=False)
+
+
+def head_of(model: nn.Module) -> nn.Linear:
+    """The final linear layer: what a fast refresh refits, and whose input is the image's embedding."""
+    if isinstance(model, SmallCNN):
+        return model.head
+    if isinstance(model, models.ResNet):
+        return model.fc
+    if isinstance(model, models.MobileNetV3):
+        return model.classifier[-1]
+    raise ValueError(f"no known head for {type(model).__name__}")

@@ -23,12 +23,27 @@ def to_tensor(arrays: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(scaled.transpose(0, 3, 1, 2)))
 
 
-def augmentation(size: int, *, seed: int) -> A.Compose:
-    """Mild geometric and photometric changes; small images get no flips (a mirrored digit is another glyph)."""
+def augmentation(
+    size: int,
+    *,
+    seed: int,
+    hflip: bool | None = None,
+    rotate_degrees: float = 10.0,
+    scale: float = 0.1,
+    translate: float = 0.08,
+    brightness_contrast: float = 0.15,
+) -> A.Compose:
+    """Mild geometric and photometric changes; by default small images get no flips (a mirrored digit is
+    another glyph)."""
     transforms: list[A.BasicTransform] = [
-        A.Affine(scale=(0.9, 1.1), translate_percent=(-0.08, 0.08), rotate=(-10, 10), p=0.7),
-        A.RandomBrightnessContrast(brightness_limit=0.15, contrast_limit=0.15, p=0.5),
+        A.Affine(
+            scale=(1 - scale, 1 + scale),
+            translate_percent=(-translate, translate),
+            rotate=(-rotate_degrees, rotate_degrees),
+            p=0.7,
+        ),
+        A.RandomBrightnessContrast(brightness_limit=brightness_contrast, contrast_limit=brightness_contrast, p=0.5),
     ]
-    if size > 64:
+    if hflip if hflip is not None else size > 64:
         transforms.insert(0, A.HorizontalFlip(p=0.5))
     return A.Compose(transforms, seed=seed)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,6 +29,13 @@ class TrainConfig:
     patience: int = 8  # epochs without a better dev accuracy before stopping early
     threads: int = 1  # torch's share of the CPU, so the API stays responsive
     augment: bool = True
+    hflip: bool | None = None  # None: by image size
+    rotate_degrees: float = 10.0
+    scale: float = 0.1
+    translate: float = 0.08
+    brightness_contrast: float = 0.15
+    device: str = "auto"  # "auto": the GPU when there is one, else the CPU
+    pretrained_weights: str | None = None  # a file name in LABELWHEEL_PRETRAINED_DIR; None: random init
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -39,6 +47,12 @@ class TrainResult:
     best_epoch: int
     dev_accuracy: float
     history: list[dict[str, float]]
+
+
+def resolve_device(config: TrainConfig) -> torch.device:
+    if config.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(config.device)
 
 
 def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
@@ -59,7 +73,20 @@ def train_one_epoch(
     rng: np.random.Generator,
 ) -> float:
     model.train()
-    augment = augmentation(images.shape[1], seed=int(rng.integers(2**31))) if config.augment else None
+    augment = (
+        augmentation(
+            images.shape[1],
+            seed=int(rng.integers(2**31)),
+            hflip=config.hflip,
+            rotate_degrees=config.rotate_degrees,
+            scale=config.scale,
+            translate=config.translate,
+            brightness_contrast=config.brightness_contrast,
+        )
+        if config.augment
+        else None
+    )
+    device = next(model.parameters()).device
     order = rng.permutation(len(images))
     total = 0.0
     for start in range(0, len(order), config.batch_size):
@@ -68,7 +95,8 @@ def train_one_epoch(
         if augment is not None:
             arrays = np.stack([augment(image=a)["image"] for a in arrays])
         optimizer.zero_grad()
-        loss = loss_fn(model(to_tensor(arrays)), torch.from_numpy(labels[batch]).long())
+        targets = torch.from_numpy(labels[batch]).long().to(device)
+        loss = loss_fn(model(to_tensor(arrays).to(device)), targets)
         loss.backward()
         optimizer.step()
         total += loss.item() * len(batch)
@@ -79,8 +107,9 @@ def train_one_epoch(
 def predict_proba(model: nn.Module, images: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
     """(N, K) class probabilities for N prepared HxWx3 uint8 images."""
     model.eval()
+    device = next(model.parameters()).device
     out = [
-        torch.softmax(model(to_tensor(images[start : start + batch_size])), dim=1).numpy()
+        torch.softmax(model(to_tensor(images[start : start + batch_size]).to(device)), dim=1).cpu().numpy()
         for start in range(0, len(images), batch_size)
     ]
     return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
@@ -95,17 +124,18 @@ def train(
     dev_labels: np.ndarray,
     num_classes: int,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    pretrained_path: Path | None = None,
 ) -> TrainResult:
-    """Train with early stopping on dev accuracy; returns the best epoch's weights."""
+    """Train with early stopping on dev accuracy; returns the best epoch's weights (on the CPU)."""
     if len(np.unique(train_labels)) < 2:
         raise ValueError("training needs labeled images of at least two classes")
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    model = build_model(config.architecture, num_classes)
+    model = build_model(config.architecture, num_classes, pretrained_path=pretrained_path).to(resolve_device(config))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
-    loss_fn = nn.CrossEntropyLoss(weight=class_weights(train_labels, num_classes))
+    loss_fn = nn.CrossEntropyLoss(weight=class_weights(train_labels, num_classes).to(resolve_device(config)))
     best_state, best_accuracy, best_epoch, history = copy.deepcopy(model.state_dict()), -1.0, 0, []
     for epoch in range(1, config.epochs + 1):
         loss = train_one_epoch(
@@ -119,9 +149,10 @@ def train(
         history.append(record)
         if on_epoch:
             on_epoch(epoch, record)
-        if dev_accuracy > best_accuracy:
+        if dev_accuracy > best_accuracy or not len(dev_labels):  # with no dev split, the last epoch is kept
             best_state, best_accuracy, best_epoch = copy.deepcopy(model.state_dict()), dev_accuracy, epoch
         elif epoch - best_epoch >= config.patience:
             break
     model.load_state_dict(best_state)
+    model.cpu()
     return TrainResult(model=model, best_epoch=best_epoch, dev_accuracy=best_accuracy, history=history)

@@ -6,10 +6,13 @@ import gc
 
 from fastapi import FastAPI
 
+from flywheel.inference import Predictor
+from flywheel.policy import LabelNotifier
+from flywheel.queue import get_queues
 from service.deps import Runtime
 from service.errors import add_exception_handlers
 from service.observability import RequestContextMiddleware
-from service.routers import exports, health, images, labeling, projects, quality, users, webpage
+from service.routers import exports, health, images, jobs, labeling, models, projects, quality, users, webpage
 from storage.blobs import blob_store_from_settings
 from storage.db import Database
 from storage.migrate import upgrade
@@ -22,8 +25,15 @@ def create_app(settings: Settings | None = None, *, migrate: bool | None = None)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if migrate if migrate is not None else settings.uses_sqlite:
         upgrade(settings.resolved_database_url)
+    blobs = blob_store_from_settings(settings)
+    queues = get_queues(settings.resolved_queue_url)
     runtime = Runtime(
-        settings=settings, db=Database(settings.resolved_database_url), blobs=blob_store_from_settings(settings)
+        settings=settings,
+        db=Database(settings.resolved_database_url),
+        blobs=blobs,
+        queues=queues,
+        notifier=LabelNotifier(queues),
+        predictor=Predictor(blobs),
     )
 
     app = FastAPI(
@@ -35,7 +45,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool | None = None)
     app.state.runtime = runtime
     add_exception_handlers(app)
     app.add_middleware(RequestContextMiddleware)
-    for module in (health, users, projects, images, labeling, quality, exports, webpage):
+    for module in (health, users, projects, images, labeling, quality, exports, jobs, models, webpage):
         app.include_router(module.router)
     return app
 

@@ -70,15 +70,54 @@ def serve(
     else:
         console.print("an admin exists already; `labelwheel users rotate-token admin` prints a new token")
     options = {"host": host, "port": port, "log_config": None, "timeout_graceful_shutdown": 10}
-    if workers > 1:
-        # Each worker process builds its own app from the same LABELWHEEL_* environment.
-        uvicorn.run("service.app:create_worker_app", factory=True, workers=workers, **options)
-        return
-    from service.app import create_app, settle_heap
+    job_worker = _start_job_worker() if settings.embedded_worker else None
+    if job_worker is None:
+        console.print("jobs: no worker started here (LABELWHEEL_EMBEDDED_WORKER=false); run `labelwheel worker`")
+    try:
+        if workers > 1:
+            # Each worker process builds its own app from the same LABELWHEEL_* environment.
+            uvicorn.run("service.app:create_worker_app", factory=True, workers=workers, **options)
+            return
+        from service.app import create_app, settle_heap
 
-    app_ = create_app(settings, migrate=False)
-    settle_heap()
-    uvicorn.run(app_, **options)
+        app_ = create_app(settings, migrate=False)
+        settle_heap()
+        uvicorn.run(app_, **options)
+    finally:
+        if job_worker is not None:
+            job_worker.terminate()
+            job_worker.wait(timeout=30)
+
+
+def _start_job_worker():  # noqa: ANN202 - a subprocess.Popen
+    """The embedded default's job worker: `labelwheel worker` as a child process with the same environment."""
+    import subprocess
+
+    return subprocess.Popen([sys.executable, "-m", "service.cli", "worker"])
+
+
+@app.command()
+def worker(
+    lane: Annotated[
+        str | None, typer.Option(help="Consume only this lane: fast (refreshes) or slow (training, embeddings).")
+    ] = None,
+) -> None:
+    """Run background jobs (training, refreshes, embeddings) from the queue in LABELWHEEL_QUEUE_URL."""
+    from flywheel.queue import LANES
+    from flywheel.worker import run_worker
+    from service.observability import configure_logging
+
+    settings = _settings()
+    if lane is not None and lane not in LANES:
+        console.print(f"[red]unknown lane {lane!r}; use one of {', '.join(LANES)}[/red]")
+        raise typer.Exit(2)
+    configure_logging(settings.log_level)
+    _database(settings).dispose()  # the embedded default upgrades its schema first
+    queue = settings.resolved_queue_url.split("@")[-1]
+    console.print(
+        f"labelwheel worker: queue {queue}, lanes {lane or ', '.join(LANES)}, {settings.train_threads} torch thread(s)"
+    )
+    raise typer.Exit(run_worker((lane,) if lane else LANES))
 
 
 @db_app.command("upgrade")

@@ -10,6 +10,9 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from flywheel.inference import Predictor
+from flywheel.policy import LabelNotifier
+from flywheel.queue import Queues
 from storage.blobs import BlobStore
 from storage.db import Database
 from storage.ingest import Limits
@@ -19,11 +22,14 @@ from storage.users import Principal, authenticate
 
 @dataclass
 class Runtime:
-    """What the app holds for its lifetime: settings, the database and the blob store."""
+    """What the app holds for its lifetime: settings, stores, the job queue and the model predictor."""
 
     settings: Settings
     db: Database
     blobs: BlobStore
+    queues: Queues
+    notifier: LabelNotifier
+    predictor: Predictor
 
     @property
     def limits(self) -> Limits:

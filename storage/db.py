@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,9 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, make_url, text
 from sqlalchemy.orm import Session, sessionmaker
 
+logger = logging.getLogger(__name__)
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+AFTER_COMMIT = "labelwheel_after_commit"
 READ_ONLY = "labelwheel_read_only"
 
 
@@ -97,21 +100,32 @@ class Database:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
+        callbacks: list[Callable[[], None]] = []
         with self._writer_lock.held() if self._writer_lock else nullcontext(), self._sessions() as session:
+            session.info[AFTER_COMMIT] = callbacks
             try:
                 yield session
                 session.commit()
             except BaseException:
                 session.rollback()
                 raise
+        for callback in callbacks:  # after the write lock is released
+            try:
+                callback()
+            except Exception:
+                logger.exception("an after-commit action failed; the committed data is unaffected")
 
     @contextmanager
     def read_session(self) -> Iterator[Session]:
-        """A session for reads only: on SQLite it does not take the write lock."""
+        """A session for reads only: on SQLite it does not take the write lock.
+
+        Objects read stay usable after it ends (detached with their loaded values).
+        """
         with self._read_sessions() as session:
             try:
                 yield session
             finally:
+                session.expunge_all()
                 session.rollback()
 
     def ping(self) -> None:
@@ -120,3 +134,13 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def after_commit(session: Session, action: Callable[[], None]) -> None:
+    """Run ``action`` once the session's transaction has committed: how jobs get enqueued only for stored rows.
+
+    If the transaction rolls back, the action never runs.
+    """
+    if AFTER_COMMIT not in session.info:
+        raise RuntimeError("after_commit needs a session from Database.session()")
+    session.info[AFTER_COMMIT].append(action)

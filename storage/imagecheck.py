@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from PIL import Image as PILImage
 from PIL import ImageFile, ImageOps, UnidentifiedImageError
@@ -35,15 +38,14 @@ class ImageInfo:
     thumbnail_png: bytes | None  # None: the original already is a fine thumbnail (a small upright PNG)
 
 
-def inspect_image(path: Path, *, max_pixels: int, thumbnail_size: int) -> ImageInfo:
-    """Validate the image at ``path`` and return its facts and a PNG thumbnail; raise ImageRejected.
-
-    A PNG that is already upright and no larger than a thumbnail serves as its own thumbnail.
-    """
+@contextmanager
+def checked_image(source: Path | IO[bytes], *, max_pixels: int) -> Iterator[PILImage.Image]:
+    """Open an image, refuse a wrong format or too many pixels from its header, then decode it fully (its
+    first frame); any problem becomes ImageRejected saying why."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", PILImage.DecompressionBombWarning)
         try:
-            with PILImage.open(path) as img:
+            with PILImage.open(source) as img:
                 fmt = img.format or "unknown"
                 if fmt not in ALLOWED_FORMATS:
                     raise ImageRejected(
@@ -57,11 +59,9 @@ def inspect_image(path: Path, *, max_pixels: int, thumbnail_size: int) -> ImageI
                         f"image is {width}x{height} = {width * height:,} pixels, over the limit of "
                         f"{max_pixels:,} (LABELWHEEL_MAX_IMAGE_PIXELS)"
                     )
-                orientation = img.getexif().get(EXIF_ORIENTATION)
                 img.seek(0)  # GIF and multi-page TIFF: the first frame is the image
                 img.load()
-                upright_small_png = fmt == "PNG" and max(width, height) <= thumbnail_size and orientation in (None, 1)
-                thumbnail = None if upright_small_png else _thumbnail(img, thumbnail_size)
+                yield img
         except ImageRejected:
             raise
         except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning) as exc:
@@ -72,13 +72,31 @@ def inspect_image(path: Path, *, max_pixels: int, thumbnail_size: int) -> ImageI
             raise ImageRejected("not an image file Pillow can read (corrupt, or another file type)") from None
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
             raise ImageRejected(f"corrupt or truncated image data: {exc}") from None
-    return ImageInfo(
-        width=width,
-        height=height,
-        format=fmt,
-        exif_orientation=int(orientation) if isinstance(orientation, int) else None,
-        thumbnail_png=thumbnail,
-    )
+
+
+def inspect_image(path: Path, *, max_pixels: int, thumbnail_size: int) -> ImageInfo:
+    """Validate the image at ``path`` and return its facts and a PNG thumbnail; raise ImageRejected.
+
+    A PNG that is already upright and no larger than a thumbnail serves as its own thumbnail.
+    """
+    with checked_image(path, max_pixels=max_pixels) as img:
+        orientation = img.getexif().get(EXIF_ORIENTATION)
+        width, height = img.size
+        upright_small_png = img.format == "PNG" and max(width, height) <= thumbnail_size and orientation in (None, 1)
+        thumbnail = None if upright_small_png else _thumbnail(img, thumbnail_size)
+        return ImageInfo(
+            width=width,
+            height=height,
+            format=img.format or "unknown",
+            exif_orientation=int(orientation) if isinstance(orientation, int) else None,
+            thumbnail_png=thumbnail,
+        )
+
+
+def decode_image(source: IO[bytes], *, max_pixels: int) -> PILImage.Image:
+    """A checked, fully decoded, upright copy of an uploaded image (for predictions: nothing is stored)."""
+    with checked_image(source, max_pixels=max_pixels) as img:
+        return ImageOps.exif_transpose(img).convert("RGB")
 
 
 def _thumbnail(img: PILImage.Image, size: int) -> bytes:

@@ -20,11 +20,14 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
+    Text,
     UniqueConstraint,
     false,
     func,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -313,3 +316,123 @@ class Prediction(CreatedAt, Base):
     confidence: Mapped[float] = mapped_column(Float)
 
     __table_args__ = (Index("ix_predictions_image_id_id", "image_id", "id"),)
+
+
+class JobStatus(enum.StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+class JobKind(enum.StrEnum):
+    train = "train"  # full training on a fresh snapshot, evaluation, promotion decision
+    refresh = "refresh"  # refit the champion's head on cached embeddings
+    embed = "embed"  # cache every image's embedding from the champion's backbone
+    label_quality = "label_quality"
+    mine = "mine"
+    export = "export"  # the ONNX file of a refreshed model, made after it already serves
+
+
+class Job(CreatedAt, Base):
+    """A unit of background work. The row is the truth about a job, whatever queue carries it."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    kind: Mapped[JobKind] = mapped_column(_enum(JobKind, "job_kind"))
+    status: Mapped[JobStatus] = mapped_column(_enum(JobStatus, "job_status"), default=JobStatus.queued)
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    message: Mapped[str] = mapped_column(String(500), default="")
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(String(2000))
+    traceback: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # host:pid of the worker running it, so a restarted worker can tell its dead predecessor's jobs.
+    worker: Mapped[str | None] = mapped_column(String(200))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+
+    __table_args__ = (Index("ix_jobs_project_kind_status", "project_id", "kind", "status"),)
+
+
+class DatasetSnapshot(CreatedAt, Base):
+    """An immutable list of (image, label, split): its content is a blob named by its own sha256."""
+
+    __tablename__ = "dataset_snapshots"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    content_sha256: Mapped[str] = mapped_column(String(64))
+    item_count: Mapped[int] = mapped_column(Integer)
+    stats: Mapped[dict[str, Any]] = mapped_column(JSON)  # counts per split and class
+
+    __table_args__ = (UniqueConstraint("project_id", "content_sha256", name="uq_dataset_snapshots_project_content"),)
+
+
+class ModelKind(enum.StrEnum):
+    full = "full"  # the whole network trained on a snapshot
+    refresh = "refresh"  # the parent's backbone with a head refitted on cached embeddings
+
+
+class ModelStatus(enum.StrEnum):
+    training = "training"
+    candidate = "candidate"  # trained and evaluated, not promoted
+    champion = "champion"  # the project's production model; at most one
+    retired = "retired"  # was champion once
+    failed = "failed"
+
+
+class ModelVersion(CreatedAt, Base):
+    __tablename__ = "model_versions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    # The job that made it: a retried job finds its model again instead of making a second one.
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"), unique=True)
+    snapshot_id: Mapped[int | None] = mapped_column(ForeignKey("dataset_snapshots.id", ondelete="RESTRICT"))
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id", ondelete="SET NULL"))
+    kind: Mapped[ModelKind] = mapped_column(_enum(ModelKind, "model_kind"))
+    status: Mapped[ModelStatus] = mapped_column(_enum(ModelStatus, "model_status"), default=ModelStatus.training)
+    architecture: Mapped[str] = mapped_column(String(50))
+    input_size: Mapped[int] = mapped_column(Integer)
+    labels: Mapped[list[str]] = mapped_column(JSON)  # class order of the outputs
+    hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    seed: Mapped[int] = mapped_column(Integer, default=0)
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    decision: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    weights_sha256: Mapped[str | None] = mapped_column(String(64))
+    onnx_sha256: Mapped[str | None] = mapped_column(String(64))
+    # For refresh models: the newest annotation id their labels include, to know when to refresh again.
+    labels_through: Mapped[int | None] = mapped_column(Integer)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    promoted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    promoted_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+
+    __table_args__ = (
+        Index("ix_model_versions_project_id_id", "project_id", "id"),
+        Index(
+            "uq_model_versions_one_champion",
+            "project_id",
+            unique=True,
+            sqlite_where=text("status = 'champion'"),
+            postgresql_where=text("status = 'champion'"),
+        ),
+    )
+
+
+class Embedding(Base):
+    """An image's feature vector from a full model's backbone (float32 bytes): the fast refresh reads these."""
+
+    __tablename__ = "embeddings"
+
+    model_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"), primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)

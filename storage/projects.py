@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import select
@@ -20,6 +20,47 @@ MIN_LABELS, MAX_LABELS, MAX_LABEL_LENGTH = 2, 1000, 100
 LABEL_PATTERN = r"^[^\x00-\x20\x7f](?:[^\x00-\x1f\x7f]*[^\x00-\x20\x7f])?$"
 NAME_PATTERN = r"[^\x00-\x20\x7f]"
 ASCII_SPACE = " \t\n\r\x0b\x0c"
+
+
+class AugmentationSettings(BaseModel):
+    """Training augmentation; the defaults suit the image size (no flips for small images such as digits)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    hflip: bool | None = Field(default=None, description="Mirror images; default: only above 64 px.")
+    rotate_degrees: float = Field(default=10.0, ge=0, le=180)
+    scale: float = Field(default=0.1, ge=0, le=0.5, description="Zoom in or out by up to this share.")
+    translate: float = Field(default=0.08, ge=0, le=0.5, description="Shift by up to this share of the side.")
+    brightness_contrast: float = Field(default=0.15, ge=0, le=1)
+
+
+class TrainingSettings(BaseModel):
+    """When the flywheel retrains, and how."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    auto_train: bool = Field(default=True, description="Train when labels have grown enough, with no human action.")
+    auto_refresh: bool = Field(default=True, description="Refit the champion's head within seconds of new labels.")
+    min_new_labels: int = Field(default=50, ge=1, description="Train after at least this many new labels ...")
+    growth: float = Field(default=0.2, ge=0, le=10, description="... or this share of growth, whichever is larger.")
+    debounce_seconds: float = Field(default=10.0, ge=0, le=3600, description="Wait for labels to settle first.")
+    min_labels: int = Field(default=20, ge=2, description="Fewest labeled training images a training accepts.")
+    architecture: Literal["small_cnn", "resnet18", "mobilenet_v3_small"] | None = Field(
+        default=None, description="Default: small_cnn for images up to 64 px, mobilenet_v3_small above."
+    )
+    input_size: int | None = Field(default=None, ge=16, le=512, description="Default: 32 for small_cnn, else 224.")
+    pretrained_weights: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="A file in LABELWHEEL_PRETRAINED_DIR with backbone weights; random init when unset.",
+    )
+    epochs: int = Field(default=20, ge=1, le=1000)
+    patience: int = Field(default=8, ge=1, le=1000)
+    batch_size: int = Field(default=64, ge=1, le=4096)
+    learning_rate: float = Field(default=3e-3, gt=0, le=1)
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    augmentation: AugmentationSettings = Field(default_factory=AugmentationSettings)
 
 
 class ProjectSettings(BaseModel):
@@ -45,6 +86,7 @@ class ProjectSettings(BaseModel):
     review_max_labels: int = Field(
         default=5, ge=1, le=20, description="Automatic review stops asking for labels once an image needs this many."
     )
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
 
 
 def validate_labels(labels: list[str]) -> list[str]:
@@ -97,9 +139,20 @@ def create_project(
 
 
 def update_settings(session: Session, *, project: Project, changes: dict[str, Any]) -> Project:
-    project.settings = validate_settings({**project.settings, **changes})
+    project.settings = validate_settings(_merged(project.settings, changes))
     session.flush()
     return project
+
+
+def _merged(current: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``changes`` over ``current``, group by group: changing one training key keeps the others."""
+    merged = dict(current)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merged(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def _not_found(project_id: int) -> NotFound:
@@ -167,3 +220,8 @@ def list_members(session: Session, *, project: Project) -> list[User]:
             .order_by(User.id)
         )
     )
+
+
+def project_settings(project: Project) -> ProjectSettings:
+    """A project's settings with today's defaults for keys added since they were stored."""
+    return ProjectSettings.model_validate(project.settings or {})

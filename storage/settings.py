@@ -48,6 +48,20 @@ class Settings(BaseSettings):
     max_files_per_request: int = Field(default=10_000, gt=0)
     thumbnail_size: int = Field(default=256, ge=16, le=2048)
 
+    queue_url: str = Field(
+        default="", description="redis://HOST:PORT/DB for workers on other machines; empty means a SQLite queue."
+    )
+    embedded_worker: bool = Field(default=True, description="`serve` also starts a job worker process.")
+    train_threads: int = Field(
+        default=1, ge=1, le=256, description="Torch threads per job, so training leaves the API its share."
+    )
+    job_stale_seconds: float = Field(
+        default=30.0, gt=0, description="A running job whose heartbeat is this old has lost its worker."
+    )
+    pretrained_dir: Path | None = Field(
+        default=None, description="Folder of local backbone weight files a project may name; never downloaded."
+    )
+
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     workers: int = Field(default=1, ge=1, le=64, description="API worker processes for `serve`.")
@@ -74,6 +88,13 @@ class Settings(BaseSettings):
         if parsed.scheme == "s3" and parsed.netloc:
             return value
         raise ValueError("use file:///ABSOLUTE/PATH or s3://BUCKET/PREFIX")
+
+    @field_validator("queue_url")
+    @classmethod
+    def _known_queue(cls, value: str) -> str:
+        if value and not value.startswith(("redis://", "rediss://", "sqlite:///")):
+            raise ValueError("use redis://HOST:PORT/DB or sqlite:///PATH, or leave it empty for SQLite in data_dir")
+        return value
 
     @field_validator("admin_token")
     @classmethod
@@ -105,6 +126,10 @@ class Settings(BaseSettings):
     @property
     def resolved_blob_url(self) -> str:
         return self.blob_url or (self.data_dir.resolve() / "blobs").as_uri()
+
+    @property
+    def resolved_queue_url(self) -> str:
+        return self.queue_url or f"sqlite:///{self.data_dir.resolve() / 'queue.db'}"
 
     @property
     def uses_sqlite(self) -> bool:

@@ -14,7 +14,9 @@ def test_create_and_read_a_project_with_its_ordered_labels(client, admin):
     project = created.json()
     assert project["name"] == "pets"
     assert project["labels"] == ["zebra", "cat", "ant"]
-    assert project["settings"] == {"overlap_rate": 0.25, "overlap_k": 3, "lease_minutes": 10, "gold_rate": 0.05}
+    settings = {k: v for k, v in project["settings"].items() if k != "training"}
+    assert settings == {"overlap_rate": 0.25, "overlap_k": 3, "lease_minutes": 10, "gold_rate": 0.05}
+    assert project["settings"]["training"]["min_new_labels"] == 50
     assert project["task_type"] == "classification"
     read = client.get(f"/api/v1/projects/{project['id']}", headers=admin.headers).json()
     assert read == project
@@ -71,10 +73,28 @@ def test_settings_can_be_changed_and_are_validated(client, admin):
     project = make_project(client, admin)
     url = f"/api/v1/projects/{project['id']}/settings"
     changed = client.patch(url, json={"settings": {"overlap_k": 5}}, headers=admin.headers)
-    assert changed.json()["settings"] == {"overlap_rate": 0.1, "overlap_k": 5, "lease_minutes": 10, "gold_rate": 0.05}
+    settings = {k: v for k, v in changed.json()["settings"].items() if k != "training"}
+    assert settings == {"overlap_rate": 0.1, "overlap_k": 5, "lease_minutes": 10, "gold_rate": 0.05}
     refused = client.patch(url, json={"settings": {"overlap_rate": -1}}, headers=admin.headers)
     assert refused.status_code == 422
     assert client.get(f"/api/v1/projects/{project['id']}", headers=admin.headers).json()["settings"]["overlap_k"] == 5
+
+
+def test_changing_one_training_setting_keeps_the_others(client, admin):
+    project = client.post("/api/v1/projects", json={"name": "t", "labels": ["a", "b"]}, headers=admin.headers).json()
+    url = f"/api/v1/projects/{project['id']}/settings"
+    first = client.patch(
+        url, json={"settings": {"training": {"epochs": 5, "architecture": "resnet18"}}}, headers=admin.headers
+    )
+    assert first.status_code == 200, first.text
+    second = client.patch(url, json={"settings": {"training": {"min_new_labels": 7}}}, headers=admin.headers)
+    training = second.json()["settings"]["training"]
+    assert (training["epochs"], training["architecture"], training["min_new_labels"]) == (5, "resnet18", 7)
+    assert training["augmentation"]["rotate_degrees"] == 10.0
+    cleared = client.patch(url, json={"settings": {"training": {"architecture": None}}}, headers=admin.headers)
+    assert cleared.json()["settings"]["training"]["architecture"] is None
+    refused = client.patch(url, json={"settings": {"training": {"architecture": "vgg"}}}, headers=admin.headers)
+    assert refused.status_code == 422 and "architecture" in refused.text
 
 
 def test_project_names_are_unique(client, admin):

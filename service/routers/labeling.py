@@ -9,7 +9,8 @@ from annotation.annotations import list_annotations, project_image, submit_annot
 from annotation.curation import gold_scores, send_for_review, set_gold
 from annotation.labels import current_labels
 from annotation.queue import next_task, progress, skip_task
-from service.deps import CurrentUser, ReadSessionDep, SessionDep
+from flywheel.inference import model_version
+from service.deps import CurrentUser, ReadSessionDep, RuntimeDep, SessionDep
 from service.schemas.common import ERROR_RESPONSES, MAX_ID, ImageId, ProjectId
 from service.schemas.images import ImageRead
 from service.schemas.labeling import (
@@ -26,6 +27,7 @@ from service.schemas.labeling import (
     ReviewResult,
     TaskRead,
 )
+from storage.db import after_commit
 from storage.models import Role
 from storage.projects import get_project, require_role
 
@@ -41,12 +43,22 @@ Limit = Annotated[int, Query(ge=1, le=1000)]
     response_model=TaskRead,
     responses={204: {"description": "Nothing left to label for you."}},
 )
-def next_(project_id: ProjectId, session: SessionDep, principal: CurrentUser) -> TaskRead | Response:
+def next_(
+    project_id: ProjectId, session: SessionDep, principal: CurrentUser, runtime: RuntimeDep
+) -> TaskRead | Response:
     project = get_project(session, principal=principal, project_id=project_id)
     task = next_task(session, principal=principal, project=project)
     if task is None:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
     image = task.image
+    live = runtime.predictor.prelabel(session, image=image)  # the newest model's answer beats a stored one
+    prelabel = (
+        PreLabelRead(label=live[1].label, confidence=live[1].confidence, model_version=model_version(live[0]))
+        if live
+        else PreLabelRead(**vars(task.prelabel))
+        if task.prelabel
+        else None
+    )
     return TaskRead(
         image_id=image.id,
         project_id=project.id,
@@ -56,7 +68,7 @@ def next_(project_id: ProjectId, session: SessionDep, principal: CurrentUser) ->
         height=image.height,
         lease_expires_at=task.lease_expires_at,
         review_reason=task.review_reason,
-        prelabel=PreLabelRead(**vars(task.prelabel)) if task.prelabel else None,
+        prelabel=prelabel,
     )
 
 
@@ -79,6 +91,7 @@ def submit(
     body: AnnotationCreate,
     session: SessionDep,
     principal: CurrentUser,
+    runtime: RuntimeDep,
     idempotency_key: Annotated[
         str | None, Header(max_length=200, description="Retries with the same key store the label once.")
     ] = None,
@@ -93,6 +106,8 @@ def submit(
         duration_ms=body.duration_ms,
         idempotency_key=idempotency_key,
     )
+    if not result.replayed:
+        after_commit(session, lambda: runtime.notifier.labels_changed(project.id))  # the flywheel decides, not us
     payload = AnnotationRead.model_validate(result.annotation).model_dump(mode="json")
     return JSONResponse(payload, status_code=status.HTTP_200_OK if result.replayed else status.HTTP_201_CREATED)
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, status
 
 from service.deps import CurrentUser, ReadSessionDep, SessionDep
@@ -47,7 +49,7 @@ def patch_settings(
     project = get_project(session, principal=principal, project_id=project_id)
     require_role(principal, Role.admin)
     return ProjectRead.model_validate(
-        update_settings(session, project=project, changes=body.settings.model_dump(exclude_none=True))
+        update_settings(session, project=project, changes=_given(body.settings.model_dump(exclude_unset=True)))
     )
 
 
@@ -71,3 +73,8 @@ def remove(project_id: ProjectId, user_id: UserId, session: SessionDep, principa
     project = get_project(session, principal=principal, project_id=project_id)
     require_role(principal, Role.admin)
     remove_member(session, project=project, user_id=user_id)
+
+
+def _given(changes: dict[str, Any]) -> dict[str, Any]:
+    """A top-level null means "leave as is"; inside a group, null is a value (it clears an optional key)."""
+    return {name: value for name, value in changes.items() if value is not None}

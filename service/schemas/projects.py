@@ -17,7 +17,12 @@ ProjectSettingsPatch = create_model(
     "ProjectSettingsPatch",
     __config__=ConfigDict(extra="forbid"),
     **{
-        name: (field.annotation | None, FieldInfo.merge_field_infos(field, default=None))
+        name: (
+            field.annotation | None,
+            Field(default=None, description=field.description)
+            if field.default_factory is not None  # a nested group: only the keys it names change
+            else FieldInfo.merge_field_infos(field, default=None),
+        )
         for name, field in ProjectSettings.model_fields.items()
     },
 )

@@ -1,0 +1,387 @@
+"""Job rows: creating, claiming, heartbeats, progress, cancellation, and recovery when a worker dies.
+
+A job is a row first, so its status and progress are visible through the API whatever runs it. A
+worker claims a job with a conditional update (two workers never run the same one), records a
+heartbeat while it works, and finishes it only if it still holds it. A worker that dies mid-job
+leaves a ``running`` row whose heartbeat stops: the reaper puts it back in the queue.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import socket
+import threading
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from storage.blobs import BlobStore
+from storage.db import Database, after_commit
+from storage.errors import Conflict, NotFound
+from storage.models import Image, Job, JobKind, JobStatus, Project, utcnow
+from storage.settings import Settings
+
+if TYPE_CHECKING:
+    from flywheel.queue import Queues
+
+logger = logging.getLogger(__name__)
+
+TERMINAL = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled})
+# Kinds a person may start through the API; the rest are started by the flywheel itself.
+SUBMITTABLE = (JobKind.train, JobKind.refresh, JobKind.embed)
+
+
+class JobFailed(Exception):
+    """The job cannot do its work for a reason a person can fix; the message says what and how."""
+
+
+class JobCancelled(Exception):
+    """Someone cancelled the job, or another worker took it over."""
+
+
+@dataclass
+class JobContext:
+    """What a job handler gets: its parameters, the stores, and a way to report progress."""
+
+    job_id: int
+    project_id: int
+    kind: JobKind
+    params: dict[str, Any]
+    attempt: int
+    db: Database
+    blobs: BlobStore
+    settings: Settings
+    queues: Queues
+    fraction: float = 0.0
+    message: str = "started"
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def progress(self, fraction: float, message: str | None = None) -> None:
+        """Record progress (written by the heartbeat); also the point where a cancellation takes effect."""
+        self.fraction = min(max(fraction, 0.0), 1.0)
+        if message is not None:
+            self.message = message[:500]
+        self.check_cancelled()
+
+    def check_cancelled(self) -> None:
+        if self.cancelled.is_set():
+            raise JobCancelled("cancelled")
+
+
+Handler = Callable[[JobContext], dict[str, Any]]
+HANDLERS: dict[JobKind, Handler] = {}
+# Modules whose import registers handlers; they need torch, so they are imported only where jobs run.
+HANDLER_MODULES = ("flywheel.training_job", "flywheel.refresh")
+
+
+def load_handlers() -> None:
+    for module in HANDLER_MODULES:
+        importlib.import_module(module)
+
+
+def handler(kind: JobKind) -> Callable[[Handler], Handler]:
+    """Register the function that runs jobs of ``kind`` (in the worker process)."""
+
+    def register(function: Handler) -> Handler:
+        HANDLERS[kind] = function
+        return function
+
+    return register
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def create_job(
+    session: Session,
+    *,
+    project_id: int,
+    kind: JobKind,
+    queues: Queues,
+    params: dict[str, Any] | None = None,
+    created_by: int | None = None,
+    delay_seconds: float = 0.0,
+) -> Job:
+    """Store a queued job and enqueue it once the transaction commits.
+
+    A ``train`` request while another training of the project is still queued returns that job:
+    labels arriving during a training schedule one follow-up, not one per label.
+    """
+    if kind == JobKind.train:
+        _lock_project(session, project_id)
+        waiting = session.scalars(
+            select(Job)
+            .where(Job.project_id == project_id, Job.kind == JobKind.train, Job.status == JobStatus.queued)
+            .order_by(Job.id)
+            .limit(1)
+        ).first()
+        if waiting is not None:
+            return waiting
+        # What the retraining policy counts growth from, whoever asked for this training.
+        labeled = session.scalar(
+            select(func.count()).where(Image.project_id == project_id, Image.consensus_label.is_not(None))
+        )
+        params = {**(params or {}), "labeled": labeled}
+    job = Job(project_id=project_id, kind=kind, params=params or {}, created_by=created_by, message="queued")
+    session.add(job)
+    session.flush()
+    job_id = job.id
+    after_commit(session, lambda: queues.run_job(job_id, kind, delay_seconds=delay_seconds))
+    return job
+
+
+def get_job(session: Session, *, job_id: int) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFound(f"job {job_id} not found", code="job_not_found")
+    return job
+
+
+def list_jobs(session: Session, *, project_id: int, limit: int = 100) -> list[Job]:
+    return list(session.scalars(select(Job).where(Job.project_id == project_id).order_by(Job.id.desc()).limit(limit)))
+
+
+def cancel_job(session: Session, *, job: Job) -> Job:
+    """A queued job is cancelled at once; a running one stops at its next progress report."""
+    if job.status in TERMINAL:
+        raise Conflict(f"job {job.id} has already {job.status.value}", code="job_finished")
+    job.cancel_requested = True
+    if job.status == JobStatus.queued:
+        job.status, job.finished_at, job.message = JobStatus.cancelled, utcnow(), "cancelled before it started"
+    else:
+        job.message = "cancelling"
+    session.flush()
+    return job
+
+
+@dataclass(frozen=True)
+class Claim:
+    job_id: int
+    project_id: int
+    kind: JobKind
+    params: dict[str, Any]
+    attempt: int
+
+
+def claim_job(db: Database, *, job_id: int, worker: str) -> Claim | None:
+    """Mark a queued job running for ``worker``; None when it is gone, taken, or must wait.
+
+    At most one training per project runs at a time: a second one stays queued and is enqueued
+    again when the first finishes.
+    """
+    with db.session() as session:
+        job = session.get(Job, job_id)
+        if job is None or job.status != JobStatus.queued:
+            return None
+        _lock_project(session, job.project_id)
+        session.refresh(job)
+        if job.status != JobStatus.queued:
+            return None
+        if job.kind == JobKind.train and _running_training(session, job.project_id, other_than=job.id):
+            return None
+        if job.attempts >= job.max_attempts:
+            job.status, job.finished_at = JobStatus.failed, utcnow()
+            job.error = (
+                f"gave up after {job.attempts} attempts: its worker stopped each time "
+                "(killed, or out of memory); check the worker's logs and memory limit"
+            )
+            return None
+        now = utcnow()
+        job.status, job.worker, job.heartbeat_at = JobStatus.running, worker, now
+        job.attempts += 1
+        job.started_at = job.started_at or now
+        job.message = "started" if job.attempts == 1 else f"started again (attempt {job.attempts})"
+        return Claim(job.id, job.project_id, job.kind, dict(job.params), job.attempts)
+
+
+def heartbeat(db: Database, *, job_id: int, worker: str, fraction: float, message: str) -> bool:
+    """Record that ``worker`` is alive with this progress; False when the job should stop."""
+    with db.session() as session:
+        row = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.worker == worker, Job.status == JobStatus.running)
+            .values(heartbeat_at=utcnow(), progress=fraction, message=message)
+            .returning(Job.cancel_requested)
+        ).first()
+    return row is not None and not row.cancel_requested
+
+
+def finish_job(
+    db: Database,
+    *,
+    job_id: int,
+    worker: str,
+    status: JobStatus,
+    message: str,
+    result: dict[str, Any] | None = None,
+    error: str | None = None,
+    trace: str | None = None,
+) -> bool:
+    """Record the outcome, only if ``worker`` still holds the job (a reaped job belongs to its new runner)."""
+    values: dict[str, Any] = {"status": status, "message": message[:500], "finished_at": utcnow()}
+    if status == JobStatus.succeeded:
+        values["progress"] = 1.0
+    if result is not None:
+        values["result"] = result
+    if error is not None:
+        values["error"], values["traceback"] = error[:2000], trace
+    with db.session() as session:
+        changed = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.worker == worker, Job.status == JobStatus.running)
+            .values(**values)
+            .returning(Job.id)
+        ).first()
+    return changed is not None
+
+
+def run_claimed(claim: Claim, *, context: JobContext, worker: str, beat_seconds: float) -> JobStatus:
+    """Run a claimed job's handler with a heartbeat thread, and record how it ended."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(beat_seconds):
+            try:
+                alive = heartbeat(
+                    context.db, job_id=claim.job_id, worker=worker, fraction=context.fraction, message=context.message
+                )
+            except Exception:
+                logger.exception("heartbeat of job %s failed; trying again", claim.job_id)
+                continue
+            if not alive:
+                context.cancelled.set()
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{claim.job_id}", daemon=True)
+    thread.start()
+    try:
+        result = HANDLERS[claim.kind](context)
+    except JobCancelled:
+        status, outcome = JobStatus.cancelled, {"message": "cancelled"}
+    except JobFailed as exc:
+        status = JobStatus.failed
+        outcome = {"message": str(exc), "error": str(exc), "trace": traceback.format_exc()}
+    except Exception as exc:
+        logger.exception("job %s (%s) failed", claim.job_id, claim.kind.value)
+        status = JobStatus.failed
+        error = f"{type(exc).__name__}: {exc}"
+        outcome = {"message": error, "error": error, "trace": traceback.format_exc()}
+    else:
+        status, outcome = JobStatus.succeeded, {"message": str(result.get("message", "done")), "result": result}
+    finally:
+        stop.set()
+        thread.join()
+    finish_job(context.db, job_id=claim.job_id, worker=worker, status=status, **outcome)
+    return status
+
+
+def execute_job(db: Database, blobs: BlobStore, settings: Settings, queues: Queues, *, job_id: int) -> JobStatus | None:
+    """Claim and run one job in this process; None when it was not ours to run (gone, taken, or waiting).
+
+    After a training, the project's next queued training (the follow-up) is enqueued.
+    """
+    worker = worker_name()
+    claim = claim_job(db, job_id=job_id, worker=worker)
+    if claim is None:
+        return None
+    load_handlers()
+    context = JobContext(
+        job_id=claim.job_id,
+        project_id=claim.project_id,
+        kind=claim.kind,
+        params=claim.params,
+        attempt=claim.attempt,
+        db=db,
+        blobs=blobs,
+        settings=settings,
+        queues=queues,
+    )
+    status = run_claimed(claim, context=context, worker=worker, beat_seconds=min(2.0, settings.job_stale_seconds / 5))
+    logger.info("job %s (%s) %s", claim.job_id, claim.kind.value, status.value)
+    if claim.kind == JobKind.train:
+        waiting = next_waiting_training(db, project_id=claim.project_id)
+        if waiting is not None:
+            queues.run_job(waiting, JobKind.train)
+    return status
+
+
+def next_waiting_training(db: Database, *, project_id: int) -> int | None:
+    """The project's oldest queued training, to start once the running one has finished."""
+    with db.read_session() as session:
+        return session.scalars(
+            select(Job.id)
+            .where(Job.project_id == project_id, Job.kind == JobKind.train, Job.status == JobStatus.queued)
+            .order_by(Job.id)
+            .limit(1)
+        ).first()
+
+
+def reap_jobs(db: Database, *, stale_seconds: float, include_queued: bool) -> list[tuple[int, JobKind]]:
+    """Put running jobs whose worker is gone back in the queue; return the jobs to enqueue again.
+
+    A worker is gone when its heartbeat is older than ``stale_seconds``, or at once when it ran on
+    this machine and its process no longer exists (a restart after a crash resumes immediately).
+    With ``include_queued``, queued jobs are returned too, in case their queue message was lost.
+    """
+    now = utcnow()
+    host = socket.gethostname()
+    requeue: list[tuple[int, JobKind]] = []
+    with db.session() as session:
+        for job in session.scalars(select(Job).where(Job.status == JobStatus.running)):
+            stale = job.heartbeat_at is None or now - job.heartbeat_at > timedelta(seconds=stale_seconds)
+            if stale or _dead_here(job.worker, host):
+                logger.warning("job %s lost its worker %s; queueing it again", job.id, job.worker)
+                job.status, job.worker = JobStatus.queued, None
+                job.message = f"queued again: worker stopped during attempt {job.attempts}"
+                requeue.append((job.id, job.kind))
+        if include_queued:
+            queued = session.execute(select(Job.id, Job.kind).where(Job.status == JobStatus.queued))
+            requeue.extend((job_id, kind) for job_id, kind in queued if (job_id, kind) not in requeue)
+    return requeue
+
+
+def _dead_here(worker: str | None, host: str) -> bool:
+    if not worker or ":" not in worker:
+        return False
+    worker_host, _, pid = worker.rpartition(":")
+    if worker_host != host or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    try:  # a killed process nobody has waited for yet still answers signals: a zombie is dead too
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _lock_project(session: Session, project_id: int) -> None:
+    # Serializes job decisions per project on PostgreSQL; SQLite writers are serialized already.
+    session.execute(select(Project.id).where(Project.id == project_id).with_for_update())
+
+
+def _running_training(session: Session, project_id: int, *, other_than: int) -> bool:
+    return (
+        session.scalars(
+            select(Job.id)
+            .where(
+                Job.project_id == project_id,
+                Job.kind == JobKind.train,
+                Job.status == JobStatus.running,
+                Job.id != other_than,
+            )
+            .limit(1)
+        ).first()
+        is not None
+    )

@@ -1,0 +1,126 @@
+"""When the flywheel acts on its own: refresh the head as labels arrive, retrain when they have grown enough.
+
+Runs in the worker (a ``check_project`` task sent when labels change, and every minute as a safety
+net); the API process only sends the notice.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from flywheel.jobs import create_job
+from flywheel.queue import Queues
+from flywheel.registry import champion
+from storage.db import Database
+from storage.models import Annotation, Image, Job, JobKind, JobStatus, ModelKind, ModelVersion, Project
+from storage.projects import project_settings
+
+logger = logging.getLogger(__name__)
+
+
+def check_project(db: Database, queues: Queues, *, project_id: int) -> list[JobKind]:
+    """Start what the project's policy asks for now; returns the kinds of jobs it queued."""
+    started: list[JobKind] = []
+    with db.session() as session:
+        project = session.get(Project, project_id)
+        if project is None:
+            return started
+        policy = project_settings(project).training
+        if policy.auto_refresh and _refresh_due(session, project_id):
+            create_job(
+                session, project_id=project_id, kind=JobKind.refresh, queues=queues, params={"trigger": "labels"}
+            )
+            started.append(JobKind.refresh)
+        if policy.auto_train:
+            labeled = session.scalar(
+                select(func.count()).where(Image.project_id == project_id, Image.consensus_label.is_not(None))
+            )
+            last = _last_training_size(session, project_id)
+            needed = max(policy.min_new_labels, math.ceil(policy.growth * last))
+            if labeled - last >= needed:
+                create_job(
+                    session,
+                    project_id=project_id,
+                    kind=JobKind.train,
+                    queues=queues,
+                    params={"trigger": "policy", "previous": last},
+                    delay_seconds=policy.debounce_seconds,
+                )
+                started.append(JobKind.train)
+    return started
+
+
+def _refresh_due(session: Session, project_id: int) -> bool:
+    """True when a champion exists, labels have arrived since its newest head, and no refresh is waiting."""
+    best = champion(session, project_id=project_id)
+    if best is None:
+        return False
+    newest = session.scalar(select(func.max(Annotation.id)).where(Annotation.project_id == project_id))
+    covered = session.scalar(
+        select(func.max(ModelVersion.labels_through)).where(
+            ModelVersion.project_id == project_id,
+            (ModelVersion.id == best.id)
+            | ((ModelVersion.parent_id == best.id) & (ModelVersion.kind == ModelKind.refresh)),
+        )
+    )
+    waiting = session.scalar(
+        select(Job.id)
+        .where(Job.project_id == project_id, Job.kind == JobKind.refresh, Job.status == JobStatus.queued)
+        .limit(1)
+    )
+    return newest is not None and newest > (covered or 0) and waiting is None
+
+
+def _last_training_size(session: Session, project_id: int) -> int:
+    """Labels counted when the newest training was asked for, whatever became of it (so a failing
+    training is not retried on every label, only after the labels have grown again)."""
+    params = session.scalars(
+        select(Job.params)
+        .where(Job.project_id == project_id, Job.kind == JobKind.train, Job.status != JobStatus.cancelled)
+        .order_by(Job.id.desc())
+        .limit(1)
+    ).first()
+    return int((params or {}).get("labeled", 0))
+
+
+class LabelNotifier:
+    """Tells the worker that a project's labels changed, at most once per interval per project.
+
+    Called after a label commits; it only marks the project, so a submit does no queue I/O. A
+    background thread sends the marks.
+    """
+
+    def __init__(self, queues: Queues, *, interval_seconds: float = 0.2) -> None:
+        self._queues = queues
+        self._interval = interval_seconds
+        self._dirty: set[int] = set()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def labels_changed(self, project_id: int) -> None:
+        with self._lock:
+            self._dirty.add(project_id)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="label-notifier", daemon=True)
+                self._thread.start()
+        self._wake.set()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            with self._lock:
+                projects, self._dirty = self._dirty, set()
+            for project_id in projects:
+                try:
+                    self._queues.check_project(project_id)
+                except Exception:
+                    logger.exception("could not notify the worker about project %s; the minute check will", project_id)
+            time.sleep(self._interval)

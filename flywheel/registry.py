@@ -1,0 +1,126 @@
+"""The model registry: versions, the champion, promotion and rollback, and the model card.
+
+Queries only: nothing here imports torch, so the API process can list and promote models cheaply.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from storage.errors import Conflict, NotFound
+from storage.models import DatasetSnapshot, ModelKind, ModelStatus, ModelVersion, utcnow
+
+PROMOTABLE = frozenset({ModelStatus.candidate, ModelStatus.retired, ModelStatus.champion})
+
+
+def list_models(session: Session, *, project_id: int, limit: int = 100) -> list[ModelVersion]:
+    return list(
+        session.scalars(
+            select(ModelVersion)
+            .where(ModelVersion.project_id == project_id)
+            .order_by(ModelVersion.id.desc())
+            .limit(limit)
+        )
+    )
+
+
+def get_model(session: Session, *, model_id: int) -> ModelVersion:
+    model = session.get(ModelVersion, model_id)
+    if model is None:
+        raise NotFound(f"model {model_id} not found", code="model_not_found")
+    return model
+
+
+def champion(session: Session, *, project_id: int) -> ModelVersion | None:
+    return session.scalars(
+        select(ModelVersion).where(ModelVersion.project_id == project_id, ModelVersion.status == ModelStatus.champion)
+    ).first()
+
+
+def serving_model(session: Session, *, project_id: int) -> ModelVersion | None:
+    """What answers predictions and pre-labels: the champion's newest refreshed head, else the champion."""
+    best = champion(session, project_id=project_id)
+    if best is None:
+        return None
+    refreshed = session.scalars(
+        select(ModelVersion)
+        .where(
+            ModelVersion.project_id == project_id,
+            ModelVersion.parent_id == best.id,
+            ModelVersion.kind == ModelKind.refresh,
+            ModelVersion.status == ModelStatus.candidate,
+        )
+        .order_by(ModelVersion.id.desc())
+        .limit(1)
+    ).first()
+    return refreshed or best
+
+
+def promote(session: Session, *, model: ModelVersion, by_user: int | None, reason: str) -> ModelVersion:
+    """Make ``model`` the project's champion (also an older one: a rollback); the old champion retires."""
+    if model.kind != ModelKind.full:
+        raise Conflict(
+            "a refreshed head serves on top of its champion; promote a fully trained model instead",
+            code="model_not_promotable",
+        )
+    if model.status not in PROMOTABLE:
+        raise Conflict(f"model {model.id} is {model.status.value}; only finished models can be promoted")
+    current = champion(session, project_id=model.project_id)
+    if current is not None and current.id == model.id:
+        return model
+    if current is not None:
+        current.status = ModelStatus.retired
+        session.flush()  # the one-champion index must never see two
+    model.status, model.promoted_at, model.promoted_by = ModelStatus.champion, utcnow(), by_user
+    history = list((model.decision or {}).get("promotions", []))
+    history.append(
+        {"at": utcnow().isoformat(), "by_user": by_user, "reason": reason, "replaced": current and current.id}
+    )
+    model.decision = {**(model.decision or {}), "promotions": history}
+    session.flush()
+    return model
+
+
+def model_card(session: Session, *, model: ModelVersion) -> dict[str, Any]:
+    """Everything an engineer needs to trust or reproduce a model: metrics, data, lineage and the decision."""
+    snapshot = session.get(DatasetSnapshot, model.snapshot_id) if model.snapshot_id else None
+    lineage, parent_id = [], model.parent_id
+    while parent_id is not None and len(lineage) < 50:
+        parent = session.get(ModelVersion, parent_id)
+        if parent is None:
+            break
+        lineage.append({"id": parent.id, "kind": parent.kind.value, "status": parent.status.value})
+        parent_id = parent.parent_id
+    return {
+        "id": model.id,
+        "project_id": model.project_id,
+        "kind": model.kind.value,
+        "status": model.status.value,
+        "architecture": model.architecture,
+        "labels": model.labels,
+        "input": {
+            "size": model.input_size,
+            "layout": "NCHW float32",
+            "preprocessing": "upright RGB, bilinear resize to size x size, /255, minus ImageNet mean, over std",
+        },
+        "hyperparameters": model.hyperparameters,
+        "seed": model.seed,
+        "snapshot": snapshot
+        and {
+            "id": snapshot.id,
+            "content_sha256": snapshot.content_sha256,
+            "item_count": snapshot.item_count,
+            "stats": snapshot.stats,
+        },
+        "parent_id": model.parent_id,
+        "lineage": lineage,
+        "metrics": model.metrics,
+        "decision": model.decision,
+        "artefacts": {"weights_sha256": model.weights_sha256, "onnx_sha256": model.onnx_sha256},
+        "created_at": model.created_at.isoformat(),
+        "finished_at": model.finished_at and model.finished_at.isoformat(),
+        "promoted_at": model.promoted_at and model.promoted_at.isoformat(),
+    }

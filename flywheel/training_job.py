@@ -1,0 +1,280 @@
+"""The ``train`` job: snapshot, train, evaluate against the baseline and the champion, store, decide.
+
+A retried job (its worker died) finds the model row it started and trains it again from the same
+snapshot, so a crash never leaves two models for one training.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+from sqlalchemy import func, select
+
+from flywheel.architectures import default_architecture, default_input_size
+from flywheel.artefacts import checkpoint_bytes, load_model
+from flywheel.datasets import dev_split, load_arrays
+from flywheel.evaluation import decide_promotion, evaluate
+from flywheel.jobs import JobContext, JobFailed, create_job, handler
+from flywheel.onnx_export import ONNX_TOLERANCE, export_onnx, max_difference
+from flywheel.registry import champion, promote
+from flywheel.snapshots import Item, build_snapshot, load_items
+from flywheel.training import TrainConfig, predict_proba, train
+from storage.models import (
+    Annotation,
+    DatasetSnapshot,
+    Image,
+    JobKind,
+    ModelKind,
+    ModelStatus,
+    ModelVersion,
+    Project,
+    Split,
+    utcnow,
+)
+from storage.projects import TrainingSettings, project_settings
+
+
+@handler(JobKind.train)
+def run_training(ctx: JobContext) -> dict[str, Any]:
+    model_id = _start(ctx)
+    try:
+        return _train(ctx, model_id)
+    except BaseException:
+        with ctx.db.session() as session:
+            model = session.get_one(ModelVersion, model_id)
+            if model.status == ModelStatus.training:
+                model.status, model.finished_at = ModelStatus.failed, utcnow()
+        raise
+
+
+def _train(ctx: JobContext, model_id: int) -> dict[str, Any]:
+    with ctx.db.read_session() as session:
+        model = session.get_one(ModelVersion, model_id)
+        if model.status != ModelStatus.training:  # finished by an earlier attempt that died just after
+            return _summary(model)
+        snapshot = session.get_one(DatasetSnapshot, model.snapshot_id)
+        current = champion(session, project_id=ctx.project_id)
+    labels, items = load_items(ctx.blobs, snapshot)
+    config = TrainConfig(**model.hyperparameters)
+    train_items = [i for i in items if i.split == Split.train]
+    test_items = [i for i in items if i.split == Split.test]
+    index = {label: k for k, label in enumerate(labels)}
+
+    ctx.progress(0.01, f"reading {len(items)} images")
+    images = load_arrays(
+        ctx.blobs,
+        [i.sha256 for i in train_items + test_items],
+        size=model.input_size,
+        on_progress=lambda done, total: ctx.progress(0.15 * done / total, f"read {done}/{total} images"),
+    )
+    train_x, test_x = images[: len(train_items)], images[len(train_items) :]
+    train_y = np.array([index[i.label] for i in train_items])
+    test_y = np.array([index[i.label] for i in test_items])
+    fit, dev = dev_split(train_y, seed=config.seed)
+
+    def on_epoch(epoch: int, record: dict[str, float]) -> None:
+        ctx.progress(
+            0.15 + 0.7 * epoch / config.epochs,
+            f"epoch {epoch}/{config.epochs}: loss {record['loss']:.3f}, dev accuracy {record['dev_accuracy']:.3f}",
+        )
+
+    result = train(
+        config,
+        train_images=train_x[fit],
+        train_labels=train_y[fit],
+        dev_images=train_x[dev],
+        dev_labels=train_y[dev],
+        num_classes=len(labels),
+        on_epoch=on_epoch,
+        pretrained_path=_pretrained_path(ctx, config.pretrained_weights),
+    )
+    ctx.progress(0.86, "evaluating on the test split")
+    predicted = predict_proba(result.model, test_x).argmax(1)
+    report = evaluate(test_y, predicted, labels=labels, train_labels=train_y)
+    decision = _decide(ctx, current, test_items, test_y == predicted, report.baseline_accuracy, test_y, labels)
+
+    ctx.progress(0.92, "exporting ONNX")
+    onnx_bytes = export_onnx(result.model, model.input_size)
+    difference = max_difference(result.model, onnx_bytes, model.input_size)
+    if difference > ONNX_TOLERANCE:
+        raise JobFailed(f"the ONNX export differs from PyTorch by {difference:.2e} (> {ONNX_TOLERANCE}); not stored")
+    weights_sha = ctx.blobs.put_bytes(checkpoint_bytes(result.model.state_dict(), model=model, head_only=False))
+    onnx_sha = ctx.blobs.put_bytes(onnx_bytes)
+
+    metrics = {
+        "test_accuracy": report.accuracy,
+        "baseline_accuracy": report.baseline_accuracy,
+        "per_class": report.per_class,
+        "confusion_matrix": report.confusion,
+        "wrong_test_images": [
+            {"image_id": test_items[k].image_id, "label": test_items[k].label, "predicted": labels[predicted[k]]}
+            for k in report.wrong
+        ],
+        "test_items": len(test_items),
+        "train_items": len(fit),
+        "dev_items": len(dev),
+        "dev_accuracy": result.dev_accuracy,
+        "best_epoch": result.best_epoch,
+        "history": result.history,
+        "onnx_max_difference": difference,
+    }
+    with ctx.db.session() as session:
+        model = session.get_one(ModelVersion, model_id)
+        model.metrics, model.decision = metrics, decision
+        model.weights_sha256, model.onnx_sha256, model.finished_at = weights_sha, onnx_sha, utcnow()
+        model.status = ModelStatus.candidate
+        still_current = champion(session, project_id=ctx.project_id)
+        compared_with = current.id if current else None
+        if decision["promote"] and (still_current.id if still_current else None) == compared_with:
+            promote(session, model=model, by_user=None, reason=decision["reason"])
+            create_job(session, project_id=ctx.project_id, kind=JobKind.embed, queues=ctx.queues)
+        elif decision["promote"]:
+            model.decision = {**decision, "promote": False, "reason": "the champion changed during training"}
+        session.flush()
+        return _summary(model)
+
+
+def _start(ctx: JobContext) -> int:
+    """Snapshot the labels and create this job's model row (or find it, on a retry)."""
+    with ctx.db.session() as session:
+        existing = session.scalars(select(ModelVersion).where(ModelVersion.job_id == ctx.job_id)).first()
+        if existing is not None:
+            if existing.status == ModelStatus.failed:  # an earlier attempt was interrupted: train it again
+                existing.status = ModelStatus.training
+            return existing.id
+        project = session.get_one(Project, ctx.project_id)
+        settings = project_settings(project).training
+        snapshot = build_snapshot(session, ctx.blobs, project=project)
+        _, items = load_items(ctx.blobs, snapshot)
+        _check_trainable(items, settings)
+        architecture = settings.architecture or _default_architecture(session, items)
+        current = champion(session, project_id=project.id)
+        config = _config(settings, architecture, ctx.settings.train_threads)
+        model = ModelVersion(
+            project_id=project.id,
+            job_id=ctx.job_id,
+            snapshot_id=snapshot.id,
+            parent_id=current.id if current else None,
+            kind=ModelKind.full,
+            status=ModelStatus.training,
+            architecture=architecture,
+            input_size=settings.input_size or default_input_size(architecture),
+            labels=list(project.labels),
+            hyperparameters=config.as_dict(),
+            seed=config.seed,
+            labels_through=session.scalar(select(func.max(Annotation.id)).where(Annotation.project_id == project.id)),
+        )
+        session.add(model)
+        session.flush()
+        return model.id
+
+
+def _config(settings: TrainingSettings, architecture: str, threads: int) -> TrainConfig:
+    augment = settings.augmentation
+    return TrainConfig(
+        architecture=architecture,
+        epochs=settings.epochs,
+        batch_size=settings.batch_size,
+        learning_rate=settings.learning_rate,
+        seed=settings.seed,
+        patience=settings.patience,
+        threads=threads,
+        augment=augment.enabled,
+        hflip=augment.hflip,
+        rotate_degrees=augment.rotate_degrees,
+        scale=augment.scale,
+        translate=augment.translate,
+        brightness_contrast=augment.brightness_contrast,
+        pretrained_weights=settings.pretrained_weights,
+    )
+
+
+def _check_trainable(items: list[Item], settings: TrainingSettings) -> None:
+    train_items = [i for i in items if i.split == Split.train]
+    classes = {i.label for i in train_items}
+    if len(train_items) < settings.min_labels:
+        raise JobFailed(
+            f"too few labels to train: {len(train_items)} labeled training images, at least {settings.min_labels} "
+            "needed; label more images or lower the project's training.min_labels"
+        )
+    if len(classes) < 2:
+        raise JobFailed(
+            f"training needs labeled images of at least two classes; the training split has only "
+            f"{', '.join(sorted(classes)) or 'none'}"
+        )
+    if not any(i.split == Split.test for i in items):
+        raise JobFailed("no labeled image in the test split yet (about 1 in 5 images is there); label a few more")
+
+
+def _default_architecture(session: Any, items: list[Item]) -> str:
+    ids = [i.image_id for i in items[:2000]]
+    sides = session.execute(select(Image.width, Image.height).where(Image.id.in_(ids))).all()
+    width = int(statistics.median(w for w, _ in sides))
+    height = int(statistics.median(h for _, h in sides))
+    return default_architecture(width, height)
+
+
+def _pretrained_path(ctx: JobContext, name: str | None) -> Any:
+    if name is None:
+        return None
+    folder = ctx.settings.pretrained_dir
+    if folder is None:
+        raise JobFailed(f"the project names pretrained weights {name!r} but LABELWHEEL_PRETRAINED_DIR is not set")
+    path = folder / name
+    if not path.is_file():
+        raise JobFailed(f"pretrained weights {name!r} not found in {folder}; copy the file there first")
+    return path
+
+
+def _decide(
+    ctx: JobContext,
+    current: ModelVersion | None,
+    test_items: list[Item],
+    candidate_correct: np.ndarray,
+    baseline_accuracy: float,
+    test_y: np.ndarray,
+    labels: list[str],
+) -> dict[str, Any]:
+    """Paired comparison on the same test items: with the champion, McNemar's exact test; with no
+    champion yet, the candidate must beat the majority-class baseline."""
+    accuracy = float(candidate_correct.mean())
+    if current is None:
+        promote_it = accuracy > baseline_accuracy
+        verb = "beats" if promote_it else "does not beat"
+        return {
+            "promote": promote_it,
+            "compared_with": "baseline",
+            "candidate_accuracy": accuracy,
+            "baseline_accuracy": baseline_accuracy,
+            "reason": f"first model: {accuracy:.3f} test accuracy {verb} the majority baseline {baseline_accuracy:.3f}",
+        }
+    ctx.progress(0.88, f"evaluating champion {current.id} on the same test items")
+    with ctx.db.read_session() as session:
+        parent = session.get(ModelVersion, current.parent_id) if current.kind == ModelKind.refresh else None
+    network = load_model(ctx.blobs, current, parent)
+    arrays = load_arrays(ctx.blobs, [i.sha256 for i in test_items], size=current.input_size)
+    champion_predicted = [current.labels[k] for k in predict_proba(network, arrays).argmax(1)]
+    champion_correct = np.array([p == labels[y] for p, y in zip(champion_predicted, test_y, strict=True)])
+    result = decide_promotion(champion_correct, candidate_correct)
+    return {
+        **asdict(result),
+        "compared_with": "champion",
+        "champion_id": current.id,
+        "candidate_accuracy": accuracy,
+        "champion_accuracy": float(champion_correct.mean()),
+        "baseline_accuracy": baseline_accuracy,
+    }
+
+
+def _summary(model: ModelVersion) -> dict[str, Any]:
+    accuracy = (model.metrics or {}).get("test_accuracy")
+    promoted = model.status == ModelStatus.champion
+    return {
+        "model_id": model.id,
+        "promoted": promoted,
+        "test_accuracy": accuracy,
+        "message": f"model {model.id}: test accuracy {accuracy:.3f}, {'champion' if promoted else 'not promoted'}",
+    }

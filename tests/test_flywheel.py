@@ -1,0 +1,323 @@
+"""The flywheel in one process: jobs, snapshots, training, promotion, refresh, registry and predictions.
+
+Jobs here run through the same ``execute_job`` the worker calls, on the app's own database and blob
+store; tests/test_worker.py runs them through real worker processes.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from sqlalchemy import func, select
+
+from flywheel.jobs import execute_job, load_handlers
+from flywheel.policy import check_project
+from flywheel.preprocess import to_array, to_tensor
+from storage.models import Job, JobKind, JobStatus, ModelStatus, ModelVersion, Role
+from tests import imagefactory as img
+from tests.conftest import make_project, make_user
+from tests.digits import digit_project, digits, label_digits
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def handlers():
+    load_handlers()
+
+
+def run(app, job_id: int) -> JobStatus | None:
+    rt = app.state.runtime
+    return execute_job(rt.db, rt.blobs, rt.settings, rt.queues, job_id=job_id)
+
+
+def start(client, project, account, kind="train", **params) -> dict:
+    response = client.post(
+        f"/api/v1/projects/{project['id']}/jobs", json={"kind": kind, "params": params}, headers=account.headers
+    )
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def job(client, account, job_id) -> dict:
+    return client.get(f"/api/v1/jobs/{job_id}", headers=account.headers).json()
+
+
+@pytest.fixture
+def team(app):
+    return make_user(app, "eng", Role.engineer), make_user(app, "ann", Role.annotator)
+
+
+@pytest.fixture
+def labeled(client, admin, team):
+    """A digits project with 150 true labels."""
+    engineer, annotator = team
+    project, truth = digit_project(client, admin, engineer, annotator, count=300)
+    label_digits(client, project, annotator, truth, 150)
+    return project, truth
+
+
+def train_once(app, client, engineer, project) -> dict:
+    created = start(client, project, engineer)
+    assert run(app, created["id"]) == JobStatus.succeeded, job(client, engineer, created["id"])
+    return job(client, engineer, created["id"])
+
+
+def test_a_training_job_snapshots_trains_evaluates_and_promotes_the_first_model(app, client, team, labeled):
+    engineer, _ = team
+    project, _ = labeled
+    done = train_once(app, client, engineer, project)
+    assert done["progress"] == 1.0 and done["attempts"] == 1
+    card = client.get(f"/api/v1/projects/{project['id']}/models/champion", headers=engineer.headers).json()
+    assert card["id"] == done["result"]["model_id"] and card["status"] == "champion"
+    metrics = card["metrics"]
+    assert metrics["test_accuracy"] > metrics["baseline_accuracy"]
+    assert set(metrics["per_class"]) == {str(d) for d in range(10)}
+    assert np.array(metrics["confusion_matrix"]).sum() == metrics["test_items"]
+    wrong = metrics["wrong_test_images"]
+    assert len(wrong) == round((1 - metrics["test_accuracy"]) * metrics["test_items"])
+    assert all(w["label"] != w["predicted"] for w in wrong)
+    assert card["decision"]["compared_with"] == "baseline" and card["decision"]["promote"] is True
+    snapshot = card["snapshot"]
+    assert snapshot["item_count"] == 150 and snapshot["stats"]["train"] + snapshot["stats"]["test"] == 150
+    assert card["hyperparameters"]["epochs"] == 4 and card["seed"] == 0 and card["architecture"] == "small_cnn"
+    assert card["artefacts"]["onnx_sha256"] and card["artefacts"]["weights_sha256"]
+    assert metrics["onnx_max_difference"] <= 1e-4
+
+
+def test_same_snapshot_seed_and_settings_give_the_same_metrics(app, client, team, labeled):
+    engineer, _ = team
+    project, _ = labeled
+    first, second = (train_once(app, client, engineer, project)["result"]["model_id"] for _ in range(2))
+    one, two = (client.get(f"/api/v1/models/{m}", headers=engineer.headers).json() for m in (first, second))
+    assert one["snapshot"]["id"] == two["snapshot"]["id"]
+    assert one["metrics"]["test_accuracy"] == two["metrics"]["test_accuracy"]
+    assert one["metrics"]["history"] == two["metrics"]["history"]
+    assert one["metrics"]["confusion_matrix"] == two["metrics"]["confusion_matrix"]
+    # The second is judged against the first on the same test items; identical predictions are not worse.
+    assert two["decision"]["compared_with"] == "champion" and two["decision"]["champion_id"] == first
+    assert two["decision"]["champion_only_right"] == two["decision"]["candidate_only_right"] == 0
+    assert two["parent_id"] == first and two["lineage"][0]["id"] == first
+
+
+def test_onnx_download_runs_in_onnxruntime_and_matches_pytorch(app, client, team, labeled):
+    engineer, _ = team
+    project, _ = labeled
+    model_id = train_once(app, client, engineer, project)["result"]["model_id"]
+    onnx = client.get(f"/api/v1/models/{model_id}/download?format=onnx", headers=engineer.headers)
+    assert onnx.status_code == 200 and onnx.headers["content-type"] == "application/octet-stream"
+    weights = client.get(f"/api/v1/models/{model_id}/download?format=weights", headers=engineer.headers)
+    checkpoint = torch.load(io.BytesIO(weights.content), weights_only=True)
+    from flywheel.architectures import build_model
+
+    network = build_model(checkpoint["architecture"], len(checkpoint["labels"]))
+    network.load_state_dict(checkpoint["state_dict"])
+    network.eval()
+    pngs, _ = digits()
+    from PIL import Image
+
+    batch = to_tensor(np.stack([to_array(Image.open(io.BytesIO(p)), checkpoint["input_size"]) for p in pngs[:64]]))
+    session = ort.InferenceSession(onnx.content, providers=["CPUExecutionProvider"])
+    (onnx_logits,) = session.run(["logits"], {"input": batch.numpy()})
+    with torch.no_grad():
+        torch_logits = network(batch).numpy()
+    assert np.abs(onnx_logits - torch_logits).max() <= 1e-4
+    card = client.get(f"/api/v1/models/{model_id}/download?format=card", headers=engineer.headers)
+    assert card.json()["id"] == model_id and "attachment" in card.headers["content-disposition"]
+
+    files = [("files", (f"{i}.png", pngs[i], "image/png")) for i in range(5)]
+    predicted = client.post(f"/api/v1/projects/{project['id']}/predict", files=files, headers=engineer.headers)
+    assert predicted.status_code == 200, predicted.text
+    body = predicted.json()
+    assert body["model_id"] == model_id and body["model_version"] == f"model-{model_id}"
+    probabilities = torch.softmax(torch.from_numpy(onnx_logits[:5]), dim=1).numpy()
+    for row, answer in zip(probabilities, body["predictions"], strict=True):
+        assert answer["label"] == str(int(row.argmax()))
+        assert answer["probabilities"][answer["label"]] == pytest.approx(float(row.max()), abs=1e-4)
+
+
+def test_refresh_refits_the_head_on_cached_embeddings_and_serves_it(app, client, team, labeled):
+    engineer, annotator = team
+    project, truth = labeled
+    champion_id = train_once(app, client, engineer, project)["result"]["model_id"]
+    embed = app.state.runtime.db
+    with embed.read_session() as session:
+        embed_job = session.scalars(select(Job).where(Job.kind == JobKind.embed)).one()
+    assert run(app, embed_job.id) == JobStatus.succeeded
+    assert job(client, engineer, embed_job.id)["result"]["images"] == 300
+
+    label_digits(client, project, annotator, truth, 10)
+    assert check_project(embed, app.state.runtime.queues, project_id=project["id"]) == [JobKind.refresh]
+    with embed.read_session() as session:
+        refresh_job = session.scalars(select(Job).where(Job.kind == JobKind.refresh)).one()
+    assert run(app, refresh_job.id) == JobStatus.succeeded
+    refreshed = job(client, engineer, refresh_job.id)["result"]["model_id"]
+    card = client.get(f"/api/v1/models/{refreshed}", headers=engineer.headers).json()
+    assert card["kind"] == "refresh" and card["parent_id"] == champion_id and card["snapshot"]["item_count"] == 160
+    assert card["metrics"]["test_accuracy"] > card["metrics"]["baseline_accuracy"]
+
+    pngs, _ = digits()
+    predicted = client.post(
+        f"/api/v1/projects/{project['id']}/predict",
+        files=[("files", ("a.png", pngs[0], "image/png"))],
+        headers=engineer.headers,
+    ).json()
+    assert predicted["model_id"] == refreshed
+    task = client.get(f"/api/v1/projects/{project['id']}/tasks/next", headers=annotator.headers).json()
+    assert task["prelabel"]["model_version"] == f"model-{refreshed}"
+    assert task["prelabel"]["label"] in [str(d) for d in range(10)]
+    # Nothing new since: no second refresh. The ONNX file of the refreshed model comes from its own job.
+    assert check_project(embed, app.state.runtime.queues, project_id=project["id"]) == []
+    not_yet = client.get(f"/api/v1/models/{refreshed}/download?format=onnx", headers=engineer.headers)
+    assert not_yet.status_code == 409
+    with embed.read_session() as session:
+        export_job = session.scalars(select(Job).where(Job.kind == JobKind.export)).one()
+    assert run(app, export_job.id) == JobStatus.succeeded
+    onnx = client.get(f"/api/v1/models/{refreshed}/download?format=onnx", headers=engineer.headers)
+    assert onnx.status_code == 200 and len(onnx.content) > 1000
+
+
+def test_promote_by_hand_and_roll_back(app, client, team, labeled):
+    engineer, annotator = team
+    project, truth = labeled
+    first = train_once(app, client, engineer, project)["result"]["model_id"]
+    label_digits(client, project, annotator, truth, 20)
+    second = train_once(app, client, engineer, project)["result"]["model_id"]
+    client.post(f"/api/v1/models/{second}/promote", json={"reason": "try it"}, headers=engineer.headers)
+    back = client.post(f"/api/v1/models/{first}/promote", json={"reason": "rollback"}, headers=engineer.headers)
+    assert back.status_code == 200 and back.json()["status"] == "champion"
+    assert back.json()["decision"]["promotions"][-1]["reason"] == "rollback"
+    models = client.get(f"/api/v1/projects/{project['id']}/models", headers=engineer.headers).json()
+    statuses = {m["id"]: m["status"] for m in models}
+    assert statuses[first] == "champion" and statuses[second] == "retired"
+    assert (
+        client.get(f"/api/v1/projects/{project['id']}/models/champion", headers=engineer.headers).json()["id"] == first
+    )
+
+
+def test_a_training_while_one_is_queued_is_the_same_job_and_only_one_runs_at_a_time(app, client, team, labeled):
+    engineer, _ = team
+    project, _ = labeled
+    first = start(client, project, engineer)
+    assert start(client, project, engineer)["id"] == first["id"]  # still queued: one follow-up, not two
+    rt = app.state.runtime
+    from flywheel.jobs import claim_job
+
+    assert claim_job(rt.db, job_id=first["id"], worker="host:1") is not None
+    second = start(client, project, engineer)
+    assert second["id"] != first["id"]
+    assert claim_job(rt.db, job_id=second["id"], worker="host:2") is None  # waits for the running one
+    assert job(client, engineer, second["id"])["status"] == "queued"
+
+
+def test_too_few_labels_or_one_class_fail_with_a_clear_message_and_the_policy_still_triggers(app, client, team, admin):
+    engineer, annotator = team
+    project, truth = digit_project(client, admin, engineer, annotator, count=120, training={"min_new_labels": 5})
+    label_digits(client, project, annotator, truth, 5)
+    too_few = start(client, project, engineer)
+    assert run(app, too_few["id"]) == JobStatus.failed
+    failed = job(client, engineer, too_few["id"])
+    assert "too few labels to train" in failed["error"] and "training.min_labels" in failed["error"]
+    assert "JobFailed" in failed["traceback"]
+
+    zeros = [i for i, label in truth.items() if label == "0"]
+    one_class = make_project(
+        client,
+        admin,
+        engineer,
+        annotator,
+        labels=["0", "1"],
+        settings={"overlap_rate": 0, "gold_rate": 0, "training": {"min_labels": 2}},
+    )
+    files = [("files", (f"{i}.png", digits()[0][list(truth).index(i)], "image/png")) for i in zeros[:10]]
+    uploaded = client.post(f"/api/v1/projects/{one_class['id']}/images", files=files, headers=admin.headers).json()
+    ids = [f["image_id"] for f in uploaded["files"]]
+    label_digits(client, one_class, annotator, dict.fromkeys(ids, "0"), 10)
+    one = start(client, one_class, engineer)
+    assert run(app, one["id"]) == JobStatus.failed
+    assert "at least two classes" in job(client, engineer, one["id"])["error"]
+
+    # The policy triggers again once labels have grown, and that training succeeds.
+    rt = app.state.runtime
+    label_digits(client, project, annotator, truth, 40)
+    assert JobKind.train in check_project(rt.db, rt.queues, project_id=project["id"])
+    with rt.db.read_session() as session:
+        policy_job = session.scalars(select(Job).where(Job.project_id == project["id"]).order_by(Job.id.desc())).first()
+    assert policy_job.params["trigger"] == "policy" and run(app, policy_job.id) == JobStatus.succeeded
+
+
+def test_the_policy_trains_when_labels_grow_by_the_larger_of_count_and_share(app, client, team, admin):
+    engineer, annotator = team
+    project, truth = digit_project(
+        client, admin, engineer, annotator, count=200, training={"min_new_labels": 30, "growth": 0.5}
+    )
+    rt = app.state.runtime
+    label_digits(client, project, annotator, truth, 29)
+    assert check_project(rt.db, rt.queues, project_id=project["id"]) == []
+    label_digits(client, project, annotator, truth, 1)
+    assert check_project(rt.db, rt.queues, project_id=project["id"]) == [JobKind.train]
+    assert check_project(rt.db, rt.queues, project_id=project["id"]) == []  # counted from the queued one
+    label_digits(client, project, annotator, truth, 29)  # 59: needs max(30, 50% of 30) = 30 more
+    assert check_project(rt.db, rt.queues, project_id=project["id"]) == []
+    label_digits(client, project, annotator, truth, 1)
+    assert check_project(rt.db, rt.queues, project_id=project["id"]) == [JobKind.train]
+    with rt.db.read_session() as session:
+        queued = session.scalar(select(func.count()).where(Job.kind == JobKind.train, Job.status == JobStatus.queued))
+    assert queued == 1  # the second trigger joined the waiting training
+
+
+def test_cancel_a_queued_job_and_refuse_to_cancel_a_finished_one(app, client, team, labeled):
+    engineer, _ = team
+    project, _ = labeled
+    queued = start(client, project, engineer)
+    cancelled = client.delete(f"/api/v1/jobs/{queued['id']}", headers=engineer.headers)
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    assert run(app, queued["id"]) is None
+    again = client.delete(f"/api/v1/jobs/{queued['id']}", headers=engineer.headers)
+    assert again.status_code == 409
+
+
+def test_bad_model_requests(app, client, team, labeled, admin):
+    engineer, _ = team
+    project, _ = labeled
+    no_model = client.post(
+        f"/api/v1/projects/{project['id']}/predict",
+        files=[("files", ("a.png", img.png(), "image/png"))],
+        headers=engineer.headers,
+    )
+    assert no_model.status_code == 409 and "no model yet" in no_model.json()["error"]["message"]
+    corrupt = client.post(
+        f"/api/v1/projects/{project['id']}/predict",
+        files=[("files", ("bad.jpg", img.truncated_jpeg(), "image/jpeg"))],
+        headers=engineer.headers,
+    )
+    assert corrupt.status_code == 422 and "bad.jpg" in corrupt.json()["error"]["message"]
+    unknown = client.post(f"/api/v1/projects/{project['id']}/jobs", json={"kind": "sleep"}, headers=engineer.headers)
+    assert unknown.status_code == 422
+
+    model_id = train_once(app, client, engineer, project)["result"]["model_id"]
+    other_engineer = make_user(app, "other", Role.engineer)
+    make_project(client, admin, other_engineer)
+    for path in (f"/api/v1/models/{model_id}", f"/api/v1/models/{model_id}/download?format=weights"):
+        assert client.get(path, headers=other_engineer.headers).status_code == 404
+    with app.state.runtime.db.session() as session:
+        trained = session.get(ModelVersion, model_id)
+        training = ModelVersion(
+            project_id=project["id"],
+            kind=trained.kind,
+            status=ModelStatus.training,
+            architecture="small_cnn",
+            input_size=32,
+            labels=trained.labels,
+            hyperparameters={},
+            seed=0,
+        )
+        session.add(training)
+        session.flush()
+        training_id = training.id
+    refused = client.post(f"/api/v1/models/{training_id}/promote", headers=engineer.headers)
+    assert refused.status_code == 409
