@@ -8,6 +8,7 @@ import random
 import pytest
 from sqlalchemy import select
 
+from annotation.reports import human_reference
 from storage.models import Image, Role
 from tests import imagefactory as img
 from tests.conftest import make_project, make_user
@@ -124,6 +125,11 @@ def test_a_simulated_crowd_is_measured_flagged_and_its_weak_images_get_more_labe
     assert abs(by_pair[frozenset(("spammer", "ann"))]["cohen_kappa"]["value"]) < 0.25
     assert by_pair[frozenset(("ann", "bea"))]["cohen_kappa"]["value"] > 0.7
     assert all(p["shared"] >= report["min_shared_items"] for p in report["pairs"])
+    human = report["human_reference"]
+    accuracy_of = {a["name"]: a["accuracy"] for a in human["annotators"]}
+    assert human["items"] > 5 and human["reason"] is None and accuracy_of["spammer"] < accuracy_of["ann"]
+    with app.state.runtime.db.read_session() as session:
+        assert human_reference(session, project["id"]) == human  # what the model card shows
 
     # Ties during labeling went to a fourth annotator, and got their label.
     with app.state.runtime.db.session() as session:
