@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
+from scipy.stats import binomtest
 from sqlalchemy import and_, select
 from sqlalchemy.orm import Session
 from statsmodels.stats.proportion import proportion_confint
@@ -28,6 +29,9 @@ RANDOM_KAPPA = 0.2  # chance-corrected agreement below this: answers carry next 
 UNRELIABLE_GAP = 0.15  # this far below the other annotators' median accuracy, and surely below it
 CONFUSION_RATE, CONFUSION_MIN_ITEMS = 0.5, 5  # answers l for true k at least this often, on this many k
 CROWD_CONFUSION_RATE = 0.25  # ...while the others do so less often than this (an ambiguous pair is not a habit)
+# ...and more often than chance allows: a binomial test against the others' rate (at least this floor, since
+# the consensus itself is sometimes wrong), Bonferroni-corrected for the K(K-1) pairs that could be flagged.
+CONFUSION_BASE_FLOOR, CONFUSION_ALPHA = 0.05, 0.01
 BREAK_SECONDS = 600  # a longer gap between two submissions is a pause, not labeling time
 
 
@@ -208,6 +212,7 @@ def _confusions(
     own = _confusion_counts([checked[w]], k_classes)
     crowd = _confusion_counts((checked[o] for o in np.flatnonzero(eligible) if o != w), k_classes)
     estimated = consensus.confusion
+    pairs = k_classes * (k_classes - 1)
     flags = []
     for k in range(k_classes):
         total = int(own[k].sum())
@@ -221,6 +226,10 @@ def _confusions(
         others_rate = crowd[k, answer] / others_total if others_total else 0.0
         if rate < CONFUSION_RATE or others_rate >= CROWD_CONFUSION_RATE:
             continue
+        base = max(others_rate, CONFUSION_BASE_FLOOR)
+        p_value = min(1.0, binomtest(int(wrong[answer]), total, base, alternative="greater").pvalue * pairs)
+        if p_value >= CONFUSION_ALPHA:
+            continue
         evidence = (
             f"labels {labels[k]} as {labels[answer]} in {rate:.0%} of cases ({wrong[answer]} of {total} checked "
             f"images whose answer is {labels[k]}); the other annotators do so in {others_rate:.0%}"
@@ -232,6 +241,7 @@ def _confusions(
             "count": int(wrong[answer]),
             "of": total,
             "others_rate": float(others_rate),
+            "p_value": float(p_value),
         }
         if estimated is not None:
             details["estimated_rate"] = estimate = float(estimated[w, k, answer])
