@@ -192,6 +192,7 @@ def run(tmp: Path, images: int) -> None:
         "LABELWHEEL_DATA_DIR": str(data_dir),
         "LABELWHEEL_ADMIN_TOKEN": token,
         "LABELWHEEL_LOG_LEVEL": "WARNING",
+        "LABELWHEEL_EMBEDDED_WORKER": "false",  # the API alone, as measured before the flywheel existed
     }
     env.pop("LABELWHEEL_DATABASE_URL", None)
     headers = {"Authorization": f"Bearer {token}"}

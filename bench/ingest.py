@@ -136,6 +136,7 @@ def labelwheel_env(tmp: Path, token: str) -> dict[str, str]:
         "LABELWHEEL_DATA_DIR": str(tmp / "server-data"),
         "LABELWHEEL_ADMIN_TOKEN": token,
         "LABELWHEEL_LOG_LEVEL": "WARNING",
+        "LABELWHEEL_EMBEDDED_WORKER": "false",  # the API alone, as measured before the flywheel existed
         "PYTHONPYCACHEPREFIX": str(tmp / "pycache"),
     }
     env.pop("PYTHONDONTWRITEBYTECODE", None)

@@ -235,6 +235,7 @@ def serving(tmp: Path, database_url: str) -> Iterator[Server]:
         "LABELWHEEL_DATABASE_URL": database_url,
         "LABELWHEEL_ADMIN_TOKEN": token,
         "LABELWHEEL_LOG_LEVEL": "WARNING",
+        "LABELWHEEL_EMBEDDED_WORKER": "false",  # the API alone, as measured before the flywheel existed
     }
     tmp.mkdir(parents=True, exist_ok=True)
     with running_server(env, tmp / "server.log") as (process, base):

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torchvision import models
 
 ARCHITECTURES = ("small_cnn", "resnet18", "mobilenet_v3_small")
 SMALL_IMAGE_SIDE = 64
@@ -53,8 +52,12 @@ def build_model(architecture: str, num_classes: int, *, pretrained_path: Path | 
     if architecture == "small_cnn":
         model: nn.Module = SmallCNN(num_classes)
     elif architecture == "resnet18":
+        from torchvision import models  # seconds of imports, paid only by projects that use it
+
         model = models.resnet18(weights=None, num_classes=num_classes)
     elif architecture == "mobilenet_v3_small":
+        from torchvision import models
+
         model = models.mobilenet_v3_small(weights=None, num_classes=num_classes)
     else:
         raise ValueError(f"unknown architecture {architecture!r}; use one of {', '.join(ARCHITECTURES)}")
@@ -78,8 +81,21 @@ def head_of(model: nn.Module) -> nn.Linear:
     """The final linear layer: what a fast refresh refits, and whose input is the image's embedding."""
     if isinstance(model, SmallCNN):
         return model.head
-    if isinstance(model, models.ResNet):
+    name = type(model).__name__
+    if name == "ResNet":
         return model.fc
-    if isinstance(model, models.MobileNetV3):
+    if name == "MobileNetV3":
         return model.classifier[-1]
     raise ValueError(f"no known head for {type(model).__name__}")
+
+
+def replace_head(model: nn.Module, layer: nn.Module) -> None:
+    name = type(model).__name__
+    if isinstance(model, SmallCNN):
+        model.head = layer
+    elif name == "ResNet":
+        model.fc = layer
+    elif name == "MobileNetV3":
+        model.classifier[-1] = layer
+    else:
+        raise ValueError(f"no known head for {type(model).__name__}")

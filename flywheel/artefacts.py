@@ -1,7 +1,6 @@
 """Model files: checkpoints as plain dicts of tensors and metadata (loaded with ``weights_only=True``).
 
-A full model's checkpoint holds the whole network; a refreshed model's holds only its new head,
-and is served on top of its parent's backbone.
+A refreshed model is its parent's network with the head from its own .npz (flywheel/heads.py).
 """
 
 from __future__ import annotations
@@ -16,14 +15,15 @@ import torch
 from torch import nn
 
 from flywheel.architectures import build_model, head_of
-from flywheel.preprocess import to_tensor
+from flywheel.heads import read_head
+from flywheel.training import to_tensor
 from storage.blobs import BlobStore
 from storage.models import ModelKind, ModelVersion
 
 CHECKPOINT_FORMAT = "labelwheel-checkpoint-1"
 
 
-def checkpoint_bytes(state: dict[str, torch.Tensor], *, model: ModelVersion, head_only: bool) -> bytes:
+def checkpoint_bytes(state: dict[str, torch.Tensor], *, model: ModelVersion) -> bytes:
     buffer = io.BytesIO()
     torch.save(
         {
@@ -31,7 +31,6 @@ def checkpoint_bytes(state: dict[str, torch.Tensor], *, model: ModelVersion, hea
             "architecture": model.architecture,
             "labels": list(model.labels),
             "input_size": model.input_size,
-            "head_only": head_only,
             "state_dict": {key: value.detach().cpu() for key, value in state.items()},
         },
         buffer,
@@ -46,17 +45,15 @@ def read_checkpoint(blobs: BlobStore, sha256: str) -> dict[str, Any]:
     return checkpoint
 
 
-def head_state(model: nn.Module) -> dict[str, torch.Tensor]:
+def head_arrays(model: nn.Module) -> tuple[np.ndarray, np.ndarray]:
     head = head_of(model)
-    return {"weight": head.weight.detach().clone(), "bias": head.bias.detach().clone()}
+    return head.weight.detach().cpu().numpy(), head.bias.detach().cpu().numpy()
 
 
 @functools.lru_cache(maxsize=4)
 def full_network(blobs: BlobStore, weights_sha256: str) -> nn.Module:
     """A full model's network from its checkpoint, kept in memory (share it read-only: eval mode, no grad)."""
     checkpoint = read_checkpoint(blobs, weights_sha256)
-    if checkpoint["head_only"]:
-        raise ValueError(f"checkpoint {weights_sha256} holds only a head")
     network = build_model(checkpoint["architecture"], len(checkpoint["labels"]))
     network.load_state_dict(checkpoint["state_dict"])
     return network.eval()
@@ -65,23 +62,16 @@ def full_network(blobs: BlobStore, weights_sha256: str) -> nn.Module:
 def load_model(blobs: BlobStore, model: ModelVersion, parent: ModelVersion | None = None) -> nn.Module:
     """The network of a model version for inference on the CPU: a refreshed one is a copy of its parent's
     network with its own head."""
-    if model.weights_sha256 is None:
-        raise ValueError(f"model {model.id} has no weights yet")
     if model.kind == ModelKind.full:
+        if model.weights_sha256 is None:
+            raise ValueError(f"model {model.id} has no weights yet")
         return full_network(blobs, model.weights_sha256)
-    if parent is None or parent.weights_sha256 is None:
-        raise ValueError(f"refreshed model {model.id} needs its parent's backbone")
+    if parent is None or parent.weights_sha256 is None or model.head_sha256 is None:
+        raise ValueError(f"refreshed model {model.id} needs its head and its parent's backbone")
     network = copy.deepcopy(full_network(blobs, parent.weights_sha256))
-    head_of(network).load_state_dict(read_checkpoint(blobs, model.weights_sha256)["state_dict"])
+    weight, bias = read_head(blobs, model.head_sha256)
+    head_of(network).load_state_dict({"weight": torch.from_numpy(weight), "bias": torch.from_numpy(bias)})
     return network.eval()
-
-
-def full_checkpoint(blobs: BlobStore, model: ModelVersion, parent: ModelVersion | None) -> bytes:
-    """A stand-alone checkpoint of any model (a refreshed one is merged with its parent's backbone)."""
-    if model.kind == ModelKind.full:
-        assert model.weights_sha256 is not None
-        return blobs.read_bytes(model.weights_sha256)
-    return checkpoint_bytes(load_model(blobs, model, parent).state_dict(), model=model, head_only=False)
 
 
 @torch.no_grad()
@@ -102,11 +92,3 @@ def embed_and_predict(model: nn.Module, arrays: np.ndarray, *, batch_size: int =
             (0, head_of(model).out_features), np.float32
         )
     return torch.cat(captured).numpy().astype(np.float32), np.concatenate(probabilities)
-
-
-def head_probabilities(embeddings: np.ndarray, head: dict[str, torch.Tensor]) -> np.ndarray:
-    """Softmax of the head over cached embeddings: a prediction without running the backbone."""
-    logits = embeddings @ head["weight"].numpy().T + head["bias"].numpy()
-    logits -= logits.max(axis=1, keepdims=True)
-    exp = np.exp(logits)
-    return exp / exp.sum(axis=1, keepdims=True)

@@ -1,8 +1,9 @@
-"""Predictions in the API process: the serving model (the champion's newest refreshed head, else the
-champion) applied with the one preprocessing used in training.
+"""Predictions in the API process, with onnxruntime and numpy only (torch never loads here).
 
-Torch is imported on first use and limited to one thread, so serving predictions leaves the API
-its share of the CPU; training never happens here.
+The serving model is the champion's newest refreshed head, else the champion. Both run the same
+way: the backbone's ONNX file gives an image's embedding (or the embedding is already cached), and
+the serving model's head turns it into probabilities. Images go through the same ``to_array`` and
+``normalize`` as in training.
 """
 
 from __future__ import annotations
@@ -10,21 +11,22 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
+import onnxruntime as ort
 from PIL import Image as PILImage
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from flywheel.heads import head_probabilities, read_head
+from flywheel.preprocess import normalize, to_array
 from flywheel.registry import serving_model
 from storage.blobs import BlobStore
+from storage.errors import Conflict
 from storage.models import Embedding, Image, ModelKind, ModelVersion
 
-if TYPE_CHECKING:
-    from torch import nn
-
-CACHED_MODELS = 4
+CACHED_SESSIONS = 4
+BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -39,30 +41,46 @@ def model_version(model: ModelVersion) -> str:
 
 
 class Predictor:
-    """Loads serving models once (a few at a time) and answers with them."""
+    """Keeps a few onnxruntime sessions (one thread each, so predictions leave the API its CPU share)."""
 
     def __init__(self, blobs: BlobStore) -> None:
         self._blobs = blobs
-        self._networks: OrderedDict[int, nn.Module] = OrderedDict()
+        self._sessions: OrderedDict[str, ort.InferenceSession] = OrderedDict()
         self._lock = threading.Lock()
 
-    def network(self, session: Session, model: ModelVersion) -> nn.Module:
+    def _session(self, onnx_sha256: str) -> ort.InferenceSession:
         with self._lock:
-            if model.id in self._networks:
-                self._networks.move_to_end(model.id)
-                return self._networks[model.id]
-        import torch
-
-        from flywheel.artefacts import load_model
-
-        torch.set_num_threads(1)
-        parent = session.get(ModelVersion, model.parent_id) if model.kind == ModelKind.refresh else None
-        network = load_model(self._blobs, model, parent)
+            if onnx_sha256 in self._sessions:
+                self._sessions.move_to_end(onnx_sha256)
+                return self._sessions[onnx_sha256]
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = options.inter_op_num_threads = 1
+        session = ort.InferenceSession(
+            self._blobs.read_bytes(onnx_sha256), sess_options=options, providers=["CPUExecutionProvider"]
+        )
         with self._lock:
-            self._networks[model.id] = network
-            while len(self._networks) > CACHED_MODELS:
-                self._networks.popitem(last=False)
-        return network
+            self._sessions[onnx_sha256] = session
+            while len(self._sessions) > CACHED_SESSIONS:
+                self._sessions.popitem(last=False)
+        return session
+
+    def _parts(self, session: Session, model: ModelVersion) -> tuple[ModelVersion, tuple[np.ndarray, np.ndarray]]:
+        """The model whose backbone computes embeddings, and the serving model's head."""
+        backbone = session.get_one(ModelVersion, model.parent_id) if model.kind == ModelKind.refresh else model
+        if backbone.onnx_sha256 is None or model.head_sha256 is None:
+            raise Conflict(
+                f"model {model.id} has no files to predict with yet; try again shortly", code="model_not_ready"
+            )
+        return backbone, read_head(self._blobs, model.head_sha256)
+
+    def _embed(self, backbone: ModelVersion, arrays: np.ndarray) -> np.ndarray:
+        assert backbone.onnx_sha256 is not None
+        session = self._session(backbone.onnx_sha256)
+        out = [
+            session.run(["embedding"], {"input": normalize(arrays[start : start + BATCH])})[0]
+            for start in range(0, len(arrays), BATCH)
+        ]
+        return np.concatenate(out)
 
     def predict(
         self, session: Session, *, project_id: int, images: list[PILImage.Image]
@@ -71,37 +89,26 @@ class Predictor:
         model = serving_model(session, project_id=project_id)
         if model is None:
             return None
-        from flywheel.preprocess import to_array
-        from flywheel.training import predict_proba
-
+        backbone, (weight, bias) = self._parts(session, model)
         arrays = np.stack([to_array(image, model.input_size) for image in images])
-        probabilities = predict_proba(self.network(session, model), arrays)
+        probabilities = head_probabilities(self._embed(backbone, arrays), weight, bias)
         return model, [_answer(row, model.labels) for row in probabilities]
 
     def prelabel(self, session: Session, *, image: Image) -> tuple[ModelVersion, Answer] | None:
-        """The serving model's answer for a stored image; from its cached embedding when there is one."""
+        """The serving model's answer for a stored image: from its cached embedding when there is one."""
         model = serving_model(session, project_id=image.project_id)
         if model is None:
             return None
-        network = self.network(session, model)
-        backbone_id = model.parent_id if model.kind == ModelKind.refresh else model.id
+        backbone, (weight, bias) = self._parts(session, model)
         vector = session.scalar(
-            select(Embedding.vector).where(Embedding.model_id == backbone_id, Embedding.image_id == image.id)
+            select(Embedding.vector).where(Embedding.model_id == backbone.id, Embedding.image_id == image.id)
         )
-        from flywheel.architectures import head_of
-        from flywheel.artefacts import head_probabilities
-        from flywheel.preprocess import to_array
-        from flywheel.training import predict_proba
-
         if vector is not None:
-            head = head_of(network)
             embedding = np.frombuffer(vector, dtype=np.float32)[None, :]
-            row = head_probabilities(embedding, {"weight": head.weight.detach(), "bias": head.bias.detach()})[0]
         else:
             with self._blobs.open(image.sha256) as stream, PILImage.open(stream) as decoded:
-                array = to_array(decoded, model.input_size)
-            row = predict_proba(network, array[None])[0]
-        return model, _answer(row, model.labels)
+                embedding = self._embed(backbone, to_array(decoded, model.input_size)[None])
+        return model, _answer(head_probabilities(embedding, weight, bias)[0], model.labels)
 
 
 def _answer(row: np.ndarray, labels: list[str]) -> Answer:

@@ -8,14 +8,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from sqlalchemy import func, select
 
-from flywheel.artefacts import checkpoint_bytes, embed_and_predict, full_network, head_probabilities, load_model
+from flywheel.artefacts import checkpoint_bytes, embed_and_predict, full_network, load_model
 from flywheel.datasets import load_arrays
 from flywheel.evaluation import evaluate
+from flywheel.heads import head_bytes, head_probabilities
 from flywheel.jobs import JobContext, JobFailed, create_job, handler
 from flywheel.onnx_export import ONNX_TOLERANCE, export_onnx, max_difference
 from flywheel.registry import champion
@@ -103,7 +103,9 @@ def run_embedding(ctx: JobContext) -> dict[str, Any]:
     return {"model_id": best.id, "images": len(images), "message": f"{len(images)} embeddings from model {best.id}"}
 
 
-def fit_head(embeddings: np.ndarray, labels: np.ndarray, num_classes: int, *, seed: int = 0) -> dict[str, torch.Tensor]:
+def fit_head(
+    embeddings: np.ndarray, labels: np.ndarray, num_classes: int, *, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """A multinomial logistic regression on standardized embeddings, folded back into one linear layer over
     the raw embeddings (so the network's own head can hold it); classes with no label get a very low bias."""
     scaler = StandardScaler().fit(embeddings)
@@ -118,7 +120,7 @@ def fit_head(embeddings: np.ndarray, labels: np.ndarray, num_classes: int, *, se
     for row, cls in enumerate(regression.classes_):
         weight[cls] = coef[row] / scale
         bias[cls] = intercept[row] - float(np.sum(coef[row] * scaler.mean_ / scale))
-    return {"weight": torch.from_numpy(weight), "bias": torch.from_numpy(bias)}
+    return weight, bias
 
 
 @handler(JobKind.refresh)
@@ -143,11 +145,13 @@ def run_refresh(ctx: JobContext) -> dict[str, Any]:
     train_y = np.array([index[i.label] for i in train_items])
     if len(np.unique(train_y)) < 2:
         raise JobFailed("a refresh needs labeled training images of at least two classes")
-    head = fit_head(np.stack([vectors[i.image_id] for i in train_items]), train_y, len(best.labels), seed=best.seed)
+    weight, bias = fit_head(
+        np.stack([vectors[i.image_id] for i in train_items]), train_y, len(best.labels), seed=best.seed
+    )
     metrics: dict[str, Any] = {"train_items": len(train_items), "test_items": len(test_items)}
     if test_items:
         test_y = np.array([index[i.label] for i in test_items])
-        predicted = head_probabilities(np.stack([vectors[i.image_id] for i in test_items]), head).argmax(1)
+        predicted = head_probabilities(np.stack([vectors[i.image_id] for i in test_items]), weight, bias).argmax(1)
         report = evaluate(test_y, predicted, labels=best.labels, train_labels=train_y)
         metrics |= {
             "test_accuracy": report.accuracy,
@@ -172,7 +176,7 @@ def run_refresh(ctx: JobContext) -> dict[str, Any]:
             labels_through=through,
             finished_at=utcnow(),
         )
-        model.weights_sha256 = ctx.blobs.put_bytes(checkpoint_bytes(head, model=model, head_only=True))
+        model.head_sha256 = ctx.blobs.put_bytes(head_bytes(weight, bias))
         session.add(model)
         session.flush()
         create_job(
@@ -190,7 +194,8 @@ def run_refresh(ctx: JobContext) -> dict[str, Any]:
 
 @handler(JobKind.export)
 def run_export(ctx: JobContext) -> dict[str, Any]:
-    """Make and check the ONNX file of a refreshed model (off the fast lane, so refreshes stay quick)."""
+    """Make a refreshed model's stand-alone files, the checked ONNX file and a full checkpoint (off the fast
+    lane, so refreshes stay quick)."""
     with ctx.db.read_session() as session:
         model = session.get_one(ModelVersion, int(ctx.params["model_id"]))
         parent = session.get(ModelVersion, model.parent_id) if model.parent_id else None
@@ -202,8 +207,9 @@ def run_export(ctx: JobContext) -> dict[str, Any]:
     if difference > ONNX_TOLERANCE:
         raise JobFailed(f"the ONNX export differs from PyTorch by {difference:.2e} (> {ONNX_TOLERANCE}); not stored")
     sha = ctx.blobs.put_bytes(onnx_bytes)
+    weights_sha = ctx.blobs.put_bytes(checkpoint_bytes(network.state_dict(), model=model))
     with ctx.db.session() as session:
         stored = session.get_one(ModelVersion, model.id)
-        stored.onnx_sha256 = sha
+        stored.onnx_sha256, stored.weights_sha256 = sha, weights_sha
         stored.metrics = {**(stored.metrics or {}), "onnx_max_difference": difference}
     return {"model_id": model.id, "onnx_sha256": sha, "message": f"ONNX of model {model.id} stored"}

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from flywheel.architectures import build_model
-from flywheel.preprocess import augmentation, to_tensor
+from flywheel.augment import augmentation
+from flywheel.preprocess import normalize
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,11 @@ class TrainResult:
     best_epoch: int
     dev_accuracy: float
     history: list[dict[str, float]]
+
+
+def to_tensor(arrays: np.ndarray) -> torch.Tensor:
+    """The shared preprocessing's ``normalize`` as a torch tensor."""
+    return torch.from_numpy(normalize(arrays))
 
 
 def resolve_device(config: TrainConfig) -> torch.device:

@@ -14,9 +14,10 @@ import numpy as np
 from sqlalchemy import func, select
 
 from flywheel.architectures import default_architecture, default_input_size
-from flywheel.artefacts import checkpoint_bytes, load_model
+from flywheel.artefacts import checkpoint_bytes, head_arrays, load_model
 from flywheel.datasets import dev_split, load_arrays
 from flywheel.evaluation import decide_promotion, evaluate
+from flywheel.heads import head_bytes
 from flywheel.jobs import JobContext, JobFailed, create_job, handler
 from flywheel.onnx_export import ONNX_TOLERANCE, export_onnx, max_difference
 from flywheel.registry import champion, promote
@@ -101,7 +102,8 @@ def _train(ctx: JobContext, model_id: int) -> dict[str, Any]:
     difference = max_difference(result.model, onnx_bytes, model.input_size)
     if difference > ONNX_TOLERANCE:
         raise JobFailed(f"the ONNX export differs from PyTorch by {difference:.2e} (> {ONNX_TOLERANCE}); not stored")
-    weights_sha = ctx.blobs.put_bytes(checkpoint_bytes(result.model.state_dict(), model=model, head_only=False))
+    weights_sha = ctx.blobs.put_bytes(checkpoint_bytes(result.model.state_dict(), model=model))
+    head_sha = ctx.blobs.put_bytes(head_bytes(*head_arrays(result.model)))
     onnx_sha = ctx.blobs.put_bytes(onnx_bytes)
 
     metrics = {
@@ -124,7 +126,8 @@ def _train(ctx: JobContext, model_id: int) -> dict[str, Any]:
     with ctx.db.session() as session:
         model = session.get_one(ModelVersion, model_id)
         model.metrics, model.decision = metrics, decision
-        model.weights_sha256, model.onnx_sha256, model.finished_at = weights_sha, onnx_sha, utcnow()
+        model.weights_sha256, model.onnx_sha256, model.head_sha256 = weights_sha, onnx_sha, head_sha
+        model.finished_at = utcnow()
         model.status = ModelStatus.candidate
         still_current = champion(session, project_id=ctx.project_id)
         compared_with = current.id if current else None

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import signal
+import threading
+import time
 from dataclasses import dataclass
 from types import FrameType
 
@@ -75,33 +78,63 @@ def upkeep() -> None:
         rt.queues.check_project(project_id)
 
 
-def run_lane(lane: str) -> None:
-    """One lane's consumer, in its own process (huey installs its signal handlers here)."""
+def run_lane(lane: str, *, recover: bool) -> None:
+    """One lane's consumer, in its own process (huey installs its signal handlers here).
+
+    With ``recover``, first put back the jobs a dead worker left running, and enqueue queued jobs
+    again in case their message was lost (a second message for a job is harmless: claims are atomic).
+    """
     from service.observability import configure_logging
 
+    exit_with_parent()
     rt = runtime()
     configure_logging(rt.settings.log_level)
     import torch
 
     torch.set_num_threads(rt.settings.train_threads)
-    jobs.load_handlers()
+    if recover:
+        for job_id, kind in jobs.reap_jobs(rt.db, stale_seconds=rt.settings.job_stale_seconds, include_queued=True):
+            rt.queues.run_job(job_id, kind)
     logger.info("worker lane %s consuming %s", lane, rt.queues.url.split("@")[-1])
     rt.queues.consumer(lane).run()
 
 
-def run_worker(lanes: tuple[str, ...] = LANES) -> int:
-    """Recover jobs a dead worker left behind, then run one consumer process per lane until stopped."""
-    rt = runtime()
-    for job_id, kind in jobs.reap_jobs(rt.db, stale_seconds=rt.settings.job_stale_seconds, include_queued=True):
-        rt.queues.run_job(job_id, kind)
-    context = multiprocessing.get_context("spawn")
-    processes = [context.Process(target=run_lane, args=(lane,), name=f"labelwheel-{lane}") for lane in lanes]
+def exit_with_parent() -> None:
+    """Stop this process (SIGTERM, handled as a normal stop) when the process that started it is gone.
+
+    `serve` is stopped by a signal that ends it without running cleanup code, and a lane must not
+    outlive its worker: both watch their parent instead of relying on being told.
+    """
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def run_worker(lanes: tuple[str, ...] = LANES, *, with_parent: bool = False) -> int:
+    """Run one consumer process per lane until stopped (with ``with_parent``, also when the parent exits).
+
+    The job code (torch, torchvision, albumentations: seconds of imports) is loaded once here and the
+    lanes are forked from this process, before it opens any connection, so they start at once.
+    """
+    if with_parent:
+        exit_with_parent()  # before the seconds of imports: a SIGTERM then simply ends this process
+    jobs.load_handlers()
+    context = multiprocessing.get_context("fork")
+    processes = [
+        context.Process(target=run_lane, args=(lane,), kwargs={"recover": index == 0}, name=f"labelwheel-{lane}")
+        for index, lane in enumerate(lanes)
+    ]
     for process in processes:
         process.start()
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         for process in processes:
-            if process.is_alive() and process.pid:
+            if process.is_alive():
                 process.terminate()
 
     signal.signal(signal.SIGTERM, stop)

@@ -93,7 +93,7 @@ def _start_job_worker():  # noqa: ANN202 - a subprocess.Popen
     """The embedded default's job worker: `labelwheel worker` as a child process with the same environment."""
     import subprocess
 
-    return subprocess.Popen([sys.executable, "-m", "service.cli", "worker"])
+    return subprocess.Popen([sys.executable, "-m", "service.cli", "worker", "--exit-with-parent"])
 
 
 @app.command()
@@ -101,6 +101,7 @@ def worker(
     lane: Annotated[
         str | None, typer.Option(help="Consume only this lane: fast (refreshes) or slow (training, embeddings).")
     ] = None,
+    exit_with_parent: Annotated[bool, typer.Option(hidden=True, help="Stop when the parent process exits.")] = False,
 ) -> None:
     """Run background jobs (training, refreshes, embeddings) from the queue in LABELWHEEL_QUEUE_URL."""
     from flywheel.queue import LANES
@@ -117,7 +118,7 @@ def worker(
     console.print(
         f"labelwheel worker: queue {queue}, lanes {lane or ', '.join(LANES)}, {settings.train_threads} torch thread(s)"
     )
-    raise typer.Exit(run_worker((lane,) if lane else LANES))
+    raise typer.Exit(run_worker((lane,) if lane else LANES, with_parent=exit_with_parent))
 
 
 @db_app.command("upgrade")

@@ -52,7 +52,9 @@ def configure_logging(level: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("uvicorn.access").disabled = True  # our middleware logs each request, with its id
-    logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))
+    # Chatty libraries: schema upgrades, a line per queue task (jobs log their own outcome), ONNX export passes.
+    for name in ("alembic", "huey", "onnx_ir", "onnxscript", "torch"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
 
 
 class RequestContextMiddleware:

@@ -408,8 +408,9 @@ class ModelVersion(CreatedAt, Base):
     seed: Mapped[int] = mapped_column(Integer, default=0)
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     decision: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-    weights_sha256: Mapped[str | None] = mapped_column(String(64))
-    onnx_sha256: Mapped[str | None] = mapped_column(String(64))
+    weights_sha256: Mapped[str | None] = mapped_column(String(64))  # a PyTorch checkpoint of the whole network
+    onnx_sha256: Mapped[str | None] = mapped_column(String(64))  # outputs: logits and the embedding
+    head_sha256: Mapped[str | None] = mapped_column(String(64))  # the final layer as .npz: embedding -> logits
     # For refresh models: the newest annotation id their labels include, to know when to refresh again.
     labels_through: Mapped[int | None] = mapped_column(Integer)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from storage.models import Role
+from storage.models import ModelKind, ModelStatus, ModelVersion, Role
 from tests import imagefactory as img
 from tests.conftest import make_project, make_user
 
@@ -68,9 +68,37 @@ ROUTES: dict[tuple[str, str], tuple[set[str], dict]] = {
         {ADMIN},
         {"multipart": [("export", ("export.json", b'[{"data": {"image": "c.png"}}]')), ("files", "c.png")]},
     ),
+    ("POST", "/api/v1/projects/{project_id}/jobs"): ({ADMIN, ENGINEER}, {"json": {"kind": "train"}}),
+    ("GET", "/api/v1/projects/{project_id}/jobs"): ({ADMIN, ENGINEER}, {}),
+    ("GET", "/api/v1/jobs/{job_id}"): ({ADMIN, ENGINEER}, {}),
+    ("DELETE", "/api/v1/jobs/{job_id}"): ({ADMIN, ENGINEER}, {}),
+    ("GET", "/api/v1/projects/{project_id}/models"): ({ADMIN, ENGINEER}, {}),
+    ("GET", "/api/v1/projects/{project_id}/models/champion"): ({ADMIN, ENGINEER}, {}),
+    ("GET", "/api/v1/models/{model_id}"): ({ADMIN, ENGINEER}, {}),
+    ("GET", "/api/v1/models/{model_id}/download"): ({ADMIN, ENGINEER}, {}),
+    ("POST", "/api/v1/models/{model_id}/promote"): ({ADMIN, ENGINEER}, {}),
+    ("POST", "/api/v1/projects/{project_id}/predict"): ({ADMIN, ENGINEER}, {"files": "one-png"}),
 }
 
 PUBLIC = {("GET", "/health")}
+
+
+def add_model(app, project_id: int) -> int:
+    """A champion model row with no files behind it: downloads and predictions answer 409, past the access checks."""
+    with app.state.runtime.db.session() as session:
+        model = ModelVersion(
+            project_id=project_id,
+            kind=ModelKind.full,
+            status=ModelStatus.champion,
+            architecture="small_cnn",
+            input_size=32,
+            labels=["cat", "dog", "bird"],
+            hyperparameters={},
+            seed=0,
+        )
+        session.add(model)
+        session.flush()
+        return model.id
 
 
 def test_the_access_table_covers_every_route_in_the_api(app):
@@ -96,7 +124,11 @@ def test_route_allows_and_refuses_by_role_and_membership(client, app, admin, rou
         f"/api/v1/projects/{project['id']}/images", files=[("files", ("a.png", img.png()))], headers=admin.headers
     )
     image_id = uploaded.json()["files"][0]["image_id"]
-    url = path.format(project_id=project["id"], image_id=image_id, user_id=spare.id)
+    job = client.post(f"/api/v1/projects/{project['id']}/jobs", json={"kind": "embed"}, headers=admin.headers)
+    model_id = add_model(app, project["id"])
+    url = path.format(
+        project_id=project["id"], image_id=image_id, user_id=spare.id, job_id=job.json()["id"], model_id=model_id
+    )
 
     def call(headers):
         kwargs = {}
@@ -125,7 +157,7 @@ def test_route_allows_and_refuses_by_role_and_membership(client, app, admin, rou
         assert anonymous.status_code == 401, anonymous.text
         assert anonymous.json()["error"]["code"] == "missing_token"
 
-    scoped = "{project_id}" in path or "{image_id}" in path
+    scoped = any(f"{{{name}}}" in path for name in ("project_id", "image_id", "job_id", "model_id"))
     if scoped:
         response = call(outsider.headers)
         assert response.status_code == 404, f"outsider on {method} {url}: {response.text}"

@@ -31,9 +31,10 @@ def env(tmp_path, database_url):
 
 
 def start_server(env, port):
+    """`labelwheel serve` without its job worker (tests/test_worker.py covers that), unless ``env`` asks."""
     process = subprocess.Popen(
         [LABELWHEEL, "serve", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
+        env={"LABELWHEEL_EMBEDDED_WORKER": "false", **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 
 from flywheel.jobs import execute_job, load_handlers
 from flywheel.policy import check_project
-from flywheel.preprocess import to_array, to_tensor
+from flywheel.preprocess import normalize, to_array
 from storage.models import Job, JobKind, JobStatus, ModelStatus, ModelVersion, Role
 from tests import imagefactory as img
 from tests.conftest import make_project, make_user
@@ -120,7 +120,9 @@ def test_onnx_download_runs_in_onnxruntime_and_matches_pytorch(app, client, team
     pngs, _ = digits()
     from PIL import Image
 
-    batch = to_tensor(np.stack([to_array(Image.open(io.BytesIO(p)), checkpoint["input_size"]) for p in pngs[:64]]))
+    batch = torch.from_numpy(
+        normalize(np.stack([to_array(Image.open(io.BytesIO(p)), checkpoint["input_size"]) for p in pngs[:64]]))
+    )
     session = ort.InferenceSession(onnx.content, providers=["CPUExecutionProvider"])
     (onnx_logits,) = session.run(["logits"], {"input": batch.numpy()})
     with torch.no_grad():

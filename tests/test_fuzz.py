@@ -28,6 +28,7 @@ DATA_DEPENDENT = {
     "POST /api/v1/projects/{project_id}/annotations",
     "PUT /api/v1/projects/{project_id}/gold",
     "POST /api/v1/projects/{project_id}/import/labelstudio",
+    "POST /api/v1/projects/{project_id}/predict",
 }
 
 

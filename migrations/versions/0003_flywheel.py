@@ -89,6 +89,7 @@ def upgrade() -> None:
         sa.Column("decision", sa.JSON(), nullable=True),
         sa.Column("weights_sha256", sa.String(length=64), nullable=True),
         sa.Column("onnx_sha256", sa.String(length=64), nullable=True),
+        sa.Column("head_sha256", sa.String(length=64), nullable=True),
         sa.Column("labels_through", sa.Integer(), nullable=True),
         sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("promoted_at", sa.DateTime(timezone=True), nullable=True),

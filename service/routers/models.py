@@ -21,7 +21,7 @@ from service.schemas.models import (
 from storage.db import after_commit
 from storage.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
 from storage.imagecheck import ImageRejected, decode_image
-from storage.models import ModelKind, ModelStatus, ModelVersion, Role
+from storage.models import ModelStatus, ModelVersion, Role
 from storage.projects import get_project, require_role
 from storage.users import Principal
 
@@ -81,17 +81,11 @@ def download(
         return JSONResponse(
             model_card(session, model=model), headers={"Content-Disposition": f'attachment; filename="{name}.json"'}
         )
-    if format == DownloadFormat.onnx:
-        if model.onnx_sha256 is None:
-            raise Conflict(f"the ONNX file of model {model.id} is still being made; try again shortly")
-        data = runtime.blobs.read_bytes(model.onnx_sha256)
-        suffix = "onnx"
-    else:
-        from flywheel.artefacts import full_checkpoint
-
-        parent = session.get(ModelVersion, model.parent_id) if model.kind == ModelKind.refresh else None
-        data = full_checkpoint(runtime.blobs, model, parent)
-        suffix = "pt"
+    sha256 = model.onnx_sha256 if format == DownloadFormat.onnx else model.weights_sha256
+    if sha256 is None:
+        raise Conflict(f"the {format.value} file of model {model.id} is still being made; try again shortly")
+    data = runtime.blobs.read_bytes(sha256)
+    suffix = "onnx" if format == DownloadFormat.onnx else "pt"
     return Response(
         data,
         media_type="application/octet-stream",

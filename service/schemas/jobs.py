@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -9,9 +10,12 @@ from flywheel.jobs import SUBMITTABLE
 from service.schemas.common import RequestModel
 from storage.models import JobKind, JobStatus
 
+# The kinds a person may start; the flywheel starts the others (export) itself.
+SubmittableKind = StrEnum("SubmittableKind", {kind.value: kind.value for kind in SUBMITTABLE})  # type: ignore[misc]
+
 
 class JobCreate(RequestModel):
-    kind: JobKind = Field(description=f"One of: {', '.join(k.value for k in SUBMITTABLE)}.")
+    kind: SubmittableKind  # type: ignore[valid-type]
     params: dict[str, Any] = Field(default_factory=dict, description="Recorded with the job.")
 
 
