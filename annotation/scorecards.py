@@ -302,6 +302,8 @@ def annotator_scorecards(session: Session, *, project: Project) -> Scorecards:
     }
     speeds = _speeds(session, project_id=project.id)
     confusion, estimated = consensus.confusion, consensus.accuracy()
+    # An excluded annotator whose every image lacks anyone else's label cannot be measured at all.
+    measured = consensus.counts.sum(axis=(1, 2)) > 0 if consensus.counts is not None else np.zeros(crowd.n_workers)
     counts = np.bincount(crowd.worker, minlength=crowd.n_workers)
     cards = []
     for w, annotator_id in enumerate(ids):
@@ -321,8 +323,8 @@ def annotator_scorecards(session: Session, *, project: Project) -> Scorecards:
                 checked_labels=len(mine.given),
                 checked_accuracy=mine.accuracy,
                 kappa=mine.kappa(crowd.n_classes),
-                estimated_accuracy=float(estimated[w]) if estimated is not None else None,
-                confusion=confusion[w].tolist() if confusion is not None else None,
+                estimated_accuracy=float(estimated[w]) if estimated is not None and measured[w] else None,
+                confusion=confusion[w].tolist() if confusion is not None and measured[w] else None,
                 flags=_flags(w, checked, consensus, eligible, crowd.labels),
             )
         )
