@@ -1,7 +1,7 @@
 """Submitting labels: idempotent, append-only, with the image's consensus kept current.
 
 Every submission is one transaction that adds the annotation row, closes the lease, and updates
-the image's label count, queue place and majority-vote label, so nothing later has to scan all
+the image's label count, queue place and consensus label, so nothing later has to scan all
 annotations to know an image's current label.
 """
 
@@ -15,8 +15,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from annotation.consensus import majority_vote
-from annotation.queue import capacity_left, place_in_queue
+from annotation.consensus import refresh_consensus
+from annotation.queue import capacity_left
 from storage.errors import Conflict, InvalidInput, NotFound
 from storage.models import Annotation, AnnotationOrigin, Assignment, AssignmentStatus, Image, Project, Role, utcnow
 from storage.users import Principal
@@ -148,19 +148,6 @@ def submit_annotation(
     refresh_consensus(session, project=project, image=image)
     session.flush()
     return Submitted(annotation, replayed=False)
-
-
-def refresh_consensus(session: Session, *, project: Project, image: Image) -> None:
-    """Recompute the image's current label from its current annotations (a handful of rows)."""
-    if image.gold_label is not None:
-        image.consensus_label, image.consensus_tie = image.gold_label, False
-    else:
-        labels = list(
-            session.scalars(select(Annotation.label).where(Annotation.image_id == image.id, Annotation.is_current))
-        )
-        vote = majority_vote(labels, project.labels)
-        image.consensus_label, image.consensus_tie = vote.label, vote.tie
-    place_in_queue(image)
 
 
 def visible_annotator(principal: Principal, requested: int | None) -> int | None:

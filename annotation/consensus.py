@@ -1,10 +1,53 @@
-"""Majority vote: the current label of an image while Dawid-Skene is not yet in place."""
+"""Each image's current label: Dawid-Skene when the overlap supports it, majority vote otherwise.
+
+Two paths keep ``images.consensus_label`` current. ``update_project_consensus`` refits Dawid-Skene
+on every current label and rewrites every image (training calls it before each snapshot); between
+fits, each submission recomputes its one image from the stored confusion matrices
+(``refresh_consensus``), a few rows. Either way an image whose consensus is weak (a tie, a low
+posterior, no usable label) is sent to one more annotator, up to the project's cap.
+"""
 
 from __future__ import annotations
 
+import enum
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+import numpy as np
+from sqlalchemy import delete, or_, select
+from sqlalchemy.orm import Session
+
+from annotation.crowd import Crowd, load_crowd
+from annotation.dawid_skene import dawid_skene, one_coin, posterior_from_skills
+from annotation.queue import place_in_queue
+from storage.models import (
+    Annotation,
+    AnnotatorExclusion,
+    AnnotatorSkill,
+    ConsensusFit,
+    Image,
+    Project,
+    utcnow,
+)
+from storage.projects import ProjectSettings, project_settings
+
+# Dawid-Skene learns K x K numbers per annotator: below this much overlap (images with two usable
+# labels or a gold answer) its estimates are noise, and majority vote is the honest answer.
+MIN_CHECKED_ITEMS = 20
+MAX_DAWID_SKENE_CLASSES = 100  # (W, K, K) matrices and (N, K) posteriors must stay small
+SMOOTHING = 0.01  # pseudo-count per confusion cell: thin evidence never makes an answer impossible
+TIE_TOLERANCE = 1e-9
+
+# Shown to the next annotator: neutral on purpose, so it does not hint at any label.
+WEAK_NO_LABEL = "the labels given so far do not count; an independent label is needed"
+WEAK_TIE = "annotators disagree; an independent label is needed"
+WEAK_POSTERIOR = "the label is uncertain; an independent label is needed"
+
+
+class Method(enum.StrEnum):
+    dawid_skene = "dawid_skene"
+    majority = "majority"
 
 
 @dataclass(frozen=True)
@@ -28,3 +71,285 @@ def majority_vote(labels: Sequence[str], label_order: Sequence[str]) -> Vote:
     rank = {label: i for i, label in enumerate(label_order)}
     winner = min(tied, key=lambda label: (rank.get(label, len(rank)), label))
     return Vote(label=winner, tie=len(tied) > 1, votes=best)
+
+
+@dataclass(frozen=True)
+class Consensus:
+    crowd: Crowd
+    method: Method
+    reason: str | None  # why majority vote was used
+    label: np.ndarray  # (N,) class index, -1 where the item has no usable label
+    posterior: np.ndarray  # (N,) P(label is right); NaN under majority vote (1 for gold either way)
+    tie: np.ndarray  # (N,) bool
+    majority: np.ndarray  # (N,) majority-vote class for comparison, -1 where none
+    # (W, K, K) expected counts of (true class, answer) per annotator, excluded ones measured against
+    # the others' consensus; None under majority vote.
+    counts: np.ndarray | None
+    priors: np.ndarray | None
+    iterations: int
+
+    @property
+    def confusion(self) -> np.ndarray | None:
+        """(W, K, K): P(annotator answers l | true class k), rows k."""
+        if self.counts is None:
+            return None
+        smoothed = self.counts + SMOOTHING
+        return smoothed / smoothed.sum(axis=2, keepdims=True)
+
+    def accuracy(self) -> np.ndarray | None:
+        """(W,) Dawid-Skene's expected share of each annotator's labels that are right."""
+        if self.counts is None:
+            return None
+        totals = self.counts.sum(axis=(1, 2))
+        return np.trace(self.counts, axis1=1, axis2=2) / np.maximum(totals, 1e-12)
+
+
+def why_majority(crowd: Crowd) -> str | None:
+    """The reason Dawid-Skene cannot be trusted on this crowd yet, or None when it can."""
+    if crowd.n_classes > MAX_DAWID_SKENE_CLASSES:
+        return f"Dawid-Skene is used for up to {MAX_DAWID_SKENE_CLASSES} labels; this project has {crowd.n_classes}"
+    annotators = len(np.unique(crowd.worker[crowd.usable]))
+    if annotators < 2:
+        return f"needs two annotators; {annotators} has labeled (excluded ones left out)"
+    checked = int((crowd.overlapped | (crowd.gold >= 0)).sum())
+    if checked < MIN_CHECKED_ITEMS:
+        return (
+            f"only {checked} images have labels from two annotators or a gold answer; "
+            f"Dawid-Skene needs {MIN_CHECKED_ITEMS}"
+        )
+    return None
+
+
+def compute_consensus(crowd: Crowd) -> Consensus:
+    """Consensus over the crowd's usable labels, with majority vote alongside for comparison."""
+    votes, gold = crowd.votes, crowd.gold
+    known = gold >= 0
+    has_label = votes.sum(axis=1) > 0
+    majority = np.where(has_label, votes.argmax(axis=1), -1)  # argmax: first in label order on a tie
+    majority_tie = has_label & ((votes == votes.max(axis=1, keepdims=True)).sum(axis=1) > 1) & ~known
+    majority = np.where(known, gold, majority)
+    reason = why_majority(crowd)
+    if reason is not None:
+        posterior = np.where(known, 1.0, np.nan)
+        return Consensus(crowd, Method.majority, reason, majority, posterior, majority_tie, majority, None, None, 0)
+
+    fitted = np.flatnonzero(has_label | known)
+    position = np.full(crowd.n_items, -1)
+    position[fitted] = np.arange(len(fitted))
+    keep = crowd.usable
+    fit = dawid_skene(
+        position[crowd.item[keep]],
+        crowd.worker[keep],
+        crowd.label[keep],
+        n_items=len(fitted),
+        n_workers=crowd.n_workers,
+        n_classes=crowd.n_classes,
+        gold=gold[fitted],
+        smoothing=SMOOTHING,
+    )
+    label = np.full(crowd.n_items, -1)
+    posterior = np.full(crowd.n_items, np.nan)
+    tie = np.zeros(crowd.n_items, dtype=bool)
+    ordered = np.sort(fit.posteriors, axis=1)
+    label[fitted] = fit.labels
+    posterior[fitted] = ordered[:, -1]
+    tie[fitted] = (ordered[:, -1] - ordered[:, -2] < TIE_TOLERANCE) & ~known[fitted]
+    # Excluded annotators get no say, but are still measured against everyone else's consensus.
+    counts = fit.counts.copy()
+    others = ~crowd.usable & (position[crowd.item] >= 0)
+    flat = np.zeros((crowd.n_workers * crowd.n_classes, crowd.n_classes))
+    answer = crowd.worker[others] * crowd.n_classes + crowd.label[others]
+    np.add.at(flat, answer, fit.posteriors[position[crowd.item[others]]])
+    counts += flat.reshape(crowd.n_workers, crowd.n_classes, crowd.n_classes).transpose(0, 2, 1)
+    return Consensus(
+        crowd, Method.dawid_skene, None, label, posterior, tie, majority, counts, fit.priors, fit.iterations
+    )
+
+
+def _weakness(label: str | None, posterior: float | None, tie: bool, threshold: float) -> str | None:
+    if label is None:
+        return WEAK_NO_LABEL
+    if tie:
+        return WEAK_TIE
+    if posterior is not None and posterior < threshold:
+        return WEAK_POSTERIOR
+    return None
+
+
+def _settle(image: Image, settings: ProjectSettings) -> bool:
+    """Ask for one more label if the image has all it needed and its consensus is still weak; then
+    place it in the queue. True when it was sent for another label."""
+    sent = False
+    if settings.auto_review and image.gold_label is None and image.label_count >= image.labels_needed:
+        weak = _weakness(
+            image.consensus_label, image.consensus_posterior, image.consensus_tie, settings.review_posterior
+        )
+        if weak is not None and image.label_count < settings.review_max_labels:
+            image.labels_needed, image.review_reason, sent = image.label_count + 1, weak, True
+    place_in_queue(image)
+    return sent
+
+
+def refresh_consensus(session: Session, *, project: Project, image: Image) -> None:
+    """Recompute one image's label from its current annotations and the project's last fit (a few rows)."""
+    if image.gold_label is not None:
+        image.consensus_label, image.consensus_tie, image.consensus_posterior = image.gold_label, False, 1.0
+        place_in_queue(image)
+        return
+    votes = dict(
+        session.execute(
+            select(Annotation.annotator_id, Annotation.label).where(
+                Annotation.image_id == image.id, Annotation.is_current
+            )
+        ).all()
+    )
+    if votes:
+        excluded = session.scalars(
+            select(AnnotatorExclusion.annotator_id).where(
+                AnnotatorExclusion.project_id == project.id,
+                AnnotatorExclusion.annotator_id.in_(votes),
+                AnnotatorExclusion.revoked_at.is_(None),
+            )
+        )
+        for annotator_id in excluded:
+            votes.pop(annotator_id, None)
+    fit = session.get(ConsensusFit, project.id) if votes else None
+    if fit is None:
+        vote = majority_vote(list(votes.values()), project.labels)
+        image.consensus_label, image.consensus_tie, image.consensus_posterior = vote.label, vote.tie, None
+    else:
+        skills = {
+            s.annotator_id: np.asarray(s.confusion)
+            for s in session.scalars(
+                select(AnnotatorSkill).where(
+                    AnnotatorSkill.project_id == project.id, AnnotatorSkill.annotator_id.in_(votes)
+                )
+            )
+        }
+        class_of = {label: k for k, label in enumerate(project.labels)}
+        newcomer = one_coin(fit.default_accuracy, len(project.labels))
+        answers = [(skills.get(annotator, newcomer), class_of[label]) for annotator, label in votes.items()]
+        ordered = np.sort(posterior := posterior_from_skills(answers, np.asarray(fit.priors)))
+        image.consensus_label = project.labels[int(posterior.argmax())]
+        image.consensus_posterior = float(ordered[-1])
+        image.consensus_tie = bool(ordered[-1] - ordered[-2] < TIE_TOLERANCE)
+    _settle(image, project_settings(project))
+
+
+@dataclass(frozen=True)
+class ConsensusSummary:
+    method: Method
+    reason: str | None
+    images: int  # images that have a consensus label
+    overlapped_images: int
+    annotators: int  # whose labels count
+    excluded_annotators: int
+    changed: int  # images whose consensus label changed
+    differs_from_majority: int  # images where the consensus is not the majority vote
+    sent_to_review: int
+    iterations: int
+
+
+def _store_fit(session: Session, *, project: Project, consensus: Consensus) -> None:
+    """Keep the fit that ``refresh_consensus`` reads between refits; none under majority vote."""
+    session.execute(delete(AnnotatorSkill).where(AnnotatorSkill.project_id == project.id))
+    fit = session.get(ConsensusFit, project.id)
+    if consensus.counts is None or consensus.priors is None:
+        if fit is not None:
+            session.delete(fit)
+        return
+    crowd = consensus.crowd
+    counts = consensus.counts[~crowd.excluded]
+    fit = fit or ConsensusFit(project_id=project.id)
+    fit.priors = consensus.priors.tolist()
+    fit.default_accuracy = float(np.trace(counts.sum(axis=0)) / max(counts.sum(), 1e-12))
+    fit.images = int((consensus.label >= 0).sum())
+    fit.overlapped_images = int(crowd.overlapped.sum())
+    fit.iterations = consensus.iterations
+    fit.fitted_at = utcnow()
+    session.add(fit)
+    confusion, accuracy = consensus.confusion, consensus.accuracy()
+    assert confusion is not None and accuracy is not None
+    labels = np.bincount(crowd.worker[crowd.usable], minlength=crowd.n_workers)
+    session.add_all(
+        AnnotatorSkill(
+            project_id=project.id,
+            annotator_id=int(crowd.annotator_ids[w]),
+            accuracy=float(accuracy[w]),
+            confusion=confusion[w].tolist(),
+            labels=int(labels[w]),
+        )
+        for w in np.flatnonzero(~crowd.excluded & (labels > 0))
+    )
+
+
+def update_project_consensus(session: Session, project_id: int) -> ConsensusSummary:
+    """Refit consensus on every current label and write each image's label, posterior and tie.
+
+    Training reads ``images.consensus_label`` right after this. Admin-excluded annotators are left
+    out; images whose consensus is weak get one more annotator (up to ``review_max_labels``).
+    The project's labeled images are locked first, so no submission interleaves with the rewrite.
+    """
+    project = session.get_one(Project, project_id)
+    images = list(
+        session.scalars(
+            select(Image)
+            .where(
+                Image.project_id == project_id,
+                or_(Image.label_count > 0, Image.gold_label.is_not(None), Image.consensus_label.is_not(None)),
+            )
+            .order_by(Image.id)
+            .with_for_update()
+        )
+    )
+    crowd = load_crowd(session, project=project)
+    consensus = compute_consensus(crowd)
+    _store_fit(session, project=project, consensus=consensus)
+    settings = project_settings(project)
+    changed = sent = 0
+    for image in images:
+        i = int(np.searchsorted(crowd.image_ids, image.id))
+        found = i < crowd.n_items and crowd.image_ids[i] == image.id and consensus.label[i] >= 0
+        label = crowd.labels[consensus.label[i]] if found else None
+        posterior = float(consensus.posterior[i]) if found and not np.isnan(consensus.posterior[i]) else None
+        changed += int(label != image.consensus_label)
+        image.consensus_label, image.consensus_posterior = label, posterior
+        image.consensus_tie = bool(found and consensus.tie[i])
+        sent += _settle(image, settings)
+    session.flush()
+    return ConsensusSummary(
+        method=consensus.method,
+        reason=consensus.reason,
+        images=int((consensus.label >= 0).sum()),
+        overlapped_images=int(crowd.overlapped.sum()),
+        annotators=len(np.unique(crowd.worker[crowd.usable])),
+        excluded_annotators=int(crowd.excluded.sum()),
+        changed=changed,
+        differs_from_majority=int(((consensus.label != consensus.majority) & (consensus.label >= 0)).sum()),
+        sent_to_review=sent,
+        iterations=consensus.iterations,
+    )
+
+
+def weak_consensus(
+    session: Session, *, project: Project, after: int | None, limit: int
+) -> list[tuple[Image, dict[str, int]]]:
+    """Images automatic review gave up on (all labels in, consensus still weak), each with its current votes.
+    An admin resolves one by giving the answer as a gold label, which then scores everyone who labeled it."""
+    threshold = project_settings(project).review_posterior
+    query = select(Image).where(
+        Image.project_id == project.id,
+        Image.gold_label.is_(None),
+        Image.label_count > 0,
+        Image.queue_tier.is_(None),
+        or_(Image.consensus_tie, Image.consensus_label.is_(None), Image.consensus_posterior < threshold),
+    )
+    if after is not None:
+        query = query.where(Image.id > after)
+    images = list(session.scalars(query.order_by(Image.id).limit(limit)))
+    votes: dict[int, Counter[str]] = {image.id: Counter() for image in images}
+    for image_id, label in session.execute(
+        select(Annotation.image_id, Annotation.label).where(Annotation.image_id.in_(votes), Annotation.is_current)
+    ):
+        votes[image_id][label] += 1
+    return [(image, dict(votes[image.id])) for image in images]

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
-from annotation.annotations import check_label, project_image, refresh_consensus
+from annotation.annotations import check_label, project_image
+from annotation.consensus import refresh_consensus
 from storage.models import Annotation, Image, Project, User
 
 

@@ -22,7 +22,7 @@ from typing import IO, Any
 from sqlalchemy import distinct, func, select
 from sqlalchemy.orm import Session
 
-from annotation.annotations import refresh_consensus
+from annotation.consensus import refresh_consensus
 from annotation.curation import set_gold
 from annotation.labelstudio_tasks import (
     Label,

@@ -155,7 +155,7 @@ def next_task(
         chosen = _first_open(session, project_id=project.id, annotator_id=principal.id, now=now)
     if chosen is None:
         return None
-    return _task(session, chosen, _lease(session, image=chosen, annotator_id=principal.id, until=now + lease))
+    return _task(session, chosen, _lease(session, image=chosen, annotator_id=principal.id, now=now, until=now + lease))
 
 
 def _first_open(session: Session, *, project_id: int, annotator_id: int, now: datetime) -> Image | None:
@@ -183,13 +183,14 @@ def _first_open(session: Session, *, project_id: int, annotator_id: int, now: da
     return None
 
 
-def _lease(session: Session, *, image: Image, annotator_id: int, until: datetime) -> datetime:
+def _lease(session: Session, *, image: Image, annotator_id: int, now: datetime, until: datetime) -> datetime:
     session.add(
         Assignment(
             project_id=image.project_id,
             image_id=image.id,
             annotator_id=annotator_id,
             status=AssignmentStatus.leased,
+            leased_at=now,
             expires_at=until,
         )
     )

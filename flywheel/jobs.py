@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 TERMINAL = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled})
 # Kinds a person may start through the API; the rest are started by the flywheel itself.
-SUBMITTABLE = (JobKind.train, JobKind.refresh, JobKind.embed)
+SUBMITTABLE = (JobKind.train, JobKind.refresh, JobKind.embed, JobKind.label_quality)
 
 
 class JobFailed(Exception):
@@ -78,7 +78,7 @@ class JobContext:
 Handler = Callable[[JobContext], dict[str, Any]]
 HANDLERS: dict[JobKind, Handler] = {}
 # Modules whose import registers handlers; they need torch, so they are imported only where jobs run.
-HANDLER_MODULES = ("flywheel.training_job", "flywheel.refresh")
+HANDLER_MODULES = ("flywheel.training_job", "flywheel.refresh", "flywheel.label_quality")
 
 
 def load_handlers() -> None:

@@ -173,9 +173,12 @@ class Image(CreatedAt, Base):
     priority: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     review_reason: Mapped[str | None] = mapped_column(String(500))
     gold_label: Mapped[str | None] = mapped_column(String(100))
-    # The current label training reads: majority vote over current annotations (gold answer for gold images).
+    # The current label training reads: the gold answer for gold images, otherwise Dawid-Skene's most
+    # probable label given the project's last fit, or the majority vote while there is no fit.
     consensus_label: Mapped[str | None] = mapped_column(String(100))
     consensus_tie: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Dawid-Skene's probability that consensus_label is right (1 for gold); NULL under majority vote.
+    consensus_posterior: Mapped[float | None] = mapped_column(Float)
 
     __table_args__ = (
         UniqueConstraint("project_id", "sha256", name="uq_images_project_id_sha256"),
@@ -198,6 +201,8 @@ class Assignment(Base):
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
     annotator_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     status: Mapped[AssignmentStatus] = mapped_column(_enum(AssignmentStatus, "assignment_status"))
+    # When the task was served; NULL for a label submitted without a lease. Annotator speed reads it.
+    leased_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
@@ -231,6 +236,71 @@ class Annotation(CreatedAt, Base):
         Index("ix_annotations_image_id", "image_id", "is_current"),
         Index("ix_annotations_annotator", "annotator_id", "project_id"),
         UniqueConstraint("annotator_id", "idempotency_key", name="uq_annotations_annotator_id_idempotency_key"),
+    )
+
+
+class AnnotatorExclusion(CreatedAt, Base):
+    """An admin's decision to leave one annotator's labels out of consensus; revoking it keeps the row."""
+
+    __tablename__ = "annotator_exclusions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    annotator_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    reason: Mapped[str] = mapped_column(String(500))
+    excluded_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    revoked_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+
+    __table_args__ = (Index("ix_annotator_exclusions_project_annotator", "project_id", "annotator_id"),)
+
+
+class ConsensusFit(Base):
+    """The project's last Dawid-Skene fit: class priors, read with ``AnnotatorSkill`` rows on every submission."""
+
+    __tablename__ = "consensus_fits"
+
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
+    priors: Mapped[list[float]] = mapped_column(JSON)  # in the project's label order
+    # For annotators the fit has not seen yet: the crowd's pooled accuracy, errors spread evenly.
+    default_accuracy: Mapped[float] = mapped_column(Float)
+    images: Mapped[int] = mapped_column(Integer)
+    overlapped_images: Mapped[int] = mapped_column(Integer)
+    iterations: Mapped[int] = mapped_column(Integer)
+    fitted_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class AnnotatorSkill(Base):
+    """One annotator's confusion matrix from the project's last Dawid-Skene fit."""
+
+    __tablename__ = "annotator_skills"
+
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
+    annotator_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    accuracy: Mapped[float] = mapped_column(Float)
+    # confusion[k][l]: probability of answering label l when the true label is k (label-set order).
+    confusion: Mapped[list[list[float]]] = mapped_column(JSON)
+    labels: Mapped[int] = mapped_column(Integer)
+
+
+class LabelIssue(CreatedAt, Base):
+    """A label a cross-validated model finds likely wrong; a ``label_quality`` job replaces the project's list."""
+
+    __tablename__ = "label_issues"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    rank: Mapped[int] = mapped_column(Integer)  # 1 is the most likely wrong
+    given_label: Mapped[str] = mapped_column(String(100))
+    suggested_label: Mapped[str] = mapped_column(String(100))
+    # cleanlab's label quality score in [0, 1]: low means the given label is likely wrong.
+    score: Mapped[float] = mapped_column(Float)
+    sent_for_review_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        UniqueConstraint("project_id", "image_id", name="uq_label_issues_project_id_image_id"),
+        Index("ix_label_issues_project_id_rank", "project_id", "rank"),
     )
 
 

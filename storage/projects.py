@@ -74,6 +74,18 @@ class ProjectSettings(BaseModel):
         default=10, ge=1, le=1440, description="How long a served task is held for one annotator."
     )
     gold_rate: float = Field(default=0.05, ge=0.0, le=1.0, description="Share of tasks that are gold questions.")
+    auto_review: bool = Field(
+        default=True, description="Send images whose consensus is weak (a tie, or a low posterior) to more annotators."
+    )
+    review_posterior: float = Field(
+        default=0.7,
+        ge=0.0,
+        le=1.0,
+        description="A consensus whose Dawid-Skene posterior is below this asks for one more label.",
+    )
+    review_max_labels: int = Field(
+        default=5, ge=1, le=20, description="Automatic review stops asking for labels once an image needs this many."
+    )
     training: TrainingSettings = Field(default_factory=TrainingSettings)
 
 

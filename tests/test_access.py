@@ -51,6 +51,18 @@ ROUTES: dict[tuple[str, str], tuple[set[str], dict]] = {
         {ADMIN, ENGINEER},
         {"json": {"image_ids": ["{image_id}"], "reason": "check it"}},
     ),
+    ("GET", "/api/v1/projects/{project_id}/agreement"): ({ADMIN, ENGINEER}, {}),
+    ("GET", "/api/v1/projects/{project_id}/annotators"): ({ADMIN, ENGINEER}, {}),
+    ("POST", "/api/v1/projects/{project_id}/annotators/{user_id}/exclusion"): ({ADMIN}, {"json": {"reason": "spam"}}),
+    ("DELETE", "/api/v1/projects/{project_id}/annotators/{user_id}/exclusion"): ({ADMIN}, {}),
+    ("GET", "/api/v1/projects/{project_id}/exclusions"): ({ADMIN, ENGINEER}, {}),
+    ("POST", "/api/v1/projects/{project_id}/consensus"): ({ADMIN, ENGINEER}, {}),
+    ("GET", "/api/v1/projects/{project_id}/consensus/weak"): ({ADMIN, ENGINEER}, {}),
+    ("GET", "/api/v1/projects/{project_id}/label-issues"): ({ADMIN, ENGINEER}, {}),
+    ("POST", "/api/v1/projects/{project_id}/label-issues/relabel"): (
+        {ADMIN, ENGINEER},
+        {"json": {"image_ids": ["{image_id}"]}},
+    ),
     ("GET", "/api/v1/projects/{project_id}/export"): ({ADMIN, ENGINEER}, {}),
     ("POST", "/api/v1/projects/{project_id}/import/labelstudio"): (
         {ADMIN},

@@ -273,7 +273,10 @@ def test_images_sent_for_review_come_first_to_someone_else_with_the_reason(clien
         for i in client.get(f"/api/v1/projects/{project['id']}/labels", headers=engineer.headers).json()["items"]
         if i["image_id"] == labeled
     )
-    assert (item["label_count"], item["labels_needed"], item["tie"]) == (2, 2, True)
+    # The answers tie, so automatic review asks a third annotator, without hinting at either label.
+    assert (item["label_count"], item["labels_needed"], item["tie"]) == (2, 3, True)
+    task = next_task(client, project, team[2]).json()
+    assert (task["image_id"], task["review_reason"]) == (labeled, "annotators disagree; an independent label is needed")
 
 
 def test_the_newest_model_prediction_is_the_prelabel(client, admin, team, app):

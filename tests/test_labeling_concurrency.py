@@ -311,7 +311,8 @@ def test_sixteen_annotators_at_once_lose_nothing_and_never_share_a_lease(server)
     assert len(images) == IMAGES
     assert all(n == 1 for *_, n in keyed), "an Idempotency-Key stored more than one row"
     needed = {image_id: image.labels_needed for image_id, image in images.items()}
-    assert set(needed.values()) == {1, 3}, "the project should mix single and overlapped images"
+    # Single and overlapped images; ties among the overlapped ones asked for more, up to review_max_labels.
+    assert {1, 3} <= set(needed.values()) <= {1, 3, 4, 5}, "the project should mix single and overlapped images"
 
     # No image has more current labels than it needs, and nobody labeled an image twice.
     current = Counter(a["image_id"] for a in annotations if a["is_current"])

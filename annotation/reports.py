@@ -1,0 +1,117 @@
+"""The agreement report, and the human-level reference the model card sets beside the model's accuracy."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from annotation.agreement import NO_OVERLAP, Agreement, agreement, without_figures
+from annotation.crowd import excluded_annotators, load_crowd
+from storage.models import Annotation, Image, Project, Split, User
+
+
+@dataclass(frozen=True)
+class HumanAccuracy:
+    annotator_id: int
+    name: str
+    labels: int
+    correct: int
+    accuracy: float
+
+
+@dataclass(frozen=True)
+class HumanReference:
+    items: int  # test images with a gold answer or labels from two annotators
+    pooled_accuracy: float | None  # all those labels together
+    median_accuracy: float | None  # the typical annotator
+    annotators: list[HumanAccuracy]
+    reason: str | None
+
+
+def _human_reference(session: Session, *, project_id: int) -> HumanReference:
+    """Each annotator's accuracy against the consensus label on test images, the reference the model is
+    scored against. Only images with a gold answer or two usable labels count: on an image one person
+    labeled alone, their label *is* the consensus."""
+    excluded = excluded_annotators(session, project_id=project_id)
+    columns = (Annotation.image_id, Annotation.annotator_id, Annotation.label, Image.consensus_label, Image.gold_label)
+    rows = [
+        row
+        for row in session.execute(
+            select(*columns)
+            .join(Image, Image.id == Annotation.image_id)
+            .where(
+                Annotation.project_id == project_id,
+                Annotation.is_current,
+                Image.split == Split.test,
+                Image.consensus_label.is_not(None),
+            )
+        )
+        if row.annotator_id not in excluded
+    ]
+    per_image = Counter(r.image_id for r in rows)
+    checked = [r for r in rows if r.gold_label is not None or per_image[r.image_id] >= 2]
+    if not checked:
+        reason = "no test image has a gold answer or labels from two annotators yet"
+        return HumanReference(0, None, None, [], reason)
+    totals: dict[int, list[int]] = {}
+    for r in checked:
+        counts = totals.setdefault(r.annotator_id, [0, 0])
+        counts[0] += 1
+        counts[1] += r.label == r.consensus_label
+    names = dict(session.execute(select(User.id, User.name).where(User.id.in_(totals))).all())
+    annotators = [
+        HumanAccuracy(a, names.get(a, f"user {a}"), n, correct, correct / n)
+        for a, (n, correct) in sorted(totals.items())
+    ]
+    return HumanReference(
+        items=len({r.image_id for r in checked}),
+        pooled_accuracy=sum(h.correct for h in annotators) / sum(h.labels for h in annotators),
+        median_accuracy=float(np.median([h.accuracy for h in annotators])),
+        annotators=annotators,
+        reason=None,
+    )
+
+
+def human_reference(session: Session, project_id: int) -> dict[str, Any]:
+    """The human-level reference as plain data, for the model card."""
+    return asdict(_human_reference(session, project_id=project_id))
+
+
+@dataclass(frozen=True)
+class AgreementReport:
+    labels: list[str]
+    annotators: list[int]  # annotators whose labels count, in the order pair indices refer to
+    names: dict[int, str]
+    excluded_annotators: list[int]
+    reason: str | None  # why the figures are empty
+    agreement: Agreement
+    human_reference: HumanReference
+
+
+def agreement_report(session: Session, *, project: Project) -> AgreementReport:
+    """Agreement on overlapped images among annotators whose labels count (admin-excluded ones left out)."""
+    crowd = load_crowd(session, project=project)
+    counted = [int(a) for a in crowd.annotator_ids[~crowd.excluded]]
+    names = dict(session.execute(select(User.id, User.name).where(User.id.in_(counted))).all())
+    reason: str | None = None
+    if len(counted) < 2:
+        reason = f"needs two annotators; {len(counted)} has labeled (excluded annotators left out)"
+        figures = without_figures(reason)
+    else:
+        figures = agreement(crowd.ratings(), crowd.n_classes)
+        if figures.items == 0:
+            reason = NO_OVERLAP
+    return AgreementReport(
+        labels=crowd.labels,
+        annotators=counted,
+        names=names,
+        excluded_annotators=[int(a) for a in crowd.annotator_ids[crowd.excluded]],
+        reason=reason,
+        agreement=figures,
+        human_reference=_human_reference(session, project_id=project.id),
+    )

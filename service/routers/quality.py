@@ -1,0 +1,234 @@
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Annotated
+
+from fastapi import APIRouter, Query, status
+
+from annotation.agreement import MIN_SHARED_ITEMS, Figure
+from annotation.consensus import ConsensusSummary, update_project_consensus, weak_consensus
+from annotation.exclusions import exclude_annotator, list_exclusions, revoke_exclusion
+from annotation.label_issues import list_issues, send_issues_for_relabel
+from annotation.reports import agreement_report
+from annotation.scorecards import MIN_GOLD, MIN_OVERLAPPED, annotator_scorecards
+from service.deps import CurrentUser, ReadSessionDep, SessionDep
+from service.schemas.common import ERROR_RESPONSES, MAX_ID, ProjectId, UserId
+from service.schemas.labeling import ReviewResult
+from service.schemas.quality import (
+    AgreementRead,
+    AnnotatorRef,
+    ClassAgreementRead,
+    ConsensusSummaryRead,
+    ExclusionChange,
+    ExclusionCreate,
+    ExclusionInfo,
+    ExclusionRead,
+    FigureRead,
+    FlagRead,
+    HumanReferenceRead,
+    LabelIssueRead,
+    LabelIssuesPage,
+    PairAgreementRead,
+    RelabelRequest,
+    ScorecardRead,
+    ScorecardsRead,
+    SpeedRead,
+    WeakImageRead,
+    WeakImagesPage,
+)
+from storage.models import Role
+from storage.projects import get_project, require_role
+
+router = APIRouter(prefix="/api/v1/projects/{project_id}", tags=["label quality"], responses=ERROR_RESPONSES)
+
+After = Annotated[int | None, Query(ge=0, le=MAX_ID, description="Return items after this one.")]
+Limit = Annotated[int, Query(ge=1, le=1000)]
+
+
+def _figure(figure: Figure) -> FigureRead:
+    return FigureRead(**asdict(figure))
+
+
+def _summary(summary: ConsensusSummary) -> ConsensusSummaryRead:
+    return ConsensusSummaryRead(**asdict(summary))
+
+
+@router.get("/agreement", summary="Inter-annotator agreement on overlapped images (admin, engineer)")
+def agreement(project_id: ProjectId, session: ReadSessionDep, principal: CurrentUser) -> AgreementRead:
+    project = get_project(session, principal=principal, project_id=project_id)
+    require_role(principal, Role.admin, Role.engineer)
+    report = agreement_report(session, project=project)
+    figures = report.agreement
+    ref = [AnnotatorRef(id=a, name=report.names.get(a, f"user {a}")) for a in report.annotators]
+    return AgreementRead(
+        labels=report.labels,
+        annotators=ref,
+        excluded_annotators=report.excluded_annotators,
+        reason=report.reason,
+        items=figures.items,
+        percent_agreement=_figure(figures.percent_agreement),
+        unanimous=figures.unanimous,
+        fleiss_kappa=_figure(figures.fleiss_kappa),
+        krippendorff_alpha=_figure(figures.krippendorff_alpha),
+        per_class=[
+            ClassAgreementRead(
+                label=report.labels[c.label],
+                ratings=c.ratings,
+                fleiss_kappa=_figure(c.fleiss_kappa),
+                krippendorff_alpha=_figure(c.krippendorff_alpha),
+            )
+            for c in figures.per_class
+        ],
+        pairs=[
+            PairAgreementRead(
+                annotator_a=ref[p.first],
+                annotator_b=ref[p.second],
+                shared=p.shared,
+                percent_agreement=p.percent_agreement,
+                cohen_kappa=_figure(p.cohen_kappa),
+            )
+            for p in figures.pairs
+        ],
+        pairs_below_minimum=figures.pairs_below_minimum,
+        min_shared_items=MIN_SHARED_ITEMS,
+        human_reference=HumanReferenceRead(**asdict(report.human_reference)),
+    )
+
+
+@router.get("/annotators", summary="Scorecards: speed, accuracy, agreement, confusion and flags (admin, engineer)")
+def annotators(project_id: ProjectId, session: ReadSessionDep, principal: CurrentUser) -> ScorecardsRead:
+    project = get_project(session, principal=principal, project_id=project_id)
+    require_role(principal, Role.admin, Role.engineer)
+    cards = annotator_scorecards(session, project=project)
+    return ScorecardsRead(
+        consensus_method=cards.method.value,
+        reason=cards.reason,
+        labels=cards.labels,
+        crowd_accuracy=cards.crowd_accuracy,
+        min_gold_answers=MIN_GOLD,
+        min_overlapped_labels=MIN_OVERLAPPED,
+        annotators=[
+            ScorecardRead(
+                annotator_id=c.annotator_id,
+                name=c.name,
+                member=c.member,
+                excluded=c.exclusion is not None,
+                exclusion=ExclusionInfo(**asdict(c.exclusion)) if c.exclusion else None,
+                labels=c.labels,
+                speed=SpeedRead(**asdict(c.speed)),
+                gold_answered=c.gold_answered,
+                gold_correct=c.gold_correct,
+                gold_accuracy=c.gold_accuracy,
+                overlapped_labels=c.overlapped_labels,
+                agreement_with_consensus=c.agreement_with_consensus,
+                checked_labels=c.checked_labels,
+                checked_accuracy=c.checked_accuracy,
+                kappa=c.kappa,
+                estimated_accuracy=c.estimated_accuracy,
+                confusion=c.confusion,
+                flags=[FlagRead(**asdict(f)) for f in c.flags],
+            )
+            for c in cards.annotators
+        ],
+    )
+
+
+@router.post(
+    "/annotators/{user_id}/exclusion",
+    status_code=status.HTTP_201_CREATED,
+    summary="Leave an annotator's labels out of consensus, recorded and reversible (admin)",
+)
+def exclude(
+    project_id: ProjectId, user_id: UserId, body: ExclusionCreate, session: SessionDep, principal: CurrentUser
+) -> ExclusionChange:
+    project = get_project(session, principal=principal, project_id=project_id)
+    require_role(principal, Role.admin)
+    exclusion, summary = exclude_annotator(
+        session, project=project, annotator_id=user_id, reason=body.reason, by=principal
+    )
+    return ExclusionChange(exclusion=ExclusionRead.model_validate(exclusion), consensus=_summary(summary))
+
+
+@router.delete("/annotators/{user_id}/exclusion", summary="Count an excluded annotator's labels again (admin)")
+def include(project_id: ProjectId, user_id: UserId, session: SessionDep, principal: CurrentUser) -> ExclusionChange:
+    project = get_project(session, principal=principal, project_id=project_id)
+    require_role(principal, Role.admin)
+    exclusion, summary = revoke_exclusion(session, project=project, annotator_id=user_id, by=principal)
+    return ExclusionChange(exclusion=ExclusionRead.model_validate(exclusion), consensus=_summary(summary))
+
+
+@router.get("/exclusions", summary="Every exclusion of the project, revoked ones included (admin, engineer)")
+def exclusions(project_id: ProjectId, session: ReadSessionDep, principal: CurrentUser) -> list[ExclusionRead]:
+    get_project(session, principal=principal, project_id=project_id)
+    require_role(principal, Role.admin, Role.engineer)
+    return [ExclusionRead.model_validate(e) for e in list_exclusions(session, project_id=project_id)]
+
+
+@router.post("/consensus", summary="Refit Dawid-Skene consensus and rewrite every image's label (admin, engineer)")
+def consensus(project_id: ProjectId, session: SessionDep, principal: CurrentUser) -> ConsensusSummaryRead:
+    get_project(session, principal=principal, project_id=project_id)
+    require_role(principal, Role.admin, Role.engineer)
+    return _summary(update_project_consensus(session, project_id))
+
+
+@router.get(
+    "/consensus/weak",
+    summary="Images whose consensus stayed weak after automatic review; resolve one with PUT /gold (admin, engineer)",
+)
+def weak(
+    project_id: ProjectId, session: ReadSessionDep, principal: CurrentUser, after: After = None, limit: Limit = 100
+) -> WeakImagesPage:
+    project = get_project(session, principal=principal, project_id=project_id)
+    require_role(principal, Role.admin, Role.engineer)
+    items = weak_consensus(session, project=project, after=after, limit=limit)
+    return WeakImagesPage(
+        items=[
+            WeakImageRead(
+                image_id=image.id,
+                label=image.consensus_label,
+                posterior=image.consensus_posterior,
+                tie=image.consensus_tie,
+                label_count=image.label_count,
+                votes=votes,
+            )
+            for image, votes in items
+        ],
+        next_after=items[-1][0].id if len(items) == limit else None,
+    )
+
+
+@router.get("/label-issues", summary="Labels a cross-validated model finds likely wrong, worst first (admin, engineer)")
+def label_issues(
+    project_id: ProjectId,
+    session: ReadSessionDep,
+    principal: CurrentUser,
+    after_rank: Annotated[int | None, Query(ge=0, le=MAX_ID, description="Return issues ranked after this.")] = None,
+    limit: Limit = 100,
+) -> LabelIssuesPage:
+    get_project(session, principal=principal, project_id=project_id)
+    require_role(principal, Role.admin, Role.engineer)
+    items = list_issues(session, project_id=project_id, after_rank=after_rank, limit=limit)
+    return LabelIssuesPage(
+        items=[
+            LabelIssueRead(
+                rank=issue.rank,
+                image_id=issue.image_id,
+                given_label=issue.given_label,
+                suggested_label=issue.suggested_label,
+                score=issue.score,
+                current_label=current,
+                sent_for_review_at=issue.sent_for_review_at,
+                found_at=issue.created_at,
+            )
+            for issue, current in items
+        ],
+        next_after_rank=items[-1][0].rank if len(items) == limit else None,
+    )
+
+
+@router.post("/label-issues/relabel", summary="Send images to the review queue for a new label (admin, engineer)")
+def relabel(project_id: ProjectId, body: RelabelRequest, session: SessionDep, principal: CurrentUser) -> ReviewResult:
+    project = get_project(session, principal=principal, project_id=project_id)
+    require_role(principal, Role.admin, Role.engineer)
+    images = send_issues_for_relabel(session, project=project, image_ids=body.image_ids)
+    return ReviewResult(queued=[i.id for i in images if i.queue_tier is not None])
