@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from annotation.reports import human_reference
 from storage.errors import Conflict, NotFound
 from storage.models import DatasetSnapshot, ModelKind, ModelStatus, ModelVersion, utcnow
 
@@ -134,6 +135,8 @@ def model_card(session: Session, *, model: ModelVersion) -> dict[str, Any]:
         "parent_id": model.parent_id,
         "lineage": lineage,
         "metrics": model.metrics,
+        # The annotators' accuracy against consensus on the test images, beside the model's, now.
+        "human_reference": human_reference(session, model.project_id),
         "decision": model.decision,
         "artefacts": {"weights_sha256": model.weights_sha256, "onnx_sha256": model.onnx_sha256},
         "created_at": model.created_at.isoformat(),

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import func, select
 
+from annotation.consensus import update_project_consensus
 from flywheel.architectures import default_architecture, default_input_size
 from flywheel.artefacts import checkpoint_bytes, head_arrays, load_model
 from flywheel.datasets import dev_split, load_arrays
@@ -150,6 +151,7 @@ def _start(ctx: JobContext) -> int:
             return existing.id
         project = session.get_one(Project, ctx.project_id)
         settings = project_settings(project).training
+        update_project_consensus(session, project.id)  # Dawid-Skene over every label, then freeze
         snapshot = build_snapshot(session, ctx.blobs, project=project)
         _, items = load_items(ctx.blobs, snapshot)
         _check_trainable(items, settings)

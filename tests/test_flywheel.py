@@ -87,6 +87,8 @@ def test_a_training_job_snapshots_trains_evaluates_and_promotes_the_first_model(
     assert card["hyperparameters"]["epochs"] == 4 and card["seed"] == 0 and card["architecture"] == "small_cnn"
     assert card["artefacts"]["onnx_sha256"] and card["artefacts"]["weights_sha256"]
     assert metrics["onnx_max_difference"] <= 1e-4
+    # One annotator, no overlap: the human-level reference says why it has no figure.
+    assert card["human_reference"]["pooled_accuracy"] is None and card["human_reference"]["reason"]
 
 
 def test_same_snapshot_seed_and_settings_give_the_same_metrics(app, client, team, labeled):
