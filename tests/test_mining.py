@@ -6,6 +6,7 @@ model firmly contradicts go back to another annotator; schedules start jobs once
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 from datetime import timedelta
@@ -109,7 +110,7 @@ def test_a_mining_job_puts_the_least_confident_images_first_and_resumes_after_a_
     rest = [confidence[i] for i in train_pool if i not in result["first"]]
     # (onnxruntime and torch agree to 1e-4, hence the tolerance)
     assert served[0] == chosen[0] and confidence[served[0]] <= min(confidence[i] for i in train_pool) + 1e-4
-    assert all(confidence[a] <= confidence[b] + 1e-4 for a, b in zip(chosen, chosen[1:]))
+    assert all(confidence[a] <= confidence[b] + 1e-4 for a, b in itertools.pairwise(chosen))
     assert max(confidence[i] for i in chosen) <= min(rest) + 1e-4
 
     # A second pass with the same model scores nothing again and keeps the same order.
