@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 TERMINAL = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled})
 # Kinds a person may start through the API; the rest are started by the flywheel itself.
-SUBMITTABLE = (JobKind.train, JobKind.refresh, JobKind.embed, JobKind.label_quality)
+SUBMITTABLE = (JobKind.train, JobKind.refresh, JobKind.embed, JobKind.label_quality, JobKind.mine)
 
 
 class JobFailed(Exception):
@@ -62,12 +62,15 @@ class JobContext:
     fraction: float = 0.0
     message: str = "started"
     cancelled: threading.Event = field(default_factory=threading.Event)
+    on_progress: Callable[[float, str], None] | None = None  # e.g. a command's progress bar
 
     def progress(self, fraction: float, message: str | None = None) -> None:
         """Record progress (written by the heartbeat); also the point where a cancellation takes effect."""
         self.fraction = min(max(fraction, 0.0), 1.0)
         if message is not None:
             self.message = message[:500]
+        if self.on_progress is not None:
+            self.on_progress(self.fraction, self.message)
         self.check_cancelled()
 
     def check_cancelled(self) -> None:
@@ -78,7 +81,7 @@ class JobContext:
 Handler = Callable[[JobContext], dict[str, Any]]
 HANDLERS: dict[JobKind, Handler] = {}
 # Modules whose import registers handlers; they need torch, so they are imported only where jobs run.
-HANDLER_MODULES = ("flywheel.training_job", "flywheel.refresh", "flywheel.label_quality")
+HANDLER_MODULES = ("flywheel.training_job", "flywheel.refresh", "flywheel.label_quality", "flywheel.mining")
 
 
 def load_handlers() -> None:
@@ -109,8 +112,10 @@ def create_job(
     params: dict[str, Any] | None = None,
     created_by: int | None = None,
     delay_seconds: float = 0.0,
+    enqueue: bool = True,
 ) -> Job:
-    """Store a queued job and enqueue it once the transaction commits.
+    """Store a queued job and enqueue it once the transaction commits (with ``enqueue=False``, the caller runs
+    it itself, as ``labelwheel mine`` does; should that process die, a worker's recovery picks the job up).
 
     A ``train`` request while another training of the project is still queued returns that job:
     labels arriving during a training schedule one follow-up, not one per label.
@@ -134,7 +139,8 @@ def create_job(
     session.add(job)
     session.flush()
     job_id = job.id
-    after_commit(session, lambda: queues.run_job(job_id, kind, delay_seconds=delay_seconds))
+    if enqueue:
+        after_commit(session, lambda: queues.run_job(job_id, kind, delay_seconds=delay_seconds))
     return job
 
 
@@ -282,7 +288,15 @@ def run_claimed(claim: Claim, *, context: JobContext, worker: str, beat_seconds:
     return status
 
 
-def execute_job(db: Database, blobs: BlobStore, settings: Settings, queues: Queues, *, job_id: int) -> JobStatus | None:
+def execute_job(
+    db: Database,
+    blobs: BlobStore,
+    settings: Settings,
+    queues: Queues,
+    *,
+    job_id: int,
+    on_progress: Callable[[float, str], None] | None = None,
+) -> JobStatus | None:
     """Claim and run one job in this process; None when it was not ours to run (gone, taken, or waiting).
 
     After a training, the project's next queued training (the follow-up) is enqueued.
@@ -302,6 +316,7 @@ def execute_job(db: Database, blobs: BlobStore, settings: Settings, queues: Queu
         blobs=blobs,
         settings=settings,
         queues=queues,
+        on_progress=on_progress,
     )
     status = run_claimed(claim, context=context, worker=worker, beat_seconds=min(2.0, settings.job_stale_seconds / 5))
     logger.info("job %s (%s) %s", claim.job_id, claim.kind.value, status.value)

@@ -49,7 +49,7 @@ def ensure_embeddings(
 ) -> dict[int, np.ndarray]:
     """Embeddings of ``images`` (id, sha256) from ``backbone``: read from the cache, the missing ones computed
     and stored in batches."""
-    vectors = _cached(db, backbone.id, [image_id for image_id, _ in images])
+    vectors = cached_embeddings(db, backbone.id, [image_id for image_id, _ in images])
     missing = [(image_id, sha) for image_id, sha in images if image_id not in vectors]
     if missing:
         assert backbone.weights_sha256 is not None
@@ -67,7 +67,8 @@ def ensure_embeddings(
     return vectors
 
 
-def _cached(db: Database, model_id: int, image_ids: list[int]) -> dict[int, np.ndarray]:
+def cached_embeddings(db: Database, model_id: int, image_ids: list[int]) -> dict[int, np.ndarray]:
+    """The stored embeddings among ``image_ids`` from the backbone of ``model_id``, by image id."""
     found: dict[int, np.ndarray] = {}
     with db.read_session() as session:
         for start in range(0, len(image_ids), 900):  # under SQLite's bound-parameter limit

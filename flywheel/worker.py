@@ -19,6 +19,7 @@ from sqlalchemy import select
 
 from flywheel import jobs
 from flywheel.queue import LANES, Queues, get_queues
+from flywheel.schedules import run_due_schedules
 from storage.blobs import BlobStore, blob_store_from_settings
 from storage.db import Database
 from storage.models import Project
@@ -67,11 +68,13 @@ def check_project(project_id: int) -> None:
 
 
 def upkeep() -> None:
-    """Every minute: running jobs whose worker stopped go back to the queue, and every project's policy is
-    checked (labels that arrived by import, or a notice that was lost, still lead to training)."""
+    """Every minute: running jobs whose worker stopped go back to the queue, due schedules start their jobs,
+    and every project's policy is checked (labels that arrived by import, or a notice that was lost, still
+    lead to training)."""
     rt = runtime()
     for job_id, kind in jobs.reap_jobs(rt.db, stale_seconds=rt.settings.job_stale_seconds, include_queued=False):
         rt.queues.run_job(job_id, kind)
+    run_due_schedules(rt.db, rt.queues)
     with rt.db.read_session() as session:
         project_ids = list(session.scalars(select(Project.id)))
     for project_id in project_ids:
@@ -81,8 +84,9 @@ def upkeep() -> None:
 def run_lane(lane: str, *, recover: bool) -> None:
     """One lane's consumer, in its own process (huey installs its signal handlers here).
 
-    With ``recover``, first put back the jobs a dead worker left running, and enqueue queued jobs
-    again in case their message was lost (a second message for a job is harmless: claims are atomic).
+    With ``recover``, first put back the jobs a dead worker left running, enqueue queued jobs again in
+    case their message was lost (a second message for a job is harmless: claims are atomic), and start
+    the scheduled jobs that fell due while no worker ran (once each, however many slots were missed).
     """
     from service.observability import configure_logging
 
@@ -95,6 +99,7 @@ def run_lane(lane: str, *, recover: bool) -> None:
     if recover:
         for job_id, kind in jobs.reap_jobs(rt.db, stale_seconds=rt.settings.job_stale_seconds, include_queued=True):
             rt.queues.run_job(job_id, kind)
+        run_due_schedules(rt.db, rt.queues)
     logger.info("worker lane %s consuming %s", lane, rt.queues.url.split("@")[-1])
     rt.queues.consumer(lane).run()
 

@@ -12,7 +12,19 @@ from flywheel.queue import get_queues
 from service.deps import Runtime
 from service.errors import add_exception_handlers
 from service.observability import RequestContextMiddleware
-from service.routers import exports, health, images, jobs, labeling, models, projects, quality, users, webpage
+from service.routers import (
+    exports,
+    health,
+    images,
+    jobs,
+    labeling,
+    models,
+    projects,
+    quality,
+    schedules,
+    users,
+    webpage,
+)
 from storage.blobs import blob_store_from_settings
 from storage.db import Database
 from storage.migrate import upgrade
@@ -45,7 +57,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool | None = None)
     app.state.runtime = runtime
     add_exception_handlers(app)
     app.add_middleware(RequestContextMiddleware)
-    for module in (health, users, projects, images, labeling, quality, exports, jobs, models, webpage):
+    for module in (health, users, projects, images, labeling, quality, exports, jobs, schedules, models, webpage):
         app.include_router(module.router)
     return app
 

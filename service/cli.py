@@ -1,4 +1,5 @@
-"""The `labelwheel` command: serve, database upgrades, users, folder import, label export and Label Studio import."""
+"""The `labelwheel` command: serve, worker, mining, database upgrades, users, folder import, label export and
+Label Studio import."""
 
 from __future__ import annotations
 
@@ -99,7 +100,8 @@ def _start_job_worker():  # noqa: ANN202 - a subprocess.Popen
 @app.command()
 def worker(
     lane: Annotated[
-        str | None, typer.Option(help="Consume only this lane: fast (refreshes) or slow (training, embeddings).")
+        str | None,
+        typer.Option(help="Consume only this lane: fast (refreshes) or slow (training, embeddings, mining)."),
     ] = None,
     exit_with_parent: Annotated[bool, typer.Option(hidden=True, help="Stop when the parent process exits.")] = False,
 ) -> None:
@@ -119,6 +121,49 @@ def worker(
         f"labelwheel worker: queue {queue}, lanes {lane or ', '.join(LANES)}, {settings.train_threads} torch thread(s)"
     )
     raise typer.Exit(run_worker((lane,) if lane else LANES, with_parent=exit_with_parent))
+
+
+@app.command()
+def mine(project: Annotated[str, typer.Option(help="Project name.")]) -> None:
+    """Run one mining pass here and now (for cron or a Kubernetes CronJob): score, reorder the queue, relabel.
+
+    The pass is a `mine` job like any other (visible in GET /api/v1/jobs/{id}); should this process die, a
+    worker resumes it.
+    """
+    from flywheel.jobs import create_job, execute_job, get_job
+    from flywheel.queue import get_queues
+    from storage.blobs import blob_store_from_settings
+    from storage.models import JobKind, JobStatus
+
+    settings = _settings()
+    db = _database(settings)
+    project_id = _project_id(db, project)
+    queues = get_queues(settings.resolved_queue_url)
+    import torch
+
+    torch.set_num_threads(settings.train_threads)
+    with db.session() as session:
+        job_id = create_job(
+            session, project_id=project_id, kind=JobKind.mine, queues=queues, params={"trigger": "cli"}, enqueue=False
+        ).id
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"), console=console
+    ) as progress:
+        bar = progress.add_task("mining", total=1.0)
+        status = execute_job(
+            db,
+            blob_store_from_settings(settings),
+            settings,
+            queues,
+            job_id=job_id,
+            on_progress=lambda fraction, message: progress.update(bar, completed=fraction, description=message),
+        )
+    with db.read_session() as session:
+        job = get_job(session, job_id=job_id)
+    if status != JobStatus.succeeded:
+        console.print(f"[red]mining job {job_id} {job.status.value}: {job.error or job.message}[/red]")
+        raise typer.Exit(1)
+    typer.echo(f"job {job_id}: {job.message}")
 
 
 @db_app.command("upgrade")

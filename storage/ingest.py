@@ -113,8 +113,12 @@ def queue_placement(sha256: str, settings: dict) -> tuple[int, float]:
     mining replaces with real priorities later.
     """
     overlapped = int(sha256[16:24], 16) / 2**32 < settings.get("overlap_rate", 0.0)
-    priority = int(sha256[8:16], 16) / 2**32
-    return (settings.get("overlap_k", 1) if overlapped else 1), priority
+    return (settings.get("overlap_k", 1) if overlapped else 1), shuffled_priority(sha256)
+
+
+def shuffled_priority(sha256: str) -> float:
+    """A stable place in [0, 1) from hash bits: unmined images wait in a random but repeatable order."""
+    return int(sha256[8:16], 16) / 2**32
 
 
 def _reject(name: str, code: str, reason: str) -> IngestResult:

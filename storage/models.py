@@ -305,7 +305,10 @@ class LabelIssue(CreatedAt, Base):
 
 
 class Prediction(CreatedAt, Base):
-    """A model's answer for one image; the newest one is the pre-label annotators see."""
+    """A model's answer for one image; the newest one is the pre-label annotators see.
+
+    Mining stores one per (model, image) with the summary of its probabilities that the strategies rank by.
+    """
 
     __tablename__ = "predictions"
 
@@ -313,9 +316,17 @@ class Prediction(CreatedAt, Base):
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
     model_version: Mapped[str] = mapped_column(String(100))
     label: Mapped[str] = mapped_column(String(100))
-    confidence: Mapped[float] = mapped_column(Float)
+    confidence: Mapped[float] = mapped_column(Float)  # the top probability
+    # Set by mining (NULL for predictions from elsewhere): the model that scored the image, the top
+    # probability minus the second, and the entropy of the probabilities in nats.
+    model_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"))
+    margin: Mapped[float | None] = mapped_column(Float)
+    entropy: Mapped[float | None] = mapped_column(Float)
 
-    __table_args__ = (Index("ix_predictions_image_id_id", "image_id", "id"),)
+    __table_args__ = (
+        Index("ix_predictions_image_id_id", "image_id", "id"),
+        UniqueConstraint("model_id", "image_id", name="uq_predictions_model_id_image_id"),
+    )
 
 
 class JobStatus(enum.StrEnum):
@@ -437,3 +448,25 @@ class Embedding(Base):
     model_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"), primary_key=True)
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
     vector: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Schedule(CreatedAt, Base):
+    """A project's timetable for one kind of job: a cron expression (UTC) and when it is next due.
+
+    Only the next due time is kept, not the missed slots: a service that was down runs the job once.
+    """
+
+    __tablename__ = "schedules"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    kind: Mapped[JobKind] = mapped_column(_enum(JobKind, "job_kind"))
+    cron: Mapped[str] = mapped_column(String(100))
+    next_run_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_run_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+
+    __table_args__ = (
+        UniqueConstraint("project_id", "kind", name="uq_schedules_project_id_kind"),
+        Index("ix_schedules_next_run_at", "next_run_at"),
+    )

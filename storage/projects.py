@@ -63,6 +63,41 @@ class TrainingSettings(BaseModel):
     augmentation: AugmentationSettings = Field(default_factory=AugmentationSettings)
 
 
+# The active-learning strategies of flywheel/strategies.py (storage imports nothing of ours; a test keeps
+# the two lists equal). An unknown name is refused with this list in the message.
+MiningStrategy = Literal["random", "least_confidence", "margin", "entropy", "margin_kcenter"]
+
+
+class MiningSettings(BaseModel):
+    """What a mining pass puts at the front of the labeling queue, and which labels it sends back."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    strategy: MiningStrategy = Field(
+        default="margin_kcenter",
+        description="random, least_confidence, margin, entropy, or margin_kcenter (the most uncertain, spread "
+        "over the embeddings so a batch holds no near-duplicates).",
+    )
+    batch_size: int = Field(default=200, ge=1, le=10_000, description="Images a pass puts at the front of the queue.")
+    seed: int = Field(default=0, ge=0, le=2**31 - 1, description="For the random strategy and tie-breaking.")
+    relabel_confidence: float = Field(
+        default=0.6,
+        ge=0.5,
+        le=1,
+        description="A training label resting on one vote goes back for review when the model predicts another "
+        "label with at least this probability ...",
+    )
+    relabel_below: float = Field(
+        default=0.05, ge=0, le=0.5, description="... or gives the label itself at most this probability."
+    )
+    relabel_share: float = Field(
+        default=0.1,
+        ge=0,
+        le=1,
+        description="Relabel tasks waiting at once: at most this share of batch_size; 0 turns relabeling off.",
+    )
+
+
 class ProjectSettings(BaseModel):
     """Per-project settings; unknown keys are refused so a typo never passes silently."""
 
@@ -87,6 +122,7 @@ class ProjectSettings(BaseModel):
         default=5, ge=1, le=20, description="Automatic review stops asking for labels once an image needs this many."
     )
     training: TrainingSettings = Field(default_factory=TrainingSettings)
+    mining: MiningSettings = Field(default_factory=MiningSettings)
 
 
 def validate_labels(labels: list[str]) -> list[str]:

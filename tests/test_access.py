@@ -71,6 +71,8 @@ ROUTES: dict[tuple[str, str], tuple[set[str], dict]] = {
     ("POST", "/api/v1/projects/{project_id}/jobs"): ({ADMIN, ENGINEER}, {"json": {"kind": "train"}}),
     ("GET", "/api/v1/projects/{project_id}/jobs"): ({ADMIN, ENGINEER}, {}),
     ("GET", "/api/v1/jobs/{job_id}"): ({ADMIN, ENGINEER}, {}),
+    ("GET", "/api/v1/projects/{project_id}/schedules"): ({ADMIN, ENGINEER}, {}),
+    ("PUT", "/api/v1/projects/{project_id}/schedules"): ({ADMIN, ENGINEER}, {"json": {"mine": "0 * * * *"}}),
     ("DELETE", "/api/v1/jobs/{job_id}"): ({ADMIN, ENGINEER}, {}),
     ("GET", "/api/v1/projects/{project_id}/models"): ({ADMIN, ENGINEER}, {}),
     ("GET", "/api/v1/projects/{project_id}/models/champion"): ({ADMIN, ENGINEER}, {}),

@@ -228,3 +228,55 @@ def test_stopping_serve_stops_its_worker_and_lanes(env, tmp_path):
         lanes = wait_for(lambda: worker.children(), timeout=60, what="the lane processes")
     gone, alive = psutil.wait_procs([worker, *lanes], timeout=30)
     assert not alive, f"still running after serve stopped: {alive}"
+
+
+@pytest.mark.parametrize(
+    ("database_url", "queue"), [("sqlite", "sqlite"), ("postgres", "redis")], indirect=["database_url"]
+)
+def test_a_schedule_missed_while_no_worker_ran_starts_its_job_once_when_one_starts(env, tmp_path, request, queue):
+    """On SQLite's queue and on Redis alike; on the embedded default's queue, then huey's minute tick keeps the
+    timetable."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from storage.db import Database
+    from storage.models import Schedule, utcnow
+
+    env = {**env, "LABELWHEEL_EMBEDDED_WORKER": "false"}
+    if queue == "redis":
+        env["LABELWHEEL_QUEUE_URL"] = request.getfixturevalue("redis_url")
+    with running_server(env, tmp_path / "server.log") as (_, base), httpx.Client(base_url=base, timeout=30) as client:
+        admin, engineer, annotator = team(client)
+        project, _ = digit_project(client, admin, engineer, annotator, count=10)
+        url = f"/api/v1/projects/{project['id']}/schedules"
+        assert client.put(url, json={"mine": "0 4 * * *"}, headers=engineer.headers).status_code == 200
+        db = Database(env["LABELWHEEL_DATABASE_URL"])
+
+        def due(ago: timedelta) -> None:
+            with db.session() as session:
+                session.execute(update(Schedule).values(next_run_at=utcnow() - ago))
+
+        due(timedelta(days=3))  # the service was down for three days: three daily slots missed
+
+        def mine_jobs():
+            jobs = client.get(f"/api/v1/projects/{project['id']}/jobs", headers=engineer.headers).json()
+            return [j for j in jobs if j["kind"] == "mine"]
+
+        worker = start_worker(env)
+        try:
+            (done,) = wait_for(
+                lambda: [j for j in mine_jobs() if j["status"] in ("succeeded", "failed")],
+                timeout=90,
+                what="the scheduled mining job",
+            )
+            assert done["params"]["trigger"] == "schedule" and len(mine_jobs()) == 1
+            assert done["status"] == "failed" and "no model yet" in done["error"]  # run by the worker
+            (schedule,) = client.get(url, headers=engineer.headers).json()
+            assert schedule["last_job_id"] == done["id"] and schedule["next_run_at"][11:16] == "04:00"
+            if queue == "sqlite":
+                due(timedelta(0))
+                wait_for(lambda: len(mine_jobs()) == 2, timeout=90, what="the minute tick's mining job")
+        finally:
+            stop_worker(worker)
+            db.dispose()

@@ -19,7 +19,7 @@ JobId = Annotated[int, Path(ge=1, le=MAX_ID)]
 @router.post(
     "/projects/{project_id}/jobs",
     status_code=status.HTTP_201_CREATED,
-    summary="Start a job: train, refresh or embed (admin, engineer); a queued training is returned, not doubled",
+    summary="Start a job: train, refresh, embed or mine (admin, engineer); a queued training is returned, not doubled",
 )
 def create(
     project_id: ProjectId, body: JobCreate, session: SessionDep, principal: CurrentUser, runtime: RuntimeDep

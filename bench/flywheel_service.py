@@ -13,7 +13,8 @@ process ``serve`` starts); labels are submitted by annotators through next-task 
   the digits) for ``--window`` seconds with no training, then for as long again while a training
   runs; submit p99 during / idle p99 (target: <= 2).
 
-Run ``.venv/bin/python bench/flywheel.py`` (``--seeds N``, ``--window S``).
+Run ``./dev bench flywheel_service`` (``--seeds N``, ``--window S``). (Not ``bench/flywheel.py``: a script
+there would hide the ``flywheel`` package from every benchmark, as Python puts ``bench/`` first on the path.)
 """
 
 from __future__ import annotations
