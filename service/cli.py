@@ -130,6 +130,8 @@ def mine(project: Annotated[str, typer.Option(help="Project name.")]) -> None:
     The pass is a `mine` job like any other (visible in GET /api/v1/jobs/{id}); should this process die, a
     worker resumes it.
     """
+    import torch
+
     from flywheel.jobs import create_job, execute_job, get_job
     from flywheel.queue import get_queues
     from storage.blobs import blob_store_from_settings
@@ -139,15 +141,17 @@ def mine(project: Annotated[str, typer.Option(help="Project name.")]) -> None:
     db = _database(settings)
     project_id = _project_id(db, project)
     queues = get_queues(settings.resolved_queue_url)
-    import torch
-
     torch.set_num_threads(settings.train_threads)
     with db.session() as session:
         job_id = create_job(
             session, project_id=project_id, kind=JobKind.mine, queues=queues, params={"trigger": "cli"}, enqueue=False
         ).id
     with Progress(
-        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"), console=console
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeRemainingColumn(),
+        console=console,
     ) as progress:
         bar = progress.add_task("mining", total=1.0)
         status = execute_job(
