@@ -28,6 +28,7 @@ from flywheel.datasets import DEV_SHARE, dev_split, load_arrays
 from flywheel.jobs import JobContext, JobFailed, handler
 from flywheel.snapshots import build_snapshot, load_items
 from flywheel.training import TrainConfig, predict_proba, train
+from flywheel.training_job import train_config
 from storage.blobs import BlobStore
 from storage.db import Database
 from storage.errors import InvalidInput
@@ -49,22 +50,9 @@ def default_epochs(images: int, *, folds: int, batch_size: int) -> int:
 
 
 def cv_config(training: TrainingSettings, *, architecture: str, epochs: int, threads: int) -> TrainConfig:
-    """The project's training recipe, with the epochs cross-validation needs."""
-    augment = training.augmentation
-    return TrainConfig(
-        architecture=architecture,
-        epochs=epochs,
-        patience=training.patience,
-        batch_size=training.batch_size,
-        learning_rate=training.learning_rate,
-        seed=training.seed,
-        threads=threads,
-        augment=augment.enabled,
-        hflip=augment.hflip,
-        rotate_degrees=augment.rotate_degrees,
-        scale=augment.scale,
-        translate=augment.translate,
-        brightness_contrast=augment.brightness_contrast,
+    """The project's training recipe, with the epochs cross-validation needs (and random init)."""
+    return replace(
+        train_config(training, architecture=architecture, threads=threads), epochs=epochs, pretrained_weights=None
     )
 
 

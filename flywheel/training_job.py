@@ -157,7 +157,7 @@ def _start(ctx: JobContext) -> int:
         _check_trainable(items, settings)
         architecture = settings.architecture or _default_architecture(session, items)
         current = champion(session, project_id=project.id)
-        config = _config(settings, architecture, ctx.settings.train_threads)
+        config = train_config(settings, architecture=architecture, threads=ctx.settings.train_threads)
         model = ModelVersion(
             project_id=project.id,
             job_id=ctx.job_id,
@@ -177,7 +177,8 @@ def _start(ctx: JobContext) -> int:
         return model.id
 
 
-def _config(settings: TrainingSettings, architecture: str, threads: int) -> TrainConfig:
+def train_config(settings: TrainingSettings, *, architecture: str, threads: int) -> TrainConfig:
+    """The project's training recipe as the training core's config."""
     augment = settings.augmentation
     return TrainConfig(
         architecture=architecture,
