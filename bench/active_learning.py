@@ -13,13 +13,14 @@ every strategy against random, over ``--seeds`` seeds. Each round:
 
 Training, kept affordable on 2 shared cores: the service's ``TrainConfig`` with ``--epochs`` (15)
 epochs, batch 32, 16 px input (``training.input_size``; the digits are 8 px), the service's default
-augmentation, one torch thread, no dev split (the last epoch is kept).
+augmentation and ``min_epoch_images`` (so 100 labels get as many optimizer steps per epoch as 1,024), one
+torch thread, no dev split (the last epoch is kept). Campaigns run ``--jobs`` at a time in worker processes.
 
 Prints accuracy against labels, the labels each strategy needs to reach 99% of the accuracy of the
 same model trained on the whole pool (on the curve averaged over seeds), the saving against random,
 and the worst gap to random after the first 100 labels; saves the learning curves to
 ``bench/out/active_learning.png``. Run ``./dev bench active_learning`` (``--seeds``, ``--labels``,
-``--epochs``, ``--strategies``).
+``--epochs``, ``--strategies``, ``--jobs``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import argparse
 import os
 import platform
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -97,6 +99,28 @@ class Campaign:
         return curve
 
 
+_campaign: Campaign | None = None
+
+
+def start_worker(epochs: int) -> None:
+    """Each worker process loads the digits once and trains on one torch thread."""
+    global _campaign
+    torch.set_num_threads(1)
+    _campaign = Campaign(*load(), epochs=epochs)
+
+
+def whole_pool(seed: int) -> float:
+    assert _campaign is not None
+    return _campaign.fit(_campaign.pool, seed=seed)[0]
+
+
+def campaign(name: str, seed: int, budget: int) -> tuple[dict[int, float], float]:
+    assert _campaign is not None
+    started = time.perf_counter()
+    curve = dict(_campaign.run(name, seed, budget))
+    return curve, time.perf_counter() - started
+
+
 def first_reaching(curve: dict[int, float], level: float) -> int | None:
     return next((n for n, accuracy in sorted(curve.items()) if accuracy >= level), None)
 
@@ -107,36 +131,39 @@ def main() -> None:
     parser.add_argument("--labels", type=int, default=700, help="Labels each campaign goes up to.")
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--strategies", default=",".join(STRATEGIES), help="Comma-separated; random always runs.")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="Campaigns run at a time.")
     args = parser.parse_args()
     names = ["random", *[s for s in args.strategies.split(",") if s and s != "random"]]
     default = MiningSettings().strategy
-    torch.set_num_threads(1)
-    images, labels, pool, test = load()
-    campaign = Campaign(images, labels, pool, test, args.epochs)
     print(
-        f"machine: {platform.machine()}, {os.cpu_count()} cores; pool {len(pool)}, test {len(test)} (stratified); "
-        f"start {START}, batches of {BATCH}, up to {args.labels} labels; small CNN from scratch each round, "
-        f"{args.epochs} epochs, {INPUT_SIZE} px; seeds {args.seeds}; service default strategy: {default}"
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, {args.jobs} campaigns at a time (1 torch thread "
+        f"each); pool {len(load()[2])}, test {TEST_SIZE} (stratified); start {START}, batches of {BATCH}, up to "
+        f"{args.labels} labels; small CNN from scratch each round, {args.epochs} epochs (each at least "
+        f"{TrainConfig().min_epoch_images} images), {INPUT_SIZE} px; seeds {args.seeds}; service default "
+        f"strategy: {default}",
+        flush=True,
     )
+    with ProcessPoolExecutor(args.jobs, initializer=start_worker, initargs=(args.epochs,)) as executor:
+        full = list(executor.map(whole_pool, range(args.seeds)))
+        for seed, accuracy in enumerate(full):
+            print(f"whole pool, seed {seed}: test accuracy {accuracy:.3f}", flush=True)
+        level = LEVEL * float(np.mean(full))
+        print(f"whole pool, mean: {np.mean(full):.3f}; {LEVEL:.0%} of it: {level:.3f}", flush=True)
 
-    full = []
-    for seed in range(args.seeds):
-        accuracy, _ = campaign.fit(pool, seed=seed)
-        full.append(accuracy)
-        print(f"whole pool ({len(pool)} labels), seed {seed}: test accuracy {accuracy:.3f}", flush=True)
-    level = LEVEL * float(np.mean(full))
-    print(f"whole pool, mean: {np.mean(full):.3f}; {LEVEL:.0%} of it: {level:.3f}")
-
-    curves: dict[str, list[dict[int, float]]] = {name: [] for name in names}
-    for seed in range(args.seeds):
-        for name in names:
-            started = time.perf_counter()
-            curve = dict(campaign.run(name, seed, args.labels))
+        runs = {
+            executor.submit(campaign, name, seed, args.labels): (name, seed)
+            for seed in range(args.seeds)
+            for name in names
+        }
+        curves: dict[str, list[dict[int, float]]] = {name: [] for name in names}
+        for done in as_completed(runs):
+            name, seed = runs[done]
+            curve, seconds = done.result()
             curves[name].append(curve)
             reached = first_reaching(curve, level)
             print(
                 f"seed {seed} {name:>16}: reaches {level:.3f} at {reached or f'> {args.labels}'} labels, "
-                f"{time.perf_counter() - started:.0f} s",
+                f"{seconds:.0f} s",
                 flush=True,
             )
 

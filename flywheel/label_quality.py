@@ -50,9 +50,13 @@ def default_epochs(images: int, *, folds: int, batch_size: int) -> int:
 
 
 def cv_config(training: TrainingSettings, *, architecture: str, epochs: int, threads: int) -> TrainConfig:
-    """The project's training recipe, with the epochs cross-validation needs (and random init)."""
+    """The project's training recipe, with the epochs cross-validation needs (they already set its steps) and
+    random init."""
     return replace(
-        train_config(training, architecture=architecture, threads=threads), epochs=epochs, pretrained_weights=None
+        train_config(training, architecture=architecture, threads=threads),
+        epochs=epochs,
+        min_epoch_images=0,
+        pretrained_weights=None,
     )
 
 

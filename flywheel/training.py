@@ -28,6 +28,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     seed: int = 0
     patience: int = 8  # epochs without a better dev accuracy before stopping early
+    min_epoch_images: int = 1024  # a smaller training set repeats within an epoch, so it still gets enough steps
     threads: int = 1  # torch's share of the CPU, so the API stays responsive
     augment: bool = True
     hflip: bool | None = None  # None: by image size
@@ -68,6 +69,17 @@ def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
     return torch.tensor(weights, dtype=torch.float32)
 
 
+def epoch_order(size: int, min_images: int, rng: np.random.Generator) -> np.ndarray:
+    """Positions for one epoch: whole shuffled passes over ``size`` images until at least ``min_images``.
+
+    A fixed number of epochs over 100 labels is a few dozen optimizer steps, far too few (the active-learning
+    benchmark's early rounds were undertrained); repeating the set, each pass in a fresh order and with fresh
+    augmentation, keeps the steps per epoch up while labels are few.
+    """
+    passes = max(1, -(-min_images // max(size, 1)))
+    return np.concatenate([rng.permutation(size) for _ in range(passes)])
+
+
 def train_one_epoch(
     model: nn.Module,
     images: np.ndarray,
@@ -93,7 +105,7 @@ def train_one_epoch(
         else None
     )
     device = next(model.parameters()).device
-    order = rng.permutation(len(images))
+    order = epoch_order(len(images), config.min_epoch_images, rng)
     total = 0.0
     for start in range(0, len(order), config.batch_size):
         batch = order[start : start + config.batch_size]

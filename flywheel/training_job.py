@@ -19,7 +19,7 @@ from flywheel.artefacts import checkpoint_bytes, head_arrays, load_model
 from flywheel.datasets import dev_split, load_arrays
 from flywheel.evaluation import decide_promotion, evaluate
 from flywheel.heads import head_bytes
-from flywheel.jobs import JobContext, JobFailed, create_job, handler
+from flywheel.jobs import JobContext, JobFailed, handler, start_champion_jobs
 from flywheel.onnx_export import ONNX_TOLERANCE, export_onnx, max_difference
 from flywheel.registry import champion, promote
 from flywheel.snapshots import Item, build_snapshot, load_items
@@ -134,7 +134,7 @@ def _train(ctx: JobContext, model_id: int) -> dict[str, Any]:
         compared_with = current.id if current else None
         if decision["promote"] and (still_current.id if still_current else None) == compared_with:
             promote(session, model=model, by_user=None, reason=decision["reason"])
-            create_job(session, project_id=ctx.project_id, kind=JobKind.embed, queues=ctx.queues)
+            start_champion_jobs(session, project_id=ctx.project_id, queues=ctx.queues)
         elif decision["promote"]:
             model.decision = {**decision, "promote": False, "reason": "the champion changed during training"}
         session.flush()
@@ -187,6 +187,7 @@ def train_config(settings: TrainingSettings, *, architecture: str, threads: int)
         learning_rate=settings.learning_rate,
         seed=settings.seed,
         patience=settings.patience,
+        min_epoch_images=settings.min_epoch_images,
         threads=threads,
         augment=augment.enabled,
         hflip=augment.hflip,

@@ -57,6 +57,13 @@ class TrainingSettings(BaseModel):
     )
     epochs: int = Field(default=20, ge=1, le=1000)
     patience: int = Field(default=8, ge=1, le=1000)
+    min_epoch_images: int = Field(
+        default=1024,
+        ge=0,
+        le=1_000_000,
+        description="Each epoch shows at least this many images: a small labeled set repeats (in fresh orders "
+        "and augmentations), so a few hundred labels still get enough optimizer steps. 0: one pass per epoch.",
+    )
     batch_size: int = Field(default=64, ge=1, le=4096)
     learning_rate: float = Field(default=3e-3, gt=0, le=1)
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
@@ -79,6 +86,9 @@ class MiningSettings(BaseModel):
         "over the embeddings so a batch holds no near-duplicates).",
     )
     batch_size: int = Field(default=200, ge=1, le=10_000, description="Images a pass puts at the front of the queue.")
+    after_promotion: bool = Field(
+        default=True, description="Run a mining pass with every new champion (schedules can add more passes)."
+    )
     seed: int = Field(default=0, ge=0, le=2**31 - 1, description="For the random strategy and tie-breaking.")
     relabel_confidence: float = Field(
         default=0.6,

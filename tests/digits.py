@@ -14,7 +14,15 @@ from tests.conftest import Account, make_project
 
 DIGIT_LABELS = [str(d) for d in range(10)]
 # Quick trainings for tests: a few epochs, a refresh on every label, training after 40 labels.
-FAST_TRAINING = {"epochs": 4, "patience": 4, "min_new_labels": 40, "min_labels": 10, "debounce_seconds": 0}
+# One pass over the labels per epoch (the default repeats small sets, for accuracy, at a cost in time).
+FAST_TRAINING = {
+    "epochs": 4,
+    "patience": 4,
+    "min_epoch_images": 0,
+    "min_new_labels": 40,
+    "min_labels": 10,
+    "debounce_seconds": 0,
+}
 
 
 @functools.cache

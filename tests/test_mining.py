@@ -119,6 +119,29 @@ def test_a_mining_job_puts_the_least_confident_images_first_and_resumes_after_a_
     assert job(client, engineer, again["id"])["result"]["scored"] == 0
 
 
+def test_a_new_champion_sets_off_a_mining_pass_unless_the_project_turns_it_off(app, client, admin, team):
+    engineer, annotator, _ = team
+    project, truth = digit_project(client, admin, engineer, annotator, count=200, training=TRAINING)
+    label_digits(client, project, annotator, truth, 100)
+    champion = train_once(app, client, engineer, project)["result"]["model_id"]
+    queued = client.get(f"/api/v1/projects/{project['id']}/jobs", headers=engineer.headers).json()
+    follow_ups = sorted((j["id"], j["kind"], j["params"]) for j in queued if j["status"] == "queued")
+    (embed_id, *_), (mine_id, *_) = follow_ups  # the embeddings first, as the slow lane runs them
+    assert [kind for _, kind, _ in follow_ups] == ["embed", "mine"]
+    assert follow_ups[1][2] == {"trigger": "promotion"}
+    assert run(app, embed_id).value == "succeeded" and run(app, mine_id).value == "succeeded"
+    mined = job(client, engineer, mine_id)["result"]
+    assert mined["model_id"] == champion and mined["chosen"] > 0
+    task = client.get(f"/api/v1/projects/{project['id']}/tasks/next", headers=annotator.headers).json()
+    assert task["image_id"] == mined["first"][0]
+
+    settle(client, admin, project, after_promotion=False)
+    promoted = client.post(f"/api/v1/models/{champion}/promote", json={"reason": "again"}, headers=engineer.headers)
+    assert promoted.status_code == 200, promoted.text
+    queued = client.get(f"/api/v1/projects/{project['id']}/jobs", headers=engineer.headers).json()
+    assert [j["kind"] for j in queued if j["status"] == "queued"] == ["embed"]
+
+
 def labeled_ids(client, account, project) -> set[int]:
     page = client.get(f"/api/v1/projects/{project['id']}/labels?limit=1000", headers=account.headers).json()
     return {item["image_id"] for item in page["items"]}

@@ -9,11 +9,12 @@ from PIL import Image
 from scipy.stats import binomtest
 from sklearn.datasets import load_digits
 from sklearn.metrics import accuracy_score, f1_score
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from flywheel.architectures import build_model, default_architecture
 from flywheel.evaluation import decide_promotion, evaluate
 from flywheel.preprocess import to_array
-from flywheel.training import TrainConfig, predict_proba, train
+from flywheel.training import TrainConfig, epoch_order, predict_proba, train
 
 LABELS = [str(d) for d in range(10)]
 
@@ -54,6 +55,34 @@ def test_same_data_config_and_seed_give_the_same_model(digits):
     for a, b in zip(first.model.state_dict().values(), second.model.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     assert fit(digits, epochs=2, seed=1).history != first.history
+
+
+def test_an_epoch_repeats_a_small_training_set_in_fresh_orders():
+    order = epoch_order(100, 320, np.random.default_rng(0))
+    passes = order.reshape(4, 100)  # 320 images need four whole passes over 100
+    assert all(sorted(p) == list(range(100)) for p in passes)
+    assert len({tuple(p) for p in passes}) == 4
+    assert len(epoch_order(500, 320, np.random.default_rng(0))) == 500  # a larger set: one pass
+    assert len(epoch_order(100, 0, np.random.default_rng(0))) == 100
+
+
+def test_a_small_training_set_gets_min_epoch_images_worth_of_steps(digits):
+    images, labels = digits["train"]
+    steps = []
+    hook = register_optimizer_step_post_hook(lambda *_: steps.append(1))
+    try:
+        for min_images in (320, 0):
+            train(
+                TrainConfig(epochs=2, batch_size=32, min_epoch_images=min_images),
+                train_images=images[:100],
+                train_labels=labels[:100],
+                dev_images=images[:0],
+                dev_labels=labels[:0],
+                num_classes=10,
+            )
+    finally:
+        hook.remove()
+    assert len(steps) == 2 * 13 + 2 * 4  # 400 images a epoch in batches of 32, then 100
 
 
 def test_training_needs_two_classes(digits):

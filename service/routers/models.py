@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy.orm import Session
 
 from flywheel.inference import model_version
-from flywheel.jobs import create_job
+from flywheel.jobs import start_champion_jobs
 from flywheel.registry import champion, get_model, list_models, model_card, newer_refresh, promote
 from service.deps import CurrentUser, ReadSessionDep, RuntimeDep, SessionDep
 from service.schemas.common import ERROR_RESPONSES, MAX_ID, ProjectId
@@ -22,7 +22,7 @@ from service.schemas.models import (
 from storage.db import after_commit
 from storage.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
 from storage.imagecheck import ImageRejected, decode_image
-from storage.models import JobKind, ModelStatus, ModelVersion, Role
+from storage.models import ModelStatus, ModelVersion, Role
 from storage.projects import get_project, require_role
 from storage.users import Principal
 
@@ -113,8 +113,8 @@ def promote_(
 ) -> ModelCard:
     model = _visible_model(session, principal, model_id)
     promoted = promote(session, model=model, by_user=principal.id, reason=(body or PromoteRequest()).reason)
-    # The new champion's embeddings (cached ones are kept), then a refresh on top of it.
-    create_job(session, project_id=promoted.project_id, kind=JobKind.embed, queues=runtime.queues)
+    # The new champion's embeddings (cached ones are kept) and mining pass, then a refresh on top of it.
+    start_champion_jobs(session, project_id=promoted.project_id, queues=runtime.queues)
     after_commit(session, lambda: runtime.notifier.labels_changed(promoted.project_id))
     return model_card(session, model=promoted)
 
