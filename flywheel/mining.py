@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 from PIL import Image as PILImage
 from sqlalchemy import ColumnElement, Select, and_, func, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from annotation.curation import send_for_review
@@ -32,7 +31,7 @@ from flywheel.refresh import cached_embeddings
 from flywheel.registry import serving_model
 from flywheel.strategies import Pool, RandomSampling, get_strategy, shortlist, summarize
 from storage.blobs import BlobStore
-from storage.db import Database
+from storage.db import Database, insert_new
 from storage.errors import NotFound
 from storage.ingest import shuffled_priority
 from storage.models import Embedding, Image, JobKind, ModelKind, ModelVersion, Prediction, Project, QueueTier, Split
@@ -194,12 +193,12 @@ def _store(
     predicted = probabilities.argmax(axis=1).tolist()
     with db.session() as session:
         if new_ids:
-            _insert_new(
+            insert_new(
                 session,
                 Embedding,
                 [{"model_id": backbone_id, "image_id": i, "vector": vectors[i].tobytes()} for i in new_ids],
             )
-        _insert_new(
+        insert_new(
             session,
             Prediction,
             [
@@ -215,12 +214,6 @@ def _store(
                 for k, image_id in enumerate(ids)
             ],
         )
-
-
-def _insert_new(session: Session, table: type[Embedding] | type[Prediction], rows: list[dict[str, Any]]) -> None:
-    """Insert rows, leaving any that another job stored meanwhile (same key) as they are."""
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    session.execute(dialect.insert(table).on_conflict_do_nothing(), rows)
 
 
 def _scored_chunks(db: Database, *, project_id: int, model_id: int, split: Split) -> Iterator[Pool]:

@@ -21,7 +21,7 @@ from flywheel.onnx_export import ONNX_TOLERANCE, export_onnx, max_difference
 from flywheel.registry import champion, newer_refresh
 from flywheel.snapshots import build_snapshot, load_items
 from storage.blobs import BlobStore
-from storage.db import Database
+from storage.db import Database, insert_new
 from storage.models import (
     Annotation,
     Embedding,
@@ -36,6 +36,7 @@ from storage.models import (
 )
 
 EMBED_BATCH = 256
+EMBED_CHUNK = 5000
 ABSENT_CLASS_BIAS = -30.0  # a class with no label yet gets a probability of about e^-30
 
 
@@ -58,10 +59,13 @@ def ensure_embeddings(
         batch = missing[start : start + EMBED_BATCH]
         arrays = load_arrays(blobs, [sha for _, sha in batch], size=backbone.input_size)
         embeddings, _ = embed_and_predict(network, arrays)
+        rows = [
+            {"model_id": backbone.id, "image_id": image_id, "vector": vector.tobytes()}
+            for (image_id, _), vector in zip(batch, embeddings, strict=True)
+        ]
         with db.session() as session:
-            for (image_id, _), vector in zip(batch, embeddings, strict=True):
-                session.merge(Embedding(model_id=backbone.id, image_id=image_id, vector=vector.tobytes()))
-                vectors[image_id] = vector
+            insert_new(session, Embedding, rows)
+        vectors.update((image_id, vector) for (image_id, _), vector in zip(batch, embeddings, strict=True))
         if on_progress:
             on_progress(len(images) - len(missing) + start + len(batch), len(images))
     return vectors
@@ -94,13 +98,16 @@ def run_embedding(ctx: JobContext) -> dict[str, Any]:
                 select(Image.id, Image.sha256).where(Image.project_id == ctx.project_id).order_by(Image.id)
             )
         ]
-    ensure_embeddings(
-        ctx.db,
-        ctx.blobs,
-        best,
-        images,  # type: ignore[arg-type]
-        on_progress=lambda done, total: ctx.progress(done / total, f"embedded {done}/{total} images"),
-    )
+    for start in range(0, len(images), EMBED_CHUNK):  # a chunk's vectors at a time in memory, not the pool's
+        ensure_embeddings(
+            ctx.db,
+            ctx.blobs,
+            best,
+            images[start : start + EMBED_CHUNK],  # type: ignore[arg-type]
+            on_progress=lambda done, _, start=start: ctx.progress(
+                (start + done) / len(images), f"embedded {start + done}/{len(images)} images"
+            ),
+        )
     return {"model_id": best.id, "images": len(images), "message": f"{len(images)} embeddings from model {best.id}"}
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, make_url, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 logger = logging.getLogger(__name__)
@@ -144,3 +145,10 @@ def after_commit(session: Session, action: Callable[[], None]) -> None:
     if AFTER_COMMIT not in session.info:
         raise RuntimeError("after_commit needs a session from Database.session()")
     session.info[AFTER_COMMIT].append(action)
+
+
+def insert_new(session: Session, table: type[Any], rows: list[dict[str, Any]]) -> None:
+    """Insert rows in one statement, leaving any that another job stored meanwhile (same key) as they are."""
+    if rows:
+        dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+        session.execute(dialect.insert(table).on_conflict_do_nothing(), rows)
