@@ -12,7 +12,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,8 +112,8 @@ def score_pool(
 ) -> Scoring:
     """Store the serving model's prediction for every image mining looks at that it has not scored yet.
 
-    Batches are read and decoded in a background thread while the previous one goes through the
-    network. An image whose file is missing or unreadable is skipped and reported.
+    Batches are read and decoded in one background thread and stored in another while the network works
+    on the batch between them. An image whose file is missing or unreadable is skipped and reported.
     """
     model, backbone = serving.model, serving.backbone
     assert backbone.weights_sha256 is not None and model.head_sha256 is not None
@@ -142,8 +142,21 @@ def score_pool(
                     unreadable[image_id] = f"its file cannot be decoded: {exc}"
         return _Batch([image_id for image_id, _ in rows], cached, decoded, unreadable)
 
-    with ThreadPoolExecutor(1, thread_name_prefix="mining-reader") as reader:
+    def stored(batch: _Batch, write: Future[int]) -> None:
+        outcome.scored += write.result()
+        outcome.missing_count += len(batch.unreadable)
+        room = MISSING_SHOWN - len(outcome.missing)
+        outcome.missing += [{"image_id": i, "reason": why} for i, why in list(batch.unreadable.items())[:room]]
+        if on_progress:
+            on_progress(outcome.scored + outcome.missing_count, total)
+
+    # Three stages overlap: reading and decoding the next batch, the network on this one, storing the last.
+    with (
+        ThreadPoolExecutor(1, thread_name_prefix="mining-reader") as reader,
+        ThreadPoolExecutor(1, thread_name_prefix="mining-writer") as writer,
+    ):
         upcoming = reader.submit(read, 0)
+        writing: tuple[_Batch, Future[int]] | None = None
         while (batch := upcoming.result()) is not None:
             upcoming = reader.submit(read, batch.ids[-1])
             new_ids = list(batch.decoded)
@@ -152,24 +165,23 @@ def score_pool(
                 embeddings, _ = embed_and_predict(network, np.stack([batch.decoded[i] for i in new_ids]))
                 vectors.update(zip(new_ids, embeddings, strict=True))
             ids = [image_id for image_id in batch.ids if image_id in vectors]
-            if ids:
-                probabilities = head_probabilities(np.stack([vectors[i] for i in ids]), weight, bias)
-                _store(
-                    db,
-                    backbone_id=backbone.id,
-                    model=model,
-                    version=version,
-                    ids=ids,
-                    new_ids=new_ids,
-                    vectors=vectors,
-                    probabilities=probabilities,
-                )
-            outcome.scored += len(ids)
-            outcome.missing_count += len(batch.unreadable)
-            room = MISSING_SHOWN - len(outcome.missing)
-            outcome.missing += [{"image_id": i, "reason": why} for i, why in list(batch.unreadable.items())[:room]]
-            if on_progress:
-                on_progress(outcome.scored + outcome.missing_count, total)
+            probabilities = head_probabilities(np.stack([vectors[i] for i in ids]), weight, bias) if ids else None
+            write = writer.submit(
+                _store,
+                db,
+                backbone_id=backbone.id,
+                model=model,
+                version=version,
+                ids=ids,
+                new_ids=new_ids,
+                vectors=vectors,
+                probabilities=probabilities,
+            )
+            if writing is not None:
+                stored(*writing)  # at most one batch waits to be written: memory stays bounded
+            writing = (batch, write)
+        if writing is not None:
+            stored(*writing)
     return outcome
 
 
@@ -187,8 +199,11 @@ def _store(
     ids: list[int],
     new_ids: list[int],
     vectors: dict[int, np.ndarray],
-    probabilities: np.ndarray,
-) -> None:
+    probabilities: np.ndarray | None,
+) -> int:
+    """Store one batch's new embeddings and its predictions; how many images were scored."""
+    if probabilities is None:
+        return 0
     confidence, margin, entropy = (a.tolist() for a in summarize(probabilities))
     predicted = probabilities.argmax(axis=1).tolist()
     with db.session() as session:
@@ -214,6 +229,7 @@ def _store(
                 for k, image_id in enumerate(ids)
             ],
         )
+    return len(ids)
 
 
 def _scored_chunks(db: Database, *, project_id: int, model_id: int, split: Split) -> Iterator[Pool]:

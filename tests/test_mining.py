@@ -14,6 +14,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select, update
 
+from flywheel import mining
 from flywheel.jobs import load_handlers, reap_jobs
 from flywheel.schedules import run_due_schedules
 from storage.models import Job, JobKind, Prediction, Role, Schedule, utcnow
@@ -58,7 +59,10 @@ class Crash(BaseException):
     """The worker process dying mid-job: nothing records the end of the job."""
 
 
-def test_a_mining_job_puts_the_least_confident_images_first_and_resumes_after_a_crash(app, client, admin, team):
+def test_a_mining_job_puts_the_least_confident_images_first_and_resumes_after_a_crash(
+    app, client, admin, team, monkeypatch
+):
+    monkeypatch.setattr(mining, "SCORE_BATCH", 64)  # several batches in a small pool
     engineer, annotator, _ = team
     project, truth = digit_project(client, admin, engineer, annotator, count=300, training=TRAINING)
     settle(client, admin, project, strategy="least_confidence", batch_size=20)
@@ -72,7 +76,7 @@ def test_a_mining_job_puts_the_least_confident_images_first_and_resumes_after_a_
     created = start(client, project, engineer, kind="mine")
 
     def crash_after_a_batch(fraction: float, message: str) -> None:
-        if message.startswith("scored 256/"):
+        if message.startswith("scored 64/"):
             raise Crash()
 
     with pytest.raises(Crash):
@@ -80,7 +84,7 @@ def test_a_mining_job_puts_the_least_confident_images_first_and_resumes_after_a_
     assert job(client, engineer, created["id"])["status"] == "running"  # its worker is gone
     with rt.db.read_session() as session:
         scored_before = session.scalar(select(func.count()).where(Prediction.model_id == champion))
-    assert scored_before == 256
+    assert scored_before in (64, 128)  # the batch being written when it died may have landed too
     assert reap_jobs(rt.db, stale_seconds=0, include_queued=False) == [(created["id"], JobKind.mine)]
     assert run(app, created["id"]).value == "succeeded"
     done = job(client, engineer, created["id"])
