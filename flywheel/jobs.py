@@ -26,7 +26,6 @@ from storage.blobs import BlobStore
 from storage.db import Database, after_commit
 from storage.errors import Conflict, NotFound
 from storage.models import Image, Job, JobKind, JobStatus, Project, utcnow
-from storage.projects import project_settings
 from storage.settings import Settings
 
 if TYPE_CHECKING:
@@ -176,16 +175,6 @@ class Claim:
     kind: JobKind
     params: dict[str, Any]
     attempt: int
-
-
-def start_champion_jobs(session: Session, *, project_id: int, queues: Queues) -> list[Job]:
-    """What a new champion sets off, in this order on the slow lane: caching its embeddings, then (project
-    setting ``mining.after_promotion``) a mining pass, so the queue is ranked by the model that now serves."""
-    jobs = [create_job(session, project_id=project_id, kind=JobKind.embed, queues=queues)]
-    if project_settings(session.get_one(Project, project_id)).mining.after_promotion:
-        params = {"trigger": "promotion"}
-        jobs.append(create_job(session, project_id=project_id, kind=JobKind.mine, queues=queues, params=params))
-    return jobs
 
 
 def claim_job(db: Database, *, job_id: int, worker: str) -> Claim | None:

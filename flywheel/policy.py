@@ -1,4 +1,5 @@
-"""When the flywheel acts on its own: refresh the head as labels arrive, retrain when they have grown enough.
+"""When the flywheel acts on its own: refresh the head as labels arrive, retrain when they have grown enough,
+re-rank the queue with each new champion.
 
 Runs in the worker (a ``check_project`` task sent when labels change, and every minute as a safety
 net); the API process only sends the notice.
@@ -54,6 +55,16 @@ def check_project(db: Database, queues: Queues, *, project_id: int) -> list[JobK
                 )
                 started.append(JobKind.train)
     return started
+
+
+def start_champion_jobs(session: Session, *, project_id: int, queues: Queues) -> list[Job]:
+    """What a new champion sets off, in this order on the slow lane: caching its embeddings, then (project
+    setting ``mining.after_promotion``) a mining pass, so the queue is ranked by the model that now serves."""
+    jobs = [create_job(session, project_id=project_id, kind=JobKind.embed, queues=queues)]
+    if project_settings(session.get_one(Project, project_id)).mining.after_promotion:
+        params = {"trigger": "promotion"}
+        jobs.append(create_job(session, project_id=project_id, kind=JobKind.mine, queues=queues, params=params))
+    return jobs
 
 
 def _refresh_due(session: Session, project_id: int) -> bool:

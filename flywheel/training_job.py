@@ -19,8 +19,9 @@ from flywheel.artefacts import checkpoint_bytes, head_arrays, load_model
 from flywheel.datasets import dev_split, load_arrays
 from flywheel.evaluation import decide_promotion, evaluate
 from flywheel.heads import head_bytes
-from flywheel.jobs import JobContext, JobFailed, handler, start_champion_jobs
+from flywheel.jobs import JobContext, JobFailed, handler
 from flywheel.onnx_export import ONNX_TOLERANCE, export_onnx, max_difference
+from flywheel.policy import start_champion_jobs
 from flywheel.registry import champion, promote
 from flywheel.snapshots import Item, build_snapshot, load_items
 from flywheel.training import TrainConfig, predict_proba, train

@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy.orm import Session
 
 from flywheel.inference import model_version
-from flywheel.jobs import start_champion_jobs
+from flywheel.policy import start_champion_jobs
 from flywheel.registry import champion, get_model, list_models, model_card, newer_refresh, promote
 from service.deps import CurrentUser, ReadSessionDep, RuntimeDep, SessionDep
 from service.schemas.common import ERROR_RESPONSES, MAX_ID, ProjectId
