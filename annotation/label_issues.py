@@ -1,7 +1,7 @@
 """Label issues: labels a model finds likely wrong, ranked by confident learning (cleanlab).
 
 The probabilities must be out of sample (each image predicted by a model that never trained on it,
-see ``flywheel.label_quality``): a model that saw a wrong label learns to agree with it. The ranked
+see ``flywheel.training.label_quality``): a model that saw a wrong label learns to agree with it. The ranked
 list is stored per project, and a selection of it goes back to annotators through the review queue.
 """
 

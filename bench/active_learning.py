@@ -6,9 +6,9 @@ every strategy against random, over ``--seeds`` seeds. Each round:
 
 * trains the small CNN from scratch with ``flywheel.training.train`` (the function the ``train`` job
   calls), re-initialised with a new seed each round;
-* scores the unlabeled pool with ``flywheel.artefacts.embed_and_predict`` (what the ``mine`` job runs
+* scores the unlabeled pool with ``flywheel.training.artefacts.embed_and_predict`` (what the ``mine`` job runs
   over each batch of images), giving probabilities and embeddings;
-* chooses the next 20 as the ``mine`` job does: ``flywheel.strategies.shortlist`` over the pool read
+* chooses the next 20 as the ``mine`` job does: ``flywheel.training.strategies.shortlist`` over the pool read
   in chunks, then the strategy's ``query`` on the shortlist.
 
 Training, kept affordable on 2 shared cores: the service's ``TrainConfig`` with ``--epochs`` (15)
@@ -38,10 +38,10 @@ from PIL import Image
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from flywheel.artefacts import embed_and_predict
-from flywheel.preprocess import to_array
-from flywheel.strategies import STRATEGIES, Pool, get_strategy, shortlist
-from flywheel.training import TrainConfig, predict_proba, train
+from flywheel.serving.preprocess import to_array
+from flywheel.training.artefacts import embed_and_predict
+from flywheel.training.fit import TrainConfig, predict_proba, train
+from flywheel.training.strategies import STRATEGIES, Pool, get_strategy, shortlist
 from storage.projects import MiningSettings
 
 TEST_SIZE, START, BATCH, INPUT_SIZE, CHUNK = 540, 20, 20, 16, 256

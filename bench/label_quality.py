@@ -51,7 +51,7 @@ from annotation.label_issues import list_issues
 from annotation.queue import next_task
 from annotation.reports import agreement_report
 from annotation.scorecards import annotator_scorecards
-from flywheel.label_quality import run_label_quality
+from flywheel.training.label_quality import run_label_quality
 from storage.blobs import blob_store_from_settings
 from storage.db import Database
 from storage.ingest import Limits, ingest_uploads, split_for

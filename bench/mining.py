@@ -35,11 +35,11 @@ from PIL import Image as PILImage
 from sklearn.datasets import load_digits
 from sqlalchemy import delete, insert, select
 
-from flywheel.architectures import build_model
-from flywheel.artefacts import checkpoint_bytes, embed_and_predict, full_network, head_arrays
-from flywheel.heads import head_bytes
-from flywheel.mining import mine, score_pool, serving_parts
-from flywheel.preprocess import to_array
+from flywheel.serving.heads import head_bytes
+from flywheel.serving.preprocess import to_array
+from flywheel.training.architectures import build_model
+from flywheel.training.artefacts import checkpoint_bytes, embed_and_predict, full_network, head_arrays
+from flywheel.training.mining import mine, score_pool, serving_parts
 from storage.blobs import LocalBlobStore
 from storage.db import Database
 from storage.ingest import shuffled_priority, split_for

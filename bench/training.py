@@ -21,9 +21,9 @@ from PIL import Image
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from flywheel.evaluation import evaluate
-from flywheel.preprocess import to_array
-from flywheel.training import TrainConfig, predict_proba, train
+from flywheel.serving.preprocess import to_array
+from flywheel.training.evaluation import evaluate
+from flywheel.training.fit import TrainConfig, predict_proba, train
 
 TARGET_ACCURACY, TARGET_SECONDS = 0.97, 60.0
 

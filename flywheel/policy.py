@@ -1,7 +1,7 @@
 """When the flywheel acts on its own: refresh the head as labels arrive, retrain when they have grown enough,
 re-rank the queue with each new champion.
 
-Runs in the worker (a ``check_project`` task sent when labels change, and every minute as a safety
+Runs in the worker (a ``check_policy`` task sent when labels change, and every minute as a safety
 net); the API process only sends the notice.
 """
 
@@ -15,17 +15,17 @@ import time
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from flywheel.jobs import create_job
-from flywheel.queue import Queues
-from flywheel.registry import champion
-from storage.db import Database
+from flywheel.jobs.rows import create_job
+from flywheel.jobs.transport import Transport
+from flywheel.serving.registry import champion, promote
+from storage.db import Database, after_commit
 from storage.models import Annotation, Image, Job, JobKind, JobStatus, ModelKind, ModelVersion, Project
 from storage.projects import project_settings
 
 logger = logging.getLogger(__name__)
 
 
-def check_project(db: Database, queues: Queues, *, project_id: int) -> list[JobKind]:
+def start_policy_jobs(db: Database, transport: Transport, *, project_id: int) -> list[JobKind]:
     """Start what the project's policy asks for now; returns the kinds of jobs it queued."""
     started: list[JobKind] = []
     with db.session() as session:
@@ -35,7 +35,7 @@ def check_project(db: Database, queues: Queues, *, project_id: int) -> list[JobK
         policy = project_settings(project).training
         if policy.auto_refresh and _refresh_due(session, project_id):
             create_job(
-                session, project_id=project_id, kind=JobKind.refresh, queues=queues, params={"trigger": "labels"}
+                session, project_id=project_id, kind=JobKind.refresh, transport=transport, params={"trigger": "labels"}
             )
             started.append(JobKind.refresh)
         if policy.auto_train:
@@ -49,7 +49,7 @@ def check_project(db: Database, queues: Queues, *, project_id: int) -> list[JobK
                     session,
                     project_id=project_id,
                     kind=JobKind.train,
-                    queues=queues,
+                    transport=transport,
                     params={"trigger": "policy", "previous": last},
                     delay_seconds=policy.debounce_seconds,
                 )
@@ -57,13 +57,26 @@ def check_project(db: Database, queues: Queues, *, project_id: int) -> list[JobK
     return started
 
 
-def start_champion_jobs(session: Session, *, project_id: int, queues: Queues) -> list[Job]:
+def make_champion(
+    session: Session, *, model: ModelVersion, by_user: int | None, reason: str, transport: Transport
+) -> ModelVersion:
+    """Promote ``model`` (a training that passed the gate, a person's choice, or a rollback) and start what a new
+    champion sets off: its embeddings, a mining pass, and a policy check so labels it has not seen get a
+    refreshed head on top of it."""
+    promoted = promote(session, model=model, by_user=by_user, reason=reason)
+    start_champion_jobs(session, project_id=promoted.project_id, transport=transport)
+    project_id = promoted.project_id
+    after_commit(session, lambda: transport.enqueue_policy_check(project_id))
+    return promoted
+
+
+def start_champion_jobs(session: Session, *, project_id: int, transport: Transport) -> list[Job]:
     """What a new champion sets off, in this order on the slow lane: caching its embeddings, then (project
     setting ``mining.after_promotion``) a mining pass, so the queue is ranked by the model that now serves."""
-    jobs = [create_job(session, project_id=project_id, kind=JobKind.embed, queues=queues)]
+    jobs = [create_job(session, project_id=project_id, kind=JobKind.embed, transport=transport)]
     if project_settings(session.get_one(Project, project_id)).mining.after_promotion:
         params = {"trigger": "promotion"}
-        jobs.append(create_job(session, project_id=project_id, kind=JobKind.mine, queues=queues, params=params))
+        jobs.append(create_job(session, project_id=project_id, kind=JobKind.mine, transport=transport, params=params))
     return jobs
 
 
@@ -107,8 +120,8 @@ class LabelNotifier:
     background thread sends the marks.
     """
 
-    def __init__(self, queues: Queues, *, interval_seconds: float = 0.2) -> None:
-        self._queues = queues
+    def __init__(self, transport: Transport, *, interval_seconds: float = 0.2) -> None:
+        self._transport = transport
         self._interval = interval_seconds
         self._dirty: set[int] = set()
         self._lock = threading.Lock()
@@ -131,7 +144,7 @@ class LabelNotifier:
                 projects, self._dirty = self._dirty, set()
             for project_id in projects:
                 try:
-                    self._queues.check_project(project_id)
+                    self._transport.enqueue_policy_check(project_id)
                 except Exception:
                     logger.exception("could not notify the worker about project %s; the minute check will", project_id)
             time.sleep(self._interval)

@@ -15,8 +15,8 @@ from croniter import croniter
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from flywheel.jobs import create_job
-from flywheel.queue import Queues
+from flywheel.jobs.rows import create_job
+from flywheel.jobs.transport import Transport
 from storage.db import Database
 from storage.errors import InvalidInput
 from storage.models import Job, JobKind, JobStatus, Project, Schedule, utcnow
@@ -68,7 +68,7 @@ def set_schedules(session: Session, *, project: Project, crons: dict[JobKind, st
     return list_schedules(session, project_id=project.id)
 
 
-def run_due_schedules(db: Database, queues: Queues, *, now: datetime | None = None) -> list[int]:
+def run_due_schedules(db: Database, transport: Transport, *, now: datetime | None = None) -> list[int]:
     """Start the jobs whose schedule is due; returns their ids. A job of the same kind still queued or running
     for the project stands in for the new one."""
     now = now or utcnow()
@@ -103,7 +103,7 @@ def run_due_schedules(db: Database, queues: Queues, *, now: datetime | None = No
                     session,
                     project_id=schedule.project_id,
                     kind=schedule.kind,
-                    queues=queues,
+                    transport=transport,
                     params={"trigger": "schedule", "cron": schedule.cron},
                 )
                 busy = job.id

@@ -1,4 +1,6 @@
-"""The worker: one process per queue lane, each a huey consumer running job rows.
+"""The worker process: the top of the job system, where the transport, the job rows, the policy, the
+schedules and the job bodies (``flywheel.training.handlers``) meet. One process per queue lane, each a
+huey consumer.
 
 ``labelwheel worker`` starts it on any machine that reaches the database, the blob store and the
 queue; ``labelwheel serve`` starts one beside the API for the embedded default.
@@ -17,11 +19,13 @@ from types import FrameType
 
 from sqlalchemy import select
 
-from flywheel import jobs
-from flywheel.queue import LANES, Queues, get_queues
+from flywheel.jobs import rows, runner
+from flywheel.jobs.transport import LANES, TaskBodies, Transport, get_transport
+from flywheel.policy import start_policy_jobs
 from flywheel.schedules import run_due_schedules
 from storage.blobs import BlobStore, blob_store_from_settings
 from storage.db import Database
+from storage.logs import configure_logging
 from storage.models import Project
 from storage.settings import Settings, get_settings
 
@@ -33,7 +37,7 @@ class WorkerRuntime:
     settings: Settings
     db: Database
     blobs: BlobStore
-    queues: Queues
+    transport: Transport
 
 
 _runtime: WorkerRuntime | None = None
@@ -48,23 +52,28 @@ def runtime() -> WorkerRuntime:
             settings=settings,
             db=Database(settings.resolved_database_url),
             blobs=blob_store_from_settings(settings),
-            queues=get_queues(settings.resolved_queue_url),
+            transport=get_transport(settings.resolved_queue_url),
         )
     return _runtime
 
 
-def run_job(job_id: int) -> None:
-    """The queue task: run the job row (if it is still queued); then start the project's next training."""
+def job_handlers() -> runner.Handlers:
+    """The job bodies (torch, torchvision, albumentations: seconds of imports), loaded once per process."""
+    from flywheel.training.handlers import HANDLERS
+
+    return HANDLERS
+
+
+def run_job_task(job_id: int) -> None:
+    """Task body: run the job row (if it is still queued); then start the project's next training."""
     rt = runtime()
-    jobs.execute_job(rt.db, rt.blobs, rt.settings, rt.queues, job_id=job_id)
+    runner.run_job(rt.db, rt.blobs, rt.settings, rt.transport, job_id=job_id, handlers=job_handlers())
 
 
-def check_project(project_id: int) -> None:
-    """The queue task sent when labels change: the policy decides on a refresh or a training."""
-    from flywheel.policy import check_project as decide
-
+def check_policy_task(project_id: int) -> None:
+    """Task body, sent when labels change: the retraining policy decides on a refresh or a training."""
     rt = runtime()
-    decide(rt.db, rt.queues, project_id=project_id)
+    start_policy_jobs(rt.db, rt.transport, project_id=project_id)
 
 
 def upkeep() -> None:
@@ -72,13 +81,13 @@ def upkeep() -> None:
     and every project's policy is checked (labels that arrived by import, or a notice that was lost, still
     lead to training)."""
     rt = runtime()
-    for job_id, kind in jobs.reap_jobs(rt.db, stale_seconds=rt.settings.job_stale_seconds, include_queued=False):
-        rt.queues.run_job(job_id, kind)
-    run_due_schedules(rt.db, rt.queues)
+    for job_id, kind in rows.reap_jobs(rt.db, stale_seconds=rt.settings.job_stale_seconds, include_queued=False):
+        rt.transport.enqueue_job(job_id, kind)
+    run_due_schedules(rt.db, rt.transport)
     with rt.db.read_session() as session:
         project_ids = list(session.scalars(select(Project.id)))
     for project_id in project_ids:
-        rt.queues.check_project(project_id)
+        rt.transport.enqueue_policy_check(project_id)
 
 
 def run_lane(lane: str, *, recover: bool) -> None:
@@ -88,8 +97,6 @@ def run_lane(lane: str, *, recover: bool) -> None:
     case their message was lost (a second message for a job is harmless: claims are atomic), and start
     the scheduled jobs that fell due while no worker ran (once each, however many slots were missed).
     """
-    from service.observability import configure_logging
-
     exit_with_parent()
     rt = runtime()
     configure_logging(rt.settings.log_level)
@@ -97,11 +104,12 @@ def run_lane(lane: str, *, recover: bool) -> None:
 
     torch.set_num_threads(rt.settings.train_threads)
     if recover:
-        for job_id, kind in jobs.reap_jobs(rt.db, stale_seconds=rt.settings.job_stale_seconds, include_queued=True):
-            rt.queues.run_job(job_id, kind)
-        run_due_schedules(rt.db, rt.queues)
-    logger.info("worker lane %s consuming %s", lane, rt.queues.url.split("@")[-1])
-    rt.queues.consumer(lane).run()
+        for job_id, kind in rows.reap_jobs(rt.db, stale_seconds=rt.settings.job_stale_seconds, include_queued=True):
+            rt.transport.enqueue_job(job_id, kind)
+        run_due_schedules(rt.db, rt.transport)
+    rt.transport.serve(TaskBodies(run_job=run_job_task, check_policy=check_policy_task, upkeep=upkeep))
+    logger.info("worker lane %s consuming %s", lane, rt.transport.url.split("@")[-1])
+    rt.transport.consumer(lane).run()
 
 
 def exit_with_parent() -> None:
@@ -128,7 +136,7 @@ def run_worker(lanes: tuple[str, ...] = LANES, *, with_parent: bool = False) -> 
     """
     if with_parent:
         exit_with_parent()  # before the seconds of imports: a SIGTERM then simply ends this process
-    jobs.load_handlers()
+    job_handlers()
     context = multiprocessing.get_context("fork")
     processes = [
         context.Process(target=run_lane, args=(lane,), kwargs={"recover": index == 0}, name=f"labelwheel-{lane}")

@@ -6,9 +6,9 @@ import gc
 
 from fastapi import FastAPI
 
-from flywheel.inference import Predictor
+from flywheel.jobs.transport import get_transport
 from flywheel.policy import LabelNotifier
-from flywheel.queue import get_queues
+from flywheel.serving.inference import Predictor
 from service.deps import Runtime
 from service.errors import add_exception_handlers
 from service.observability import RequestContextMiddleware
@@ -38,13 +38,13 @@ def create_app(settings: Settings | None = None, *, migrate: bool | None = None)
     if migrate if migrate is not None else settings.uses_sqlite:
         upgrade(settings.resolved_database_url)
     blobs = blob_store_from_settings(settings)
-    queues = get_queues(settings.resolved_queue_url)
+    transport = get_transport(settings.resolved_queue_url)
     runtime = Runtime(
         settings=settings,
         db=Database(settings.resolved_database_url),
         blobs=blobs,
-        queues=queues,
-        notifier=LabelNotifier(queues),
+        transport=transport,
+        notifier=LabelNotifier(transport),
         predictor=Predictor(blobs),
     )
 
@@ -64,7 +64,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool | None = None)
 
 def create_worker_app() -> FastAPI:
     """The app of one `serve --workers N` process: settings from the environment, schema already upgraded."""
-    from service.observability import configure_logging
+    from storage.logs import configure_logging
 
     settings = get_settings()
     configure_logging(settings.log_level)

@@ -49,7 +49,7 @@ def serve(
     """Start the API server (the embedded default keeps everything under LABELWHEEL_DATA_DIR)."""
     import uvicorn
 
-    from service.observability import configure_logging
+    from storage.logs import configure_logging
     from storage.users import ensure_admin
 
     settings = _settings()
@@ -106,9 +106,9 @@ def worker(
     exit_with_parent: Annotated[bool, typer.Option(hidden=True, help="Stop when the parent process exits.")] = False,
 ) -> None:
     """Run background jobs (training, refreshes, embeddings) from the queue in LABELWHEEL_QUEUE_URL."""
-    from flywheel.queue import LANES
+    from flywheel.jobs.transport import LANES
     from flywheel.worker import run_worker
-    from service.observability import configure_logging
+    from storage.logs import configure_logging
 
     settings = _settings()
     if lane is not None and lane not in LANES:
@@ -132,19 +132,26 @@ def mine(project: Annotated[str, typer.Option(help="Project name.")]) -> None:
     """
     import torch
 
-    from flywheel.jobs import create_job, execute_job, get_job
-    from flywheel.queue import get_queues
+    from flywheel.jobs.rows import create_job, get_job
+    from flywheel.jobs.runner import run_job
+    from flywheel.jobs.transport import get_transport
+    from flywheel.training.handlers import HANDLERS
     from storage.blobs import blob_store_from_settings
     from storage.models import JobKind, JobStatus
 
     settings = _settings()
     db = _database(settings)
     project_id = _project_id(db, project)
-    queues = get_queues(settings.resolved_queue_url)
+    transport = get_transport(settings.resolved_queue_url)
     torch.set_num_threads(settings.train_threads)
     with db.session() as session:
         job_id = create_job(
-            session, project_id=project_id, kind=JobKind.mine, queues=queues, params={"trigger": "cli"}, enqueue=False
+            session,
+            project_id=project_id,
+            kind=JobKind.mine,
+            transport=transport,
+            params={"trigger": "cli"},
+            enqueue=False,
         ).id
     with Progress(
         TextColumn("{task.description}"),
@@ -154,12 +161,13 @@ def mine(project: Annotated[str, typer.Option(help="Project name.")]) -> None:
         console=console,
     ) as progress:
         bar = progress.add_task("mining", total=1.0)
-        status = execute_job(
+        status = run_job(
             db,
             blob_store_from_settings(settings),
             settings,
-            queues,
+            transport,
             job_id=job_id,
+            handlers=HANDLERS,
             on_progress=lambda fraction, message: progress.update(bar, completed=fraction, description=message),
         )
     with db.read_session() as session:

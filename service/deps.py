@@ -10,9 +10,9 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from flywheel.inference import Predictor
+from flywheel.jobs.transport import Transport
 from flywheel.policy import LabelNotifier
-from flywheel.queue import Queues
+from flywheel.serving.inference import Predictor
 from storage.blobs import BlobStore
 from storage.db import Database
 from storage.ingest import Limits
@@ -22,12 +22,12 @@ from storage.users import Principal, authenticate
 
 @dataclass
 class Runtime:
-    """What the app holds for its lifetime: settings, stores, the job queue and the model predictor."""
+    """What the app holds for its lifetime: settings, stores, the job transport and the model predictor."""
 
     settings: Settings
     db: Database
     blobs: BlobStore
-    queues: Queues
+    transport: Transport
     notifier: LabelNotifier
     predictor: Predictor
 

@@ -1,6 +1,6 @@
 """The flywheel in one process: jobs, snapshots, training, promotion, refresh, registry and predictions.
 
-Jobs here run through the same ``execute_job`` the worker calls, on the app's own database and blob
+Jobs here run through the same ``run_job`` the worker calls, on the app's own database and blob
 store; tests/test_worker.py runs them through real worker processes.
 """
 
@@ -14,25 +14,15 @@ import pytest
 import torch
 from sqlalchemy import func, select
 
-from flywheel.jobs import execute_job, load_handlers
-from flywheel.policy import check_project
-from flywheel.preprocess import normalize, to_array
+from flywheel.policy import start_policy_jobs
+from flywheel.serving.preprocess import normalize, to_array
 from storage.models import Job, JobKind, JobStatus, ModelStatus, ModelVersion, Role
 from tests import imagefactory as img
 from tests.conftest import make_project, make_user
 from tests.digits import digit_project, digits, label_digits
+from tests.jobs import run
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True)
-def handlers():
-    load_handlers()
-
-
-def run(app, job_id: int) -> JobStatus | None:
-    rt = app.state.runtime
-    return execute_job(rt.db, rt.blobs, rt.settings, rt.queues, job_id=job_id)
 
 
 def start(client, project, account, kind="train", **params) -> dict:
@@ -114,7 +104,7 @@ def test_onnx_download_runs_in_onnxruntime_and_matches_pytorch(app, client, team
     assert onnx.status_code == 200 and onnx.headers["content-type"] == "application/octet-stream"
     weights = client.get(f"/api/v1/models/{model_id}/download?format=weights", headers=engineer.headers)
     checkpoint = torch.load(io.BytesIO(weights.content), weights_only=True)
-    from flywheel.architectures import build_model
+    from flywheel.training.architectures import build_model
 
     network = build_model(checkpoint["architecture"], len(checkpoint["labels"]))
     network.load_state_dict(checkpoint["state_dict"])
@@ -155,7 +145,7 @@ def test_refresh_refits_the_head_on_cached_embeddings_and_serves_it(app, client,
     assert job(client, engineer, embed_job.id)["result"]["images"] == 300
 
     label_digits(client, project, annotator, truth, 10)
-    assert check_project(db, app.state.runtime.queues, project_id=project["id"]) == [JobKind.refresh]
+    assert start_policy_jobs(db, app.state.runtime.transport, project_id=project["id"]) == [JobKind.refresh]
     with db.read_session() as session:
         refresh_job = session.scalars(select(Job).where(Job.kind == JobKind.refresh)).one()
     assert run(app, refresh_job.id) == JobStatus.succeeded
@@ -175,13 +165,13 @@ def test_refresh_refits_the_head_on_cached_embeddings_and_serves_it(app, client,
     assert task["prelabel"]["model_version"] == f"model-{refreshed}"
     assert task["prelabel"]["label"] in [str(d) for d in range(10)]
     # Nothing new since: no second refresh. The ONNX file of the refreshed model comes from its own job.
-    assert check_project(db, app.state.runtime.queues, project_id=project["id"]) == []
+    assert start_policy_jobs(db, app.state.runtime.transport, project_id=project["id"]) == []
     not_yet = client.get(f"/api/v1/models/{refreshed}/download?format=onnx", headers=engineer.headers)
     assert not_yet.status_code == 409 and "still being made" in not_yet.json()["error"]["message"]
 
     # A newer head before that export ran: only the serving head gets exported.
     label_digits(client, project, annotator, truth, 3)
-    assert check_project(db, app.state.runtime.queues, project_id=project["id"]) == [JobKind.refresh]
+    assert start_policy_jobs(db, app.state.runtime.transport, project_id=project["id"]) == [JobKind.refresh]
     with db.read_session() as session:
         second_refresh = session.scalars(select(Job).where(Job.kind == JobKind.refresh).order_by(Job.id.desc())).first()
     assert run(app, second_refresh.id) == JobStatus.succeeded
@@ -226,7 +216,7 @@ def test_a_training_while_one_is_queued_is_the_same_job_and_only_one_runs_at_a_t
     first = start(client, project, engineer)
     assert start(client, project, engineer)["id"] == first["id"]  # still queued: one follow-up, not two
     rt = app.state.runtime
-    from flywheel.jobs import claim_job
+    from flywheel.jobs.rows import claim_job
 
     assert claim_job(rt.db, job_id=first["id"], worker="host:1") is not None
     second = start(client, project, engineer)
@@ -273,7 +263,7 @@ def test_too_few_labels_or_one_class_fail_with_a_clear_message_and_the_policy_st
     # The policy triggers again once labels have grown, and that training succeeds.
     rt = app.state.runtime
     label_digits(client, project, annotator, truth, 40)
-    assert JobKind.train in check_project(rt.db, rt.queues, project_id=project["id"])
+    assert JobKind.train in start_policy_jobs(rt.db, rt.transport, project_id=project["id"])
     with rt.db.read_session() as session:
         policy_job = session.scalars(select(Job).where(Job.project_id == project["id"]).order_by(Job.id.desc())).first()
     assert policy_job.params["trigger"] == "policy" and run(app, policy_job.id) == JobStatus.succeeded
@@ -286,14 +276,14 @@ def test_the_policy_trains_when_labels_grow_by_the_larger_of_count_and_share(app
     )
     rt = app.state.runtime
     label_digits(client, project, annotator, truth, 29)
-    assert check_project(rt.db, rt.queues, project_id=project["id"]) == []
+    assert start_policy_jobs(rt.db, rt.transport, project_id=project["id"]) == []
     label_digits(client, project, annotator, truth, 1)
-    assert check_project(rt.db, rt.queues, project_id=project["id"]) == [JobKind.train]
-    assert check_project(rt.db, rt.queues, project_id=project["id"]) == []  # counted from the queued one
+    assert start_policy_jobs(rt.db, rt.transport, project_id=project["id"]) == [JobKind.train]
+    assert start_policy_jobs(rt.db, rt.transport, project_id=project["id"]) == []  # counted from the queued one
     label_digits(client, project, annotator, truth, 29)  # 59: needs max(30, 50% of 30) = 30 more
-    assert check_project(rt.db, rt.queues, project_id=project["id"]) == []
+    assert start_policy_jobs(rt.db, rt.transport, project_id=project["id"]) == []
     label_digits(client, project, annotator, truth, 1)
-    assert check_project(rt.db, rt.queues, project_id=project["id"]) == [JobKind.train]
+    assert start_policy_jobs(rt.db, rt.transport, project_id=project["id"]) == [JobKind.train]
     with rt.db.read_session() as session:
         queued = session.scalar(select(func.count()).where(Job.kind == JobKind.train, Job.status == JobStatus.queued))
     assert queued == 1  # the second trigger joined the waiting training

@@ -8,17 +8,12 @@ import pytest
 from cleanlab.filter import find_label_issues
 
 from annotation.label_issues import RELABEL_REASON, find_issues
-from flywheel.jobs import execute_job, load_handlers
 from storage.models import Image, JobStatus, Role, Split
 from tests.conftest import make_user
 from tests.digits import digit_project, label_digits
+from tests.jobs import run
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True)
-def handlers():
-    load_handlers()
 
 
 def run_job(app, client, account, project, **params) -> dict:
@@ -28,8 +23,7 @@ def run_job(app, client, account, project, **params) -> dict:
         headers=account.headers,
     )
     assert created.status_code == 201, created.text
-    rt = app.state.runtime
-    execute_job(rt.db, rt.blobs, rt.settings, rt.queues, job_id=created.json()["id"])
+    run(app, created.json()["id"])
     return client.get(f"/api/v1/jobs/{created.json()['id']}", headers=account.headers).json()
 
 

@@ -1,4 +1,4 @@
-"""Mining end to end: HTTP, a real database, jobs run in this process through ``execute_job``.
+"""Mining end to end: HTTP, a real database, jobs run in this process through ``run_job``.
 
 With a champion, a ``mine`` job scores the unlabeled pool and reorders ``tasks/next``; labels the
 model firmly contradicts go back to another annotator; schedules start jobs once when they fall due.
@@ -14,24 +14,20 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select, update
 
-from flywheel import mining
-from flywheel.jobs import load_handlers, reap_jobs
+from flywheel.jobs.rows import reap_jobs
 from flywheel.schedules import run_due_schedules
+from flywheel.training import mining
 from storage.models import Job, JobKind, Prediction, Role, Schedule, utcnow
 from tests.conftest import make_project, make_user
 from tests.digits import digit_project, digits, label_digits
+from tests.jobs import run
 from tests.test_cli import LABELWHEEL
-from tests.test_flywheel import job, run, start, train_once
+from tests.test_flywheel import job, start, train_once
 
 pytestmark = pytest.mark.slow
 
 # Ten epochs: a champion good enough that its firm disagreements with a label mean something.
 TRAINING = {"epochs": 15, "patience": 15, "batch_size": 16, "input_size": 16, "auto_train": False}
-
-
-@pytest.fixture(autouse=True)
-def handlers():
-    load_handlers()
 
 
 @pytest.fixture
@@ -157,10 +153,7 @@ def _scored(rt, model_id: int) -> list[int]:
 
 
 def run_with_progress(app, job_id: int, on_progress):
-    from flywheel.jobs import execute_job
-
-    rt = app.state.runtime
-    return execute_job(rt.db, rt.blobs, rt.settings, rt.queues, job_id=job_id, on_progress=on_progress)
+    return run(app, job_id, on_progress)
 
 
 def predicted_confidence(client, engineer, project, truth, image_ids) -> dict[int, float]:
@@ -290,8 +283,8 @@ def test_schedules_are_validated_and_a_due_one_starts_its_job_once(app, client, 
         session.execute(
             update(Schedule).where(Schedule.kind == JobKind.mine).values(next_run_at=before - timedelta(hours=3))
         )
-    started = run_due_schedules(rt.db, rt.queues)
-    assert run_due_schedules(rt.db, rt.queues) == []
+    started = run_due_schedules(rt.db, rt.transport)
+    assert run_due_schedules(rt.db, rt.transport) == []
     (job_id,) = started
     created = client.get(f"/api/v1/jobs/{job_id}", headers=engineer.headers).json()
     assert created["kind"] == "mine" and created["params"] == {"trigger": "schedule", "cron": "*/15 * * * *"}
@@ -301,7 +294,7 @@ def test_schedules_are_validated_and_a_due_one_starts_its_job_once(app, client, 
     # Due again while that job still waits: it stands in for a new one.
     with rt.db.session() as session:
         session.execute(update(Schedule).where(Schedule.kind == JobKind.mine).values(next_run_at=before))
-    assert run_due_schedules(rt.db, rt.queues) == []
+    assert run_due_schedules(rt.db, rt.transport) == []
     with rt.db.read_session() as session:
         assert session.scalar(select(func.count()).where(Job.kind == JobKind.mine)) == 1
 

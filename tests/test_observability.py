@@ -6,7 +6,7 @@ import io
 import json
 import logging
 
-from service.observability import JsonFormatter
+from storage.logs import JsonFormatter
 from tests import imagefactory as img
 from tests.conftest import make_project
 

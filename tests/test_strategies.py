@@ -7,7 +7,7 @@ from typing import get_args
 import numpy as np
 import pytest
 
-from flywheel.strategies import (
+from flywheel.training.strategies import (
     STRATEGIES,
     EmptyPool,
     Entropy,

@@ -11,10 +11,10 @@ from sklearn.datasets import load_digits
 from sklearn.metrics import accuracy_score, f1_score
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from flywheel.architectures import build_model, default_architecture
-from flywheel.evaluation import decide_promotion, evaluate
-from flywheel.preprocess import to_array
-from flywheel.training import TrainConfig, epoch_order, predict_proba, train
+from flywheel.serving.preprocess import to_array
+from flywheel.training.architectures import build_model, default_architecture
+from flywheel.training.evaluation import decide_promotion, evaluate
+from flywheel.training.fit import TrainConfig, epoch_order, predict_proba, train
 
 LABELS = [str(d) for d in range(10)]
 

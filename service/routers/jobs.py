@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, status
 
-from flywheel.jobs import cancel_job, create_job, get_job, list_jobs
+from flywheel.jobs.rows import cancel_job, create_job, get_job, list_jobs
 from service.deps import CurrentUser, ReadSessionDep, RuntimeDep, SessionDep
 from service.schemas.common import ERROR_RESPONSES, MAX_ID, ProjectId
 from service.schemas.jobs import JobCreate, JobRead
@@ -30,7 +30,7 @@ def create(
         session,
         project_id=project.id,
         kind=JobKind(body.kind.value),
-        queues=runtime.queues,
+        transport=runtime.transport,
         params={**body.params, "trigger": "manual"},
         created_by=principal.id,
     )

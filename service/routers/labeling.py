@@ -9,7 +9,7 @@ from annotation.annotations import list_annotations, project_image, submit_annot
 from annotation.curation import gold_scores, send_for_review, set_gold
 from annotation.labels import current_labels
 from annotation.queue import next_task, progress, skip_task
-from flywheel.inference import model_version
+from flywheel.serving.inference import model_version
 from service.deps import CurrentUser, ReadSessionDep, RuntimeDep, SessionDep
 from service.schemas.common import ERROR_RESPONSES, MAX_ID, ImageId, ProjectId
 from service.schemas.images import ImageRead

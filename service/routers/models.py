@@ -6,9 +6,9 @@ from fastapi import APIRouter, File, Path, Query, UploadFile
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy.orm import Session
 
-from flywheel.inference import model_version
-from flywheel.policy import start_champion_jobs
-from flywheel.registry import champion, get_model, list_models, model_card, newer_refresh, promote
+from flywheel.policy import make_champion
+from flywheel.serving.inference import model_version
+from flywheel.serving.registry import champion, get_model, list_models, model_card, newer_refresh
 from service.deps import CurrentUser, ReadSessionDep, RuntimeDep, SessionDep
 from service.schemas.common import ERROR_RESPONSES, MAX_ID, ProjectId
 from service.schemas.models import (
@@ -19,7 +19,6 @@ from service.schemas.models import (
     PredictResult,
     PromoteRequest,
 )
-from storage.db import after_commit
 from storage.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
 from storage.imagecheck import ImageRejected, decode_image
 from storage.models import ModelStatus, ModelVersion, Role
@@ -112,10 +111,8 @@ def promote_(
     body: PromoteRequest | None = None,
 ) -> ModelCard:
     model = _visible_model(session, principal, model_id)
-    promoted = promote(session, model=model, by_user=principal.id, reason=(body or PromoteRequest()).reason)
-    # The new champion's embeddings (cached ones are kept) and mining pass, then a refresh on top of it.
-    start_champion_jobs(session, project_id=promoted.project_id, queues=runtime.queues)
-    after_commit(session, lambda: runtime.notifier.labels_changed(promoted.project_id))
+    reason = (body or PromoteRequest()).reason
+    promoted = make_champion(session, model=model, by_user=principal.id, reason=reason, transport=runtime.transport)
     return model_card(session, model=promoted)
 
 

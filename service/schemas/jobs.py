@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from flywheel.jobs import SUBMITTABLE
+from flywheel.jobs.rows import SUBMITTABLE
 from service.schemas.common import RequestModel
 from storage.models import JobKind, JobStatus
 

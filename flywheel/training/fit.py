@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from flywheel.architectures import build_model
-from flywheel.augment import augmentation
-from flywheel.preprocess import normalize
+from flywheel.serving.preprocess import normalize
+from flywheel.training.architectures import build_model
+from flywheel.training.augment import augmentation
 
 
 @dataclass(frozen=True)

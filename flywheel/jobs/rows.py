@@ -8,28 +8,20 @@ leaves a ``running`` row whose heartbeat stops: the reaper puts it back in the q
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import socket
-import threading
-import traceback
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from storage.blobs import BlobStore
+from flywheel.jobs.transport import Transport
 from storage.db import Database, after_commit
 from storage.errors import Conflict, NotFound
 from storage.models import Image, Job, JobKind, JobStatus, Project, utcnow
-from storage.settings import Settings
-
-if TYPE_CHECKING:
-    from flywheel.queue import Queues
 
 logger = logging.getLogger(__name__)
 
@@ -38,77 +30,12 @@ TERMINAL = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled
 SUBMITTABLE = (JobKind.train, JobKind.refresh, JobKind.embed, JobKind.label_quality, JobKind.mine)
 
 
-class JobFailed(Exception):
-    """The job cannot do its work for a reason a person can fix; the message says what and how."""
-
-
-class JobCancelled(Exception):
-    """Someone cancelled the job, or another worker took it over."""
-
-
-@dataclass
-class JobContext:
-    """What a job handler gets: its parameters, the stores, and a way to report progress."""
-
-    job_id: int
-    project_id: int
-    kind: JobKind
-    params: dict[str, Any]
-    attempt: int
-    db: Database
-    blobs: BlobStore
-    settings: Settings
-    queues: Queues
-    fraction: float = 0.0
-    message: str = "started"
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    on_progress: Callable[[float, str], None] | None = None  # e.g. a command's progress bar
-
-    def progress(self, fraction: float, message: str | None = None) -> None:
-        """Record progress (written by the heartbeat); also the point where a cancellation takes effect."""
-        self.fraction = min(max(fraction, 0.0), 1.0)
-        if message is not None:
-            self.message = message[:500]
-        if self.on_progress is not None:
-            self.on_progress(self.fraction, self.message)
-        self.check_cancelled()
-
-    def check_cancelled(self) -> None:
-        if self.cancelled.is_set():
-            raise JobCancelled("cancelled")
-
-
-Handler = Callable[[JobContext], dict[str, Any]]
-HANDLERS: dict[JobKind, Handler] = {}
-# Modules whose import registers handlers; they need torch, so they are imported only where jobs run.
-HANDLER_MODULES = ("flywheel.training_job", "flywheel.refresh", "flywheel.label_quality", "flywheel.mining")
-
-
-def load_handlers() -> None:
-    for module in HANDLER_MODULES:
-        importlib.import_module(module)
-
-
-def handler(kind: JobKind) -> Callable[[Handler], Handler]:
-    """Register the function that runs jobs of ``kind`` (in the worker process)."""
-
-    def register(function: Handler) -> Handler:
-        HANDLERS[kind] = function
-        return function
-
-    return register
-
-
-def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
 def create_job(
     session: Session,
     *,
     project_id: int,
     kind: JobKind,
-    queues: Queues,
+    transport: Transport,
     params: dict[str, Any] | None = None,
     created_by: int | None = None,
     delay_seconds: float = 0.0,
@@ -140,7 +67,7 @@ def create_job(
     session.flush()
     job_id = job.id
     if enqueue:
-        after_commit(session, lambda: queues.run_job(job_id, kind, delay_seconds=delay_seconds))
+        after_commit(session, lambda: transport.enqueue_job(job_id, kind, delay_seconds=delay_seconds))
     return job
 
 
@@ -247,84 +174,6 @@ def finish_job(
             .returning(Job.id)
         ).first()
     return changed is not None
-
-
-def run_claimed(claim: Claim, *, context: JobContext, worker: str, beat_seconds: float) -> JobStatus:
-    """Run a claimed job's handler with a heartbeat thread, and record how it ended."""
-    stop = threading.Event()
-
-    def beat() -> None:
-        while not stop.wait(beat_seconds):
-            try:
-                alive = heartbeat(
-                    context.db, job_id=claim.job_id, worker=worker, fraction=context.fraction, message=context.message
-                )
-            except Exception:
-                logger.exception("heartbeat of job %s failed; trying again", claim.job_id)
-                continue
-            if not alive:
-                context.cancelled.set()
-
-    thread = threading.Thread(target=beat, name=f"heartbeat-{claim.job_id}", daemon=True)
-    thread.start()
-    try:
-        result = HANDLERS[claim.kind](context)
-    except JobCancelled:
-        status, outcome = JobStatus.cancelled, {"message": "cancelled"}
-    except JobFailed as exc:
-        status = JobStatus.failed
-        outcome = {"message": str(exc), "error": str(exc), "trace": traceback.format_exc()}
-    except Exception as exc:
-        logger.exception("job %s (%s) failed", claim.job_id, claim.kind.value)
-        status = JobStatus.failed
-        error = f"{type(exc).__name__}: {exc}"
-        outcome = {"message": error, "error": error, "trace": traceback.format_exc()}
-    else:
-        status, outcome = JobStatus.succeeded, {"message": str(result.get("message", "done")), "result": result}
-    finally:
-        stop.set()
-        thread.join()
-    finish_job(context.db, job_id=claim.job_id, worker=worker, status=status, **outcome)
-    return status
-
-
-def execute_job(
-    db: Database,
-    blobs: BlobStore,
-    settings: Settings,
-    queues: Queues,
-    *,
-    job_id: int,
-    on_progress: Callable[[float, str], None] | None = None,
-) -> JobStatus | None:
-    """Claim and run one job in this process; None when it was not ours to run (gone, taken, or waiting).
-
-    After a training, the project's next queued training (the follow-up) is enqueued.
-    """
-    worker = worker_name()
-    claim = claim_job(db, job_id=job_id, worker=worker)
-    if claim is None:
-        return None
-    load_handlers()
-    context = JobContext(
-        job_id=claim.job_id,
-        project_id=claim.project_id,
-        kind=claim.kind,
-        params=claim.params,
-        attempt=claim.attempt,
-        db=db,
-        blobs=blobs,
-        settings=settings,
-        queues=queues,
-        on_progress=on_progress,
-    )
-    status = run_claimed(claim, context=context, worker=worker, beat_seconds=min(2.0, settings.job_stale_seconds / 5))
-    logger.info("job %s (%s) %s", claim.job_id, claim.kind.value, status.value)
-    if claim.kind == JobKind.train:
-        waiting = next_waiting_training(db, project_id=claim.project_id)
-        if waiting is not None:
-            queues.run_job(waiting, JobKind.train)
-    return status
 
 
 def next_waiting_training(db: Database, *, project_id: int) -> int | None:

@@ -12,14 +12,15 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from sqlalchemy import func, select
 
-from flywheel.artefacts import checkpoint_bytes, embed_and_predict, full_network, load_model
-from flywheel.datasets import load_arrays
-from flywheel.evaluation import evaluate
-from flywheel.heads import head_bytes, head_probabilities
-from flywheel.jobs import JobContext, JobFailed, create_job, handler
-from flywheel.onnx_export import ONNX_TOLERANCE, export_onnx, max_difference
-from flywheel.registry import champion, newer_refresh
-from flywheel.snapshots import build_snapshot, load_items
+from flywheel.jobs.rows import create_job
+from flywheel.jobs.runner import JobContext, JobFailed
+from flywheel.serving.heads import head_bytes, head_probabilities
+from flywheel.serving.registry import champion, newer_refresh
+from flywheel.training.artefacts import checkpoint_bytes, embed_and_predict, full_network, load_model
+from flywheel.training.datasets import load_arrays
+from flywheel.training.evaluation import evaluate
+from flywheel.training.onnx_export import ONNX_TOLERANCE, export_onnx, max_difference
+from flywheel.training.snapshots import build_snapshot, load_items
 from storage.blobs import BlobStore
 from storage.db import Database, insert_new
 from storage.models import (
@@ -85,7 +86,6 @@ def cached_embeddings(db: Database, model_id: int, image_ids: list[int]) -> dict
     return found
 
 
-@handler(JobKind.embed)
 def run_embedding(ctx: JobContext) -> dict[str, Any]:
     """Cache every image's embedding from the champion's backbone, in id order, in batches."""
     with ctx.db.read_session() as session:
@@ -131,7 +131,6 @@ def fit_head(
     return weight, bias
 
 
-@handler(JobKind.refresh)
 def run_refresh(ctx: JobContext) -> dict[str, Any]:
     """Refit the champion's head on every consensus label now, and serve it as a new model version."""
     with ctx.db.session() as session:
@@ -188,7 +187,11 @@ def run_refresh(ctx: JobContext) -> dict[str, Any]:
         session.add(model)
         session.flush()
         create_job(
-            session, project_id=ctx.project_id, kind=JobKind.export, queues=ctx.queues, params={"model_id": model.id}
+            session,
+            project_id=ctx.project_id,
+            kind=JobKind.export,
+            transport=ctx.transport,
+            params={"model_id": model.id},
         )
         accuracy = metrics.get("test_accuracy")
         shown = f"{accuracy:.3f}" if accuracy is not None else "n/a"
@@ -200,7 +203,6 @@ def run_refresh(ctx: JobContext) -> dict[str, Any]:
         }
 
 
-@handler(JobKind.export)
 def run_export(ctx: JobContext) -> dict[str, Any]:
     """Make a refreshed model's stand-alone files, the checked ONNX file and a full checkpoint (off the fast
     lane, so refreshes stay quick)."""

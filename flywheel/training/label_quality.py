@@ -23,16 +23,16 @@ from sqlalchemy import select
 
 from annotation.consensus import update_project_consensus
 from annotation.label_issues import FILTERS, FoundIssue, find_issues, store_issues
-from flywheel.architectures import default_architecture, default_input_size
-from flywheel.datasets import DEV_SHARE, dev_split, load_arrays
-from flywheel.jobs import JobContext, JobFailed, handler
-from flywheel.snapshots import build_snapshot, load_items
-from flywheel.training import TrainConfig, predict_proba, train
-from flywheel.training_job import train_config
+from flywheel.jobs.runner import JobContext, JobFailed
+from flywheel.training.architectures import default_architecture, default_input_size
+from flywheel.training.datasets import DEV_SHARE, dev_split, load_arrays
+from flywheel.training.fit import TrainConfig, predict_proba, train
+from flywheel.training.snapshots import build_snapshot, load_items
+from flywheel.training.training_job import train_config
 from storage.blobs import BlobStore
 from storage.db import Database
 from storage.errors import InvalidInput
-from storage.models import Image, JobKind, Project, Split
+from storage.models import Image, Project, Split
 from storage.projects import TrainingSettings, project_settings
 
 Progress = Callable[[float, str], None]
@@ -189,7 +189,6 @@ def run_label_quality(
     }
 
 
-@handler(JobKind.label_quality)
 def label_quality_job(ctx: JobContext) -> dict[str, Any]:
     """Params: ``folds`` (5), ``filter_by`` (prune_by_class), ``epochs`` (default: see ``default_epochs``)."""
     try:

@@ -22,19 +22,19 @@ from sqlalchemy import ColumnElement, Select, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from annotation.curation import send_for_review
-from flywheel.artefacts import embed_and_predict, full_network
-from flywheel.heads import head_probabilities, read_head
-from flywheel.inference import model_version
-from flywheel.jobs import JobContext, JobFailed, handler
-from flywheel.preprocess import to_array
-from flywheel.refresh import cached_embeddings
-from flywheel.registry import serving_model
-from flywheel.strategies import Pool, RandomSampling, get_strategy, shortlist, summarize
+from flywheel.jobs.runner import JobContext, JobFailed
+from flywheel.serving.heads import head_probabilities, read_head
+from flywheel.serving.inference import model_version
+from flywheel.serving.preprocess import to_array
+from flywheel.serving.registry import serving_model
+from flywheel.training.artefacts import embed_and_predict, full_network
+from flywheel.training.refresh import cached_embeddings
+from flywheel.training.strategies import Pool, RandomSampling, get_strategy, shortlist, summarize
 from storage.blobs import BlobStore
 from storage.db import Database, insert_new
 from storage.errors import NotFound
 from storage.ingest import shuffled_priority
-from storage.models import Embedding, Image, JobKind, ModelKind, ModelVersion, Prediction, Project, QueueTier, Split
+from storage.models import Embedding, Image, ModelKind, ModelVersion, Prediction, Project, QueueTier, Split
 from storage.projects import MiningSettings, project_settings
 
 SCORE_BATCH = 256
@@ -442,6 +442,5 @@ def mine(
     }
 
 
-@handler(JobKind.mine)
 def run_mining(ctx: JobContext) -> dict[str, Any]:
     return mine(ctx.db, ctx.blobs, project_id=ctx.project_id, on_progress=ctx.progress)

@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image as PILImage
 from sklearn.model_selection import train_test_split
 
-from flywheel.preprocess import to_array
+from flywheel.serving.preprocess import to_array
 from storage.blobs import BlobStore
 
 DEV_SHARE = 0.1

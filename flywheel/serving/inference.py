@@ -18,9 +18,9 @@ from PIL import Image as PILImage
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from flywheel.heads import head_probabilities, read_head
-from flywheel.preprocess import normalize, to_array
-from flywheel.registry import serving_model
+from flywheel.serving.heads import head_probabilities, read_head
+from flywheel.serving.preprocess import normalize, to_array
+from flywheel.serving.registry import serving_model
 from storage.blobs import BlobStore
 from storage.errors import Conflict
 from storage.models import Embedding, Image, ModelKind, ModelVersion

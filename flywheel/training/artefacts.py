@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from flywheel.architectures import build_model, head_of
-from flywheel.heads import read_head
-from flywheel.training import to_tensor
+from flywheel.serving.heads import read_head
+from flywheel.training.architectures import build_model, head_of
+from flywheel.training.fit import to_tensor
 from storage.blobs import BlobStore
 from storage.models import ModelKind, ModelVersion
 

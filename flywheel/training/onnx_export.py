@@ -9,7 +9,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from flywheel.architectures import head_of, replace_head
+from flywheel.training.architectures import head_of, replace_head
 
 ONNX_TOLERANCE = 1e-4
 

@@ -14,22 +14,21 @@ import numpy as np
 from sqlalchemy import func, select
 
 from annotation.consensus import update_project_consensus
-from flywheel.architectures import default_architecture, default_input_size
-from flywheel.artefacts import checkpoint_bytes, head_arrays, load_model
-from flywheel.datasets import dev_split, load_arrays
-from flywheel.evaluation import decide_promotion, evaluate
-from flywheel.heads import head_bytes
-from flywheel.jobs import JobContext, JobFailed, handler
-from flywheel.onnx_export import ONNX_TOLERANCE, export_onnx, max_difference
-from flywheel.policy import start_champion_jobs
-from flywheel.registry import champion, promote
-from flywheel.snapshots import Item, build_snapshot, load_items
-from flywheel.training import TrainConfig, predict_proba, train
+from flywheel.jobs.runner import JobContext, JobFailed
+from flywheel.policy import make_champion
+from flywheel.serving.heads import head_bytes
+from flywheel.serving.registry import champion
+from flywheel.training.architectures import default_architecture, default_input_size
+from flywheel.training.artefacts import checkpoint_bytes, head_arrays, load_model
+from flywheel.training.datasets import dev_split, load_arrays
+from flywheel.training.evaluation import decide_promotion, evaluate
+from flywheel.training.fit import TrainConfig, predict_proba, train
+from flywheel.training.onnx_export import ONNX_TOLERANCE, export_onnx, max_difference
+from flywheel.training.snapshots import Item, build_snapshot, load_items
 from storage.models import (
     Annotation,
     DatasetSnapshot,
     Image,
-    JobKind,
     ModelKind,
     ModelStatus,
     ModelVersion,
@@ -40,7 +39,6 @@ from storage.models import (
 from storage.projects import TrainingSettings, project_settings
 
 
-@handler(JobKind.train)
 def run_training(ctx: JobContext) -> dict[str, Any]:
     model_id = _start(ctx)
     try:
@@ -134,8 +132,7 @@ def _train(ctx: JobContext, model_id: int) -> dict[str, Any]:
         still_current = champion(session, project_id=ctx.project_id)
         compared_with = current.id if current else None
         if decision["promote"] and (still_current.id if still_current else None) == compared_with:
-            promote(session, model=model, by_user=None, reason=decision["reason"])
-            start_champion_jobs(session, project_id=ctx.project_id, queues=ctx.queues)
+            make_champion(session, model=model, by_user=None, reason=decision["reason"], transport=ctx.transport)
         elif decision["promote"]:
             model.decision = {**decision, "promote": False, "reason": "the champion changed during training"}
         session.flush()

@@ -1,0 +1,20 @@
+"""Which function runs each kind of job. Importing this loads torch (seconds), so only job-running
+processes do: the worker, once, before it forks its lanes, and ``labelwheel mine``."""
+
+from __future__ import annotations
+
+from flywheel.jobs.runner import Handlers
+from flywheel.training.label_quality import label_quality_job
+from flywheel.training.mining import run_mining
+from flywheel.training.refresh import run_embedding, run_export, run_refresh
+from flywheel.training.training_job import run_training
+from storage.models import JobKind
+
+HANDLERS: Handlers = {
+    JobKind.train: run_training,
+    JobKind.refresh: run_refresh,
+    JobKind.embed: run_embedding,
+    JobKind.export: run_export,
+    JobKind.label_quality: label_quality_job,
+    JobKind.mine: run_mining,
+}
