@@ -33,10 +33,11 @@ from multiprocessing.synchronize import Event
 from pathlib import Path
 
 import httpx
-from _server import image_row, running_server
+from _rows import image_row
 from sqlalchemy import insert
 
 from annotation.consensus import majority_vote
+from service.launcher import running_server
 from storage.db import Database
 from storage.ingest import split_for
 from storage.migrate import upgrade

@@ -31,9 +31,10 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from _server import running_server
 from PIL import Image
 from sklearn.datasets import load_digits
+
+from service.launcher import running_server
 
 ADMIN_TOKEN = "bench-flywheel-admin-token-0123456789"
 LABELS = [str(d) for d in range(10)]

@@ -40,9 +40,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 import psutil
-from _server import LABELWHEEL, running_server
 from PIL import Image
 from sklearn.datasets import load_digits
+
+from service.launcher import LABELWHEEL, running_server
 
 MB = 1_000_000
 BATCH = 100

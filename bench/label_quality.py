@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from _server import image_row
+from _rows import image_row
 from crowdkit.aggregation import DawidSkene
 from PIL import Image as PILImage
 from sklearn.datasets import load_digits

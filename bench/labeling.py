@@ -42,9 +42,10 @@ from pathlib import Path
 
 import httpx
 import psutil
-from _server import image_row, running_server
+from _rows import image_row
 from sqlalchemy import create_engine, func, insert, make_url, select, text
 
+from service.launcher import running_server
 from storage.db import create_db_engine
 from storage.ingest import queue_placement
 from storage.migrate import upgrade

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _server import image_row
+from _rows import image_row
 from PIL import Image as PILImage
 from sklearn.datasets import load_digits
 from sqlalchemy import delete, insert, select

@@ -130,18 +130,19 @@ def mine(project: Annotated[str, typer.Option(help="Project name.")]) -> None:
     The pass is a `mine` job like any other (visible in GET /api/v1/jobs/{id}); should this process die, a
     worker resumes it.
     """
-    import torch
-
     from flywheel.jobs.rows import create_job, get_job
-    from flywheel.jobs.runner import run_job
     from flywheel.jobs.transport import get_transport
-    from flywheel.training.handlers import HANDLERS
     from storage.blobs import blob_store_from_settings
     from storage.models import JobKind, JobStatus
 
     settings = _settings()
     db = _database(settings)
-    project_id = _project_id(db, project)
+    project_id = _project_id(db, project)  # a wrong name is told before seconds of imports
+    import torch
+
+    from flywheel.jobs.runner import run_job
+    from flywheel.training.mining import run_mining
+
     transport = get_transport(settings.resolved_queue_url)
     torch.set_num_threads(settings.train_threads)
     with db.session() as session:
@@ -167,7 +168,7 @@ def mine(project: Annotated[str, typer.Option(help="Project name.")]) -> None:
             settings,
             transport,
             job_id=job_id,
-            handlers=HANDLERS,
+            handlers={JobKind.mine: run_mining},
             on_progress=lambda fraction, message: progress.update(bar, completed=fraction, description=message),
         )
     with db.read_session() as session:

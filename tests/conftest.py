@@ -1,18 +1,21 @@
 """Shared fixtures: a real database (SQLite file, and PostgreSQL when reachable), the app, users, projects.
 
-Tests that need a server (PostgreSQL, the S3 server process) skip locally when it is absent; CI sets
-``LABELWHEEL_TEST_REQUIRE=postgres,s3`` so the same absence fails the run instead of hiding.
+Tests run on SQLite; those marked ``postgres`` (behaviour that can differ by dialect) on PostgreSQL too.
+Tests that need a server (PostgreSQL, Redis, the S3 server process, Chromium) skip locally when it is
+absent; CI sets ``LABELWHEEL_TEST_REQUIRE`` so the same absence fails the run instead of hiding.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, make_url, text
 
@@ -20,7 +23,7 @@ from service.app import create_app
 from storage.migrate import upgrade
 from storage.models import Base, Role
 from storage.settings import Settings, load_settings
-from storage.users import create_user
+from tests.factories import Account, make_user
 
 POSTGRES_URL = os.environ.get("LABELWHEEL_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REQUIRED = {name.strip() for name in os.environ.get("LABELWHEEL_TEST_REQUIRE", "").split(",") if name.strip()}
@@ -34,9 +37,20 @@ def unavailable(service: str, why: str) -> None:
     pytest.skip(f"{message}; set up {service} and LABELWHEEL_TEST_REQUIRE={service} to run this test")
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests run on SQLite; those marked ``postgres`` run on PostgreSQL too (unless they choose themselves)."""
+    if "database_url" not in metafunc.fixturenames:
+        return
+    chosen = any("database_url" in str(mark.args[0]) for mark in metafunc.definition.iter_markers("parametrize"))
+    if not chosen:
+        dialects = ["sqlite", "postgres"] if metafunc.definition.get_closest_marker("postgres") else ["sqlite"]
+        metafunc.parametrize("database_url", dialects, indirect=True)
+
+
 @pytest.fixture(scope="session")
 def postgres_database() -> Iterator[str]:
-    """A fresh PostgreSQL database for this test run, migrated to head, dropped at the end."""
+    """A fresh PostgreSQL database for this test run (each xdist worker its own), migrated to head, dropped
+    at the end."""
     admin_engine = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
     try:
         with admin_engine.connect() as connection:
@@ -63,11 +77,22 @@ def _truncate_postgres(url: str) -> None:
     engine.dispose()
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One SQLite file migrated to head per test run; each test gets a copy (a copy takes a millisecond, a
+    migration a second)."""
+    path = tmp_path_factory.mktemp("template") / "labelwheel.db"
+    upgrade(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """Each test runs on a fresh SQLite file, and again on PostgreSQL (emptied before the test)."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'labelwheel.db'}"
+    """A migrated database of the test's own: a copy of the SQLite template, or PostgreSQL emptied first."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        path = tmp_path / "labelwheel.db"
+        shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
+        return f"sqlite:///{path}"
     url = request.getfixturevalue("postgres_database")
     _truncate_postgres(url)
     return url
@@ -80,7 +105,7 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
 
 @pytest.fixture
 def app(settings: Settings):
-    application = create_app(settings, migrate=True)
+    application = create_app(settings, migrate=False)  # database_url is migrated already
     yield application
     application.state.runtime.db.dispose()
 
@@ -88,24 +113,6 @@ def app(settings: Settings):
 @pytest.fixture
 def client(app) -> TestClient:
     return TestClient(app)
-
-
-@dataclass(frozen=True)
-class Account:
-    id: int
-    name: str
-    role: Role
-    token: str
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"}
-
-
-def make_user(app, name: str, role: Role) -> Account:
-    with app.state.runtime.db.session() as session:
-        user, token = create_user(session, name=name, role=role)
-        return Account(user.id, name, role, token)
 
 
 @pytest.fixture
@@ -123,14 +130,60 @@ def annotator(app) -> Account:
     return make_user(app, "ann", Role.annotator)
 
 
-def make_project(client: TestClient, admin: Account, *members: Account, **overrides) -> dict:
-    body = {"name": f"project-{uuid.uuid4().hex[:8]}", "labels": ["cat", "dog", "bird"], **overrides}
-    response = client.post("/api/v1/projects", json=body, headers=admin.headers)
-    assert response.status_code == 201, response.text
-    project = response.json()
-    for member in members:
-        added = client.post(
-            f"/api/v1/projects/{project['id']}/members", json={"user_id": member.id}, headers=admin.headers
-        )
-        assert added.status_code == 201, added.text
-    return project
+# The shared champion: good enough that its firm disagreements with a label mean something (mining), and quick.
+CHAMPION_TRAINING = {"epochs": 15, "patience": 15, "batch_size": 16, "input_size": 16, "auto_train": False}
+
+
+@dataclass
+class Trained:
+    """A digits project of 300 images, 150 of them labeled by ``annotator``, and its first champion."""
+
+    app: FastAPI
+    client: TestClient
+    admin: Account
+    engineer: Account
+    annotator: Account
+    project: dict
+    truth: dict[int, str]
+    train_job_id: int
+    champion_id: int
+
+
+def _embedded(root: Path) -> Settings:
+    return load_settings(data_dir=root / "data", database_url=f"sqlite:///{root / 'labelwheel.db'}")
+
+
+@pytest.fixture(scope="session")
+def trained_template(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> tuple[Path, dict]:
+    """Built once per test run (per xdist worker): the database and blob folder of a ``Trained`` project."""
+    from tests.digits import digit_project, label_digits
+    from tests.jobs import run
+
+    root = tmp_path_factory.mktemp("trained")
+    shutil.copyfile(sqlite_template, root / "labelwheel.db")
+    app = create_app(_embedded(root), migrate=False)
+    client = TestClient(app)
+    admin, engineer = make_user(app, "root", Role.admin), make_user(app, "eng", Role.engineer)
+    annotator = make_user(app, "ann", Role.annotator)
+    project, truth = digit_project(client, admin, engineer, annotator, count=300, training=CHAMPION_TRAINING)
+    label_digits(client, project, annotator, truth, 150)
+    created = client.post(f"/api/v1/projects/{project['id']}/jobs", json={"kind": "train"}, headers=engineer.headers)
+    job_id = created.json()["id"]
+    run(app, job_id)
+    done = client.get(f"/api/v1/jobs/{job_id}", headers=engineer.headers).json()
+    assert done["status"] == "succeeded" and done["result"]["promoted"], done
+    app.state.runtime.db.dispose()
+    made = {"admin": admin, "engineer": engineer, "annotator": annotator, "project": project, "truth": truth}
+    return root, {**made, "train_job_id": job_id, "champion_id": done["result"]["model_id"]}
+
+
+@pytest.fixture
+def trained(trained_template: tuple[Path, dict], tmp_path: Path) -> Iterator[Trained]:
+    """A copy of the shared trained project, the test's own to change (a copy takes milliseconds, a training
+    seconds)."""
+    template, made = trained_template
+    root = tmp_path / "trained"
+    shutil.copytree(template, root)
+    app = create_app(_embedded(root), migrate=False)
+    yield Trained(app=app, client=TestClient(app), **made)
+    app.state.runtime.db.dispose()

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from tests.conftest import Account, make_project
+from tests.factories import Account, make_project
 
 DIGIT_LABELS = [str(d) for d in range(10)]
 # Quick trainings for tests: a few epochs, a refresh on every label, training after 40 labels.

@@ -10,7 +10,9 @@ import pytest
 
 from storage.models import ModelKind, ModelStatus, ModelVersion, Role
 from tests import imagefactory as img
-from tests.conftest import make_project, make_user
+from tests.factories import make_project, make_user
+
+pytestmark = pytest.mark.postgres  # behaviour that can differ by dialect
 
 ADMIN, ENGINEER, ANNOTATOR = "admin", "engineer", "annotator"
 EVERYONE = {ADMIN, ENGINEER, ANNOTATOR}

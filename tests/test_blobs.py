@@ -18,19 +18,15 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
+from service.launcher import free_port
 from storage.blobs import BlobStore, LocalBlobStore, StagedBlob, open_blob_store, sha256_file
 from storage.errors import NotFound
 from storage.settings import load_settings
 from tests import imagefactory as img
-from tests.conftest import make_project, make_user, unavailable
+from tests.conftest import unavailable
+from tests.factories import make_project, make_user
 
 S3_KEYS = {"access_key_id": "testing", "secret_access_key": "testing"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

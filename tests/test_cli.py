@@ -5,20 +5,18 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
-import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 from sqlalchemy import func, select
 
+from service.launcher import LABELWHEEL, running_server
 from storage.db import Database
 from storage.models import Image
 from tests import imagefactory as img
-from tests.test_blobs import free_port
-
-LABELWHEEL = str(Path(sys.executable).parent / "labelwheel")
 
 
 def run(args, env, **kwargs):
@@ -30,64 +28,32 @@ def env(tmp_path, database_url):
     return {**os.environ, "LABELWHEEL_DATA_DIR": str(tmp_path / "data"), "LABELWHEEL_DATABASE_URL": database_url}
 
 
-def start_server(env, port):
-    """`labelwheel serve` without its job worker (tests/test_worker.py covers that), unless ``env`` asks."""
-    process = subprocess.Popen(
-        [LABELWHEEL, "serve", "--host", "127.0.0.1", "--port", str(port)],
-        env={"LABELWHEEL_EMBEDDED_WORKER": "false", **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    lines = []
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        lines.append(line)
-        if line.startswith(("admin token", "an admin exists")) or not line:
-            break
-    base = f"http://127.0.0.1:{port}"
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/health").status_code == 200:
-                return process, base, "".join(lines)
-        except httpx.TransportError:
-            time.sleep(0.1)
-    process.kill()
-    raise AssertionError("server did not start:\n" + "".join(lines))
+@contextmanager
+def serving(env, log_path: Path) -> Iterator[tuple[str, str]]:
+    """`labelwheel serve` without its job worker (tests/test_worker.py covers that), unless ``env`` asks;
+    yields its base URL and what it printed before it answered."""
+    with running_server({"LABELWHEEL_EMBEDDED_WORKER": "false", **env}, log_path) as (_, base):
+        yield base, log_path.read_text()
 
 
-def stop(process):
-    process.terminate()
-    process.wait(timeout=20)
-
-
-def test_serve_prints_a_working_admin_token_once_and_the_docs_url(env):
+def test_serve_prints_a_working_admin_token_once_and_the_docs_url(env, tmp_path):
     env = {**env, "LABELWHEEL_DATABASE_URL": ""}  # the embedded default
-    port = free_port()
-    process, base, output = start_server(env, port)
-    try:
-        assert f"http://127.0.0.1:{port}/docs" in output
+    with serving(env, tmp_path / "first.log") as (base, output):
+        assert f"{base}/docs" in output
         token = re.search(r"admin token \(shown once, keep it\): (\S+)", output).group(1)
         me = httpx.get(f"{base}/api/v1/users/me", headers={"Authorization": f"Bearer {token}"})
         assert me.json()["role"] == "admin"
         assert httpx.get(f"{base}/docs").status_code == 200
-    finally:
-        stop(process)
-    process, _, output = start_server(env, port)
-    stop(process)
-    assert "an admin exists already" in output
+    with serving(env, tmp_path / "second.log") as (_, output):
+        assert "an admin exists already" in output
 
 
-def test_the_admin_token_can_come_from_the_environment(env):
+def test_the_admin_token_can_come_from_the_environment(env, tmp_path):
     token = "a-long-automation-token-0123456789"
-    process, base, output = start_server({**env, "LABELWHEEL_ADMIN_TOKEN": token}, free_port())
-    try:
+    with serving({**env, "LABELWHEEL_ADMIN_TOKEN": token}, tmp_path / "serve.log") as (base, output):
         assert "LABELWHEEL_ADMIN_TOKEN" in output
         me = httpx.get(f"{base}/api/v1/users/me", headers={"Authorization": f"Bearer {token}"})
         assert me.status_code == 200 and me.json()["role"] == "admin"
-    finally:
-        stop(process)
 
 
 def test_users_create_prints_a_token_and_rotate_replaces_it(env):
@@ -142,12 +108,10 @@ def test_import_a_folder_twice_adds_nothing_the_second_time(env, tmp_path, datab
     assert "cats/deep/x.jpg" in names
 
 
-def test_serve_with_several_worker_processes(env):
+def test_serve_with_several_worker_processes(env, tmp_path):
     token = "a-long-automation-token-0123456789"
-    process, base, output = start_server(
-        {**env, "LABELWHEEL_ADMIN_TOKEN": token, "LABELWHEEL_WORKERS": "2"}, free_port()
-    )
-    try:
+    env = {**env, "LABELWHEEL_ADMIN_TOKEN": token, "LABELWHEEL_WORKERS": "2"}
+    with serving(env, tmp_path / "serve.log") as (base, output):
         assert "workers: 2" in output
         headers = {"Authorization": f"Bearer {token}"}
         for i in range(6):  # requests spread over both processes, which share the database
@@ -156,5 +120,3 @@ def test_serve_with_several_worker_processes(env):
             )
             assert created.status_code == 201
         assert len(httpx.get(f"{base}/api/v1/projects", headers=headers).json()) == 6
-    finally:
-        stop(process)

@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from storage.models import Image, Role
 from tests import imagefactory as img
-from tests.conftest import make_project, make_user
+from tests.factories import make_project, make_user
 
 LABELWHEEL = str(Path(sys.executable).parent / "labelwheel")
 OVERLAP_2 = {"overlap_rate": 1.0, "overlap_k": 2, "gold_rate": 0}

@@ -18,8 +18,8 @@ from flywheel.policy import start_policy_jobs
 from flywheel.serving.preprocess import normalize, to_array
 from storage.models import Job, JobKind, JobStatus, ModelStatus, ModelVersion, Role
 from tests import imagefactory as img
-from tests.conftest import make_project, make_user
 from tests.digits import digit_project, digits, label_digits
+from tests.factories import make_project, make_user
 from tests.jobs import run
 
 pytestmark = pytest.mark.slow
@@ -42,25 +42,15 @@ def team(app):
     return make_user(app, "eng", Role.engineer), make_user(app, "ann", Role.annotator)
 
 
-@pytest.fixture
-def labeled(client, admin, team):
-    """A digits project with 150 true labels."""
-    engineer, annotator = team
-    project, truth = digit_project(client, admin, engineer, annotator, count=300)
-    label_digits(client, project, annotator, truth, 150)
-    return project, truth
-
-
 def train_once(app, client, engineer, project) -> dict:
     created = start(client, project, engineer)
     assert run(app, created["id"]) == JobStatus.succeeded, job(client, engineer, created["id"])
     return job(client, engineer, created["id"])
 
 
-def test_a_training_job_snapshots_trains_evaluates_and_promotes_the_first_model(app, client, team, labeled):
-    engineer, _ = team
-    project, _ = labeled
-    done = train_once(app, client, engineer, project)
+def test_a_training_job_snapshots_trains_evaluates_and_promotes_the_first_model(trained):
+    client, engineer, project = trained.client, trained.engineer, trained.project
+    done = job(client, engineer, trained.train_job_id)
     assert done["progress"] == 1.0 and done["attempts"] == 1
     card = client.get(f"/api/v1/projects/{project['id']}/models/champion", headers=engineer.headers).json()
     assert card["id"] == done["result"]["model_id"] and card["status"] == "champion"
@@ -74,17 +64,17 @@ def test_a_training_job_snapshots_trains_evaluates_and_promotes_the_first_model(
     assert card["decision"]["compared_with"] == "baseline" and card["decision"]["promote"] is True
     snapshot = card["snapshot"]
     assert snapshot["item_count"] == 150 and snapshot["stats"]["train"] + snapshot["stats"]["test"] == 150
-    assert card["hyperparameters"]["epochs"] == 4 and card["seed"] == 0 and card["architecture"] == "small_cnn"
+    assert card["hyperparameters"]["epochs"] == 15 and card["seed"] == 0 and card["architecture"] == "small_cnn"
     assert card["artefacts"]["onnx_sha256"] and card["artefacts"]["weights_sha256"]
     assert metrics["onnx_max_difference"] <= 1e-4
     # One annotator, no overlap: the human-level reference says why it has no figure.
     assert card["human_reference"]["pooled_accuracy"] is None and card["human_reference"]["reason"]
 
 
-def test_same_snapshot_seed_and_settings_give_the_same_metrics(app, client, team, labeled):
-    engineer, _ = team
-    project, _ = labeled
-    first, second = (train_once(app, client, engineer, project)["result"]["model_id"] for _ in range(2))
+def test_same_snapshot_seed_and_settings_give_the_same_metrics(trained):
+    client, engineer = trained.client, trained.engineer
+    first = trained.champion_id
+    second = train_once(trained.app, client, engineer, trained.project)["result"]["model_id"]
     one, two = (client.get(f"/api/v1/models/{m}", headers=engineer.headers).json() for m in (first, second))
     assert one["snapshot"]["id"] == two["snapshot"]["id"]
     assert one["metrics"]["test_accuracy"] == two["metrics"]["test_accuracy"]
@@ -96,10 +86,8 @@ def test_same_snapshot_seed_and_settings_give_the_same_metrics(app, client, team
     assert two["parent_id"] == first and two["lineage"][0]["id"] == first
 
 
-def test_onnx_download_runs_in_onnxruntime_and_matches_pytorch(app, client, team, labeled):
-    engineer, _ = team
-    project, _ = labeled
-    model_id = train_once(app, client, engineer, project)["result"]["model_id"]
+def test_onnx_download_runs_in_onnxruntime_and_matches_pytorch(trained):
+    client, engineer, project, model_id = trained.client, trained.engineer, trained.project, trained.champion_id
     onnx = client.get(f"/api/v1/models/{model_id}/download?format=onnx", headers=engineer.headers)
     assert onnx.status_code == 200 and onnx.headers["content-type"] == "application/octet-stream"
     weights = client.get(f"/api/v1/models/{model_id}/download?format=weights", headers=engineer.headers)
@@ -134,10 +122,9 @@ def test_onnx_download_runs_in_onnxruntime_and_matches_pytorch(app, client, team
         assert answer["probabilities"][answer["label"]] == pytest.approx(float(row.max()), abs=1e-4)
 
 
-def test_refresh_refits_the_head_on_cached_embeddings_and_serves_it(app, client, team, labeled):
-    engineer, annotator = team
-    project, truth = labeled
-    champion_id = train_once(app, client, engineer, project)["result"]["model_id"]
+def test_refresh_refits_the_head_on_cached_embeddings_and_serves_it(trained):
+    app, client, engineer, annotator = trained.app, trained.client, trained.engineer, trained.annotator
+    project, truth, champion_id = trained.project, trained.truth, trained.champion_id
     db = app.state.runtime.db
     with db.read_session() as session:
         embed_job = session.scalars(select(Job).where(Job.kind == JobKind.embed)).one()
@@ -192,12 +179,10 @@ def test_refresh_refits_the_head_on_cached_embeddings_and_serves_it(app, client,
     assert torch.load(io.BytesIO(weights.content), weights_only=True)["architecture"] == "small_cnn"
 
 
-def test_promote_by_hand_and_roll_back(app, client, team, labeled):
-    engineer, annotator = team
-    project, truth = labeled
-    first = train_once(app, client, engineer, project)["result"]["model_id"]
-    label_digits(client, project, annotator, truth, 20)
-    second = train_once(app, client, engineer, project)["result"]["model_id"]
+def test_promote_by_hand_and_roll_back(trained):
+    client, engineer, project, first = trained.client, trained.engineer, trained.project, trained.champion_id
+    label_digits(client, project, trained.annotator, trained.truth, 20)
+    second = train_once(trained.app, client, engineer, project)["result"]["model_id"]
     client.post(f"/api/v1/models/{second}/promote", json={"reason": "try it"}, headers=engineer.headers)
     back = client.post(f"/api/v1/models/{first}/promote", json={"reason": "rollback"}, headers=engineer.headers)
     assert back.status_code == 200 and back.json()["status"] == "champion"
@@ -210,9 +195,10 @@ def test_promote_by_hand_and_roll_back(app, client, team, labeled):
     )
 
 
-def test_a_training_while_one_is_queued_is_the_same_job_and_only_one_runs_at_a_time(app, client, team, labeled):
+@pytest.mark.postgres
+def test_a_training_while_one_is_queued_is_the_same_job_and_only_one_runs_at_a_time(app, client, team, admin):
     engineer, _ = team
-    project, _ = labeled
+    project = make_project(client, admin, engineer)
     first = start(client, project, engineer)
     assert start(client, project, engineer)["id"] == first["id"]  # still queued: one follow-up, not two
     rt = app.state.runtime
@@ -289,9 +275,10 @@ def test_the_policy_trains_when_labels_grow_by_the_larger_of_count_and_share(app
     assert queued == 1  # the second trigger joined the waiting training
 
 
-def test_cancel_a_queued_job_and_refuse_to_cancel_a_finished_one(app, client, team, labeled):
+@pytest.mark.postgres
+def test_cancel_a_queued_job_and_refuse_to_cancel_a_finished_one(app, client, team, admin):
     engineer, _ = team
-    project, _ = labeled
+    project = make_project(client, admin, engineer)
     queued = start(client, project, engineer)
     cancelled = client.delete(f"/api/v1/jobs/{queued['id']}", headers=engineer.headers)
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
@@ -300,11 +287,17 @@ def test_cancel_a_queued_job_and_refuse_to_cancel_a_finished_one(app, client, te
     assert again.status_code == 409
 
 
-def test_bad_model_requests(app, client, team, labeled, admin):
-    engineer, _ = team
-    project, _ = labeled
+def test_bad_model_requests(trained):
+    app, client, admin, engineer, project = (
+        trained.app,
+        trained.client,
+        trained.admin,
+        trained.engineer,
+        trained.project,
+    )
+    untrained = make_project(client, admin, engineer)
     no_model = client.post(
-        f"/api/v1/projects/{project['id']}/predict",
+        f"/api/v1/projects/{untrained['id']}/predict",
         files=[("files", ("a.png", img.png(), "image/png"))],
         headers=engineer.headers,
     )
@@ -318,7 +311,7 @@ def test_bad_model_requests(app, client, team, labeled, admin):
     unknown = client.post(f"/api/v1/projects/{project['id']}/jobs", json={"kind": "sleep"}, headers=engineer.headers)
     assert unknown.status_code == 422
 
-    model_id = train_once(app, client, engineer, project)["result"]["model_id"]
+    model_id = trained.champion_id
     other_engineer = make_user(app, "other", Role.engineer)
     make_project(client, admin, other_engineer)
     for path in (f"/api/v1/models/{model_id}", f"/api/v1/models/{model_id}/download?format=weights"):

@@ -16,7 +16,7 @@ from service.app import create_app
 from storage.models import Role
 from storage.settings import load_settings
 from tests import imagefactory as img
-from tests.conftest import make_user
+from tests.factories import make_user
 from tests.test_access import ROUTES
 
 EXAMPLES_PER_OPERATION = 100

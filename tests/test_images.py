@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 
 from storage.models import Image as ImageRow
 from tests import imagefactory as img
-from tests.conftest import make_project
+from tests.factories import make_project
 
 
 def upload(client, project_id, account, *files):

@@ -9,8 +9,8 @@ from cleanlab.filter import find_label_issues
 
 from annotation.label_issues import RELABEL_REASON, find_issues
 from storage.models import Image, JobStatus, Role, Split
-from tests.conftest import make_user
 from tests.digits import digit_project, label_digits
+from tests.factories import make_user
 from tests.jobs import run
 
 pytestmark = pytest.mark.slow
@@ -32,7 +32,15 @@ def test_wrong_labels_are_found_ranked_and_sent_back_for_relabeling(app, client,
         make_user(app, name, role)
         for name, role in (("eng", Role.engineer), ("ann", Role.annotator), ("rev", Role.annotator))
     )
-    project, truth = digit_project(client, admin, engineer, annotator, reviewer, count=400, training={"patience": 10})
+    project, truth = digit_project(
+        client,
+        admin,
+        engineer,
+        annotator,
+        reviewer,
+        count=400,
+        training={"patience": 10, "input_size": 16, "batch_size": 16},
+    )
     with app.state.runtime.db.session() as session:
         train_ids = sorted(i.id for i in session.query(Image).filter(Image.split == Split.train))
     wrong = set(np.random.default_rng(0).choice(train_ids, 20, replace=False).tolist())

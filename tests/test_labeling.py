@@ -9,7 +9,9 @@ from sqlalchemy import select, update
 
 from storage.models import Annotation, Assignment, Image, Prediction, Role, utcnow
 from tests import imagefactory as img
-from tests.conftest import make_project, make_user
+from tests.factories import make_project, make_user
+
+pytestmark = pytest.mark.postgres  # behaviour that can differ by dialect
 
 NO_GOLD = {"gold_rate": 0.0, "overlap_rate": 0.0}
 

@@ -19,6 +19,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 import pytest
@@ -27,8 +28,9 @@ from sqlalchemy import func, select
 from storage.db import Database
 from storage.models import Annotation, Assignment, AssignmentStatus, Image
 from tests import imagefactory as img
-from tests.test_blobs import free_port
-from tests.test_cli import start_server, stop
+from tests.test_cli import serving
+
+pytestmark = pytest.mark.postgres  # behaviour that can differ by dialect
 
 ANNOTATORS = 16
 IMAGES = 150
@@ -44,7 +46,7 @@ class Server:
     base: str
     admin_token: str
     database_url: str
-    log: list[str]
+    log: Path
 
 
 @dataclass(frozen=True)
@@ -106,15 +108,9 @@ def server(tmp_path, database_url) -> Iterator[Server]:
         "LABELWHEEL_ADMIN_TOKEN": token,
         "LABELWHEEL_LOG_LEVEL": "WARNING",
     }
-    process, base, _ = start_server(env, free_port())
-    log: list[str] = []
-    drain = threading.Thread(target=lambda: log.extend(process.stdout), daemon=True)  # a full pipe would block it
-    drain.start()
-    try:
-        yield Server(base, token, database_url, log)
-    finally:
-        stop(process)
-        drain.join(timeout=5)
+    log_path = tmp_path / "serve.log"
+    with serving(env, log_path) as (base, _):
+        yield Server(base, token, database_url, log_path)
 
 
 def _client(base: str, token: str) -> httpx.Client:
@@ -269,13 +265,13 @@ def test_sixteen_annotators_at_once_lose_nothing_and_never_share_a_lease(server)
         try:
             concurrent, swept = _run(server, project, annotators, record)
         except AssertionError as exc:
-            raise AssertionError(f"{exc}\nserver log, last lines:\n{''.join(server.log)[-6000:]}") from exc
+            raise AssertionError(f"{exc}\nserver log, last lines:\n{server.log.read_text()[-6000:]}") from exc
         elapsed = time.monotonic() - start
         annotations = _all_annotations(admin, project)
         labels = _all_labels(admin, project)
 
     errors = {key: n for key, n in record.statuses.items() if key[1] >= 500}
-    assert not errors, f"server errors {errors}; log:\n{''.join(server.log)[-4000:]}"
+    assert not errors, f"server errors {errors}; log:\n{server.log.read_text()[-4000:]}"
     summary = f"{concurrent} tasks served at once, {swept} in the sweep, {elapsed:.1f} s; {dict(record.statuses)}"
 
     # Every acknowledged label is stored once; a repeated key answered with the first one's id.

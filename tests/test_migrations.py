@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import text
@@ -9,6 +10,8 @@ from sqlalchemy import text
 from storage.db import create_db_engine
 from storage.migrate import upgrade
 from storage.models import Base
+
+pytestmark = pytest.mark.postgres  # behaviour that can differ by dialect
 
 
 def schema_diff(url: str) -> list:

@@ -18,16 +18,14 @@ from flywheel.jobs.rows import reap_jobs
 from flywheel.schedules import run_due_schedules
 from flywheel.training import mining
 from storage.models import Job, JobKind, Prediction, Role, Schedule, utcnow
-from tests.conftest import make_project, make_user
+from tests.conftest import CHAMPION_TRAINING
 from tests.digits import digit_project, digits, label_digits
+from tests.factories import make_project, make_user
 from tests.jobs import run
 from tests.test_cli import LABELWHEEL
 from tests.test_flywheel import job, start, train_once
 
 pytestmark = pytest.mark.slow
-
-# Ten epochs: a champion good enough that its firm disagreements with a label mean something.
-TRAINING = {"epochs": 15, "patience": 15, "batch_size": 16, "input_size": 16, "auto_train": False}
 
 
 @pytest.fixture
@@ -55,15 +53,17 @@ class Crash(BaseException):
     """The worker process dying mid-job: nothing records the end of the job."""
 
 
-def test_a_mining_job_puts_the_least_confident_images_first_and_resumes_after_a_crash(
-    app, client, admin, team, monkeypatch
-):
+def test_a_mining_job_puts_the_least_confident_images_first_and_resumes_after_a_crash(trained, monkeypatch):
     monkeypatch.setattr(mining, "SCORE_BATCH", 64)  # several batches in a small pool
-    engineer, annotator, _ = team
-    project, truth = digit_project(client, admin, engineer, annotator, count=300, training=TRAINING)
+    app, client, admin, engineer, annotator = (
+        trained.app,
+        trained.client,
+        trained.admin,
+        trained.engineer,
+        trained.annotator,
+    )
+    project, truth, champion = trained.project, trained.truth, trained.champion_id
     settle(client, admin, project, strategy="least_confidence", batch_size=20)
-    label_digits(client, project, annotator, truth, 150)
-    champion = train_once(app, client, engineer, project)["result"]["model_id"]
     rt = app.state.runtime
     unlabeled = [i for i in truth if i not in labeled_ids(client, admin, project)]
     gone = unlabeled[-1]
@@ -119,11 +119,15 @@ def test_a_mining_job_puts_the_least_confident_images_first_and_resumes_after_a_
     assert job(client, engineer, again["id"])["result"]["scored"] == 0
 
 
-def test_a_new_champion_sets_off_a_mining_pass_unless_the_project_turns_it_off(app, client, admin, team):
-    engineer, annotator, _ = team
-    project, truth = digit_project(client, admin, engineer, annotator, count=200, training=TRAINING)
-    label_digits(client, project, annotator, truth, 100)
-    champion = train_once(app, client, engineer, project)["result"]["model_id"]
+def test_a_new_champion_sets_off_a_mining_pass_unless_the_project_turns_it_off(trained):
+    app, client, admin, engineer, annotator = (
+        trained.app,
+        trained.client,
+        trained.admin,
+        trained.engineer,
+        trained.annotator,
+    )
+    project, champion = trained.project, trained.champion_id
     queued = client.get(f"/api/v1/projects/{project['id']}/jobs", headers=engineer.headers).json()
     follow_ups = sorted((j["id"], j["kind"], j["params"]) for j in queued if j["status"] == "queued")
     (embed_id, *_), (mine_id, *_) = follow_ups  # the embeddings first, as the slow lane runs them
@@ -179,7 +183,7 @@ def test_labels_the_model_firmly_contradicts_go_to_another_annotator_within_the_
     app, client, admin, team, settings
 ):
     engineer, annotator, reviewer = team
-    project, truth = digit_project(client, admin, engineer, annotator, reviewer, count=300, training=TRAINING)
+    project, truth = digit_project(client, admin, engineer, annotator, reviewer, count=300, training=CHAMPION_TRAINING)
     settle(client, admin, project, batch_size=20, relabel_share=0.1)  # at most 2 relabel tasks wait at once
     label_digits(client, project, annotator, truth, 147)
     split, labeled = splits(client, admin, project), labeled_ids(client, admin, project)

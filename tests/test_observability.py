@@ -8,7 +8,7 @@ import logging
 
 from storage.logs import JsonFormatter
 from tests import imagefactory as img
-from tests.conftest import make_project
+from tests.factories import make_project
 
 
 def test_health_needs_no_token_and_reports_each_dependency(client):

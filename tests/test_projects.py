@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import make_project
+from tests.factories import make_project
 
 
 def test_create_and_read_a_project_with_its_ordered_labels(client, admin):

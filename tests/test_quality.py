@@ -11,7 +11,7 @@ from sqlalchemy import select
 from annotation.reports import human_reference
 from storage.models import Image, Role
 from tests import imagefactory as img
-from tests.conftest import make_project, make_user
+from tests.factories import make_project, make_user
 
 LABELS = ["1", "3", "7", "9"]
 

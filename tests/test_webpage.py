@@ -6,7 +6,6 @@ import io
 import os
 import re
 import secrets
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +18,7 @@ from playwright.sync_api import ConsoleMessage, Page, Route, expect, sync_playwr
 from storage.db import Database
 from storage.models import Prediction
 from tests.conftest import unavailable
-from tests.test_blobs import free_port
-from tests.test_cli import start_server, stop
+from tests.test_cli import serving
 
 CHROMIUM = Path("/usr/bin/chromium")
 # The machines running the tests have no internet: keep Chromium from calling home.
@@ -67,13 +65,8 @@ def server(tmp_path) -> Iterator[Server]:
     admin_token = secrets.token_urlsafe(32)
     env = {k: v for k, v in os.environ.items() if not k.startswith("LABELWHEEL_")}
     env |= {"LABELWHEEL_DATA_DIR": str(data_dir), "LABELWHEEL_ADMIN_TOKEN": admin_token}
-    process, base, _ = start_server(env, free_port())
-    # The server logs each request to its stdout pipe: keep draining it so a full pipe never blocks it.
-    threading.Thread(target=process.stdout.read, daemon=True).start()
-    try:
+    with serving(env, tmp_path / "serve.log") as (base, _):
         yield Server(base, admin_token, data_dir)
-    finally:
-        stop(process)
 
 
 def picture(i: int) -> bytes:

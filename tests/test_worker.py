@@ -8,15 +8,15 @@ import os
 import signal
 import subprocess
 import time
-import uuid
 
 import httpx
 import pytest
 
-from bench._server import LABELWHEEL, running_server
+from service.launcher import LABELWHEEL, running_server
 from storage.models import Role
-from tests.conftest import Account, unavailable
+from tests.conftest import unavailable
 from tests.digits import digit_project, label_digits
+from tests.factories import Account
 
 pytestmark = pytest.mark.slow
 
@@ -134,10 +134,11 @@ def stop_worker(process: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
 
 
 @pytest.fixture
-def redis_url():
+def redis_url(worker_id):
+    """A Redis database of this test process's own (xdist workers gw0, gw1, ... get 1, 2, ...), emptied."""
     import redis
 
-    db = 1 + uuid.uuid4().int % 15
+    db = 1 + (int(worker_id.removeprefix("gw")) if worker_id.startswith("gw") else 0) % 15
     connection = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db)
     try:
         connection.ping()

@@ -1,8 +1,5 @@
-"""What the benchmarks share for running a real labelwheel server, and for bulk-inserting images.
-
-The benchmarks run as scripts (``.venv/bin/python bench/ingest.py``), so Python puts ``bench/`` on
-``sys.path`` and they import this module as ``from _server import ...``.
-"""
+"""Run the real service as a child process: ``labelwheel serve`` on a free loopback port, ready once
+``GET /health`` answers. Tests, benchmarks and scripts that drive the service over HTTP share it."""
 
 from __future__ import annotations
 
@@ -13,11 +10,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import httpx
-
-from storage.models import ImageSource
 
 LABELWHEEL = str(Path(sys.executable).parent / "labelwheel")
 LOG_TAIL_CHARS = 8000
@@ -26,17 +20,18 @@ LOG_TAIL_CHARS = 8000
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        return int(sock.getsockname()[1])
 
 
 @contextmanager
 def running_server(
     env: dict[str, str], log_path: Path, *, timeout: float = 60
-) -> Iterator[tuple[subprocess.Popen, str]]:
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     """Run ``labelwheel serve`` on a free loopback port with environment ``env``, logging to ``log_path``.
 
-    Yields the process and its base URL once GET /health answers 200. If starting it or the body
-    fails, the tail of the log goes to stderr; the server is stopped however the block ends.
+    Yields the process and its base URL once GET /health answers 200 (what it printed so far is in
+    ``log_path``). If starting it or the body fails, the tail of the log goes to stderr; the server is
+    stopped however the block ends.
     """
     port = free_port()
     with open(log_path, "wb") as log:
@@ -64,7 +59,7 @@ def running_server(
             process.wait()
 
 
-def wait_healthy(process: subprocess.Popen, base: str, timeout: float) -> None:
+def wait_healthy(process: subprocess.Popen[bytes], base: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -74,23 +69,5 @@ def wait_healthy(process: subprocess.Popen, base: str, timeout: float) -> None:
                 return
         except httpx.TransportError:
             pass
-        time.sleep(0.2)
+        time.sleep(0.1)
     raise RuntimeError(f"GET /health did not return 200 within {timeout:.0f} s")
-
-
-def image_row(project_id: int, sha: str, **overrides: Any) -> dict[str, Any]:
-    """A row for a bulk ``insert(Image)`` of an 8x8 100-byte PNG upload with no blob behind it.
-
-    ``overrides`` supply the queue and labeling columns, which differ between benchmarks.
-    """
-    return {
-        "project_id": project_id,
-        "sha256": sha,
-        "thumbnail_sha256": sha,
-        "width": 8,
-        "height": 8,
-        "format": "PNG",
-        "byte_size": 100,
-        "source": ImageSource.upload,
-        **overrides,
-    }
