@@ -52,7 +52,9 @@ def test_every_import_points_down_the_layers():
         for target in targets
         if layer(target) > layer(module)
     ]
-    assert upward == [], "imports against storage <- annotation <- flywheel.serving <- flywheel.jobs <- flywheel <- service"
+    assert upward == [], (
+        "imports against storage <- annotation <- flywheel.serving <- flywheel.jobs <- flywheel <- service"
+    )
 
 
 def test_no_import_circles_between_modules():
