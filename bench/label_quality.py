@@ -270,18 +270,13 @@ def issue_run(root: Path, *, seed: int, folds: int, epochs: int | None, threads:
         project = create_project(session, name=f"digits-{seed}", labels=LABELS, settings={"overlap_rate": 0.0})
         session.flush()
         project_id = project.id
-        admin, _ = create_user(session, name=f"admin-{seed}", role=Role.admin)
         annotator, _ = create_user(session, name=f"labeler-{seed}", role=Role.annotator)
         add_member(session, project=project, user_id=annotator.id)
-        principals = (
-            Principal(admin.id, admin.name, admin.role),
-            Principal(annotator.id, annotator.name, annotator.role),
-        )
+        labeler = Principal(annotator.id, annotator.name, annotator.role)
     results = ingest_uploads(
         db=db,
         blobs=blobs,
         limits=Limits.from_settings(settings),
-        principal=principals[0],
         project_id=project_id,
         uploads=[(f"{i}.png", io.BytesIO(png)) for i, png in enumerate(pngs)],
     )
@@ -290,14 +285,14 @@ def issue_run(root: Path, *, seed: int, folds: int, epochs: int | None, threads:
     while True:
         with db.session() as session:
             project = session.get_one(Project, project_id)
-            task = next_task(session, principal=principals[1], project=project)
+            task = next_task(session, principal=labeler, project=project)
             if task is None:
                 break
             image_id = task.image.id
             label = true_of[image_id]
             if image_id in flipped:
                 label = (label + int(rng.integers(1, 10))) % 10
-            submit_annotation(session, principal=principals[1], project=project, image_id=image_id, label=str(label))
+            submit_annotation(session, principal=labeler, project=project, image_id=image_id, label=str(label))
     summary = run_label_quality(db, blobs, project_id, folds=folds, epochs=epochs, threads=threads)
     with db.read_session() as session:
         train_ids = set(

@@ -39,8 +39,11 @@ def start_policy_jobs(db: Database, transport: Transport, *, project_id: int) ->
             )
             started.append(JobKind.refresh)
         if policy.auto_train:
-            labeled = session.scalar(
-                select(func.count()).where(Image.project_id == project_id, Image.consensus_label.is_not(None))
+            labeled = (
+                session.scalar(
+                    select(func.count()).where(Image.project_id == project_id, Image.consensus_label.is_not(None))
+                )
+                or 0
             )
             last = _last_training_size(session, project_id)
             needed = max(policy.min_new_labels, math.ceil(policy.growth * last))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -70,7 +70,7 @@ def serve(
         console.print("admin token: the one in LABELWHEEL_ADMIN_TOKEN")
     else:
         console.print("an admin exists already; `labelwheel users rotate-token admin` prints a new token")
-    options = {"host": host, "port": port, "log_config": None, "timeout_graceful_shutdown": 10}
+    options: dict[str, Any] = {"host": host, "port": port, "log_config": None, "timeout_graceful_shutdown": 10}
     job_worker = _start_job_worker() if settings.embedded_worker else None
     if job_worker is None:
         console.print("jobs: no worker started here (LABELWHEEL_EMBEDDED_WORKER=false); run `labelwheel worker`")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import os
 import shutil
 import tempfile
 import zipfile
@@ -22,22 +23,22 @@ from enum import StrEnum
 from pathlib import Path, PurePosixPath
 from typing import IO
 
+from PIL import Image as PILImage
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from storage.blobs import CHUNK, BlobStore, StagedBlob
 from storage.db import Database
-from storage.errors import InvalidInput
-from storage.imagecheck import ImageInfo, ImageRejected, inspect_image
-from storage.models import Image, ImageSource, Project, QueueTier, Role, Split
-from storage.projects import get_project, require_role
+from storage.errors import InvalidInput, PayloadTooLarge
+from storage.imagecheck import ImageInfo, ImageRejected, decode_image, inspect_image
+from storage.models import Image, ImageSource, Project, QueueTier, Split
 from storage.settings import Settings
-from storage.users import Principal
 
 log = logging.getLogger(__name__)
 
 ZIP_MAGIC = b"PK\x03\x04"
 TEST_SHARE_PERCENT = 20
+EMPTY = "the file is empty"
 
 
 class Outcome(StrEnum):
@@ -239,19 +240,26 @@ def _stage(candidate: Candidate, staging: Path, limits: Limits) -> _Staged:
             staged.result = _reject(candidate.name, "bad_zip_member", f"cannot read from the archive: {exc}")
             return staged
     if size == 0:
-        staged.result = _reject(candidate.name, "empty_file", "the file is empty")
+        staged.result = _reject(candidate.name, "empty_file", EMPTY)
         return staged
     staged.sha256 = digest.hexdigest()
     staged.size = size
     return staged
 
 
-def _too_large(name: str, size: int, limits: Limits) -> IngestResult:
-    return _reject(
-        name,
-        "file_too_large",
-        f"file has more than {limits.max_file_bytes:,} bytes ({size:,} seen), over LABELWHEEL_MAX_FILE_BYTES",
+def _too_large_reason(size: int, limits: Limits) -> str:
+    return f"file has more than {limits.max_file_bytes:,} bytes ({size:,} seen), over LABELWHEEL_MAX_FILE_BYTES"
+
+
+def _too_many_files_reason(limits: Limits) -> str:
+    return (
+        f"more than {limits.max_files:,} files in one request (LABELWHEEL_MAX_FILES_PER_REQUEST); "
+        "send them in several requests"
     )
+
+
+def _too_large(name: str, size: int, limits: Limits) -> IngestResult:
+    return _reject(name, "file_too_large", _too_large_reason(size, limits))
 
 
 def _inspect(staged: _Staged, staging: Path, limits: Limits) -> _Staged:
@@ -308,14 +316,7 @@ class Ingestor:
                 chunk: list[Candidate] = []
                 for count, candidate in enumerate(candidates, start=1):
                     if count > self.limits.max_files:
-                        results.append(
-                            _reject(
-                                candidate.name,
-                                "too_many_files",
-                                f"more than {self.limits.max_files:,} files in one request "
-                                "(LABELWHEEL_MAX_FILES_PER_REQUEST); send them in several requests",
-                            )
-                        )
+                        results.append(_reject(candidate.name, "too_many_files", _too_many_files_reason(self.limits)))
                         continue
                     chunk.append(candidate)
                     if len(chunk) >= self.chunk_size:
@@ -416,14 +417,10 @@ def ingest_uploads(
     db: Database,
     blobs: BlobStore,
     limits: Limits,
-    principal: Principal,
     project_id: int,
     uploads: Sequence[tuple[str, IO[bytes]]],
 ) -> list[IngestResult]:
-    """Ingest uploaded files (images or zip archives) into a project the caller may upload to."""
-    with db.session() as session:
-        get_project(session, principal=principal, project_id=project_id)
-        require_role(principal, Role.admin, Role.engineer)
+    """Ingest uploaded files (images or zip archives) into a project (the caller checked access)."""
     if not uploads:
         raise InvalidInput("the upload has no files: send them in the repeatable form field 'files'", code="no_files")
     candidates = (
@@ -432,3 +429,27 @@ def ingest_uploads(
         for candidate in expand_upload(name, fileobj, limits=limits, source=ImageSource.upload)
     )
     return Ingestor(db=db, blobs=blobs, limits=limits).ingest(project_id, candidates)
+
+
+def decode_uploads(uploads: Sequence[tuple[str, IO[bytes]]], *, limits: Limits) -> list[PILImage.Image]:
+    """Uploaded images decoded in memory (predictions: nothing is stored), under the limits and checks of ingest.
+
+    The first refused file fails the request, with the code an upload reports for it: ``too_many_files`` and
+    ``file_too_large`` (413), ``empty_file`` and ``invalid_image`` (422); the message names the file.
+    """
+    if len(uploads) > limits.max_files:
+        raise PayloadTooLarge(_too_many_files_reason(limits), code="too_many_files")
+    return [_decoded(name, fileobj, limits) for name, fileobj in uploads]
+
+
+def _decoded(name: str, fileobj: IO[bytes], limits: Limits) -> PILImage.Image:
+    size = fileobj.seek(0, os.SEEK_END)
+    fileobj.seek(0)
+    if size > limits.max_file_bytes:
+        raise PayloadTooLarge(f"{name}: {_too_large_reason(size, limits)}", code="file_too_large")
+    if size == 0:
+        raise InvalidInput(f"{name}: {EMPTY}", code="empty_file")
+    try:
+        return decode_image(fileobj, max_pixels=limits.max_image_pixels)
+    except ImageRejected as exc:
+        raise InvalidInput(f"{name}: {exc}", code="invalid_image") from None

@@ -313,19 +313,16 @@ def test_concurrent_uploads_of_the_same_images_store_each_once(client, admin, ap
     from concurrent.futures import ThreadPoolExecutor
 
     from storage.ingest import ingest_uploads
-    from storage.users import Principal
 
     project = make_project(client, admin)
     files = [(f"{i}.png", img.png(color=(i, 1, 2))) for i in range(20)]
     runtime = app.state.runtime
-    principal = Principal(id=admin.id, name=admin.name, role=admin.role)
 
     def ingest(_):
         return ingest_uploads(
             db=runtime.db,
             blobs=runtime.blobs,
             limits=runtime.limits,
-            principal=principal,
             project_id=project["id"],
             uploads=[(name, io.BytesIO(data)) for name, data in files],
         )

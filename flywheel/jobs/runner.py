@@ -93,6 +93,7 @@ def run_claimed(
 
     thread = threading.Thread(target=beat, name=f"heartbeat-{claim.job_id}", daemon=True)
     thread.start()
+    outcome: dict[str, Any]
     try:
         result = handlers[claim.kind](context)
     except JobCancelled:

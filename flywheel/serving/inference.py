@@ -84,11 +84,14 @@ class Predictor:
 
     def predict(
         self, session: Session, *, project_id: int, images: list[PILImage.Image]
-    ) -> tuple[ModelVersion, list[Answer]] | None:
-        """Answers for decoded images, with the model that gave them; None when the project has no model."""
+    ) -> tuple[ModelVersion, list[Answer]]:
+        """Answers for decoded images, with the model that gave them; Conflict when the project has no model."""
         model = serving_model(session, project_id=project_id)
         if model is None:
-            return None
+            raise Conflict(
+                f"project {project_id} has no model yet: once enough images are labeled a training starts by itself",
+                code="no_model",
+            )
         backbone, (weight, bias) = self._parts(session, model)
         arrays = np.stack([to_array(image, model.input_size) for image in images])
         probabilities = head_probabilities(self._embed(backbone, arrays), weight, bias)

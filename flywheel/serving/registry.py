@@ -1,20 +1,37 @@
-"""The model registry: versions, the champion, promotion and rollback, and the model card.
+"""The model registry: versions, the champion, promotion and rollback, the model card and downloads.
 
 Queries only: nothing here imports torch, so the API process can list and promote models cheaply.
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from annotation.reports import human_reference
+from storage.blobs import BlobStore
 from storage.errors import Conflict, NotFound
 from storage.models import DatasetSnapshot, ModelKind, ModelStatus, ModelVersion, utcnow
 
 PROMOTABLE = frozenset({ModelStatus.candidate, ModelStatus.retired, ModelStatus.champion})
+
+
+class DownloadFormat(StrEnum):
+    onnx = "onnx"
+    weights = "weights"
+    card = "card"
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    filename: str
+    media_type: str
+    data: bytes
 
 
 def list_models(session: Session, *, project_id: int, limit: int = 100) -> list[ModelVersion]:
@@ -104,7 +121,8 @@ def promote(session: Session, *, model: ModelVersion, by_user: int | None, reaso
 def model_card(session: Session, *, model: ModelVersion) -> dict[str, Any]:
     """Everything an engineer needs to trust or reproduce a model: metrics, data, lineage and the decision."""
     snapshot = session.get(DatasetSnapshot, model.snapshot_id) if model.snapshot_id else None
-    lineage, parent_id = [], model.parent_id
+    lineage: list[dict[str, Any]] = []
+    parent_id = model.parent_id
     while parent_id is not None and len(lineage) < 50:
         parent = session.get(ModelVersion, parent_id)
         if parent is None:
@@ -143,3 +161,29 @@ def model_card(session: Session, *, model: ModelVersion) -> dict[str, Any]:
         "finished_at": model.finished_at and model.finished_at.isoformat(),
         "promoted_at": model.promoted_at and model.promoted_at.isoformat(),
     }
+
+
+def model_file(session: Session, blobs: BlobStore, *, model: ModelVersion, format: DownloadFormat) -> ModelFile:
+    """The file a download of ``model`` serves; Conflict while there is none to serve.
+
+    A refreshed head that a newer one replaced before its files were made never gets them
+    (``model_superseded`` names the one to fetch); otherwise a missing file is still being made.
+    """
+    if model.status in (ModelStatus.training, ModelStatus.failed):
+        raise Conflict(f"model {model.id} is {model.status.value}; nothing to download", code="model_not_ready")
+    name = f"labelwheel-project{model.project_id}-model{model.id}"
+    if format == DownloadFormat.card:
+        card = json.dumps(model_card(session, model=model), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        return ModelFile(f"{name}.json", "application/json", card.encode())
+    sha256 = model.onnx_sha256 if format == DownloadFormat.onnx else model.weights_sha256
+    if sha256 is None:
+        newer = newer_refresh(session, model=model)
+        if newer is not None:
+            raise Conflict(
+                f"model {model.id} was replaced by the refreshed model {newer.id} before its files were made; "
+                "download that one",
+                code="model_superseded",
+            )
+        raise Conflict(f"the {format.value} file of model {model.id} is still being made; try again shortly")
+    suffix = "onnx" if format == DownloadFormat.onnx else "pt"
+    return ModelFile(f"{name}.{suffix}", "application/octet-stream", blobs.read_bytes(sha256))

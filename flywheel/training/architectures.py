@@ -77,25 +77,28 @@ def load_backbone(model: nn.Module, path: Path) -> None:
     model.load_state_dict(usable, strict=False)
 
 
-def head_of(model: nn.Module) -> nn.Linear:
-    """The final linear layer: what a fast refresh refits, and whose input is the image's embedding."""
+def _head_slot(model: nn.Module) -> tuple[nn.Module, str]:
+    """The module that holds the final linear layer, and the layer's name in it."""
     if isinstance(model, SmallCNN):
-        return model.head
+        return model, "head"
     name = type(model).__name__
     if name == "ResNet":
-        return model.fc
+        return model, "fc"
     if name == "MobileNetV3":
-        return model.classifier[-1]
-    raise ValueError(f"no known head for {type(model).__name__}")
+        classifier = model.get_submodule("classifier")
+        return classifier, [child for child, _ in classifier.named_children()][-1]
+    raise ValueError(f"no known head for {name}")
+
+
+def head_of(model: nn.Module) -> nn.Linear:
+    """The final linear layer: what a fast refresh refits, and whose input is the image's embedding."""
+    holder, name = _head_slot(model)
+    layer = holder.get_submodule(name)
+    if not isinstance(layer, nn.Linear):
+        raise ValueError(f"the head of {type(model).__name__} is a {type(layer).__name__}, not a linear layer")
+    return layer
 
 
 def replace_head(model: nn.Module, layer: nn.Module) -> None:
-    name = type(model).__name__
-    if isinstance(model, SmallCNN):
-        model.head = layer
-    elif name == "ResNet":
-        model.fc = layer
-    elif name == "MobileNetV3":
-        model.classifier[-1] = layer
-    else:
-        raise ValueError(f"no known head for {type(model).__name__}")
+    holder, name = _head_slot(model)
+    setattr(holder, name, layer)

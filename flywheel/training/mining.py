@@ -80,7 +80,7 @@ def _relabel_candidate() -> ColumnElement[bool]:
     )
 
 
-def _to_score(project_id: int, model_id: int) -> Select[Any]:
+def _to_score(project_id: int, model_id: int) -> Select[int, str]:
     scored = select(Prediction.id).where(Prediction.model_id == model_id, Prediction.image_id == Image.id).exists()
     return select(Image.id, Image.sha256).where(
         Image.project_id == project_id, or_(_unlabeled(), _relabel_candidate()), ~scored

@@ -93,21 +93,17 @@ def run_embedding(ctx: JobContext) -> dict[str, Any]:
         if best is None:
             raise JobFailed("no champion model yet: embeddings come from the champion's backbone; train one first")
         images = [
-            tuple(row)
-            for row in session.execute(
+            (image_id, sha256)
+            for image_id, sha256 in session.execute(
                 select(Image.id, Image.sha256).where(Image.project_id == ctx.project_id).order_by(Image.id)
             )
         ]
     for start in range(0, len(images), EMBED_CHUNK):  # a chunk's vectors at a time in memory, not the pool's
-        ensure_embeddings(
-            ctx.db,
-            ctx.blobs,
-            best,
-            images[start : start + EMBED_CHUNK],  # type: ignore[arg-type]
-            on_progress=lambda done, _, start=start: ctx.progress(
-                (start + done) / len(images), f"embedded {start + done}/{len(images)} images"
-            ),
-        )
+
+        def report(done: int, _: int, start: int = start) -> None:
+            ctx.progress((start + done) / len(images), f"embedded {start + done}/{len(images)} images")
+
+        ensure_embeddings(ctx.db, ctx.blobs, best, images[start : start + EMBED_CHUNK], on_progress=report)
     return {"model_id": best.id, "images": len(images), "message": f"{len(images)} embeddings from model {best.id}"}
 
 

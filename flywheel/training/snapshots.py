@@ -33,7 +33,7 @@ def build_snapshot(session: Session, blobs: BlobStore, *, project: Project) -> D
         .where(Image.project_id == project.id, Image.consensus_label.is_not(None))
         .order_by(Image.id)
     ).all()
-    items = [Item(image_id, sha, label, Split(split)) for image_id, sha, label, split in rows]
+    items = [Item(image_id, sha, label, Split(split)) for image_id, sha, label, split in rows if label is not None]
     content = json.dumps(
         {"labels": project.labels, "items": [[i.image_id, i.sha256, i.label, i.split.value] for i in items]},
         separators=(",", ":"),

@@ -8,11 +8,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from annotation.exports import MEDIA_TYPES, ExportFormat, export_chunks, export_filename
 from annotation.labelstudio import import_labelstudio_upload
 from annotation.labelstudio_tasks import MAX_LABEL_CONFIG_CHARS
-from service.deps import CurrentUser, ReadSessionDep, RuntimeDep
-from service.schemas.common import ERROR_RESPONSES, ProjectId
+from service.deps import AdminProject, EngineerProject, RuntimeDep
+from service.schemas.common import ERROR_RESPONSES
 from service.schemas.exports import LabelStudioImportSummary
-from storage.models import Role
-from storage.projects import get_project, require_role
 
 router = APIRouter(prefix="/api/v1/projects/{project_id}", tags=["exports"], responses=ERROR_RESPONSES)
 
@@ -32,20 +30,16 @@ router = APIRouter(prefix="/api/v1/projects/{project_id}", tags=["exports"], res
     },
 )
 def export(
-    project_id: ProjectId,
+    project: EngineerProject,
     request: Request,
-    session: ReadSessionDep,
-    principal: CurrentUser,
     runtime: RuntimeDep,
     format: Annotated[ExportFormat, Query(description="csv, json, or labelstudio (a full JSON export).")] = (
         ExportFormat.csv
     ),
 ) -> StreamingResponse:
-    get_project(session, principal=principal, project_id=project_id)
-    require_role(principal, Role.admin, Role.engineer)
-    # The request's session ends when this function returns; the stream reads in short sessions of its own.
-    chunks = export_chunks(runtime.db, project_id=project_id, fmt=format, base_url=str(request.base_url))
-    filename = export_filename(project_id, format)
+    # The stream reads in short sessions of its own, after this function has returned.
+    chunks = export_chunks(runtime.db, project_id=project.id, fmt=format, base_url=str(request.base_url))
+    filename = export_filename(project.id, format)
     return StreamingResponse(
         chunks, media_type=MEDIA_TYPES[format], headers={"Content-Disposition": f'attachment; filename="{filename}"'}
     )
@@ -58,9 +52,8 @@ def export(
     responses={200: {"model": LabelStudioImportSummary, "description": "Nothing new was stored."}},
 )
 def import_labelstudio(
-    project_id: ProjectId,
+    project: AdminProject,
     runtime: RuntimeDep,
-    principal: CurrentUser,
     export: Annotated[UploadFile, File(description="Label Studio's JSON export: a list of tasks.")],
     files: Annotated[
         list[UploadFile] | None, File(description="The tasks' image files and/or zip archives; repeat the field.")
@@ -77,8 +70,7 @@ def import_labelstudio(
         db=runtime.db,
         blobs=runtime.blobs,
         limits=runtime.limits,
-        principal=principal,
-        project_id=project_id,
+        project_id=project.id,
         export=export.file,
         uploads=[(f.filename or "upload", f.file) for f in files or []],
         label_config=label_config or None,

@@ -5,13 +5,13 @@ from typing import Annotated
 from fastapi import APIRouter, File, Header, Query, Response, UploadFile, status
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from service.deps import CurrentUser, ReadSessionDep, RuntimeDep
+from service.deps import EngineerProject, MemberImage, MemberProject, ReadSessionDep, RuntimeDep
 from service.observability import IMAGES
-from service.schemas.common import ERROR_RESPONSES, MAX_ID, ImageId, ProjectId
+from service.schemas.common import ERROR_RESPONSES, MAX_ID
 from service.schemas.images import ImageRead, ImagesPage, IngestFileResult, IngestSummary
-from storage.images import get_image, list_images, mimetype
+from storage.errors import InvalidInput
+from storage.images import list_images, mimetype
 from storage.ingest import Outcome, ingest_uploads
-from storage.projects import get_project
 
 router = APIRouter(tags=["images"], responses=ERROR_RESPONSES)
 
@@ -25,17 +25,15 @@ IMMUTABLE = "private, max-age=31536000, immutable"
     status_code=status.HTTP_201_CREATED,
 )
 def upload(
-    project_id: ProjectId,
+    project: EngineerProject,
     runtime: RuntimeDep,
-    principal: CurrentUser,
     files: Annotated[list[UploadFile], File(description="Images or zip archives; repeat the field.")],
 ) -> JSONResponse:
     results = ingest_uploads(
         db=runtime.db,
         blobs=runtime.blobs,
         limits=runtime.limits,
-        principal=principal,
-        project_id=project_id,
+        project_id=project.id,
         uploads=[(f.filename or "upload", f.file) for f in files],
     )
     counts = {outcome: sum(r.status is outcome for r in results) for outcome in Outcome}
@@ -47,32 +45,24 @@ def upload(
         rejected=counts[Outcome.rejected],
         files=[IngestFileResult.model_validate(r) for r in results],
     )
-    if counts[Outcome.accepted]:
-        code = status.HTTP_201_CREATED
-    elif counts[Outcome.duplicate]:
-        code = status.HTTP_200_OK
-    else:
-        body = {
-            "error": {
-                "code": "no_images_accepted",
-                "message": "no file in the upload was accepted; see each file's reason",
-                "details": summary.model_dump(mode="json"),
-            }
-        }
-        return JSONResponse(body, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+    if not counts[Outcome.accepted] and not counts[Outcome.duplicate]:
+        raise InvalidInput(
+            "no file in the upload was accepted; see each file's reason",
+            code="no_images_accepted",
+            details=summary.model_dump(mode="json"),
+        )
+    code = status.HTTP_201_CREATED if counts[Outcome.accepted] else status.HTTP_200_OK
     return JSONResponse(summary.model_dump(mode="json"), status_code=code)
 
 
 @router.get("/api/v1/projects/{project_id}/images", summary="A page of the project's images, by id")
 def index(
-    project_id: ProjectId,
+    project: MemberProject,
     session: ReadSessionDep,
-    principal: CurrentUser,
     after: Annotated[int | None, Query(ge=0, le=MAX_ID, description="Return images with an id above this one.")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> ImagesPage:
-    get_project(session, principal=principal, project_id=project_id)
-    images = list_images(session, project_id=project_id, after=after, limit=limit)
+    images = list_images(session, project_id=project.id, after=after, limit=limit)
     return ImagesPage(
         items=[ImageRead.model_validate(i) for i in images],
         next_after=images[-1].id if len(images) == limit else None,
@@ -80,8 +70,8 @@ def index(
 
 
 @router.get("/api/v1/images/{image_id}", summary="One image's facts")
-def read(image_id: ImageId, session: ReadSessionDep, principal: CurrentUser) -> ImageRead:
-    return ImageRead.model_validate(get_image(session, principal=principal, image_id=image_id))
+def read(image: MemberImage) -> ImageRead:
+    return ImageRead.model_validate(image)
 
 
 def _blob_response(runtime: RuntimeDep, sha256: str, media_type: str, if_none_match: str | None) -> Response:
@@ -98,14 +88,7 @@ def _blob_response(runtime: RuntimeDep, sha256: str, media_type: str, if_none_ma
     response_class=Response,
     responses={200: {"content": {"image/*": {}}}, 304: {"description": "Not modified"}},
 )
-def content(
-    image_id: ImageId,
-    session: ReadSessionDep,
-    principal: CurrentUser,
-    runtime: RuntimeDep,
-    if_none_match: Annotated[str | None, Header()] = None,
-) -> Response:
-    image = get_image(session, principal=principal, image_id=image_id)
+def content(image: MemberImage, runtime: RuntimeDep, if_none_match: Annotated[str | None, Header()] = None) -> Response:
     return _blob_response(runtime, image.sha256, mimetype(image), if_none_match)
 
 
@@ -116,11 +99,6 @@ def content(
     responses={200: {"content": {"image/png": {}}}, 304: {"description": "Not modified"}},
 )
 def thumbnail(
-    image_id: ImageId,
-    session: ReadSessionDep,
-    principal: CurrentUser,
-    runtime: RuntimeDep,
-    if_none_match: Annotated[str | None, Header()] = None,
+    image: MemberImage, runtime: RuntimeDep, if_none_match: Annotated[str | None, Header()] = None
 ) -> Response:
-    image = get_image(session, principal=principal, image_id=image_id)
     return _blob_response(runtime, image.thumbnail_sha256, "image/png", if_none_match)

@@ -9,9 +9,19 @@ from annotation.annotations import list_annotations, project_image, submit_annot
 from annotation.curation import gold_scores, send_for_review, set_gold
 from annotation.labels import current_labels
 from annotation.queue import next_task, progress, skip_task
-from flywheel.serving.inference import model_version
-from service.deps import CurrentUser, ReadSessionDep, RuntimeDep, SessionDep
-from service.schemas.common import ERROR_RESPONSES, MAX_ID, ImageId, ProjectId
+from flywheel.serving.prelabels import prelabel_for
+from service.deps import (
+    AdminProjectForWrite,
+    CurrentUser,
+    EngineerProject,
+    EngineerProjectForWrite,
+    MemberProject,
+    MemberProjectForWrite,
+    ReadSessionDep,
+    RuntimeDep,
+    SessionDep,
+)
+from service.schemas.common import ERROR_RESPONSES, MAX_ID, ImageId
 from service.schemas.images import ImageRead
 from service.schemas.labeling import (
     AnnotationCreate,
@@ -28,8 +38,6 @@ from service.schemas.labeling import (
     TaskRead,
 )
 from storage.db import after_commit
-from storage.models import Role
-from storage.projects import get_project, require_role
 
 router = APIRouter(prefix="/api/v1/projects/{project_id}", tags=["labeling"], responses=ERROR_RESPONSES)
 
@@ -44,21 +52,13 @@ Limit = Annotated[int, Query(ge=1, le=1000)]
     responses={204: {"description": "Nothing left to label for you."}},
 )
 def next_(
-    project_id: ProjectId, session: SessionDep, principal: CurrentUser, runtime: RuntimeDep
+    project: MemberProjectForWrite, session: SessionDep, principal: CurrentUser, runtime: RuntimeDep
 ) -> TaskRead | Response:
-    project = get_project(session, principal=principal, project_id=project_id)
     task = next_task(session, principal=principal, project=project)
     if task is None:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
     image = task.image
-    live = runtime.predictor.prelabel(session, image=image)  # the newest model's answer beats a stored one
-    prelabel = (
-        PreLabelRead(label=live[1].label, confidence=live[1].confidence, model_version=model_version(live[0]))
-        if live
-        else PreLabelRead(**vars(task.prelabel))
-        if task.prelabel
-        else None
-    )
+    prelabel = prelabel_for(session, runtime.predictor, task=task)
     return TaskRead(
         image_id=image.id,
         project_id=project.id,
@@ -68,15 +68,14 @@ def next_(
         height=image.height,
         lease_expires_at=task.lease_expires_at,
         review_reason=task.review_reason,
-        prelabel=prelabel,
+        prelabel=PreLabelRead(**vars(prelabel)) if prelabel else None,
     )
 
 
 @router.post(
     "/tasks/{image_id}/skip", status_code=status.HTTP_204_NO_CONTENT, summary="Give a leased task back unlabeled"
 )
-def skip(project_id: ProjectId, image_id: ImageId, session: SessionDep, principal: CurrentUser) -> None:
-    project = get_project(session, principal=principal, project_id=project_id)
+def skip(project: MemberProjectForWrite, image_id: ImageId, session: SessionDep, principal: CurrentUser) -> None:
     skip_task(session, principal=principal, project=project, image_id=image_id)
 
 
@@ -87,7 +86,7 @@ def skip(project_id: ProjectId, image_id: ImageId, session: SessionDep, principa
     responses={200: {"model": AnnotationRead, "description": "A replay of an earlier request with this key."}},
 )
 def submit(
-    project_id: ProjectId,
+    project: MemberProjectForWrite,
     body: AnnotationCreate,
     session: SessionDep,
     principal: CurrentUser,
@@ -96,7 +95,6 @@ def submit(
         str | None, Header(max_length=200, description="Retries with the same key store the label once.")
     ] = None,
 ) -> JSONResponse:
-    project = get_project(session, principal=principal, project_id=project_id)
     result = submit_annotation(
         session,
         principal=principal,
@@ -114,7 +112,7 @@ def submit(
 
 @router.get("/annotations", summary="Annotations by id, history included (annotators see their own)")
 def index(
-    project_id: ProjectId,
+    project: MemberProject,
     session: ReadSessionDep,
     principal: CurrentUser,
     after: After = None,
@@ -123,10 +121,9 @@ def index(
     image_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
     current_only: bool = False,
 ) -> AnnotationsPage:
-    get_project(session, principal=principal, project_id=project_id)
     items = list_annotations(
         session,
-        project_id=project_id,
+        project_id=project.id,
         after=after,
         limit=limit,
         annotator_id=visible_annotator(principal, annotator_id),
@@ -140,18 +137,15 @@ def index(
 
 
 @router.get("/progress", summary="Counters for the labeling page")
-def progress_(project_id: ProjectId, session: ReadSessionDep, principal: CurrentUser) -> ProgressRead:
-    get_project(session, principal=principal, project_id=project_id)
-    return ProgressRead(**progress(session, project_id=project_id, annotator_id=principal.id))
+def progress_(project: MemberProject, session: ReadSessionDep, principal: CurrentUser) -> ProgressRead:
+    return ProgressRead(**progress(session, project_id=project.id, annotator_id=principal.id))
 
 
 @router.get("/labels", summary="The current (consensus) label of each labeled image (admin, engineer)")
 def labels(
-    project_id: ProjectId, session: ReadSessionDep, principal: CurrentUser, after: After = None, limit: Limit = 100
+    project: EngineerProject, session: ReadSessionDep, after: After = None, limit: Limit = 100
 ) -> CurrentLabelsPage:
-    get_project(session, principal=principal, project_id=project_id)
-    require_role(principal, Role.admin, Role.engineer)
-    items = current_labels(session, project_id=project_id, after=after, limit=limit)
+    items = current_labels(session, project_id=project.id, after=after, limit=limit)
     return CurrentLabelsPage(
         items=[
             CurrentLabel(
@@ -169,48 +163,39 @@ def labels(
 
 
 @router.put("/gold", summary="Mark an image as a gold question with its known answer (admin)")
-def gold(project_id: ProjectId, body: GoldSet, session: SessionDep, principal: CurrentUser) -> ImageRead:
-    project = get_project(session, principal=principal, project_id=project_id)
-    require_role(principal, Role.admin)
+def gold(project: AdminProjectForWrite, body: GoldSet, session: SessionDep) -> ImageRead:
     return ImageRead.model_validate(set_gold(session, project=project, image_id=body.image_id, label=body.label))
 
 
 @router.delete("/gold/{image_id}", summary="Unmark a gold question (admin)")
-def ungold(project_id: ProjectId, image_id: ImageId, session: SessionDep, principal: CurrentUser) -> ImageRead:
-    project = get_project(session, principal=principal, project_id=project_id)
-    require_role(principal, Role.admin)
+def ungold(project: AdminProjectForWrite, image_id: ImageId, session: SessionDep) -> ImageRead:
     return ImageRead.model_validate(set_gold(session, project=project, image_id=image_id, label=None))
 
 
 @router.get("/gold/scores", summary="Each annotator's answers to gold questions (admin, engineer)")
-def scores(project_id: ProjectId, session: ReadSessionDep, principal: CurrentUser) -> list[GoldScoreRead]:
-    get_project(session, principal=principal, project_id=project_id)
-    require_role(principal, Role.admin, Role.engineer)
+def scores(project: EngineerProject, session: ReadSessionDep) -> list[GoldScoreRead]:
     return [
         GoldScoreRead(
             annotator_id=s.annotator_id, name=s.name, answered=s.answered, correct=s.correct, accuracy=s.accuracy
         )
-        for s in gold_scores(session, project_id=project_id)
+        for s in gold_scores(session, project_id=project.id)
     ]
 
 
 @router.post("/review", summary="Send images back for one more label, with a reason (admin, engineer)")
-def review(project_id: ProjectId, body: ReviewRequest, session: SessionDep, principal: CurrentUser) -> ReviewResult:
-    project = get_project(session, principal=principal, project_id=project_id)
-    require_role(principal, Role.admin, Role.engineer)
+def review(project: EngineerProjectForWrite, body: ReviewRequest, session: SessionDep) -> ReviewResult:
     images = send_for_review(session, project=project, image_ids=body.image_ids, reason=body.reason)
     return ReviewResult(queued=[i.id for i in images if i.queue_tier is not None])
 
 
 @router.get("/images/{image_id}/annotations", summary="One image's annotation history (annotators see their own)")
 def history(
-    project_id: ProjectId, image_id: ImageId, session: ReadSessionDep, principal: CurrentUser
+    project: MemberProject, image_id: ImageId, session: ReadSessionDep, principal: CurrentUser
 ) -> list[AnnotationRead]:
-    project = get_project(session, principal=principal, project_id=project_id)
     project_image(session, project=project, image_id=image_id)
     items = list_annotations(
         session,
-        project_id=project_id,
+        project_id=project.id,
         after=None,
         limit=10_000,
         image_id=image_id,

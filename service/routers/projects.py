@@ -4,28 +4,17 @@ from typing import Any
 
 from fastapi import APIRouter, status
 
-from service.deps import CurrentUser, ReadSessionDep, SessionDep
-from service.schemas.common import ERROR_RESPONSES, ProjectId, UserId
+from service.deps import AdminProjectForWrite, AdminUser, CurrentUser, MemberProject, ReadSessionDep, SessionDep
+from service.schemas.common import ERROR_RESPONSES, UserId
 from service.schemas.projects import MemberAdd, ProjectCreate, ProjectRead, ProjectSettingsUpdate
 from service.schemas.users import UserRead
-from storage.models import Role
-from storage.projects import (
-    add_member,
-    create_project,
-    get_project,
-    list_members,
-    list_projects,
-    remove_member,
-    require_role,
-    update_settings,
-)
+from storage.projects import add_member, create_project, list_members, list_projects, remove_member, update_settings
 
 router = APIRouter(prefix="/api/v1/projects", tags=["projects"], responses=ERROR_RESPONSES)
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, summary="Create a project (admin)")
-def create(body: ProjectCreate, session: SessionDep, principal: CurrentUser) -> ProjectRead:
-    require_role(principal, Role.admin)
+def create(body: ProjectCreate, session: SessionDep, _: AdminUser) -> ProjectRead:
     project = create_project(
         session, name=body.name, labels=body.labels, settings=body.settings.model_dump(), task_type=body.task_type
     )
@@ -38,40 +27,31 @@ def index(session: ReadSessionDep, principal: CurrentUser) -> list[ProjectRead]:
 
 
 @router.get("/{project_id}", summary="One project")
-def read(project_id: ProjectId, session: ReadSessionDep, principal: CurrentUser) -> ProjectRead:
-    return ProjectRead.model_validate(get_project(session, principal=principal, project_id=project_id))
+def read(project: MemberProject) -> ProjectRead:
+    return ProjectRead.model_validate(project)
 
 
 @router.patch("/{project_id}/settings", summary="Change some settings (admin)")
-def patch_settings(
-    project_id: ProjectId, body: ProjectSettingsUpdate, session: SessionDep, principal: CurrentUser
-) -> ProjectRead:
-    project = get_project(session, principal=principal, project_id=project_id)
-    require_role(principal, Role.admin)
+def patch_settings(project: AdminProjectForWrite, body: ProjectSettingsUpdate, session: SessionDep) -> ProjectRead:
     return ProjectRead.model_validate(
         update_settings(session, project=project, changes=_given(body.settings.model_dump(exclude_unset=True)))
     )
 
 
 @router.get("/{project_id}/members", summary="Members of the project")
-def members(project_id: ProjectId, session: ReadSessionDep, principal: CurrentUser) -> list[UserRead]:
-    project = get_project(session, principal=principal, project_id=project_id)
+def members(project: MemberProject, session: ReadSessionDep) -> list[UserRead]:
     return [UserRead.model_validate(u) for u in list_members(session, project=project)]
 
 
 @router.post("/{project_id}/members", status_code=status.HTTP_201_CREATED, summary="Add a member (admin)")
-def add(project_id: ProjectId, body: MemberAdd, session: SessionDep, principal: CurrentUser) -> UserRead:
-    project = get_project(session, principal=principal, project_id=project_id)
-    require_role(principal, Role.admin)
+def add(project: AdminProjectForWrite, body: MemberAdd, session: SessionDep) -> UserRead:
     return UserRead.model_validate(add_member(session, project=project, user_id=body.user_id))
 
 
 @router.delete(
     "/{project_id}/members/{user_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Remove a member (admin)"
 )
-def remove(project_id: ProjectId, user_id: UserId, session: SessionDep, principal: CurrentUser) -> None:
-    project = get_project(session, principal=principal, project_id=project_id)
-    require_role(principal, Role.admin)
+def remove(project: AdminProjectForWrite, user_id: UserId, session: SessionDep) -> None:
     remove_member(session, project=project, user_id=user_id)
 
 

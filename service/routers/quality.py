@@ -11,8 +11,15 @@ from annotation.exclusions import exclude_annotator, list_exclusions, revoke_exc
 from annotation.label_issues import list_issues, send_issues_for_relabel
 from annotation.reports import agreement_report
 from annotation.scorecards import MIN_GOLD, MIN_OVERLAPPED, annotator_scorecards
-from service.deps import CurrentUser, ReadSessionDep, SessionDep
-from service.schemas.common import ERROR_RESPONSES, MAX_ID, ProjectId, UserId
+from service.deps import (
+    AdminProjectForWrite,
+    CurrentUser,
+    EngineerProject,
+    EngineerProjectForWrite,
+    ReadSessionDep,
+    SessionDep,
+)
+from service.schemas.common import ERROR_RESPONSES, MAX_ID, UserId
 from service.schemas.labeling import ReviewResult
 from service.schemas.quality import (
     AgreementRead,
@@ -36,8 +43,6 @@ from service.schemas.quality import (
     WeakImageRead,
     WeakImagesPage,
 )
-from storage.models import Role
-from storage.projects import get_project, require_role
 
 router = APIRouter(prefix="/api/v1/projects/{project_id}", tags=["label quality"], responses=ERROR_RESPONSES)
 
@@ -54,9 +59,7 @@ def _summary(summary: ConsensusSummary) -> ConsensusSummaryRead:
 
 
 @router.get("/agreement", summary="Inter-annotator agreement on overlapped images (admin, engineer)")
-def agreement(project_id: ProjectId, session: ReadSessionDep, principal: CurrentUser) -> AgreementRead:
-    project = get_project(session, principal=principal, project_id=project_id)
-    require_role(principal, Role.admin, Role.engineer)
+def agreement(project: EngineerProject, session: ReadSessionDep) -> AgreementRead:
     report = agreement_report(session, project=project)
     figures = report.agreement
     ref = [AnnotatorRef(id=a, name=report.names.get(a, f"user {a}")) for a in report.annotators]
@@ -96,9 +99,7 @@ def agreement(project_id: ProjectId, session: ReadSessionDep, principal: Current
 
 
 @router.get("/annotators", summary="Scorecards: speed, accuracy, agreement, confusion and flags (admin, engineer)")
-def annotators(project_id: ProjectId, session: ReadSessionDep, principal: CurrentUser) -> ScorecardsRead:
-    project = get_project(session, principal=principal, project_id=project_id)
-    require_role(principal, Role.admin, Role.engineer)
+def annotators(project: EngineerProject, session: ReadSessionDep) -> ScorecardsRead:
     cards = annotator_scorecards(session, project=project)
     return ScorecardsRead(
         consensus_method=cards.method.value,
@@ -139,10 +140,8 @@ def annotators(project_id: ProjectId, session: ReadSessionDep, principal: Curren
     summary="Leave an annotator's labels out of consensus, recorded and reversible (admin)",
 )
 def exclude(
-    project_id: ProjectId, user_id: UserId, body: ExclusionCreate, session: SessionDep, principal: CurrentUser
+    project: AdminProjectForWrite, user_id: UserId, body: ExclusionCreate, session: SessionDep, principal: CurrentUser
 ) -> ExclusionChange:
-    project = get_project(session, principal=principal, project_id=project_id)
-    require_role(principal, Role.admin)
     exclusion, summary = exclude_annotator(
         session, project=project, annotator_id=user_id, reason=body.reason, by=principal
     )
@@ -150,36 +149,28 @@ def exclude(
 
 
 @router.delete("/annotators/{user_id}/exclusion", summary="Count an excluded annotator's labels again (admin)")
-def include(project_id: ProjectId, user_id: UserId, session: SessionDep, principal: CurrentUser) -> ExclusionChange:
-    project = get_project(session, principal=principal, project_id=project_id)
-    require_role(principal, Role.admin)
+def include(
+    project: AdminProjectForWrite, user_id: UserId, session: SessionDep, principal: CurrentUser
+) -> ExclusionChange:
     exclusion, summary = revoke_exclusion(session, project=project, annotator_id=user_id, by=principal)
     return ExclusionChange(exclusion=ExclusionRead.model_validate(exclusion), consensus=_summary(summary))
 
 
 @router.get("/exclusions", summary="Every exclusion of the project, revoked ones included (admin, engineer)")
-def exclusions(project_id: ProjectId, session: ReadSessionDep, principal: CurrentUser) -> list[ExclusionRead]:
-    get_project(session, principal=principal, project_id=project_id)
-    require_role(principal, Role.admin, Role.engineer)
-    return [ExclusionRead.model_validate(e) for e in list_exclusions(session, project_id=project_id)]
+def exclusions(project: EngineerProject, session: ReadSessionDep) -> list[ExclusionRead]:
+    return [ExclusionRead.model_validate(e) for e in list_exclusions(session, project_id=project.id)]
 
 
 @router.post("/consensus", summary="Refit Dawid-Skene consensus and rewrite every image's label (admin, engineer)")
-def consensus(project_id: ProjectId, session: SessionDep, principal: CurrentUser) -> ConsensusSummaryRead:
-    get_project(session, principal=principal, project_id=project_id)
-    require_role(principal, Role.admin, Role.engineer)
-    return _summary(update_project_consensus(session, project_id))
+def consensus(project: EngineerProjectForWrite, session: SessionDep) -> ConsensusSummaryRead:
+    return _summary(update_project_consensus(session, project.id))
 
 
 @router.get(
     "/consensus/weak",
     summary="Images whose consensus stayed weak after automatic review; resolve one with PUT /gold (admin, engineer)",
 )
-def weak(
-    project_id: ProjectId, session: ReadSessionDep, principal: CurrentUser, after: After = None, limit: Limit = 100
-) -> WeakImagesPage:
-    project = get_project(session, principal=principal, project_id=project_id)
-    require_role(principal, Role.admin, Role.engineer)
+def weak(project: EngineerProject, session: ReadSessionDep, after: After = None, limit: Limit = 100) -> WeakImagesPage:
     items = weak_consensus(session, project=project, after=after, limit=limit)
     return WeakImagesPage(
         items=[
@@ -199,15 +190,12 @@ def weak(
 
 @router.get("/label-issues", summary="Labels a cross-validated model finds likely wrong, worst first (admin, engineer)")
 def label_issues(
-    project_id: ProjectId,
+    project: EngineerProject,
     session: ReadSessionDep,
-    principal: CurrentUser,
     after_rank: Annotated[int | None, Query(ge=0, le=MAX_ID, description="Return issues ranked after this.")] = None,
     limit: Limit = 100,
 ) -> LabelIssuesPage:
-    get_project(session, principal=principal, project_id=project_id)
-    require_role(principal, Role.admin, Role.engineer)
-    items = list_issues(session, project_id=project_id, after_rank=after_rank, limit=limit)
+    items = list_issues(session, project_id=project.id, after_rank=after_rank, limit=limit)
     return LabelIssuesPage(
         items=[
             LabelIssueRead(
@@ -227,8 +215,6 @@ def label_issues(
 
 
 @router.post("/label-issues/relabel", summary="Send images to the review queue for a new label (admin, engineer)")
-def relabel(project_id: ProjectId, body: RelabelRequest, session: SessionDep, principal: CurrentUser) -> ReviewResult:
-    project = get_project(session, principal=principal, project_id=project_id)
-    require_role(principal, Role.admin, Role.engineer)
+def relabel(project: EngineerProjectForWrite, body: RelabelRequest, session: SessionDep) -> ReviewResult:
     images = send_issues_for_relabel(session, project=project, image_ids=body.image_ids)
     return ReviewResult(queued=[i.id for i in images if i.queue_tier is not None])

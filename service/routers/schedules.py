@@ -3,19 +3,16 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from flywheel.schedules import list_schedules, set_schedules
-from service.deps import CurrentUser, ReadSessionDep, SessionDep
-from service.schemas.common import ERROR_RESPONSES, ProjectId
+from service.deps import EngineerProject, EngineerProjectForWrite, ReadSessionDep, SessionDep
+from service.schemas.common import ERROR_RESPONSES
 from service.schemas.schedules import ScheduleRead, SchedulesSet
-from storage.models import JobKind, Role
-from storage.projects import get_project, require_role
+from storage.models import JobKind
 
 router = APIRouter(prefix="/api/v1/projects/{project_id}", tags=["jobs"], responses=ERROR_RESPONSES)
 
 
 @router.get("/schedules", summary="The project's job schedules (admin, engineer)")
-def index(project_id: ProjectId, session: ReadSessionDep, principal: CurrentUser) -> list[ScheduleRead]:
-    project = get_project(session, principal=principal, project_id=project_id)
-    require_role(principal, Role.admin, Role.engineer)
+def index(project: EngineerProject, session: ReadSessionDep) -> list[ScheduleRead]:
     return [ScheduleRead.model_validate(s) for s in list_schedules(session, project_id=project.id)]
 
 
@@ -23,10 +20,6 @@ def index(project_id: ProjectId, session: ReadSessionDep, principal: CurrentUser
     "/schedules",
     summary="Set when mine, train and label_quality jobs start, as cron expressions in UTC (admin, engineer)",
 )
-def replace(
-    project_id: ProjectId, body: SchedulesSet, session: SessionDep, principal: CurrentUser
-) -> list[ScheduleRead]:
-    project = get_project(session, principal=principal, project_id=project_id)
-    require_role(principal, Role.admin, Role.engineer)
+def replace(project: EngineerProjectForWrite, body: SchedulesSet, session: SessionDep) -> list[ScheduleRead]:
     crons = {JobKind(kind): cron for kind, cron in body.model_dump().items()}
     return [ScheduleRead.model_validate(s) for s in set_schedules(session, project=project, crons=crons)]

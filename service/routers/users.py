@@ -2,26 +2,22 @@ from __future__ import annotations
 
 from fastapi import APIRouter, status
 
-from service.deps import CurrentUser, ReadSessionDep, SessionDep
+from service.deps import AdminUser, CurrentUser, ReadSessionDep, SessionDep
 from service.schemas.common import ERROR_RESPONSES
 from service.schemas.users import UserCreate, UserRead, UserWithToken
-from storage.models import Role
-from storage.projects import require_role
 from storage.users import create_user, get_user, list_users
 
 router = APIRouter(prefix="/api/v1/users", tags=["users"], responses=ERROR_RESPONSES)
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, summary="Create a user (admin); the token is shown once")
-def create(body: UserCreate, session: SessionDep, principal: CurrentUser) -> UserWithToken:
-    require_role(principal, Role.admin)
+def create(body: UserCreate, session: SessionDep, _: AdminUser) -> UserWithToken:
     user, token = create_user(session, name=body.name, role=body.role)
     return UserWithToken(id=user.id, name=user.name, role=user.role, created_at=user.created_at, token=token)
 
 
 @router.get("", summary="List users (admin)")
-def index(session: ReadSessionDep, principal: CurrentUser) -> list[UserRead]:
-    require_role(principal, Role.admin)
+def index(session: ReadSessionDep, _: AdminUser) -> list[UserRead]:
     return [UserRead.model_validate(u) for u in list_users(session)]
 
 

@@ -12,6 +12,8 @@ MAX_ID = 2**31 - 1
 ProjectId = Annotated[int, Path(ge=1, le=MAX_ID)]
 ImageId = Annotated[int, Path(ge=1, le=MAX_ID)]
 UserId = Annotated[int, Path(ge=1, le=MAX_ID)]
+ModelId = Annotated[int, Path(ge=1, le=MAX_ID)]
+JobId = Annotated[int, Path(ge=1, le=MAX_ID)]
 IdField = Annotated[int, Field(ge=1, le=MAX_ID)]
 
 

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 from datetime import datetime
-from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -28,12 +27,6 @@ class ModelRead(BaseModel):
     test_accuracy: float | None = None
     created_at: datetime
     finished_at: datetime | None
-
-
-class DownloadFormat(StrEnum):
-    onnx = "onnx"
-    weights = "weights"
-    card = "card"
 
 
 class PromoteRequest(RequestModel):

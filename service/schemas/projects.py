@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model
 from pydantic.fields import FieldInfo
@@ -12,20 +12,26 @@ from storage.projects import LABEL_PATTERN, MAX_LABEL_LENGTH, MAX_LABELS, MIN_LA
 
 LabelName = Annotated[str, StringConstraints(min_length=1, max_length=MAX_LABEL_LENGTH, pattern=LABEL_PATTERN)]
 
-# Every project setting, each optional: PATCH changes only the ones it names.
-ProjectSettingsPatch = create_model(
-    "ProjectSettingsPatch",
-    __config__=ConfigDict(extra="forbid"),
-    **{
-        name: (
-            field.annotation | None,
-            Field(default=None, description=field.description)
-            if field.default_factory is not None  # a nested group: only the keys it names change
-            else FieldInfo.merge_field_infos(field, default=None),
-        )
-        for name, field in ProjectSettings.model_fields.items()
-    },
-)
+
+def _optional(field: FieldInfo) -> tuple[Any, Any]:
+    """The setting's type or None, defaulting to None; a nested group loses its default factory too, so a patch
+    changes only the keys it names."""
+    annotation: Any = field.annotation
+    if field.default_factory is not None:
+        return annotation | None, Field(default=None, description=field.description)
+    return annotation | None, FieldInfo.merge_field_infos(field, default=None)
+
+
+# Every project setting, each optional: PATCH changes only the ones it names. The fields are made at import,
+# so a type checker sees a plain model.
+if TYPE_CHECKING:
+    ProjectSettingsPatch = BaseModel
+else:
+    ProjectSettingsPatch = create_model(
+        "ProjectSettingsPatch",
+        __config__=ConfigDict(extra="forbid"),
+        **{name: _optional(field) for name, field in ProjectSettings.model_fields.items()},
+    )
 
 
 class ProjectCreate(RequestModel):
@@ -41,7 +47,7 @@ class ProjectCreate(RequestModel):
 
 
 class ProjectSettingsUpdate(RequestModel):
-    settings: ProjectSettingsPatch  # type: ignore[valid-type]
+    settings: ProjectSettingsPatch
 
 
 class ProjectRead(BaseModel):

@@ -1,0 +1,18 @@
+"""The pre-label an annotator sees with a task: the answer of the model that serves now, else a stored prediction."""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session
+
+from annotation.queue import PreLabel, Task
+from flywheel.serving.inference import Predictor, model_version
+
+
+def prelabel_for(session: Session, predictor: Predictor, *, task: Task) -> PreLabel | None:
+    """The serving model's answer (the champion's newest refreshed head, else the champion) beats the newest
+    stored prediction, which may come from an older model; None when neither exists."""
+    live = predictor.prelabel(session, image=task.image)
+    if live is None:
+        return task.prelabel
+    model, answer = live
+    return PreLabel(label=answer.label, confidence=answer.confidence, model_version=model_version(model))
