@@ -47,8 +47,8 @@ def running_server(
         yield process, base
     except BaseException:
         sys.stdout.flush()
-        print(f"--- server log ({log_path}), last {LOG_TAIL_CHARS} chars ---", file=sys.stderr)
-        print(log_path.read_text(errors="replace")[-LOG_TAIL_CHARS:], file=sys.stderr)
+        tail = log_path.read_text(errors="replace")[-LOG_TAIL_CHARS:]
+        sys.stderr.write(f"--- server log ({log_path}), last {LOG_TAIL_CHARS} chars ---\n{tail}\n")
         raise
     finally:
         process.terminate()
