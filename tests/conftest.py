@@ -7,16 +7,18 @@ absent; CI sets ``LABELWHEEL_TEST_REQUIRE`` so the same absence fails the run in
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from filelock import FileLock
 from sqlalchemy import create_engine, make_url, text
 
 from service.app import create_app
@@ -35,6 +37,12 @@ def unavailable(service: str, why: str) -> None:
     if service in REQUIRED:
         pytest.fail(f"{message}, and LABELWHEEL_TEST_REQUIRE makes it mandatory")
     pytest.skip(f"{message}; set up {service} and LABELWHEEL_TEST_REQUIRE={service} to run this test")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Slow tests first, those running real worker processes (the longest) leading: ``./dev test`` hands tests to
+    its processes one at a time, so the quick ones fill in around the slow ones instead of waiting behind them."""
+    items.sort(key=lambda item: (item.get_closest_marker("slow") is None, "tests/test_worker.py" not in item.nodeid))
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -155,11 +163,24 @@ def _embedded(root: Path) -> Settings:
 
 @pytest.fixture(scope="session")
 def trained_template(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> tuple[Path, dict]:
-    """Built once per test run (per xdist worker): the database and blob folder of a ``Trained`` project."""
+    """The database and blob folder of a ``Trained`` project, built once per test run: the first test process
+    to need it trains it, the others wait on a file lock and reuse it."""
+    shared = tmp_path_factory.getbasetemp().parent  # common to all xdist workers of this run
+    root, made_file = shared / "trained", shared / "trained.json"
+    with FileLock(shared / "trained.lock"):
+        if not made_file.exists():
+            made_file.write_text(json.dumps(_train_template(root, sqlite_template)))
+    made = json.loads(made_file.read_text())
+    accounts = {name: Account(**made[name]) for name in ("admin", "engineer", "annotator")}
+    truth = {int(image_id): label for image_id, label in made["truth"].items()}
+    return root, {**made, **accounts, "truth": truth}
+
+
+def _train_template(root: Path, sqlite_template: Path) -> dict:
     from tests.digits import digit_project, label_digits
     from tests.jobs import run
 
-    root = tmp_path_factory.mktemp("trained")
+    root.mkdir()
     shutil.copyfile(sqlite_template, root / "labelwheel.db")
     app = create_app(_embedded(root), migrate=False)
     client = TestClient(app)
@@ -173,8 +194,14 @@ def trained_template(tmp_path_factory: pytest.TempPathFactory, sqlite_template: 
     done = client.get(f"/api/v1/jobs/{job_id}", headers=engineer.headers).json()
     assert done["status"] == "succeeded" and done["result"]["promoted"], done
     app.state.runtime.db.dispose()
-    made = {"admin": admin, "engineer": engineer, "annotator": annotator, "project": project, "truth": truth}
-    return root, {**made, "train_job_id": job_id, "champion_id": done["result"]["model_id"]}
+    accounts = {"admin": asdict(admin), "engineer": asdict(engineer), "annotator": asdict(annotator)}
+    return {
+        **accounts,
+        "project": project,
+        "truth": truth,
+        "train_job_id": job_id,
+        "champion_id": done["result"]["model_id"],
+    }
 
 
 @pytest.fixture

@@ -36,6 +36,7 @@ def serving(env, log_path: Path) -> Iterator[tuple[str, str]]:
         yield base, log_path.read_text()
 
 
+@pytest.mark.slow
 def test_serve_prints_a_working_admin_token_once_and_the_docs_url(env, tmp_path):
     env = {**env, "LABELWHEEL_DATABASE_URL": ""}  # the embedded default
     with serving(env, tmp_path / "first.log") as (base, output):
@@ -48,6 +49,7 @@ def test_serve_prints_a_working_admin_token_once_and_the_docs_url(env, tmp_path)
         assert "an admin exists already" in output
 
 
+@pytest.mark.slow
 def test_the_admin_token_can_come_from_the_environment(env, tmp_path):
     token = "a-long-automation-token-0123456789"
     with serving({**env, "LABELWHEEL_ADMIN_TOKEN": token}, tmp_path / "serve.log") as (base, output):
@@ -56,6 +58,7 @@ def test_the_admin_token_can_come_from_the_environment(env, tmp_path):
         assert me.status_code == 200 and me.json()["role"] == "admin"
 
 
+@pytest.mark.slow
 def test_users_create_prints_a_token_and_rotate_replaces_it(env):
     assert run(["db", "upgrade"], env).returncode == 0
     created = run(["users", "create", "carol", "--role", "engineer"], env)
@@ -70,6 +73,7 @@ def test_users_create_prints_a_token_and_rotate_replaces_it(env):
     assert rotated.returncode == 0 and rotated.stdout.strip() not in {"", token}
 
 
+@pytest.mark.slow
 def test_import_a_folder_twice_adds_nothing_the_second_time(env, tmp_path, database_url):
     folder = tmp_path / "photos"
     (folder / "cats" / "deep").mkdir(parents=True)
@@ -108,6 +112,7 @@ def test_import_a_folder_twice_adds_nothing_the_second_time(env, tmp_path, datab
     assert "cats/deep/x.jpg" in names
 
 
+@pytest.mark.slow
 def test_serve_with_several_worker_processes(env, tmp_path):
     token = "a-long-automation-token-0123456789"
     env = {**env, "LABELWHEEL_ADMIN_TOKEN": token, "LABELWHEEL_WORKERS": "2"}

@@ -83,6 +83,7 @@ def cards_by_name(client, project, account) -> dict[str, dict]:
     return {card["name"]: card for card in response.json()["annotators"]}
 
 
+@pytest.mark.slow
 def test_a_simulated_crowd_is_measured_flagged_and_its_weak_images_get_more_labels(client, app, admin, engineer, crowd):
     project = make_project(
         client,

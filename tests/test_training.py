@@ -40,6 +40,7 @@ def fit(digits, **overrides):
     )
 
 
+@pytest.mark.slow
 def test_the_small_cnn_learns_the_digits(digits):
     result = fit(digits)
     probabilities = predict_proba(result.model, digits["test"][0])
@@ -49,6 +50,7 @@ def test_the_small_cnn_learns_the_digits(digits):
     assert result.best_epoch >= 1 and len(result.history) == 4
 
 
+@pytest.mark.slow
 def test_same_data_config_and_seed_give_the_same_model(digits):
     first, second = fit(digits, epochs=2), fit(digits, epochs=2)
     assert first.history == second.history

@@ -123,6 +123,7 @@ def press(page: Page, key: str, *, posts_to: str, status: int) -> httpx.Headers:
     return httpx.Headers(answer.value.request.headers)
 
 
+@pytest.mark.slow
 def test_an_annotator_labels_skips_and_corrects_with_the_keyboard(server, tmp_path):
     admin = httpx.Client(base_url=server.base, headers={"Authorization": f"Bearer {server.admin_token}"}, timeout=30)
     project_id, token, image_ids = seed(server, admin)

@@ -187,7 +187,7 @@ def test_workers_elsewhere_run_jobs_from_redis_with_postgresql(env, tmp_path, re
 
 def test_a_worker_killed_mid_training_leaves_a_job_that_finishes_after_restart_with_one_model(env, tmp_path):
     env = {**env, "LABELWHEEL_EMBEDDED_WORKER": "false"}
-    slow = {"auto_train": False, "auto_refresh": False, "epochs": 60, "patience": 60, "input_size": 48}
+    slow = {"auto_train": False, "auto_refresh": False, "epochs": 40, "patience": 40, "input_size": 32}
     with running_server(env, tmp_path / "server.log") as (_, base), httpx.Client(base_url=base, timeout=30) as client:
         admin, engineer, annotator = team(client)
         project, truth = digit_project(client, admin, engineer, annotator, count=150, training=slow)
