@@ -11,10 +11,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
-import krippendorff
 import numpy as np
-from sklearn.metrics import cohen_kappa_score
-from statsmodels.stats.inter_rater import fleiss_kappa
 
 MIN_SHARED_ITEMS = 10  # below this, a pair's kappa is mostly noise
 NO_OVERLAP = "no image has labels from two annotators yet; raise overlap_rate or add gold questions"
@@ -99,6 +96,8 @@ def fleiss(table: np.ndarray) -> Figure:
     if np.isclose((margins**2).sum(), 1.0):
         return _none(ONE_CLASS, len(used))
     note = None if len(used) == len(table) else f"the {len(used)} items with exactly {chosen} labels"
+    from statsmodels.stats.inter_rater import fleiss_kappa  # imported here: seconds that the API's start need not pay
+
     return _value(fleiss_kappa(used, method="fleiss"), len(used), note)
 
 
@@ -109,6 +108,8 @@ def alpha(table: np.ndarray) -> Figure:
         return _none(NO_OVERLAP)
     if np.count_nonzero(pairable.sum(axis=0)) < 2:
         return _none(ONE_CLASS, len(pairable))
+    import krippendorff  # imported here: seconds that the API's start need not pay
+
     return _value(krippendorff.alpha(value_counts=pairable, level_of_measurement="nominal"), len(pairable))
 
 
@@ -131,6 +132,8 @@ def one_vs_rest(table: np.ndarray, k: int) -> np.ndarray:
 def cohen_pairs(ratings: np.ndarray, *, min_shared: int = MIN_SHARED_ITEMS) -> tuple[list[PairAgreement], int]:
     """Cohen's kappa for every pair of annotators (columns) sharing at least ``min_shared`` items;
     also returns how many pairs shared fewer and were left out."""
+    from sklearn.metrics import cohen_kappa_score  # imported here: seconds that the API's start need not pay
+
     pairs, below = [], 0
     for a, b in itertools.combinations(range(ratings.shape[1]), 2):
         both = (ratings[:, a] >= 0) & (ratings[:, b] >= 0)

@@ -10,8 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from cleanlab.filter import find_label_issues
-from cleanlab.rank import get_label_quality_scores
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
@@ -42,6 +40,9 @@ def find_issues(labels: np.ndarray, pred_probs: np.ndarray, *, filter_by: str = 
         raise ValueError("labels must be (N,) and pred_probs (N, K)")
     if len(np.unique(labels)) != pred_probs.shape[1] or labels.min(initial=0) < 0:
         raise ValueError("every class in pred_probs must be given to at least one image")
+    from cleanlab.filter import find_label_issues  # imported here: seconds that the API's start need not pay
+    from cleanlab.rank import get_label_quality_scores
+
     flagged = np.flatnonzero(find_label_issues(labels, pred_probs, filter_by=filter_by))
     scores = get_label_quality_scores(labels, pred_probs, method="self_confidence")
     others = pred_probs.copy()

@@ -15,10 +15,8 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
-from scipy.stats import binomtest
 from sqlalchemy import and_, select
 from sqlalchemy.orm import Session
-from statsmodels.stats.proportion import proportion_confint
 
 from annotation.consensus import Consensus, Method, compute_consensus
 from annotation.crowd import load_crowd
@@ -184,6 +182,10 @@ def _unreliable(
         return []
     crowd = float(np.median(others))
     hits = int((mine.given[keep] == mine.reference[keep]).sum())
+    from statsmodels.stats.proportion import (
+        proportion_confint,  # imported here: seconds that the API's start need not pay
+    )
+
     accuracy, upper = hits / n, float(proportion_confint(hits, n, alpha=0.05, method="wilson")[1])
     if accuracy >= crowd - UNRELIABLE_GAP or upper >= crowd:
         return []
@@ -227,6 +229,8 @@ def _confusions(
         if rate < CONFUSION_RATE or others_rate >= CROWD_CONFUSION_RATE:
             continue
         base = max(others_rate, CONFUSION_BASE_FLOOR)
+        from scipy.stats import binomtest  # imported here: seconds that the API's start need not pay
+
         p_value = min(1.0, binomtest(int(wrong[answer]), total, base, alternative="greater").pvalue * pairs)
         if p_value >= CONFUSION_ALPHA:
             continue

@@ -67,6 +67,13 @@ class TrainingSettings(BaseModel):
     batch_size: int = Field(default=64, ge=1, le=4096)
     learning_rate: float = Field(default=3e-3, gt=0, le=1)
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    promotion_tolerance: float = Field(
+        default=0.005,
+        ge=0,
+        le=0.2,
+        description="A new model (or refreshed head) replaces the serving one only if its test accuracy is at most "
+        "this far below it (0.005: half a point) and it is not significantly worse (McNemar's test).",
+    )
     augmentation: AugmentationSettings = Field(default_factory=AugmentationSettings)
 
 

@@ -13,9 +13,10 @@ from sklearn.datasets import load_digits
 from tests.factories import Account, make_project
 
 DIGIT_LABELS = [str(d) for d in range(10)]
-# Quick trainings for tests: a few epochs, a refresh on every label, training after 40 labels.
+# Quick trainings for tests: a few epochs at 16 px, a refresh on every label, training after 40 labels.
 # One pass over the labels per epoch (the default repeats small sets, for accuracy, at a cost in time).
 FAST_TRAINING = {
+    "input_size": 16,
     "epochs": 4,
     "patience": 4,
     "min_epoch_images": 0,

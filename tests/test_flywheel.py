@@ -179,6 +179,44 @@ def test_refresh_refits_the_head_on_cached_embeddings_and_serves_it(trained):
     assert torch.load(io.BytesIO(weights.content), weights_only=True)["architecture"] == "small_cnn"
 
 
+def test_a_refreshed_head_worse_than_the_champion_does_not_serve_and_says_why(trained):
+    app, client, engineer, annotator = trained.app, trained.client, trained.engineer, trained.annotator
+    project, truth, champion_id = trained.project, trained.truth, trained.champion_id
+    rt = app.state.runtime
+    images = client.get(f"/api/v1/projects/{project['id']}/images?limit=1000", headers=engineer.headers).json()
+    labels = client.get(f"/api/v1/projects/{project['id']}/labels?limit=1000", headers=engineer.headers).json()
+    train_split = {image["id"] for image in images["items"] if image["split"] == "train"}
+    for item in labels["items"]:  # the annotator "corrects" every training label to the next digit
+        if item["image_id"] in train_split:
+            wrong = str((int(truth[item["image_id"]]) + 1) % 10)
+            body = {"image_id": item["image_id"], "label": wrong}
+            response = client.post(
+                f"/api/v1/projects/{project['id']}/annotations", json=body, headers=annotator.headers
+            )
+            assert response.status_code == 201, response.text
+    assert start_policy_jobs(rt.db, rt.transport, project_id=project["id"]) == [JobKind.refresh]
+    with rt.db.read_session() as session:
+        refresh_job = session.scalars(select(Job).where(Job.kind == JobKind.refresh)).one()
+    assert run(app, refresh_job.id) == JobStatus.succeeded
+    result = job(client, engineer, refresh_job.id)["result"]
+    assert result["serving"] is False and "not serving, the champion does" in result["message"]
+    card = client.get(f"/api/v1/models/{result['model_id']}", headers=engineer.headers).json()
+    decision = card["decision"]
+    assert card["status"] == "retired" and decision["promote"] is False and decision["champion_id"] == champion_id
+    assert decision["rule"] in ("below the champion", "significantly worse")
+    assert decision["candidate_accuracy"] == card["metrics"]["test_accuracy"] < decision["champion_accuracy"]
+    assert decision["tolerance"] == 0.005 and 0 <= decision["p_value"] <= 1
+    # The champion keeps answering, and the refused head gets no export.
+    pngs, _ = digits()
+    files = [("files", ("a.png", pngs[0], "image/png"))]
+    predicted = client.post(f"/api/v1/projects/{project['id']}/predict", files=files, headers=engineer.headers)
+    assert predicted.json()["model_id"] == champion_id
+    task = client.get(f"/api/v1/projects/{project['id']}/tasks/next", headers=annotator.headers).json()
+    assert task["prelabel"]["model_version"] == f"model-{champion_id}"
+    with rt.db.read_session() as session:
+        assert session.scalars(select(Job).where(Job.kind == JobKind.export)).all() == []
+
+
 def test_promote_by_hand_and_roll_back(trained):
     client, engineer, project, first = trained.client, trained.engineer, trained.project, trained.champion_id
     label_digits(client, project, trained.annotator, trained.truth, 20)

@@ -13,6 +13,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from flywheel.serving.preprocess import to_array
 from flywheel.training.architectures import build_model, default_architecture
+from flywheel.training.datasets import dev_split
 from flywheel.training.evaluation import decide_promotion, evaluate
 from flywheel.training.fit import TrainConfig, epoch_order, predict_proba, train
 
@@ -22,7 +23,7 @@ LABELS = [str(d) for d in range(10)]
 @pytest.fixture(scope="module")
 def digits():
     data = load_digits()
-    images = np.stack([to_array(Image.fromarray((x * 16).clip(0, 255).astype(np.uint8)), 32) for x in data.images])
+    images = np.stack([to_array(Image.fromarray((x * 16).clip(0, 255).astype(np.uint8)), 16) for x in data.images])
     order = np.random.default_rng(0).permutation(len(data.target))
     test, dev, train_ = order[:300], order[300:450], order[450:1250]
     return {name: (images[idx], data.target[idx]) for name, idx in (("train", train_), ("dev", dev), ("test", test))}
@@ -142,11 +143,59 @@ def test_promotion_refuses_a_significantly_worse_candidate_and_accepts_an_equal_
     worse = champion.copy()
     worse[:12] = False
     decision = decide_promotion(champion, worse)
-    assert not decision.promote
+    assert not decision.promote and decision.rule == "significantly worse"
     assert (decision.champion_only_right, decision.candidate_only_right) == (12, 0)
     assert decision.p_value == pytest.approx(binomtest(0, 12, 0.5).pvalue)
-    slightly_different = champion.copy()
-    slightly_different[:2] = False
-    assert decide_promotion(champion, slightly_different).promote  # 2 discordant pairs prove nothing
+    assert decision.candidate_accuracy == 0.88 and decision.champion_accuracy == 1.0
     better = decide_promotion(worse, champion)
-    assert better.promote and better.candidate_only_right == 12
+    assert better.promote and better.candidate_only_right == 12 and better.rule == "not worse"
+
+
+def test_a_regression_within_the_tests_noise_is_refused_and_a_tie_promotes():
+    """The case seen in the real loop: 0.909 against the champion's 0.934 on 121 items, McNemar p=0.45."""
+    rng = np.random.default_rng(0)
+    champion = np.zeros(121, dtype=bool)
+    champion[:113] = True  # 0.934
+    candidate = champion.copy()
+    candidate[:5] = False  # the champion alone right on 5 ...
+    candidate[113:115] = True  # ... the candidate alone on 2: 110/121 = 0.909
+    refused = decide_promotion(champion, candidate)
+    assert refused.p_value == pytest.approx(binomtest(2, 7, 0.5).pvalue) and refused.p_value > 0.4
+    assert not refused.promote and refused.rule == "below the champion" and "0.909" in refused.reason
+    # Different items right, the same count: a tie, so the newer model (trained on more labels) takes over.
+    shuffled = rng.permutation(champion)
+    tie = decide_promotion(champion, shuffled)
+    assert tie.promote and tie.candidate_accuracy == tie.champion_accuracy and tie.rule == "not worse"
+    # One item in 121 (0.8 points) is past the default half-point tolerance, within a two-point one.
+    one_less = champion.copy()
+    one_less[0] = False
+    assert not decide_promotion(champion, one_less).promote
+    assert decide_promotion(champion, one_less, tolerance=0.02).promote
+
+
+def test_a_dev_split_too_small_to_judge_an_epoch_is_not_carved():
+    labels = np.arange(900) % 10
+    fit_positions, dev = dev_split(labels, seed=0, min_dev=100)
+    assert len(dev) == 0 and len(fit_positions) == 900  # 10% would be 90 images: every label trains
+    fit_positions, dev = dev_split(np.arange(1000) % 10, seed=0, min_dev=100)
+    assert len(dev) == 100 and len(np.intersect1d(fit_positions, dev)) == 0
+
+
+def test_without_a_dev_split_the_weights_are_averaged_over_the_last_epochs(digits):
+    images, labels = digits["train"][0][:200], digits["train"][1][:200]
+    no_dev = {"dev_images": images[:0], "dev_labels": labels[:0]}
+
+    def fit_small(average_epochs):
+        config = TrainConfig(epochs=3, min_epoch_images=0, average_epochs=average_epochs)
+        return train(config, train_images=images, train_labels=labels, num_classes=10, **no_dev)
+
+    last, one, three = fit_small(0), fit_small(1), fit_small(3)
+    assert last.history == one.history == three.history  # the same training; only what is kept differs
+    assert last.best_epoch == three.best_epoch == 3
+    for a, b in zip(last.model.state_dict().values(), one.model.state_dict().values(), strict=True):
+        assert torch.allclose(a.float(), b.float())  # the average of one epoch is that epoch
+    weights = [
+        (a.float() - b.float()).abs().max().item()
+        for a, b in zip(last.model.state_dict().values(), three.model.state_dict().values(), strict=True)
+    ]
+    assert max(weights) > 1e-3  # the average of three epochs is not the last one

@@ -74,10 +74,17 @@ def predict(client, project, engineer) -> dict:
     return response.json() if response.status_code == 200 else {}
 
 
-def test_labels_alone_produce_a_champion_then_a_refresh_then_a_second_model(env, tmp_path):
+def test_labels_alone_produce_a_champion_then_a_refresh_then_a_second_model_and_serve_stops_its_worker(env, tmp_path):
+    import psutil
+
     # Training waits 3 s for labels to settle, so the first one sees all 150 labels given at once.
     policy = {"min_new_labels": 100, "epochs": 8, "patience": 8, "debounce_seconds": 3}
-    with running_server(env, tmp_path / "server.log") as (_, base), httpx.Client(base_url=base, timeout=30) as client:
+    with (
+        running_server(env, tmp_path / "server.log") as (server, base),
+        httpx.Client(base_url=base, timeout=30) as client,
+    ):
+        worker = wait_for(lambda: psutil.Process(server.pid).children(), timeout=30, what="the worker")[0]
+        lanes = wait_for(lambda: worker.children(), timeout=60, what="the lane processes")
         admin, engineer, annotator = team(client)
         project, truth = digit_project(client, admin, engineer, annotator, count=400, training=policy)
         label_digits(client, project, annotator, truth, 150)
@@ -119,6 +126,8 @@ def test_labels_alone_produce_a_champion_then_a_refresh_then_a_second_model(env,
         jobs = client.get(f"/api/v1/projects/{project['id']}/jobs", headers=engineer.headers).json()
         assert {j["kind"] for j in jobs} >= {"train", "refresh", "embed", "export"}
         assert all(j["params"].get("trigger") != "manual" for j in jobs)  # no human started anything
+    gone, alive = psutil.wait_procs([worker, *lanes], timeout=30)
+    assert not alive, f"still running after serve stopped: {alive}"
 
 
 def start_worker(env) -> subprocess.Popen:
@@ -221,16 +230,6 @@ def test_a_worker_killed_mid_training_leaves_a_job_that_finishes_after_restart_w
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-def test_stopping_serve_stops_its_worker_and_lanes(env, tmp_path):
-    import psutil
-
-    with running_server(env, tmp_path / "server.log") as (server, _):
-        worker = wait_for(lambda: psutil.Process(server.pid).children(), timeout=30, what="the worker")[0]
-        lanes = wait_for(lambda: worker.children(), timeout=60, what="the lane processes")
-    gone, alive = psutil.wait_procs([worker, *lanes], timeout=30)
-    assert not alive, f"still running after serve stopped: {alive}"
-
-
 @pytest.mark.parametrize(
     ("database_url", "queue"), [("sqlite", "sqlite"), ("postgres", "redis")], indirect=["database_url"]
 )

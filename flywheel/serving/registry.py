@@ -78,7 +78,8 @@ def serving_model(session: Session, *, project_id: int) -> ModelVersion | None:
 
 
 def newer_refresh(session: Session, *, model: ModelVersion) -> ModelVersion | None:
-    """A later refreshed head on the same champion: it replaced ``model`` before ``model``'s files were made."""
+    """A later refreshed head serving on the same champion: it replaced ``model`` before ``model``'s files were
+    made (a later head that failed the champion's bar replaces nothing)."""
     if model.kind != ModelKind.refresh:
         return None
     return session.scalars(
@@ -86,6 +87,7 @@ def newer_refresh(session: Session, *, model: ModelVersion) -> ModelVersion | No
         .where(
             ModelVersion.parent_id == model.parent_id,
             ModelVersion.kind == ModelKind.refresh,
+            ModelVersion.status == ModelStatus.candidate,
             ModelVersion.id > model.id,
         )
         .order_by(ModelVersion.id.desc())

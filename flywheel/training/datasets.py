@@ -38,10 +38,11 @@ def load_arrays(
     return out
 
 
-def dev_split(labels: np.ndarray, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Positions for fitting and for early stopping: stratified when every class has two examples."""
+def dev_split(labels: np.ndarray, *, seed: int, min_dev: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Positions for fitting and for early stopping: stratified when every class has two examples. No dev
+    split (everything fits) when it would hold fewer than ``min_dev`` images (see ``TrainConfig.min_dev_images``)."""
     positions = np.arange(len(labels))
-    if len(labels) < 10:
+    if len(labels) < 10 or round(len(labels) * DEV_SHARE) < min_dev:
         return positions, positions[:0]
     counts = np.bincount(labels)
     stratify = labels if counts[counts > 0].min() >= 2 else None

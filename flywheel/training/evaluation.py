@@ -9,6 +9,7 @@ from scipy.stats import binomtest
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 PROMOTION_ALPHA = 0.05
+PROMOTION_TOLERANCE = 0.005  # half a point of accuracy
 
 
 @dataclass(frozen=True)
@@ -42,23 +43,37 @@ def evaluate(y_true: np.ndarray, y_pred: np.ndarray, *, labels: list[str], train
 @dataclass(frozen=True)
 class PromotionDecision:
     promote: bool
+    rule: str  # what decided: "not worse", "below the champion", "significantly worse"
+    candidate_accuracy: float
+    champion_accuracy: float
+    tolerance: float  # how far below the champion's accuracy a candidate may be and still replace it
     champion_only_right: int  # test items only the champion gets right
     candidate_only_right: int  # test items only the candidate gets right
     p_value: float  # McNemar's exact test, two-sided
     reason: str
 
 
-def decide_promotion(champion_correct: np.ndarray, candidate_correct: np.ndarray) -> PromotionDecision:
-    """McNemar's exact test on the same test items: the candidate replaces the champion unless it is
-    significantly worse (the discordant pairs favour the champion with p < 0.05)."""
+def decide_promotion(
+    champion_correct: np.ndarray, candidate_correct: np.ndarray, *, tolerance: float = PROMOTION_TOLERANCE
+) -> PromotionDecision:
+    """On the same test items, the candidate replaces the champion only when it is neither below the champion's
+    accuracy by more than ``tolerance`` (a point estimate: on a small test split a real regression is rarely
+    *significant*, and must not get through for that) nor significantly worse by McNemar's exact test on the
+    discordant pairs (p < 0.05). An exact tie promotes: the candidate has seen more labels."""
     if champion_correct.shape != candidate_correct.shape:
         raise ValueError("both models must be judged on the same test items")
     b = int(np.sum(champion_correct & ~candidate_correct))
     c = int(np.sum(candidate_correct & ~champion_correct))
     p_value = float(binomtest(min(b, c), b + c, 0.5).pvalue) if b + c else 1.0
-    worse = b > c and p_value < PROMOTION_ALPHA
-    if worse:
-        reason = f"significantly worse: champion alone right on {b} items, candidate alone on {c} (p={p_value:.3g})"
+    candidate, held = float(candidate_correct.mean()), float(champion_correct.mean())
+    pairs = f"champion alone right on {b} items, candidate alone on {c} (McNemar p={p_value:.3g})"
+    accuracies = f"{candidate:.3f} vs the champion's {held:.3f}"
+    if b > c and p_value < PROMOTION_ALPHA:
+        rule, reason = "significantly worse", f"significantly worse: {accuracies}; {pairs}"
+    elif candidate < held - tolerance - 1e-12:
+        rule = "below the champion"
+        reason = f"below the champion by more than {tolerance:.3f}: {accuracies}; {pairs}"
     else:
-        reason = f"not worse: champion alone right on {b} items, candidate alone on {c} (p={p_value:.3g})"
-    return PromotionDecision(not worse, b, c, p_value, reason)
+        rule = "not worse"
+        reason = f"not worse (within {tolerance:.3f}): {accuracies}; {pairs}"
+    return PromotionDecision(rule == "not worse", rule, candidate, held, tolerance, b, c, p_value, reason)

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
 from flywheel.serving.preprocess import normalize
 from flywheel.training.architectures import build_model
@@ -28,6 +29,12 @@ class TrainConfig:
     weight_decay: float = 1e-4
     seed: int = 0
     patience: int = 8  # epochs without a better dev accuracy before stopping early
+    # Early stopping needs a dev split of at least this many images (10% of the training labels): judged on a
+    # few dozen, the "best epoch" is a coin toss. Below that, every label trains for all epochs, and the
+    # weights are averaged over the last ``average_epochs`` epochs (stochastic weight averaging), which
+    # steadies a training on few labels far more than picking an epoch does.
+    min_dev_images: int = 100
+    average_epochs: int = 5  # 0: the last epoch's weights
     min_epoch_images: int = 1024  # a smaller training set repeats within an epoch, so it still gets enough steps
     threads: int = 1  # torch's share of the CPU, so the API stays responsive
     augment: bool = True
@@ -155,6 +162,7 @@ def train(
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
     loss_fn = nn.CrossEntropyLoss(weight=class_weights(train_labels, num_classes).to(resolve_device(config)))
     best_state, best_accuracy, best_epoch, history = copy.deepcopy(model.state_dict()), -1.0, 0, []
+    averaged = AveragedModel(model, use_buffers=True) if config.average_epochs > 0 and not len(dev_labels) else None
     for epoch in range(1, config.epochs + 1):
         loss = train_one_epoch(
             model, train_images, train_labels, config=config, optimizer=optimizer, loss_fn=loss_fn, rng=rng
@@ -167,10 +175,14 @@ def train(
         history.append(record)
         if on_epoch:
             on_epoch(epoch, record)
+        if averaged is not None and epoch > config.epochs - config.average_epochs:
+            averaged.update_parameters(model)
         if dev_accuracy > best_accuracy or not len(dev_labels):  # with no dev split, the last epoch is kept
             best_state, best_accuracy, best_epoch = copy.deepcopy(model.state_dict()), dev_accuracy, epoch
         elif epoch - best_epoch >= config.patience:
             break
+    if averaged is not None:
+        best_state = averaged.module.state_dict()
     model.load_state_dict(best_state)
     model.cpu()
     return TrainResult(model=model, best_epoch=best_epoch, dev_accuracy=best_accuracy, history=history)

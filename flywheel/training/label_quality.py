@@ -76,7 +76,7 @@ def cross_validated_probabilities(
         warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
         splits = list(StratifiedKFold(n_splits=folds, shuffle=True, random_state=config.seed).split(arrays, labels))
     for fold, (rest, held) in enumerate(splits, start=1):
-        fit, dev = dev_split(labels[rest], seed=config.seed + fold)
+        fit, dev = dev_split(labels[rest], seed=config.seed + fold, min_dev=config.min_dev_images)
         result = train(
             replace(config, seed=config.seed + fold),
             train_images=arrays[rest[fit]],

@@ -5,6 +5,7 @@ and ``refresh`` refits only the head on those embeddings when labels arrive, in 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -14,11 +15,11 @@ from sqlalchemy import func, select
 
 from flywheel.jobs.rows import create_job
 from flywheel.jobs.runner import JobContext, JobFailed
-from flywheel.serving.heads import head_bytes, head_probabilities
+from flywheel.serving.heads import head_bytes, head_probabilities, read_head
 from flywheel.serving.registry import champion, newer_refresh
 from flywheel.training.artefacts import checkpoint_bytes, embed_and_predict, full_network, load_model
 from flywheel.training.datasets import load_arrays
-from flywheel.training.evaluation import evaluate
+from flywheel.training.evaluation import decide_promotion, evaluate
 from flywheel.training.onnx_export import ONNX_TOLERANCE, export_onnx, max_difference
 from flywheel.training.snapshots import build_snapshot, load_items
 from storage.blobs import BlobStore
@@ -35,6 +36,7 @@ from storage.models import (
     Split,
     utcnow,
 )
+from storage.projects import project_settings
 
 EMBED_BATCH = 256
 EMBED_CHUNK = 5000
@@ -152,9 +154,11 @@ def run_refresh(ctx: JobContext) -> dict[str, Any]:
         np.stack([vectors[i.image_id] for i in train_items]), train_y, len(best.labels), seed=best.seed
     )
     metrics: dict[str, Any] = {"train_items": len(train_items), "test_items": len(test_items)}
+    decision: dict[str, Any] = {"promote": True, "reason": "no labeled test images to compare it with the champion"}
     if test_items:
         test_y = np.array([index[i.label] for i in test_items])
-        predicted = head_probabilities(np.stack([vectors[i.image_id] for i in test_items]), weight, bias).argmax(1)
+        test_vectors = np.stack([vectors[i.image_id] for i in test_items])
+        predicted = head_probabilities(test_vectors, weight, bias).argmax(1)
         report = evaluate(test_y, predicted, labels=best.labels, train_labels=train_y)
         metrics |= {
             "test_accuracy": report.accuracy,
@@ -162,6 +166,8 @@ def run_refresh(ctx: JobContext) -> dict[str, Any]:
             "per_class": report.per_class,
             "confusion_matrix": report.confusion,
         }
+        decision = _against_champion(ctx, best, test_vectors, test_y, predicted == test_y)
+    serves = bool(decision["promote"])
     with ctx.db.session() as session:
         model = ModelVersion(
             project_id=ctx.project_id,
@@ -169,34 +175,53 @@ def run_refresh(ctx: JobContext) -> dict[str, Any]:
             snapshot_id=snapshot.id,
             parent_id=best.id,
             kind=ModelKind.refresh,
-            status=ModelStatus.candidate,
+            # A head that fails the champion's bar is kept for the record but never serves.
+            status=ModelStatus.candidate if serves else ModelStatus.retired,
             architecture=best.architecture,
             input_size=best.input_size,
             labels=list(best.labels),
             hyperparameters={"head": "logistic regression on standardized embeddings", "class_weight": "balanced"},
             seed=best.seed,
             metrics=metrics,
+            decision=decision,
             labels_through=through,
             finished_at=utcnow(),
         )
         model.head_sha256 = ctx.blobs.put_bytes(head_bytes(weight, bias))
         session.add(model)
         session.flush()
-        create_job(
-            session,
-            project_id=ctx.project_id,
-            kind=JobKind.export,
-            transport=ctx.transport,
-            params={"model_id": model.id},
-        )
+        if serves:
+            create_job(
+                session,
+                project_id=ctx.project_id,
+                kind=JobKind.export,
+                transport=ctx.transport,
+                params={"model_id": model.id},
+            )
         accuracy = metrics.get("test_accuracy")
         shown = f"{accuracy:.3f}" if accuracy is not None else "n/a"
+        outcome = "serving" if serves else f"not serving, the champion does: {decision['reason']}"
         return {
             "model_id": model.id,
             "labels": len(items),
             "test_accuracy": accuracy,
-            "message": f"refreshed head of model {best.id} on {len(train_items)} labels (test accuracy {shown})",
+            "serving": serves,
+            "message": f"refreshed head of model {best.id} on {len(train_items)} labels "
+            f"(test accuracy {shown}): {outcome}",
         }
+
+
+def _against_champion(
+    ctx: JobContext, best: ModelVersion, test_vectors: np.ndarray, test_y: np.ndarray, head_correct: np.ndarray
+) -> dict[str, Any]:
+    """The refreshed head is held to a new model's bar: on the same test items, by the same rule, against the
+    champion's own head (cheap: both read the cached embeddings)."""
+    assert best.head_sha256 is not None
+    champion_correct = head_probabilities(test_vectors, *read_head(ctx.blobs, best.head_sha256)).argmax(1) == test_y
+    with ctx.db.read_session() as session:
+        tolerance = project_settings(session.get_one(Project, ctx.project_id)).training.promotion_tolerance
+    result = decide_promotion(champion_correct, head_correct, tolerance=tolerance)
+    return {**asdict(result), "compared_with": "champion", "champion_id": best.id}
 
 
 def run_export(ctx: JobContext) -> dict[str, Any]:

@@ -74,7 +74,7 @@ def _train(ctx: JobContext, model_id: int) -> dict[str, Any]:
     train_x, test_x = images[: len(train_items)], images[len(train_items) :]
     train_y = np.array([index[i.label] for i in train_items])
     test_y = np.array([index[i.label] for i in test_items])
-    fit, dev = dev_split(train_y, seed=config.seed)
+    fit, dev = dev_split(train_y, seed=config.seed, min_dev=config.min_dev_images)
 
     def on_epoch(epoch: int, record: dict[str, float]) -> None:
         ctx.progress(
@@ -243,8 +243,9 @@ def _decide(
     test_y: np.ndarray,
     labels: list[str],
 ) -> dict[str, Any]:
-    """Paired comparison on the same test items: with the champion, McNemar's exact test; with no
-    champion yet, the candidate must beat the majority-class baseline."""
+    """Paired comparison on the same test items: with the champion, ``decide_promotion``'s rule (not below it by
+    more than the project's tolerance, not significantly worse); with no champion yet, the candidate must beat
+    the majority-class baseline."""
     accuracy = float(candidate_correct.mean())
     if current is None:
         promote_it = accuracy > baseline_accuracy
@@ -263,13 +264,13 @@ def _decide(
     arrays = load_arrays(ctx.blobs, [i.sha256 for i in test_items], size=current.input_size)
     champion_predicted = [current.labels[k] for k in predict_proba(network, arrays).argmax(1)]
     champion_correct = np.array([p == labels[y] for p, y in zip(champion_predicted, test_y, strict=True)])
-    result = decide_promotion(champion_correct, candidate_correct)
+    with ctx.db.read_session() as session:
+        tolerance = project_settings(session.get_one(Project, ctx.project_id)).training.promotion_tolerance
+    result = decide_promotion(champion_correct, candidate_correct, tolerance=tolerance)
     return {
         **asdict(result),
         "compared_with": "champion",
         "champion_id": current.id,
-        "candidate_accuracy": accuracy,
-        "champion_accuracy": float(champion_correct.mean()),
         "baseline_accuracy": baseline_accuracy,
     }
 
