@@ -64,6 +64,20 @@ class TrainingSettings(BaseModel):
         description="Each epoch shows at least this many images: a small labeled set repeats (in fresh orders "
         "and augmentations), so a few hundred labels still get enough optimizer steps. 0: one pass per epoch.",
     )
+    min_dev_images: int = Field(
+        default=100,
+        ge=0,
+        le=100_000,
+        description="Early stopping uses a dev split (10% of the training labels) only when it holds at least this "
+        "many images; with fewer labels every label trains for all epochs. 0: always a dev split.",
+    )
+    average_epochs: int = Field(
+        default=5,
+        ge=0,
+        le=1000,
+        description="Without early stopping, the model is the average of its weights over the last this many "
+        "epochs (stochastic weight averaging): steadier from seed to seed. 0: the last epoch's weights.",
+    )
     batch_size: int = Field(default=64, ge=1, le=4096)
     learning_rate: float = Field(default=3e-3, gt=0, le=1)
     seed: int = Field(default=0, ge=0, le=2**31 - 1)

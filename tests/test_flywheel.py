@@ -65,6 +65,9 @@ def test_a_training_job_snapshots_trains_evaluates_and_promotes_the_first_model(
     snapshot = card["snapshot"]
     assert snapshot["item_count"] == 150 and snapshot["stats"]["train"] + snapshot["stats"]["test"] == 150
     assert card["hyperparameters"]["epochs"] == 15 and card["seed"] == 0 and card["architecture"] == "small_cnn"
+    # 120 training labels: a 12-image dev split would judge nothing, so all train and the last 5 epochs average.
+    assert metrics["dev_items"] == 0 and metrics["train_items"] == snapshot["stats"]["train"]
+    assert card["hyperparameters"]["min_dev_images"] == 100 and card["hyperparameters"]["average_epochs"] == 5
     assert card["artefacts"]["onnx_sha256"] and card["artefacts"]["weights_sha256"]
     assert metrics["onnx_max_difference"] <= 1e-4
     # One annotator, no overlap: the human-level reference says why it has no figure.

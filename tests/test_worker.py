@@ -229,7 +229,6 @@ def test_a_worker_killed_mid_training_leaves_a_job_that_finishes_after_restart_w
         assert models[0]["status"] == "champion"
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 @pytest.mark.parametrize(
     ("database_url", "queue"), [("sqlite", "sqlite"), ("postgres", "redis")], indirect=["database_url"]
 )

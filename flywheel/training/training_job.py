@@ -185,6 +185,8 @@ def train_config(settings: TrainingSettings, *, architecture: str, threads: int)
         learning_rate=settings.learning_rate,
         seed=settings.seed,
         patience=settings.patience,
+        min_dev_images=settings.min_dev_images,
+        average_epochs=settings.average_epochs,
         min_epoch_images=settings.min_epoch_images,
         threads=threads,
         augment=augment.enabled,
