@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import time
+from datetime import timedelta
 
 import httpx
 import pytest
@@ -160,20 +161,29 @@ def redis_url(worker_id):
 
 
 @pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
-def test_workers_elsewhere_run_jobs_from_redis_with_postgresql(env, tmp_path, redis_url):
-    """The at-scale setup: API and worker share only PostgreSQL and Redis (the SQLite queue is covered above)."""
+def test_workers_elsewhere_run_jobs_and_missed_schedules_from_redis_with_postgresql(env, tmp_path, redis_url):
+    """The at-scale setup: API and worker share only PostgreSQL and Redis (the SQLite queue is covered below).
+    A schedule missed while no worker ran starts its job once when the worker starts; then a training runs."""
     env = {**env, "LABELWHEEL_QUEUE_URL": redis_url, "LABELWHEEL_EMBEDDED_WORKER": "false"}
-    worker = start_worker(env)
-    try:
-        with (
-            running_server(env, tmp_path / "server.log") as (_, base),
-            httpx.Client(base_url=base, timeout=30) as client,
-        ):
-            admin, engineer, annotator = team(client)
-            project, truth = digit_project(
-                client, admin, engineer, annotator, count=150, training={"auto_train": False}
+    with running_server(env, tmp_path / "server.log") as (_, base), httpx.Client(base_url=base, timeout=30) as client:
+        admin, engineer, annotator = team(client)
+        project, truth = digit_project(client, admin, engineer, annotator, count=150, training={"auto_train": False})
+        label_digits(client, project, annotator, truth, 60)
+        url = f"/api/v1/projects/{project['id']}/schedules"
+        assert client.put(url, json={"mine": "0 4 * * *"}, headers=engineer.headers).status_code == 200
+        make_due(env["LABELWHEEL_DATABASE_URL"], timedelta(days=3))  # three daily slots missed
+        worker = start_worker(env)
+        try:
+            (mined,) = wait_for(
+                lambda: [j for j in mine_jobs(client, project, engineer) if j["status"] in ("succeeded", "failed")],
+                timeout=90,
+                what="the scheduled mining job",
             )
-            label_digits(client, project, annotator, truth, 60)
+            assert mined["params"]["trigger"] == "schedule" and len(mine_jobs(client, project, engineer)) == 1
+            assert mined["status"] == "failed" and "no model yet" in mined["error"]  # run by the worker
+            (schedule,) = client.get(url, headers=engineer.headers).json()
+            assert schedule["last_job_id"] == mined["id"] and schedule["next_run_at"][11:16] == "04:00"
+
             created = client.post(
                 f"/api/v1/projects/{project['id']}/jobs", json={"kind": "train"}, headers=engineer.headers
             )
@@ -190,8 +200,26 @@ def test_workers_elsewhere_run_jobs_from_redis_with_postgresql(env, tmp_path, re
             assert done["status"] == "succeeded", done
             assert done["worker"].endswith(tuple(str(p) for p in range(10)))  # host:pid of the lane process
             assert predict(client, project, engineer)["model_id"] == done["result"]["model_id"]
-    finally:
-        stop_worker(worker)
+        finally:
+            stop_worker(worker)
+
+
+def make_due(database_url: str, ago: timedelta) -> None:
+    """Every schedule fell due ``ago`` (as if the service had been down since)."""
+    from sqlalchemy import update
+
+    from storage.db import Database
+    from storage.models import Schedule, utcnow
+
+    db = Database(database_url)
+    with db.session() as session:
+        session.execute(update(Schedule).values(next_run_at=utcnow() - ago))
+    db.dispose()
+
+
+def mine_jobs(client, project, engineer) -> list[dict]:
+    jobs = client.get(f"/api/v1/projects/{project['id']}/jobs", headers=engineer.headers).json()
+    return [j for j in jobs if j["kind"] == "mine"]
 
 
 def test_a_worker_killed_mid_training_leaves_a_job_that_finishes_after_restart_with_one_model(env, tmp_path):
@@ -229,53 +257,31 @@ def test_a_worker_killed_mid_training_leaves_a_job_that_finishes_after_restart_w
         assert models[0]["status"] == "champion"
 
 
-@pytest.mark.parametrize(
-    ("database_url", "queue"), [("sqlite", "sqlite"), ("postgres", "redis")], indirect=["database_url"]
-)
-def test_a_schedule_missed_while_no_worker_ran_starts_its_job_once_when_one_starts(env, tmp_path, request, queue):
-    """On SQLite's queue and on Redis alike; on the embedded default's queue, then huey's minute tick keeps the
-    timetable."""
-    from datetime import timedelta
-
-    from sqlalchemy import update
-
-    from storage.db import Database
-    from storage.models import Schedule, utcnow
-
+def test_a_schedule_missed_while_no_worker_ran_starts_its_job_once_and_the_minute_tick_keeps_the_timetable(
+    env, tmp_path
+):
+    """On the embedded default's SQLite queue (Redis: above); the one test that waits for huey's real tick."""
     env = {**env, "LABELWHEEL_EMBEDDED_WORKER": "false"}
-    if queue == "redis":
-        env["LABELWHEEL_QUEUE_URL"] = request.getfixturevalue("redis_url")
     with running_server(env, tmp_path / "server.log") as (_, base), httpx.Client(base_url=base, timeout=30) as client:
         admin, engineer, annotator = team(client)
         project, _ = digit_project(client, admin, engineer, annotator, count=10)
         url = f"/api/v1/projects/{project['id']}/schedules"
         assert client.put(url, json={"mine": "0 4 * * *"}, headers=engineer.headers).status_code == 200
-        db = Database(env["LABELWHEEL_DATABASE_URL"])
-
-        def due(ago: timedelta) -> None:
-            with db.session() as session:
-                session.execute(update(Schedule).values(next_run_at=utcnow() - ago))
-
-        due(timedelta(days=3))  # the service was down for three days: three daily slots missed
-
-        def mine_jobs():
-            jobs = client.get(f"/api/v1/projects/{project['id']}/jobs", headers=engineer.headers).json()
-            return [j for j in jobs if j["kind"] == "mine"]
-
+        make_due(env["LABELWHEEL_DATABASE_URL"], timedelta(days=3))  # three daily slots missed
         worker = start_worker(env)
         try:
             (done,) = wait_for(
-                lambda: [j for j in mine_jobs() if j["status"] in ("succeeded", "failed")],
+                lambda: [j for j in mine_jobs(client, project, engineer) if j["status"] in ("succeeded", "failed")],
                 timeout=90,
                 what="the scheduled mining job",
             )
-            assert done["params"]["trigger"] == "schedule" and len(mine_jobs()) == 1
+            assert done["params"]["trigger"] == "schedule" and len(mine_jobs(client, project, engineer)) == 1
             assert done["status"] == "failed" and "no model yet" in done["error"]  # run by the worker
             (schedule,) = client.get(url, headers=engineer.headers).json()
             assert schedule["last_job_id"] == done["id"] and schedule["next_run_at"][11:16] == "04:00"
-            if queue == "sqlite":
-                due(timedelta(0))
-                wait_for(lambda: len(mine_jobs()) == 2, timeout=90, what="the minute tick's mining job")
+            make_due(env["LABELWHEEL_DATABASE_URL"], timedelta(0))
+            wait_for(
+                lambda: len(mine_jobs(client, project, engineer)) == 2, timeout=90, what="the minute tick's mining job"
+            )
         finally:
             stop_worker(worker)
-            db.dispose()
