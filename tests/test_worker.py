@@ -76,6 +76,8 @@ def predict(client, project, engineer) -> dict:
 
 
 def test_labels_alone_produce_a_champion_then_a_refresh_then_a_second_model_and_serve_stops_its_worker(env, tmp_path):
+    """The embedded default end to end. Meanwhile huey's real minute tick starts a schedule that fell due (the
+    one test that waits for the clock; run_due_schedules itself is tested without it in tests/test_mining.py)."""
     import psutil
 
     # Training waits 3 s for labels to settle, so the first one sees all 150 labels given at once.
@@ -88,6 +90,9 @@ def test_labels_alone_produce_a_champion_then_a_refresh_then_a_second_model_and_
         lanes = wait_for(lambda: worker.children(), timeout=60, what="the lane processes")
         admin, engineer, annotator = team(client)
         project, truth = digit_project(client, admin, engineer, annotator, count=400, training=policy)
+        schedules = f"/api/v1/projects/{project['id']}/schedules"
+        assert client.put(schedules, json={"mine": "0 4 * * *"}, headers=engineer.headers).status_code == 200
+        make_due(env["LABELWHEEL_DATABASE_URL"], timedelta(0))  # due now: the next minute tick starts it
         label_digits(client, project, annotator, truth, 150)
 
         champion = wait_for(
@@ -127,6 +132,13 @@ def test_labels_alone_produce_a_champion_then_a_refresh_then_a_second_model_and_
         jobs = client.get(f"/api/v1/projects/{project['id']}/jobs", headers=engineer.headers).json()
         assert {j["kind"] for j in jobs} >= {"train", "refresh", "embed", "export"}
         assert all(j["params"].get("trigger") != "manual" for j in jobs)  # no human started anything
+
+        def scheduled():
+            return [j for j in mine_jobs(client, project, engineer) if j["params"].get("trigger") == "schedule"]
+
+        (ticked,) = wait_for(scheduled, timeout=90, what="the minute tick's mining job")  # usually long done
+        (schedule,) = client.get(schedules, headers=engineer.headers).json()
+        assert schedule["last_job_id"] == ticked["id"] and schedule["next_run_at"][11:16] == "04:00"
     gone, alive = psutil.wait_procs([worker, *lanes], timeout=30)
     assert not alive, f"still running after serve stopped: {alive}"
 
@@ -255,33 +267,3 @@ def test_a_worker_killed_mid_training_leaves_a_job_that_finishes_after_restart_w
         models = full_models(client, project, engineer)
         assert [m["job_id"] for m in models] == [job_id]  # the retry finished the same model, no duplicate
         assert models[0]["status"] == "champion"
-
-
-def test_a_schedule_missed_while_no_worker_ran_starts_its_job_once_and_the_minute_tick_keeps_the_timetable(
-    env, tmp_path
-):
-    """On the embedded default's SQLite queue (Redis: above); the one test that waits for huey's real tick."""
-    env = {**env, "LABELWHEEL_EMBEDDED_WORKER": "false"}
-    with running_server(env, tmp_path / "server.log") as (_, base), httpx.Client(base_url=base, timeout=30) as client:
-        admin, engineer, annotator = team(client)
-        project, _ = digit_project(client, admin, engineer, annotator, count=10)
-        url = f"/api/v1/projects/{project['id']}/schedules"
-        assert client.put(url, json={"mine": "0 4 * * *"}, headers=engineer.headers).status_code == 200
-        make_due(env["LABELWHEEL_DATABASE_URL"], timedelta(days=3))  # three daily slots missed
-        worker = start_worker(env)
-        try:
-            (done,) = wait_for(
-                lambda: [j for j in mine_jobs(client, project, engineer) if j["status"] in ("succeeded", "failed")],
-                timeout=90,
-                what="the scheduled mining job",
-            )
-            assert done["params"]["trigger"] == "schedule" and len(mine_jobs(client, project, engineer)) == 1
-            assert done["status"] == "failed" and "no model yet" in done["error"]  # run by the worker
-            (schedule,) = client.get(url, headers=engineer.headers).json()
-            assert schedule["last_job_id"] == done["id"] and schedule["next_run_at"][11:16] == "04:00"
-            make_due(env["LABELWHEEL_DATABASE_URL"], timedelta(0))
-            wait_for(
-                lambda: len(mine_jobs(client, project, engineer)) == 2, timeout=90, what="the minute tick's mining job"
-            )
-        finally:
-            stop_worker(worker)
