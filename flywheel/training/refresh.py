@@ -139,6 +139,7 @@ def run_refresh(ctx: JobContext) -> dict[str, Any]:
         if best is None:
             raise JobFailed("no champion model yet: a refresh refits the champion's head; train a model first")
         project = session.get_one(Project, ctx.project_id)
+        tolerance = project_settings(project).training.promotion_tolerance
         snapshot = build_snapshot(session, ctx.blobs, project=project)
         through = session.scalar(select(func.max(Annotation.id)).where(Annotation.project_id == project.id))
     labels, items = load_items(ctx.blobs, snapshot)
@@ -166,7 +167,7 @@ def run_refresh(ctx: JobContext) -> dict[str, Any]:
             "per_class": report.per_class,
             "confusion_matrix": report.confusion,
         }
-        decision = _against_champion(ctx, best, test_vectors, test_y, predicted == test_y)
+        decision = _against_champion(ctx, best, test_vectors, test_y, predicted == test_y, tolerance=tolerance)
     serves = bool(decision["promote"])
     with ctx.db.session() as session:
         model = ModelVersion(
@@ -212,14 +213,18 @@ def run_refresh(ctx: JobContext) -> dict[str, Any]:
 
 
 def _against_champion(
-    ctx: JobContext, best: ModelVersion, test_vectors: np.ndarray, test_y: np.ndarray, head_correct: np.ndarray
+    ctx: JobContext,
+    best: ModelVersion,
+    test_vectors: np.ndarray,
+    test_y: np.ndarray,
+    head_correct: np.ndarray,
+    *,
+    tolerance: float,
 ) -> dict[str, Any]:
     """The refreshed head is held to a new model's bar: on the same test items, by the same rule, against the
     champion's own head (cheap: both read the cached embeddings)."""
     assert best.head_sha256 is not None
     champion_correct = head_probabilities(test_vectors, *read_head(ctx.blobs, best.head_sha256)).argmax(1) == test_y
-    with ctx.db.read_session() as session:
-        tolerance = project_settings(session.get_one(Project, ctx.project_id)).training.promotion_tolerance
     result = decide_promotion(champion_correct, head_correct, tolerance=tolerance)
     return {**asdict(result), "compared_with": "champion", "champion_id": best.id}
 

@@ -262,12 +262,11 @@ def _decide(
     ctx.progress(0.88, f"evaluating champion {current.id} on the same test items")
     with ctx.db.read_session() as session:
         parent = session.get(ModelVersion, current.parent_id) if current.kind == ModelKind.refresh else None
+        tolerance = project_settings(session.get_one(Project, ctx.project_id)).training.promotion_tolerance
     network = load_model(ctx.blobs, current, parent)
     arrays = load_arrays(ctx.blobs, [i.sha256 for i in test_items], size=current.input_size)
     champion_predicted = [current.labels[k] for k in predict_proba(network, arrays).argmax(1)]
     champion_correct = np.array([p == labels[y] for p, y in zip(champion_predicted, test_y, strict=True)])
-    with ctx.db.read_session() as session:
-        tolerance = project_settings(session.get_one(Project, ctx.project_id)).training.promotion_tolerance
     result = decide_promotion(champion_correct, candidate_correct, tolerance=tolerance)
     return {
         **asdict(result),
