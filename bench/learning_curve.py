@@ -139,7 +139,8 @@ def campaign(strategy: str, seed: int, rounds: int, batch: int, folder: Path) ->
 
 
 def largest_drop(rows: list[dict]) -> float:
-    return max((a["accuracy"] - b["accuracy"] for a, b in zip(rows, rows[1:], strict=False)), default=0.0)
+    """The largest fall in accuracy from one round to the next (0 when the curve never falls)."""
+    return max([0.0] + [a["accuracy"] - b["accuracy"] for a, b in zip(rows, rows[1:], strict=False)])
 
 
 def main() -> None:
