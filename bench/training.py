@@ -48,7 +48,7 @@ def run(seed: int, threads: int, images: np.ndarray, labels: np.ndarray) -> tupl
     )
     predicted = predict_proba(result.model, images[test]).argmax(1)
     seconds = time.perf_counter() - started
-    report = evaluate(labels[test], predicted, labels=[str(d) for d in range(10)], train_labels=labels[fit])
+    report = evaluate(labels[test], predicted, labels=[str(d) for d in range(10)])
     return report.accuracy, seconds, report.baseline_accuracy, result.best_epoch
 
 

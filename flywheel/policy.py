@@ -19,7 +19,17 @@ from flywheel.jobs.rows import create_job
 from flywheel.jobs.transport import Transport
 from flywheel.serving.registry import champion, promote
 from storage.db import Database, after_commit
-from storage.models import Annotation, Image, Job, JobKind, JobStatus, ModelKind, ModelVersion, Project
+from storage.models import (
+    Annotation,
+    DatasetSnapshot,
+    Image,
+    Job,
+    JobKind,
+    JobStatus,
+    ModelKind,
+    ModelVersion,
+    Project,
+)
 from storage.projects import project_settings
 
 logger = logging.getLogger(__name__)
@@ -35,7 +45,12 @@ def start_policy_jobs(db: Database, transport: Transport, *, project_id: int) ->
         policy = project_settings(project).training
         if policy.auto_refresh and _refresh_due(session, project_id):
             create_job(
-                session, project_id=project_id, kind=JobKind.refresh, transport=transport, params={"trigger": "labels"}
+                session,
+                project_id=project_id,
+                kind=JobKind.refresh,
+                transport=transport,
+                params={"trigger": "labels"},
+                delay_seconds=policy.refresh_debounce_seconds,
             )
             started.append(JobKind.refresh)
         if policy.auto_train:
@@ -83,6 +98,23 @@ def start_champion_jobs(session: Session, *, project_id: int, transport: Transpo
     return jobs
 
 
+def start_export(session: Session, *, model: ModelVersion, transport: Transport) -> Job:
+    """The job making a refreshed head's ONNX file and checkpoint, asked for by a download: the one already
+    waiting or running for it, else a new one."""
+    pending = session.scalars(
+        select(Job).where(
+            Job.project_id == model.project_id,
+            Job.kind == JobKind.export,
+            Job.status.in_([JobStatus.queued, JobStatus.running]),
+        )
+    )
+    for job in pending:
+        if (job.params or {}).get("model_id") == model.id:
+            return job
+    params = {"model_id": model.id}
+    return create_job(session, project_id=model.project_id, kind=JobKind.export, transport=transport, params=params)
+
+
 def _refresh_due(session: Session, project_id: int) -> bool:
     """True when a champion exists, labels have arrived since its newest head, and no refresh is waiting."""
     best = champion(session, project_id=project_id)
@@ -105,15 +137,25 @@ def _refresh_due(session: Session, project_id: int) -> bool:
 
 
 def _last_training_size(session: Session, project_id: int) -> int:
-    """Labels counted when the newest training was asked for, whatever became of it (so a failing
-    training is not retried on every label, only after the labels have grown again)."""
-    params = session.scalars(
-        select(Job.params)
+    """Labels the newest training covers, whatever became of it (so a failing training is not retried on every
+    label, only after the labels have grown again): the labels it trained on when it got that far (labels that
+    arrived while it waited to start count as trained on), else the labels counted when it was asked for."""
+    job = session.scalars(
+        select(Job)
         .where(Job.project_id == project_id, Job.kind == JobKind.train, Job.status != JobStatus.cancelled)
         .order_by(Job.id.desc())
         .limit(1)
     ).first()
-    return int((params or {}).get("labeled", 0))
+    if job is None:
+        return 0
+    model_id = (job.result or {}).get("model_id")  # a skipped training names the model it would have repeated
+    trained_on = session.scalar(
+        select(DatasetSnapshot.item_count)
+        .join(ModelVersion, ModelVersion.snapshot_id == DatasetSnapshot.id)
+        .where((ModelVersion.job_id == job.id) | (ModelVersion.id == model_id))
+        .limit(1)
+    )
+    return max(int((job.params or {}).get("labeled", 0)), trained_on or 0)
 
 
 class LabelNotifier:

@@ -39,6 +39,11 @@ class Conflict(LabelwheelError):
     code = "conflict"
 
 
+class Gone(LabelwheelError):
+    status = 410
+    code = "gone"
+
+
 class PayloadTooLarge(LabelwheelError):
     status = 413
     code = "payload_too_large"

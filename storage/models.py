@@ -427,6 +427,8 @@ class ModelVersion(CreatedAt, Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     promoted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     promoted_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    # A refreshed head that stopped serving loses its files after a grace period; its row stays for lineage.
+    files_pruned_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     __table_args__ = (
         Index("ix_model_versions_project_id_id", "project_id", "id"),

@@ -58,6 +58,17 @@ class Settings(BaseSettings):
     job_stale_seconds: float = Field(
         default=30.0, gt=0, description="A running job whose heartbeat is this old has lost its worker."
     )
+    refresh_heads_kept: int = Field(
+        default=3,
+        ge=0,
+        le=1000,
+        description="Refreshed heads that keep their files besides the serving one: the newest this many.",
+    )
+    refresh_prune_grace_seconds: float = Field(
+        default=600.0,
+        ge=0,
+        description="A refreshed head beyond those loses its files only this long after it was made.",
+    )
     pretrained_dir: Path | None = Field(
         default=None, description="Folder of local backbone weight files a project may name; never downloaded."
     )

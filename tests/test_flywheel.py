@@ -7,6 +7,7 @@ store; tests/test_worker.py runs them through real worker processes.
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import onnxruntime as ort
@@ -42,8 +43,8 @@ def team(app):
     return make_user(app, "eng", Role.engineer), make_user(app, "ann", Role.annotator)
 
 
-def train_once(app, client, engineer, project) -> dict:
-    created = start(client, project, engineer)
+def train_once(app, client, engineer, project, **params) -> dict:
+    created = start(client, project, engineer, **params)
     assert run(app, created["id"]) == JobStatus.succeeded, job(client, engineer, created["id"])
     return job(client, engineer, created["id"])
 
@@ -74,10 +75,16 @@ def test_a_training_job_snapshots_trains_evaluates_and_promotes_the_first_model(
     assert card["human_reference"]["pooled_accuracy"] is None and card["human_reference"]["reason"]
 
 
-def test_same_snapshot_seed_and_settings_give_the_same_metrics(trained):
-    client, engineer = trained.client, trained.engineer
-    first = trained.champion_id
-    second = train_once(trained.app, client, engineer, trained.project)["result"]["model_id"]
+def test_a_training_on_the_champions_labels_and_settings_is_skipped_unless_forced(trained):
+    client, engineer, project, first = trained.client, trained.engineer, trained.project, trained.champion_id
+    repeat = train_once(trained.app, client, engineer, project)
+    assert repeat["result"]["skipped"] is True and repeat["result"]["model_id"] == first
+    assert f"model {first} was trained on the same 150 labels" in repeat["result"]["message"]
+    models = client.get(f"/api/v1/projects/{project['id']}/models", headers=engineer.headers).json()
+    assert [m["id"] for m in models] == [first]  # no second model, no embed or mining pass
+
+    # Forced, the same snapshot, seed and settings give the same model.
+    second = train_once(trained.app, client, engineer, project, force=True)["result"]["model_id"]
     one, two = (client.get(f"/api/v1/models/{m}", headers=engineer.headers).json() for m in (first, second))
     assert one["snapshot"]["id"] == two["snapshot"]["id"]
     assert one["metrics"]["test_accuracy"] == two["metrics"]["test_accuracy"]
@@ -107,6 +114,13 @@ def test_onnx_download_runs_in_onnxruntime_and_matches_pytorch(trained):
         normalize(np.stack([to_array(Image.open(io.BytesIO(p)), checkpoint["input_size"]) for p in pngs[:64]]))
     )
     session = ort.InferenceSession(onnx.content, providers=["CPUExecutionProvider"])
+    # The file says how to use it: label order, input size, normalisation, preprocessing, version.
+    meta = session.get_modelmeta().custom_metadata_map
+    assert json.loads(meta["labelwheel.labels"]) == [str(d) for d in range(10)]
+    assert meta["labelwheel.input_size"] == str(checkpoint["input_size"]) == "16"
+    assert json.loads(meta["labelwheel.mean"]) == pytest.approx([0.485, 0.456, 0.406])
+    assert json.loads(meta["labelwheel.std"]) == pytest.approx([0.229, 0.224, 0.225])
+    assert "bilinear" in meta["labelwheel.preprocessing"] and meta["labelwheel.model_version"] == f"model-{model_id}"
     (onnx_logits,) = session.run(["logits"], {"input": batch.numpy()})
     with torch.no_grad():
         torch_logits = network(batch).numpy()
@@ -154,32 +168,54 @@ def test_refresh_refits_the_head_on_cached_embeddings_and_serves_it(trained):
     task = client.get(f"/api/v1/projects/{project['id']}/tasks/next", headers=annotator.headers).json()
     assert task["prelabel"]["model_version"] == f"model-{refreshed}"
     assert task["prelabel"]["label"] in [str(d) for d in range(10)]
-    # Nothing new since: no second refresh. The ONNX file of the refreshed model comes from its own job.
+    # Nothing new since: no second refresh. No export either: the head serves on the champion's ONNX backbone.
     assert start_policy_jobs(db, app.state.runtime.transport, project_id=project["id"]) == []
-    not_yet = client.get(f"/api/v1/models/{refreshed}/download?format=onnx", headers=engineer.headers)
-    assert not_yet.status_code == 409 and "still being made" in not_yet.json()["error"]["message"]
+    with db.read_session() as session:
+        assert session.scalars(select(Job).where(Job.kind == JobKind.export)).all() == []
+    models = f"/api/v1/projects/{project['id']}/models"
+    assert [m["id"] for m in client.get(models, headers=engineer.headers).json()] == [champion_id]
+    assert [m["id"] for m in client.get(f"{models}?kind=refresh", headers=engineer.headers).json()] == [refreshed]
+    assert len(client.get(f"{models}?kind=all", headers=engineer.headers).json()) == 2
 
-    # A newer head before that export ran: only the serving head gets exported.
-    label_digits(client, project, annotator, truth, 3)
-    assert start_policy_jobs(db, app.state.runtime.transport, project_id=project["id"]) == [JobKind.refresh]
-    with db.read_session() as session:
-        second_refresh = session.scalars(select(Job).where(Job.kind == JobKind.refresh).order_by(Job.id.desc())).first()
-    assert run(app, second_refresh.id) == JobStatus.succeeded
-    newest = job(client, engineer, second_refresh.id)["result"]["model_id"]
-    with db.read_session() as session:
-        exports = session.scalars(select(Job).where(Job.kind == JobKind.export).order_by(Job.id)).all()
-    assert [e.params["model_id"] for e in exports] == [refreshed, newest]
-    assert run(app, exports[0].id) == JobStatus.succeeded
-    assert job(client, engineer, exports[0].id)["result"]["message"].startswith("skipped")
-    superseded = client.get(f"/api/v1/models/{refreshed}/download?format=onnx", headers=engineer.headers)
-    assert superseded.status_code == 409 and superseded.json()["error"]["code"] == "model_superseded"
-    assert run(app, exports[1].id) == JobStatus.succeeded
-    onnx = client.get(f"/api/v1/models/{newest}/download?format=onnx", headers=engineer.headers)
+    # The first download asks for the files; asking again while they are made joins the same job.
+    pending = client.get(f"/api/v1/models/{refreshed}/download?format=onnx", headers=engineer.headers)
+    assert pending.status_code == 202 and pending.headers["retry-after"] == "5", pending.text
+    again = client.get(f"/api/v1/models/{refreshed}/download?format=weights", headers=engineer.headers)
+    assert again.status_code == 202 and again.json()["job_id"] == pending.json()["job_id"]
+    assert run(app, pending.json()["job_id"]) == JobStatus.succeeded
+    onnx = client.get(f"/api/v1/models/{refreshed}/download?format=onnx", headers=engineer.headers)
     assert onnx.status_code == 200
     session_ = ort.InferenceSession(onnx.content, providers=["CPUExecutionProvider"])
     assert [o.name for o in session_.get_outputs()] == ["logits", "embedding"]
-    weights = client.get(f"/api/v1/models/{newest}/download?format=weights", headers=engineer.headers)
+    assert session_.get_modelmeta().custom_metadata_map["labelwheel.model_version"] == f"model-{refreshed}"
+    weights = client.get(f"/api/v1/models/{refreshed}/download?format=weights", headers=engineer.headers)
     assert torch.load(io.BytesIO(weights.content), weights_only=True)["architecture"] == "small_cnn"
+
+    # Heads that stopped serving lose their files (past the kept ones and the grace period); rows stay.
+    rt = app.state.runtime
+    rt.settings = rt.settings.model_copy(update={"refresh_heads_kept": 0, "refresh_prune_grace_seconds": 0})
+    label_digits(client, project, annotator, truth, 3)
+    assert start_policy_jobs(db, rt.transport, project_id=project["id"]) == [JobKind.refresh]
+    with db.read_session() as session:
+        second_refresh = session.scalars(select(Job).where(Job.kind == JobKind.refresh).order_by(Job.id.desc())).first()
+    assert run(app, second_refresh.id) == JobStatus.succeeded
+    result = job(client, engineer, second_refresh.id)["result"]
+    newest = result["model_id"]
+    assert result["serving"] is True and result["pruned"] == [refreshed]
+    gone = client.get(f"/api/v1/models/{refreshed}/download?format=onnx", headers=engineer.headers)
+    assert gone.status_code == 410 and gone.json()["error"]["code"] == "model_files_pruned"
+    old_card = client.get(f"/api/v1/models/{refreshed}", headers=engineer.headers).json()
+    assert old_card["artefacts"]["files_pruned_at"] and old_card["metrics"]["test_accuracy"] is not None
+    with db.read_session() as session:
+        old, new = session.get(ModelVersion, refreshed), session.get(ModelVersion, newest)
+        assert not any(rt.blobs.exists(sha) for sha in (old.head_sha256, old.onnx_sha256, old.weights_sha256))
+        assert rt.blobs.exists(new.head_sha256) and rt.blobs.exists(session.get(ModelVersion, champion_id).onnx_sha256)
+    predicted = client.post(
+        f"/api/v1/projects/{project['id']}/predict",
+        files=[("files", ("a.png", pngs[0], "image/png"))],
+        headers=engineer.headers,
+    ).json()
+    assert predicted["model_id"] == newest
 
 
 def test_a_refreshed_head_worse_than_the_champion_does_not_serve_and_says_why(trained):
@@ -221,9 +257,29 @@ def test_a_refreshed_head_worse_than_the_champion_does_not_serve_and_says_why(tr
 
 
 def test_promote_by_hand_and_roll_back(trained):
-    client, engineer, project, first = trained.client, trained.engineer, trained.project, trained.champion_id
-    label_digits(client, project, trained.annotator, trained.truth, 20)
-    second = train_once(trained.app, client, engineer, project)["result"]["model_id"]
+    app, client, engineer, project, first = (
+        trained.app,
+        trained.client,
+        trained.engineer,
+        trained.project,
+        trained.champion_id,
+    )
+    rt, annotator = app.state.runtime, trained.annotator
+    url = f"/api/v1/projects/{project['id']}/settings"
+    policy = {"auto_train": True, "auto_refresh": False, "min_new_labels": 10, "growth": 0}
+    client.patch(url, json={"settings": {"training": policy}}, headers=trained.admin.headers).raise_for_status()
+    label_digits(client, project, annotator, trained.truth, 10)
+    assert start_policy_jobs(rt.db, rt.transport, project_id=project["id"]) == [JobKind.train]
+    with rt.db.read_session() as session:
+        policy_job = session.scalars(select(Job).where(Job.kind == JobKind.train).order_by(Job.id.desc())).first()
+    assert policy_job.params["labeled"] == 160
+    label_digits(client, project, annotator, trained.truth, 10)  # while the training waits to start
+    assert run(app, policy_job.id) == JobStatus.succeeded
+    second = job(client, engineer, policy_job.id)["result"]["model_id"]
+    card = client.get(f"/api/v1/models/{second}", headers=engineer.headers).json()
+    assert card["snapshot"]["item_count"] == 170
+    # Growth counts from the labels the training saw (170), not from when it was asked for (160).
+    assert start_policy_jobs(rt.db, rt.transport, project_id=project["id"]) == []
     client.post(f"/api/v1/models/{second}/promote", json={"reason": "try it"}, headers=engineer.headers)
     back = client.post(f"/api/v1/models/{first}/promote", json={"reason": "rollback"}, headers=engineer.headers)
     assert back.status_code == 200 and back.json()["status"] == "champion"

@@ -128,12 +128,18 @@ def test_evaluation_matches_scikit_learn():
     rng = np.random.default_rng(3)
     y_true, y_pred = rng.integers(0, 4, 200), rng.integers(0, 4, 200)
     y_pred[:100] = y_true[:100]
-    train_labels = np.array([2] * 50 + [1] * 10)
-    result = evaluate(y_true, y_pred, labels=["a", "b", "c", "d"], train_labels=train_labels)
+    y_true[y_true == 3] = 1  # class "d" has no test image (but is predicted): its recall and F1 are undefined
+    y_pred[y_pred == 2] = 0  # class "c" is never predicted: its precision is undefined
+    result = evaluate(y_true, y_pred, labels=["a", "b", "c", "d"])
     assert result.accuracy == pytest.approx(accuracy_score(y_true, y_pred), abs=1e-12)
-    f1 = f1_score(y_true, y_pred, average=None, labels=[0, 1, 2, 3])
-    assert [result.per_class[name]["f1"] for name in "abcd"] == pytest.approx(list(f1), abs=1e-12)
-    assert result.baseline_accuracy == pytest.approx((y_true == 2).mean())
+    f1 = f1_score(y_true, y_pred, average=None, labels=[0, 1, 2])
+    assert [result.per_class[name]["f1"] for name in "abc"] == pytest.approx(list(f1), abs=1e-12)
+    assert result.per_class["d"] == {"precision": 0.0, "recall": None, "f1": None, "support": 0}
+    assert result.per_class["c"]["precision"] is None and result.per_class["c"]["recall"] == 0.0
+    # The baseline is the test split's own most frequent class, whatever the training split held.
+    majority = int(np.bincount(y_true).argmax())
+    assert result.baseline_label == "abcd"[majority] and majority == 1
+    assert result.baseline_accuracy == pytest.approx((y_true == majority).mean())
     assert sum(map(sum, result.confusion)) == 200
     assert result.wrong == [int(i) for i in np.flatnonzero(y_true != y_pred)]
 

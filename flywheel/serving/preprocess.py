@@ -10,6 +10,10 @@ from PIL import Image, ImageOps
 
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+PREPROCESSING = (
+    "EXIF orientation applied, converted to RGB, resized to input_size x input_size with PIL's bilinear filter on "
+    "the uint8 image, then /255, minus mean, over std (per channel)"
+)
 
 
 def to_array(image: Image.Image, size: int) -> np.ndarray:

@@ -7,15 +7,19 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import timedelta
 from enum import StrEnum
+from functools import partial
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from annotation.reports import human_reference
+from flywheel.serving.preprocess import MEAN, PREPROCESSING, STD
 from storage.blobs import BlobStore
-from storage.errors import Conflict, NotFound
+from storage.db import after_commit
+from storage.errors import Conflict, Gone, NotFound
 from storage.models import DatasetSnapshot, ModelKind, ModelStatus, ModelVersion, utcnow
 
 PROMOTABLE = frozenset({ModelStatus.candidate, ModelStatus.retired, ModelStatus.champion})
@@ -34,11 +38,15 @@ class ModelFile:
     data: bytes
 
 
-def list_models(session: Session, *, project_id: int, limit: int = 100) -> list[ModelVersion]:
+def list_models(
+    session: Session, *, project_id: int, kinds: tuple[ModelKind, ...] = (ModelKind.full,), limit: int = 100
+) -> list[ModelVersion]:
+    """The project's models of ``kinds``, newest first: by default the trainings (refreshed heads, one per burst
+    of labels, are many; ask for them)."""
     return list(
         session.scalars(
             select(ModelVersion)
-            .where(ModelVersion.project_id == project_id)
+            .where(ModelVersion.project_id == project_id, ModelVersion.kind.in_(kinds))
             .order_by(ModelVersion.id.desc())
             .limit(limit)
         )
@@ -77,22 +85,43 @@ def serving_model(session: Session, *, project_id: int) -> ModelVersion | None:
     return refreshed or best
 
 
-def newer_refresh(session: Session, *, model: ModelVersion) -> ModelVersion | None:
-    """A later refreshed head serving on the same champion: it replaced ``model`` before ``model``'s files were
-    made (a later head that failed the champion's bar replaces nothing)."""
-    if model.kind != ModelKind.refresh:
-        return None
-    return session.scalars(
-        select(ModelVersion)
-        .where(
-            ModelVersion.parent_id == model.parent_id,
-            ModelVersion.kind == ModelKind.refresh,
-            ModelVersion.status == ModelStatus.candidate,
-            ModelVersion.id > model.id,
+def prune_refreshed_heads(
+    session: Session, blobs: BlobStore, *, project_id: int, keep: int, grace_seconds: float
+) -> list[int]:
+    """Drop the files of refreshed heads nobody needs any more; their rows stay for lineage. Kept: the serving
+    head, the newest ``keep`` others, and any made within the grace period (a download may have just asked
+    for it). Returns the pruned model ids.
+
+    Blobs are content-addressed, so a file is deleted only when no model that keeps its files names it."""
+    serving = serving_model(session, project_id=project_id)
+    heads = list(
+        session.scalars(
+            select(ModelVersion)
+            .where(
+                ModelVersion.project_id == project_id,
+                ModelVersion.kind == ModelKind.refresh,
+                ModelVersion.files_pruned_at.is_(None),
+            )
+            .order_by(ModelVersion.id.desc())
         )
-        .order_by(ModelVersion.id.desc())
-        .limit(1)
-    ).first()
+    )
+    cutoff = utcnow() - timedelta(seconds=grace_seconds)
+    others = [m for m in heads if serving is None or m.id != serving.id]
+    doomed = [m for m in others[keep:] if m.created_at <= cutoff]
+    if not doomed:
+        return []
+    for model in doomed:
+        model.files_pruned_at = utcnow()
+    session.flush()
+    files = {sha for m in doomed for sha in (m.head_sha256, m.onnx_sha256, m.weights_sha256) if sha is not None}
+    still_used: set[str | None] = set()
+    for column in (ModelVersion.head_sha256, ModelVersion.onnx_sha256, ModelVersion.weights_sha256):
+        still_used |= set(
+            session.scalars(select(column).where(column.in_(files), ModelVersion.files_pruned_at.is_(None)))
+        )
+    for sha in files - still_used:  # rows first, files after: a crash in between only leaves a stray file
+        after_commit(session, partial(blobs.delete, sha))
+    return [m.id for m in doomed]
 
 
 def promote(session: Session, *, model: ModelVersion, by_user: int | None, reason: str) -> ModelVersion:
@@ -141,7 +170,9 @@ def model_card(session: Session, *, model: ModelVersion) -> dict[str, Any]:
         "input": {
             "size": model.input_size,
             "layout": "NCHW float32",
-            "preprocessing": "upright RGB, bilinear resize to size x size, /255, minus ImageNet mean, over std",
+            "preprocessing": PREPROCESSING,
+            "mean": [round(float(v), 6) for v in MEAN],
+            "std": [round(float(v), 6) for v in STD],
         },
         "hyperparameters": model.hyperparameters,
         "seed": model.seed,
@@ -158,34 +189,40 @@ def model_card(session: Session, *, model: ModelVersion) -> dict[str, Any]:
         # The annotators' accuracy against consensus on the test images, beside the model's, now.
         "human_reference": human_reference(session, model.project_id),
         "decision": model.decision,
-        "artefacts": {"weights_sha256": model.weights_sha256, "onnx_sha256": model.onnx_sha256},
+        "artefacts": {
+            "weights_sha256": model.weights_sha256,
+            "onnx_sha256": model.onnx_sha256,
+            "files_pruned_at": model.files_pruned_at and model.files_pruned_at.isoformat(),
+        },
         "created_at": model.created_at.isoformat(),
         "finished_at": model.finished_at and model.finished_at.isoformat(),
         "promoted_at": model.promoted_at and model.promoted_at.isoformat(),
     }
 
 
-def model_file(session: Session, blobs: BlobStore, *, model: ModelVersion, format: DownloadFormat) -> ModelFile:
-    """The file a download of ``model`` serves; Conflict while there is none to serve.
+class FilesPending(Conflict):
+    """A refreshed head's stand-alone files are made when first asked for (it serves without them)."""
 
-    A refreshed head that a newer one replaced before its files were made never gets them
-    (``model_superseded`` names the one to fetch); otherwise a missing file is still being made.
-    """
+    code = "model_files_pending"
+
+
+def model_file(session: Session, blobs: BlobStore, *, model: ModelVersion, format: DownloadFormat) -> ModelFile:
+    """The file a download of ``model`` serves: ``FilesPending`` while a refreshed head has none yet, ``Gone``
+    once an old head's files were pruned."""
     if model.status in (ModelStatus.training, ModelStatus.failed):
         raise Conflict(f"model {model.id} is {model.status.value}; nothing to download", code="model_not_ready")
     name = f"labelwheel-project{model.project_id}-model{model.id}"
     if format == DownloadFormat.card:
         card = json.dumps(model_card(session, model=model), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
         return ModelFile(f"{name}.json", "application/json", card.encode())
+    if model.files_pruned_at is not None:
+        raise Gone(
+            f"model {model.id} is a refreshed head that stopped serving; its files were pruned "
+            f"({model.files_pruned_at.isoformat()}), its card stays; download the serving model instead",
+            code="model_files_pruned",
+        )
     sha256 = model.onnx_sha256 if format == DownloadFormat.onnx else model.weights_sha256
     if sha256 is None:
-        newer = newer_refresh(session, model=model)
-        if newer is not None:
-            raise Conflict(
-                f"model {model.id} was replaced by the refreshed model {newer.id} before its files were made; "
-                "download that one",
-                code="model_superseded",
-            )
-        raise Conflict(f"the {format.value} file of model {model.id} is still being made; try again shortly")
+        raise FilesPending(f"the {format.value} file of model {model.id} is being made; try again in a few seconds")
     suffix = "onnx" if format == DownloadFormat.onnx else "pt"
     return ModelFile(f"{name}.{suffix}", "application/octet-stream", blobs.read_bytes(sha256))

@@ -10,34 +10,52 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 PROMOTION_ALPHA = 0.05
 PROMOTION_TOLERANCE = 0.005  # half a point of accuracy
+BASELINE_RULE = "always the test split's most frequent class (baseline_label)"
 
 
 @dataclass(frozen=True)
 class Evaluation:
     accuracy: float
-    baseline_accuracy: float  # always answering the most common training label
-    per_class: dict[str, dict[str, float]]  # label -> precision, recall, f1, support
+    # Always answering the test split's most frequent class: what a model must beat to have learned anything
+    # (the training split's majority can score near zero on a balanced test split and mean nothing).
+    baseline_accuracy: float
+    baseline_label: str
+    per_class: dict[str, dict[str, float | None]]  # label -> precision, recall, f1 (None: undefined), support
     confusion: list[list[int]]  # rows: true label, columns: predicted, in label-set order
     wrong: list[int]  # positions of the test items the model gets wrong
 
 
-def evaluate(y_true: np.ndarray, y_pred: np.ndarray, *, labels: list[str], train_labels: np.ndarray) -> Evaluation:
-    """Metrics of predictions ``y_pred`` (class indices) against ``y_true`` on the test split."""
+def evaluate(y_true: np.ndarray, y_pred: np.ndarray, *, labels: list[str]) -> Evaluation:
+    """Metrics of predictions ``y_pred`` (class indices) against ``y_true`` on the test split. A metric with
+    nothing to divide by is ``None``, not 0: recall and F1 of a class with no test image, precision of a class
+    never predicted."""
     if len(y_true) == 0:
         raise ValueError("the test split has no labeled images yet")
     classes = list(range(len(labels)))
-    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=classes, zero_division=0)
-    majority = int(np.bincount(train_labels, minlength=len(labels)).argmax())
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=classes, zero_division=np.nan
+    )
+    majority = int(np.bincount(y_true, minlength=len(labels)).argmax())
     return Evaluation(
         accuracy=float((y_true == y_pred).mean()),
         baseline_accuracy=float((y_true == majority).mean()),
+        baseline_label=labels[majority],
         per_class={
-            label: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+            label: {
+                "precision": _defined(p),
+                "recall": _defined(r) if s else None,
+                "f1": _defined(f) if s else None,
+                "support": int(s),
+            }
             for label, p, r, f, s in zip(labels, precision, recall, f1, support, strict=True)
         },
         confusion=confusion_matrix(y_true, y_pred, labels=classes).tolist(),
         wrong=[int(i) for i in np.flatnonzero(y_true != y_pred)],
     )
+
+
+def _defined(value: float) -> float | None:
+    return None if np.isnan(value) else float(value)
 
 
 @dataclass(frozen=True)

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import onnxruntime as ort
 import torch
 from torch import nn
 
+from flywheel.serving.inference import model_version
+from flywheel.serving.preprocess import MEAN, PREPROCESSING, STD
 from flywheel.training.architectures import head_of, replace_head
+from storage.models import ModelVersion
 
 ONNX_TOLERANCE = 1e-4
 
@@ -28,9 +32,25 @@ class LogitsAndEmbedding(nn.Module):
         return self.head(embedding), embedding
 
 
-def export_onnx(model: nn.Module, input_size: int) -> bytes:
+def onnx_metadata(model: ModelVersion) -> dict[str, str]:
+    """What a program needs to use the ONNX file on its own, stored in the file (``metadata_props``)."""
+    return {
+        "labelwheel.model_version": model_version(model),
+        "labelwheel.labels": json.dumps(model.labels, ensure_ascii=False),
+        "labelwheel.input_size": str(model.input_size),
+        "labelwheel.input_layout": "NCHW float32, RGB",
+        "labelwheel.mean": json.dumps([round(float(v), 6) for v in MEAN]),
+        "labelwheel.std": json.dumps([round(float(v), 6) for v in STD]),
+        "labelwheel.preprocessing": PREPROCESSING,
+        "labelwheel.outputs": "logits: one per label, in labelwheel.labels order (softmax gives probabilities); "
+        "embedding: the head's input",
+    }
+
+
+def export_onnx(model: nn.Module, input_size: int, *, metadata: dict[str, str]) -> bytes:
     """The model as ONNX: input ``input`` is the shared preprocessing's NCHW float tensor (``normalize``),
-    any batch size; outputs ``logits`` (softmax gives the probabilities) and ``embedding``."""
+    any batch size; outputs ``logits`` (softmax gives the probabilities) and ``embedding``; ``metadata`` goes
+    into the file's ``metadata_props``."""
     model.eval()
     example = torch.zeros(1, 3, input_size, input_size)
     program = torch.onnx.export(
@@ -45,7 +65,11 @@ def export_onnx(model: nn.Module, input_size: int) -> bytes:
         report=False,
     )
     assert program is not None
-    return program.model_proto.SerializeToString()
+    proto = program.model_proto
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    return proto.SerializeToString()
 
 
 def max_difference(model: nn.Module, onnx_bytes: bytes, input_size: int, *, batch: int = 8, seed: int = 0) -> float:

@@ -13,14 +13,13 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from sqlalchemy import func, select
 
-from flywheel.jobs.rows import create_job
 from flywheel.jobs.runner import JobContext, JobFailed
 from flywheel.serving.heads import head_bytes, head_probabilities, read_head
-from flywheel.serving.registry import champion, newer_refresh
+from flywheel.serving.registry import champion, prune_refreshed_heads
 from flywheel.training.artefacts import checkpoint_bytes, embed_and_predict, full_network, load_model
 from flywheel.training.datasets import load_arrays
-from flywheel.training.evaluation import decide_promotion, evaluate
-from flywheel.training.onnx_export import ONNX_TOLERANCE, export_onnx, max_difference
+from flywheel.training.evaluation import BASELINE_RULE, decide_promotion, evaluate
+from flywheel.training.onnx_export import ONNX_TOLERANCE, export_onnx, max_difference, onnx_metadata
 from flywheel.training.snapshots import build_snapshot, load_items
 from storage.blobs import BlobStore
 from storage.db import Database, insert_new
@@ -28,7 +27,6 @@ from storage.models import (
     Annotation,
     Embedding,
     Image,
-    JobKind,
     ModelKind,
     ModelStatus,
     ModelVersion,
@@ -160,10 +158,12 @@ def run_refresh(ctx: JobContext) -> dict[str, Any]:
         test_y = np.array([index[i.label] for i in test_items])
         test_vectors = np.stack([vectors[i.image_id] for i in test_items])
         predicted = head_probabilities(test_vectors, weight, bias).argmax(1)
-        report = evaluate(test_y, predicted, labels=best.labels, train_labels=train_y)
+        report = evaluate(test_y, predicted, labels=best.labels)
         metrics |= {
             "test_accuracy": report.accuracy,
             "baseline_accuracy": report.baseline_accuracy,
+            "baseline": BASELINE_RULE,
+            "baseline_label": report.baseline_label,
             "per_class": report.per_class,
             "confusion_matrix": report.confusion,
         }
@@ -191,14 +191,13 @@ def run_refresh(ctx: JobContext) -> dict[str, Any]:
         model.head_sha256 = ctx.blobs.put_bytes(head_bytes(weight, bias))
         session.add(model)
         session.flush()
-        if serves:
-            create_job(
-                session,
-                project_id=ctx.project_id,
-                kind=JobKind.export,
-                transport=ctx.transport,
-                params={"model_id": model.id},
-            )
+        pruned = prune_refreshed_heads(
+            session,
+            ctx.blobs,
+            project_id=ctx.project_id,
+            keep=ctx.settings.refresh_heads_kept,
+            grace_seconds=ctx.settings.refresh_prune_grace_seconds,
+        )
         accuracy = metrics.get("test_accuracy")
         shown = f"{accuracy:.3f}" if accuracy is not None else "n/a"
         outcome = "serving" if serves else f"not serving, the champion does: {decision['reason']}"
@@ -207,6 +206,7 @@ def run_refresh(ctx: JobContext) -> dict[str, Any]:
             "labels": len(items),
             "test_accuracy": accuracy,
             "serving": serves,
+            "pruned": pruned,
             "message": f"refreshed head of model {best.id} on {len(train_items)} labels "
             f"(test accuracy {shown}): {outcome}",
         }
@@ -230,18 +230,17 @@ def _against_champion(
 
 
 def run_export(ctx: JobContext) -> dict[str, Any]:
-    """Make a refreshed model's stand-alone files, the checked ONNX file and a full checkpoint (off the fast
-    lane, so refreshes stay quick)."""
+    """Make a refreshed model's stand-alone files, the checked ONNX file and a full checkpoint, when somebody
+    first asks to download them (a head serves without them: the champion's ONNX backbone and its own head)."""
     with ctx.db.read_session() as session:
         model = session.get_one(ModelVersion, int(ctx.params["model_id"]))
         parent = session.get(ModelVersion, model.parent_id) if model.parent_id else None
-        newer = newer_refresh(session, model=model)
     if model.onnx_sha256 is not None:
         return {"model_id": model.id, "message": f"model {model.id} has its ONNX file already"}
-    if newer is not None:  # labels keep coming: only the serving head is worth the export's seconds
-        return {"model_id": model.id, "message": f"skipped: model {newer.id} replaced model {model.id}"}
+    if model.files_pruned_at is not None:
+        raise JobFailed(f"model {model.id} is an old refreshed head whose files were pruned; export a newer one")
     network = load_model(ctx.blobs, model, parent)
-    onnx_bytes = export_onnx(network, model.input_size)
+    onnx_bytes = export_onnx(network, model.input_size, metadata=onnx_metadata(model))
     difference = max_difference(network, onnx_bytes, model.input_size)
     if difference > ONNX_TOLERANCE:
         raise JobFailed(f"the ONNX export differs from PyTorch by {difference:.2e} (> {ONNX_TOLERANCE}); not stored")

@@ -7,11 +7,12 @@ snapshot, so a crash never leaves two models for one training.
 from __future__ import annotations
 
 import statistics
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from annotation.consensus import update_project_consensus
 from flywheel.jobs.runner import JobContext, JobFailed
@@ -21,9 +22,9 @@ from flywheel.serving.registry import champion
 from flywheel.training.architectures import default_architecture, default_input_size
 from flywheel.training.artefacts import checkpoint_bytes, head_arrays, load_model
 from flywheel.training.datasets import dev_split, load_arrays
-from flywheel.training.evaluation import decide_promotion, evaluate
+from flywheel.training.evaluation import BASELINE_RULE, Evaluation, decide_promotion, evaluate
 from flywheel.training.fit import TrainConfig, predict_proba, train
-from flywheel.training.onnx_export import ONNX_TOLERANCE, export_onnx, max_difference
+from flywheel.training.onnx_export import ONNX_TOLERANCE, export_onnx, max_difference, onnx_metadata
 from flywheel.training.snapshots import Item, build_snapshot, load_items
 from storage.models import (
     Annotation,
@@ -40,7 +41,10 @@ from storage.projects import TrainingSettings, project_settings
 
 
 def run_training(ctx: JobContext) -> dict[str, Any]:
-    model_id = _start(ctx)
+    started = _start(ctx)
+    if isinstance(started, Skipped):
+        return {"skipped": True, "model_id": started.model_id, "message": f"skipped: {started.reason}"}
+    model_id = started
     try:
         return _train(ctx, model_id)
     except BaseException:
@@ -94,11 +98,11 @@ def _train(ctx: JobContext, model_id: int) -> dict[str, Any]:
     )
     ctx.progress(0.86, "evaluating on the test split")
     predicted = predict_proba(result.model, test_x).argmax(1)
-    report = evaluate(test_y, predicted, labels=labels, train_labels=train_y)
-    decision = _decide(ctx, current, test_items, test_y == predicted, report.baseline_accuracy, test_y, labels)
+    report = evaluate(test_y, predicted, labels=labels)
+    decision = _decide(ctx, current, test_items, test_y == predicted, report, test_y, labels)
 
     ctx.progress(0.92, "exporting ONNX")
-    onnx_bytes = export_onnx(result.model, model.input_size)
+    onnx_bytes = export_onnx(result.model, model.input_size, metadata=onnx_metadata(model))
     difference = max_difference(result.model, onnx_bytes, model.input_size)
     if difference > ONNX_TOLERANCE:
         raise JobFailed(f"the ONNX export differs from PyTorch by {difference:.2e} (> {ONNX_TOLERANCE}); not stored")
@@ -109,6 +113,8 @@ def _train(ctx: JobContext, model_id: int) -> dict[str, Any]:
     metrics = {
         "test_accuracy": report.accuracy,
         "baseline_accuracy": report.baseline_accuracy,
+        "baseline": BASELINE_RULE,
+        "baseline_label": report.baseline_label,
         "per_class": report.per_class,
         "confusion_matrix": report.confusion,
         "wrong_test_images": [
@@ -139,8 +145,18 @@ def _train(ctx: JobContext, model_id: int) -> dict[str, Any]:
         return _summary(model)
 
 
-def _start(ctx: JobContext) -> int:
-    """Snapshot the labels and create this job's model row (or find it, on a retry)."""
+@dataclass(frozen=True)
+class Skipped:
+    """A training that would repeat one already made: the same labels, the same recipe."""
+
+    model_id: int
+    reason: str
+
+
+def _start(ctx: JobContext) -> int | Skipped:
+    """Snapshot the labels and create this job's model row (or find it, on a retry); ``Skipped`` when the
+    champion or the newest finished training was made from this very snapshot with this very recipe (it
+    would come out the same, weights and all)."""
     with ctx.db.session() as session:
         existing = session.scalars(select(ModelVersion).where(ModelVersion.job_id == ctx.job_id)).first()
         if existing is not None:
@@ -156,6 +172,15 @@ def _start(ctx: JobContext) -> int:
         architecture = settings.architecture or _default_architecture(session, items)
         current = champion(session, project_id=project.id)
         config = train_config(settings, architecture=architecture, threads=ctx.settings.train_threads)
+        input_size = settings.input_size or default_input_size(architecture)
+        same = _same_training(session, project.id, current, snapshot, config, input_size)
+        if same is not None and not ctx.params.get("force"):
+            return Skipped(
+                same.id,
+                f"model {same.id} was trained on the same {snapshot.item_count} labels (snapshot {snapshot.id}) with "
+                "the same settings; label more images, change the training settings, or ask again with "
+                '{"force": true}',
+            )
         model = ModelVersion(
             project_id=project.id,
             job_id=ctx.job_id,
@@ -164,7 +189,7 @@ def _start(ctx: JobContext) -> int:
             kind=ModelKind.full,
             status=ModelStatus.training,
             architecture=architecture,
-            input_size=settings.input_size or default_input_size(architecture),
+            input_size=input_size,
             labels=list(project.labels),
             hyperparameters=config.as_dict(),
             seed=config.seed,
@@ -173,6 +198,37 @@ def _start(ctx: JobContext) -> int:
         session.add(model)
         session.flush()
         return model.id
+
+
+def _same_training(
+    session: Session,
+    project_id: int,
+    current: ModelVersion | None,
+    snapshot: DatasetSnapshot,
+    config: TrainConfig,
+    input_size: int,
+) -> ModelVersion | None:
+    """The champion or the newest finished training, if it was made from ``snapshot`` with this recipe."""
+    newest = session.scalars(
+        select(ModelVersion)
+        .where(
+            ModelVersion.project_id == project_id,
+            ModelVersion.kind == ModelKind.full,
+            ModelVersion.status.in_([ModelStatus.champion, ModelStatus.candidate, ModelStatus.retired]),
+        )
+        .order_by(ModelVersion.id.desc())
+        .limit(1)
+    ).first()
+    recipe = {**config.as_dict(), "threads": None}
+    for model in (current, newest):
+        if (
+            model is not None
+            and model.snapshot_id == snapshot.id
+            and model.input_size == input_size
+            and {**model.hyperparameters, "threads": None} == recipe
+        ):
+            return model
+    return None
 
 
 def train_config(settings: TrainingSettings, *, architecture: str, threads: int) -> TrainConfig:
@@ -241,14 +297,14 @@ def _decide(
     current: ModelVersion | None,
     test_items: list[Item],
     candidate_correct: np.ndarray,
-    baseline_accuracy: float,
+    report: Evaluation,
     test_y: np.ndarray,
     labels: list[str],
 ) -> dict[str, Any]:
     """Paired comparison on the same test items: with the champion, ``decide_promotion``'s rule (not below it by
     more than the project's tolerance, not significantly worse); with no champion yet, the candidate must beat
     the majority-class baseline."""
-    accuracy = float(candidate_correct.mean())
+    accuracy, baseline_accuracy = float(candidate_correct.mean()), report.baseline_accuracy
     if current is None:
         promote_it = accuracy > baseline_accuracy
         verb = "beats" if promote_it else "does not beat"
@@ -257,7 +313,8 @@ def _decide(
             "compared_with": "baseline",
             "candidate_accuracy": accuracy,
             "baseline_accuracy": baseline_accuracy,
-            "reason": f"first model: {accuracy:.3f} test accuracy {verb} the majority baseline {baseline_accuracy:.3f}",
+            "reason": f"first model: {accuracy:.3f} test accuracy {verb} the baseline {baseline_accuracy:.3f} "
+            f"(always {report.baseline_label!r}, the test split's most frequent class)",
         }
     ctx.progress(0.88, f"evaluating champion {current.id} on the same test items")
     with ctx.db.read_session() as session:

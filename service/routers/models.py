@@ -1,13 +1,14 @@
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated
 
 from fastapi import APIRouter, File, Query, UploadFile
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 
-from flywheel.policy import make_champion
+from flywheel.policy import make_champion, start_export
 from flywheel.serving.inference import model_version
-from flywheel.serving.registry import DownloadFormat, champion, list_models, model_card, model_file
+from flywheel.serving.registry import DownloadFormat, FilesPending, champion, list_models, model_card, model_file
 from service.deps import (
     CurrentUser,
     EngineerModel,
@@ -21,7 +22,7 @@ from service.schemas.common import ERROR_RESPONSES
 from service.schemas.models import ModelCard, ModelRead, PredictionRead, PredictResult, PromoteRequest
 from storage.errors import NotFound
 from storage.ingest import decode_uploads
-from storage.models import ModelVersion
+from storage.models import ModelKind, ModelVersion
 
 router = APIRouter(prefix="/api/v1", tags=["models"], responses=ERROR_RESPONSES)
 
@@ -32,9 +33,23 @@ def _read(model: ModelVersion) -> ModelRead:
     return read
 
 
+class ListedKinds(StrEnum):
+    full = "full"
+    refresh = "refresh"
+    all = "all"
+
+
 @router.get("/projects/{project_id}/models", summary="The project's model versions, newest first (admin, engineer)")
-def index(project: EngineerProject, session: ReadSessionDep) -> list[ModelRead]:
-    return [_read(model) for model in list_models(session, project_id=project.id)]
+def index(
+    project: EngineerProject,
+    session: ReadSessionDep,
+    kind: Annotated[
+        ListedKinds,
+        Query(description="full: trained models (the default); refresh: refreshed heads (many); all."),
+    ] = ListedKinds.full,
+) -> list[ModelRead]:
+    kinds = tuple(ModelKind) if kind == ListedKinds.all else (ModelKind(kind.value),)
+    return [_read(model) for model in list_models(session, project_id=project.id, kinds=kinds)]
 
 
 @router.get("/projects/{project_id}/models/champion", summary="The champion's model card (admin, engineer)")
@@ -54,15 +69,26 @@ def read(model: EngineerModel, session: ReadSessionDep) -> ModelCard:
     "/models/{model_id}/download",
     summary="Download the ONNX file, the weights (a PyTorch checkpoint) or the card (admin, engineer)",
     response_class=Response,
-    responses={200: {"content": {"application/octet-stream": {}, "application/json": {}}}},
+    responses={
+        200: {"content": {"application/octet-stream": {}, "application/json": {}}},
+        202: {"description": "A refreshed head's files are being made by the export job named; ask again shortly."},
+    },
 )
 def download(
     model: EngineerModel,
-    session: ReadSessionDep,
+    session: SessionDep,
     runtime: RuntimeDep,
     format: Annotated[DownloadFormat, Query(description="onnx, weights or card.")] = DownloadFormat.onnx,
 ) -> Response:
-    file = model_file(session, runtime.blobs, model=model, format=format)
+    try:
+        file = model_file(session, runtime.blobs, model=model, format=format)
+    except FilesPending as pending:  # a refreshed head's files are made on the first request for them
+        job = start_export(session, model=model, transport=runtime.transport)
+        return JSONResponse(
+            {"status": "pending", "job_id": job.id, "message": f"{pending.message} (job {job.id})"},
+            status_code=202,
+            headers={"Retry-After": "5"},
+        )
     return Response(
         file.data,
         media_type=file.media_type,

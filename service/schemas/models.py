@@ -27,6 +27,9 @@ class ModelRead(BaseModel):
     test_accuracy: float | None = None
     created_at: datetime
     finished_at: datetime | None
+    files_pruned_at: datetime | None = Field(
+        default=None, description="A refreshed head that stopped serving: when its files were deleted (card kept)."
+    )
 
 
 class PromoteRequest(RequestModel):
