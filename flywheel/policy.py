@@ -11,6 +11,7 @@ import logging
 import math
 import threading
 import time
+from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -29,6 +30,7 @@ from storage.models import (
     ModelKind,
     ModelVersion,
     Project,
+    utcnow,
 )
 from storage.projects import project_settings
 
@@ -44,13 +46,15 @@ def start_policy_jobs(db: Database, transport: Transport, *, project_id: int) ->
             return started
         policy = project_settings(project).training
         if policy.auto_refresh and _refresh_due(session, project_id):
+            delay = _refresh_delay(session, project_id, policy.refresh_interval_seconds)
+            not_before = utcnow() + timedelta(seconds=delay)
             create_job(
                 session,
                 project_id=project_id,
                 kind=JobKind.refresh,
                 transport=transport,
-                params={"trigger": "labels"},
-                delay_seconds=policy.refresh_debounce_seconds,
+                params={"trigger": "labels", "not_before": not_before.isoformat()},
+                delay_seconds=delay,
             )
             started.append(JobKind.refresh)
         if policy.auto_train:
@@ -134,6 +138,22 @@ def _refresh_due(session: Session, project_id: int) -> bool:
         .limit(1)
     )
     return newest is not None and newest > (covered or 0) and waiting is None
+
+
+def _refresh_delay(session: Session, project_id: int, interval: float) -> float:
+    """Seconds the next refresh waits: none after a quiet spell (a label is served by a model within about a
+    second), else until ``interval`` after the previous refresh's start, so a stream of labels refreshes at most
+    once per interval and a burst waits for one refresh, not one per label."""
+    previous = session.scalars(
+        select(Job.params)
+        .where(Job.project_id == project_id, Job.kind == JobKind.refresh)
+        .order_by(Job.id.desc())
+        .limit(1)
+    ).first()
+    if not previous or "not_before" not in previous:
+        return 0.0
+    due = datetime.fromisoformat(previous["not_before"]) + timedelta(seconds=interval)
+    return max(0.0, (due - utcnow()).total_seconds())
 
 
 def _last_training_size(session: Session, project_id: int) -> int:

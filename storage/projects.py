@@ -45,11 +45,12 @@ class TrainingSettings(BaseModel):
     min_new_labels: int = Field(default=50, ge=1, description="Train after at least this many new labels ...")
     growth: float = Field(default=0.2, ge=0, le=10, description="... or this share of growth, whichever is larger.")
     debounce_seconds: float = Field(default=10.0, ge=0, le=3600, description="Wait for labels to settle first.")
-    refresh_debounce_seconds: float = Field(
-        default=2.0,
+    refresh_interval_seconds: float = Field(
+        default=5.0,
         ge=0,
-        le=600,
-        description="A refresh waits this long after the label that set it off, so a burst of labels gives one.",
+        le=3600,
+        description="A refresh starts at once after a quiet spell, else this long after the previous one started: "
+        "a stream of labels refreshes at most once per interval, a burst gives one refresh.",
     )
     min_labels: int = Field(default=20, ge=2, description="Fewest labeled training images a training accepts.")
     architecture: Literal["small_cnn", "resnet18", "mobilenet_v3_small"] | None = Field(

@@ -165,7 +165,9 @@ def _embedded(root: Path) -> Settings:
 def trained_template(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> tuple[Path, dict]:
     """The database and blob folder of a ``Trained`` project, built once per test run: the first test process
     to need it trains it, the others wait on a file lock and reuse it."""
-    shared = tmp_path_factory.getbasetemp().parent  # common to all xdist workers of this run
+    # Common to all xdist workers of this run (their parent folder); one process keeps it in its own.
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
     root, made_file = shared / "trained", shared / "trained.json"
     with FileLock(shared / "trained.lock"):
         if not made_file.exists():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+from datetime import datetime
 
 import numpy as np
 import onnxruntime as ort
@@ -194,13 +195,26 @@ def test_refresh_refits_the_head_on_cached_embeddings_and_serves_it(trained):
     # Heads that stopped serving lose their files (past the kept ones and the grace period); rows stay.
     rt = app.state.runtime
     rt.settings = rt.settings.model_copy(update={"refresh_heads_kept": 0, "refresh_prune_grace_seconds": 0})
+    # Labels within refresh_interval_seconds of a refresh: one more refresh, an interval after that one's start.
+    url = f"/api/v1/projects/{project['id']}/settings"
+    interval = {"settings": {"training": {"refresh_interval_seconds": 3600}}}
+    client.patch(url, json=interval, headers=trained.admin.headers).raise_for_status()
     label_digits(client, project, annotator, truth, 3)
     assert start_policy_jobs(db, rt.transport, project_id=project["id"]) == [JobKind.refresh]
+    label_digits(client, project, annotator, truth, 2)
+    assert start_policy_jobs(db, rt.transport, project_id=project["id"]) == []
     with db.read_session() as session:
-        second_refresh = session.scalars(select(Job).where(Job.kind == JobKind.refresh).order_by(Job.id.desc())).first()
+        first_refresh, second_refresh = session.scalars(
+            select(Job).where(Job.kind == JobKind.refresh).order_by(Job.id)
+        ).all()
+    gap = datetime.fromisoformat(second_refresh.params["not_before"]) - datetime.fromisoformat(
+        first_refresh.params["not_before"]
+    )
+    assert gap.total_seconds() == pytest.approx(3600, abs=0.01)
     assert run(app, second_refresh.id) == JobStatus.succeeded
     result = job(client, engineer, second_refresh.id)["result"]
     newest = result["model_id"]
+    assert result["labels"] == 165
     assert result["serving"] is True and result["pruned"] == [refreshed]
     gone = client.get(f"/api/v1/models/{refreshed}/download?format=onnx", headers=engineer.headers)
     assert gone.status_code == 410 and gone.json()["error"]["code"] == "model_files_pruned"
