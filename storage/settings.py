@@ -58,6 +58,12 @@ class Settings(BaseSettings):
     job_stale_seconds: float = Field(
         default=30.0, gt=0, description="A running job whose heartbeat is this old has lost its worker."
     )
+    lane_restarts: int = Field(
+        default=5,
+        ge=0,
+        le=1000,
+        description="Restarts a worker allows each of its lanes within 10 minutes; one more stop ends the worker.",
+    )
     pretrained_dir: Path | None = Field(
         default=None, description="Folder of local backbone weight files a project may name; never downloaded."
     )
