@@ -300,7 +300,7 @@ def test_lanes_killed_mid_job_are_restarted_the_jobs_finish_once_and_past_the_bu
 
         refresh = killed_mid_job("refresh", progress=0)
         assert refresh["status"] == "succeeded" and refresh["attempts"] == 2, refresh
-        models = client.get(f"/api/v1/projects/{project['id']}/models", headers=engineer.headers).json()
+        models = client.get(f"/api/v1/projects/{project['id']}/models?kind=all", headers=engineer.headers).json()
         assert [m["id"] for m in models if m["job_id"] == refresh["id"]] == [refresh["result"]["model_id"]]
         health = client.get("/health")
         assert health.status_code == 200 and lane("fast")["restarts"] == 1 and lane("slow")["up"]
