@@ -1,6 +1,6 @@
 """The worker process: the top of the job system, where the transport, the job rows, the policy, the
 schedules and the job bodies (``flywheel.training.handlers``) meet. One process per queue lane, each a
-huey consumer.
+huey consumer, watched by a supervisor that restarts a lane that dies.
 
 ``labelwheel worker`` starts it on any machine that reaches the database, the blob store and the
 queue; ``labelwheel serve`` starts one beside the API for the embedded default.
@@ -9,20 +9,20 @@ queue; ``labelwheel serve`` starts one beside the API for the embedded default.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import signal
 import threading
 import time
 from dataclasses import dataclass
-from types import FrameType
 
 from sqlalchemy import select
 
-from flywheel.jobs import rows, runner
+from flywheel.jobs import runner
 from flywheel.jobs.transport import LANES, TaskBodies, Transport, get_transport
 from flywheel.policy import start_policy_jobs
 from flywheel.schedules import run_due_schedules
+from flywheel.serving.registry import prune_refreshed_heads
+from flywheel.supervisor import Supervisor
 from storage.blobs import BlobStore, blob_store_from_settings
 from storage.db import Database
 from storage.logs import configure_logging
@@ -77,36 +77,34 @@ def check_policy_task(project_id: int) -> None:
 
 
 def upkeep() -> None:
-    """Every minute: running jobs whose worker stopped go back to the queue, due schedules start their jobs,
-    and every project's policy is checked (labels that arrived by import, or a notice that was lost, still
-    lead to training)."""
+    """Every minute: due schedules start their jobs, every project's policy is checked (labels that arrived
+    by import, or a notice that was lost, still lead to training), and refreshed heads past their grace period
+    lose their files even when no refresh follows. Stale jobs are the supervisor's (every worker has one,
+    whatever its lanes)."""
     rt = runtime()
-    for job_id, kind in rows.reap_jobs(rt.db, stale_seconds=rt.settings.job_stale_seconds, include_queued=False):
-        rt.transport.enqueue_job(job_id, kind)
     run_due_schedules(rt.db, rt.transport)
     with rt.db.read_session() as session:
         project_ids = list(session.scalars(select(Project.id)))
     for project_id in project_ids:
+        with rt.db.session() as session:
+            prune_refreshed_heads(
+                session,
+                rt.blobs,
+                project_id=project_id,
+                keep=rt.settings.refresh_heads_kept,
+                grace_seconds=rt.settings.refresh_prune_grace_seconds,
+            )
         rt.transport.enqueue_policy_check(project_id)
 
 
-def run_lane(lane: str, *, recover: bool) -> None:
-    """One lane's consumer, in its own process (huey installs its signal handlers here).
-
-    With ``recover``, first put back the jobs a dead worker left running, enqueue queued jobs again in
-    case their message was lost (a second message for a job is harmless: claims are atomic), and start
-    the scheduled jobs that fell due while no worker ran (once each, however many slots were missed).
-    """
+def run_lane(lane: str) -> None:
+    """One lane's consumer, in its own process (huey installs its signal handlers here)."""
     exit_with_parent()
     rt = runtime()
     configure_logging(rt.settings.log_level)
     import torch
 
     torch.set_num_threads(rt.settings.train_threads)
-    if recover:
-        for job_id, kind in rows.reap_jobs(rt.db, stale_seconds=rt.settings.job_stale_seconds, include_queued=True):
-            rt.transport.enqueue_job(job_id, kind)
-        run_due_schedules(rt.db, rt.transport)
     rt.transport.serve(TaskBodies(run_job=run_job_task, check_policy=check_policy_task, upkeep=upkeep))
     logger.info("worker lane %s consuming %s", lane, rt.transport.url.split("@")[-1])
     rt.transport.consumer(lane).run()
@@ -129,29 +127,13 @@ def exit_with_parent() -> None:
 
 
 def run_worker(lanes: tuple[str, ...] = LANES, *, with_parent: bool = False) -> int:
-    """Run one consumer process per lane until stopped (with ``with_parent``, also when the parent exits).
+    """Run one consumer process per lane under a supervisor (``flywheel.supervisor``) until stopped (with
+    ``with_parent``, also when the parent exits); non-zero when a lane kept dying.
 
     The job code (torch, torchvision, albumentations: seconds of imports) is loaded once here and the
-    lanes are forked from this process, before it opens any connection, so they start at once.
+    lanes are forked from this process, so they (and their restarts) start at once.
     """
     if with_parent:
         exit_with_parent()  # before the seconds of imports: a SIGTERM then simply ends this process
     job_handlers()
-    context = multiprocessing.get_context("fork")
-    processes = [
-        context.Process(target=run_lane, args=(lane,), kwargs={"recover": index == 0}, name=f"labelwheel-{lane}")
-        for index, lane in enumerate(lanes)
-    ]
-    for process in processes:
-        process.start()
-
-    def stop(signum: int, _frame: FrameType | None) -> None:
-        for process in processes:
-            if process.is_alive():
-                process.terminate()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    for process in processes:
-        process.join()
-    return max((process.exitcode or 0) for process in processes) if processes else 0
+    return Supervisor(lanes, target=run_lane, settings=get_settings()).run()

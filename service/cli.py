@@ -91,10 +91,30 @@ def serve(
 
 
 def _start_job_worker():  # noqa: ANN202 - a subprocess.Popen
-    """The embedded default's job worker: `labelwheel worker` as a child process with the same environment."""
-    import subprocess
+    """The embedded default's job worker: `labelwheel worker` as a child process with the same environment.
 
-    return subprocess.Popen([sys.executable, "-m", "service.cli", "worker", "--exit-with-parent"])
+    Should it exit on its own (its lanes kept dying), the API stays up for labeling and says so in its log;
+    GET /health then reports the lanes down (503).
+    """
+    import logging
+    import signal
+    import subprocess
+    import threading
+
+    process = subprocess.Popen([sys.executable, "-m", "service.cli", "worker", "--exit-with-parent"])
+
+    def watch() -> None:
+        code = process.wait()
+        if code not in (0, -signal.SIGTERM, -signal.SIGINT):  # not stopped on purpose
+            logging.getLogger("labelwheel.serve").error(
+                "the job worker (pid %s) exited with code %s: no background jobs run until `labelwheel serve` is "
+                "restarted, and GET /health reports its lanes down; the worker's log lines above say why",
+                process.pid,
+                code,
+            )
+
+    threading.Thread(target=watch, name="job-worker-watch", daemon=True).start()
+    return process
 
 
 @app.command()

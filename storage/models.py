@@ -472,3 +472,23 @@ class Schedule(CreatedAt, Base):
         UniqueConstraint("project_id", "kind", name="uq_schedules_project_id_kind"),
         Index("ix_schedules_next_run_at", "next_run_at"),
     )
+
+
+class WorkerLane(Base):
+    """One lane of one ``labelwheel worker`` as its supervisor last saw it: what ``/health`` reads.
+
+    The supervisor rewrites its rows every few seconds; a row whose heartbeat stopped belongs to a worker that
+    died (a cleanly stopped worker deletes its rows).
+    """
+
+    __tablename__ = "worker_lanes"
+
+    supervisor: Mapped[str] = mapped_column(String(200), primary_key=True)  # host:pid of `labelwheel worker`
+    lane: Mapped[str] = mapped_column(String(32), primary_key=True)
+    # host:pid of the lane process (as in jobs.worker); None while the lane is down.
+    worker: Mapped[str | None] = mapped_column(String(200))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    restarts: Mapped[int] = mapped_column(Integer, default=0)
+    last_exit: Mapped[str | None] = mapped_column(String(500))
+    last_exit_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

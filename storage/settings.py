@@ -69,6 +69,12 @@ class Settings(BaseSettings):
         ge=0,
         description="A refreshed head beyond those loses its files only this long after it was made.",
     )
+    lane_restarts: int = Field(
+        default=5,
+        ge=0,
+        le=1000,
+        description="Restarts a worker allows each of its lanes within 10 minutes; one more stop ends the worker.",
+    )
     pretrained_dir: Path | None = Field(
         default=None, description="Folder of local backbone weight files a project may name; never downloaded."
     )

@@ -5,8 +5,15 @@ from __future__ import annotations
 import io
 import json
 import logging
+from dataclasses import replace
+from datetime import timedelta
 
+import pytest
+from sqlalchemy import update
+
+from flywheel.jobs.lanes import LaneRecord, forget_lanes, record_lanes
 from storage.logs import JsonFormatter
+from storage.models import WorkerLane, utcnow
 from tests import imagefactory as img
 from tests.factories import make_project
 
@@ -14,7 +21,58 @@ from tests.factories import make_project
 def test_health_needs_no_token_and_reports_each_dependency(client):
     response = client.get("/health")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "checks": {"database": "ok", "blob_store": "ok"}}
+    assert response.json() == {
+        "status": "ok",
+        "checks": {"database": "ok", "blob_store": "ok"},
+        "lanes": {"fast": {"status": "absent", "consumers": []}, "slow": {"status": "absent", "consumers": []}},
+    }
+
+
+@pytest.mark.postgres
+def test_health_reports_each_job_lane_and_is_degraded_while_one_has_no_live_consumer(client, app):
+    """The rows a worker's supervisor writes (tests/test_worker.py runs the real one), read back by /health."""
+    db, stale = app.state.runtime.db, app.state.runtime.settings.job_stale_seconds
+
+    def lanes() -> tuple[int, dict]:
+        response = client.get("/health")
+        body = response.json()
+        assert body["status"] == ("ok" if response.status_code == 200 else "degraded")
+        return response.status_code, {name: lane["status"] for name, lane in body["lanes"].items()} | body
+
+    started = utcnow()
+    fast, slow = LaneRecord("fast", "one:11", started), LaneRecord("slow", "one:12", started)
+    record_lanes(db, supervisor="one:10", lanes=[fast, slow], stale_seconds=stale)
+    code, body = lanes()
+    assert code == 200 and body["fast"] == body["slow"] == "up"
+    (consumer,) = body["lanes"]["slow"]["consumers"]
+    assert consumer["supervisor"] == "one:10" and consumer["worker"] == "one:12" and consumer["restarts"] == 0
+
+    died = replace(slow, worker=None, last_exit="killed by SIGKILL", last_exit_at=utcnow())
+    record_lanes(db, supervisor="one:10", lanes=[fast, died], stale_seconds=stale)  # waiting for its restart
+    code, body = lanes()
+    assert code == 503 and body["fast"] == "up" and body["slow"] == "down"
+    assert body["lanes"]["slow"]["consumers"][0]["last_exit"] == "killed by SIGKILL"
+
+    restarted = replace(died, worker="one:13", started_at=utcnow(), restarts=1)
+    record_lanes(db, supervisor="one:10", lanes=[fast, restarted], stale_seconds=stale)
+    code, body = lanes()
+    assert code == 200 and body["slow"] == "up"
+    assert body["lanes"]["slow"]["consumers"][0]["restarts"] == 1
+
+    with db.session() as session:  # the whole worker was killed: its heartbeats stopped
+        session.execute(update(WorkerLane).values(heartbeat_at=utcnow() - timedelta(seconds=stale + 1)))
+    code, body = lanes()
+    assert code == 503 and body["fast"] == body["slow"] == "down"
+
+    # A worker on another machine consumes the slow lane: up again, and the dead worker's slow row is dropped.
+    record_lanes(db, supervisor="two:20", lanes=[LaneRecord("slow", "two:21", utcnow())], stale_seconds=stale)
+    code, body = lanes()
+    assert code == 503 and body["slow"] == "up" and body["fast"] == "down"
+    assert [c["supervisor"] for c in body["lanes"]["slow"]["consumers"]] == ["two:20"]
+
+    forget_lanes(db, supervisor="one:10")  # stopped on purpose: nobody is meant to consume the fast lane
+    code, body = lanes()
+    assert code == 200 and body["fast"] == "absent" and body["slow"] == "up"
 
 
 def test_health_reports_a_broken_blob_store_as_503(client, app):

@@ -1,5 +1,5 @@
 """The flywheel with real processes: `labelwheel serve` and its worker, `labelwheel worker` on SQLite's queue
-and on Redis, and a worker killed with SIGKILL in the middle of a training.
+and on Redis, and worker lanes killed with SIGKILL in the middle of their jobs.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from tests.factories import Account
 pytestmark = pytest.mark.slow
 
 ADMIN_TOKEN = "worker-test-admin-token-0123456789"
+FINISHED = ("succeeded", "failed", "cancelled")
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 
 
@@ -48,13 +49,13 @@ def team(client: httpx.Client) -> tuple[Account, Account, Account]:
     return admin, account(client, admin, "eng", Role.engineer), account(client, admin, "ann", Role.annotator)
 
 
-def wait_for(condition, *, timeout: float, what: str):
+def wait_for(condition, *, timeout: float, what: str, interval: float = 0.2):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()
         if value:
             return value
-        time.sleep(0.2)
+        time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
@@ -217,6 +218,25 @@ def test_workers_elsewhere_run_jobs_and_missed_schedules_from_redis_with_postgre
             stop_worker(worker)
 
 
+def abandoned_mine_job(env: dict[str, str], project_id: int) -> int:
+    """The job of a `labelwheel mine` on another machine that died right after starting it (it is run in the
+    command's own process, never enqueued): running, and no heartbeat ever again."""
+    from pathlib import Path
+
+    from flywheel.jobs.rows import claim_job, create_job
+    from flywheel.jobs.transport import get_transport
+    from storage.db import Database
+    from storage.models import JobKind
+
+    db = Database(env["LABELWHEEL_DATABASE_URL"])
+    transport = get_transport(f"sqlite:///{Path(env['LABELWHEEL_DATA_DIR']).resolve() / 'queue.db'}")
+    with db.session() as session:
+        job = create_job(session, project_id=project_id, kind=JobKind.mine, transport=transport, enqueue=False)
+    assert claim_job(db, job_id=job.id, worker="elsewhere:1") is not None
+    db.dispose()
+    return job.id
+
+
 def make_due(database_url: str, ago: timedelta) -> None:
     """Every schedule fell due ``ago`` (as if the service had been down since)."""
     from sqlalchemy import update
@@ -235,36 +255,74 @@ def mine_jobs(client, project, engineer) -> list[dict]:
     return [j for j in jobs if j["kind"] == "mine"]
 
 
-def test_a_worker_killed_mid_training_leaves_a_job_that_finishes_after_restart_with_one_model(env, tmp_path):
-    env = {**env, "LABELWHEEL_EMBEDDED_WORKER": "false"}
-    slow = {"auto_train": False, "auto_refresh": False, "epochs": 40, "patience": 40, "input_size": 32}
-    with running_server(env, tmp_path / "server.log") as (_, base), httpx.Client(base_url=base, timeout=30) as client:
-        admin, engineer, annotator = team(client)
-        project, truth = digit_project(client, admin, engineer, annotator, count=150, training=slow)
-        label_digits(client, project, annotator, truth, 100)
-        job_id = client.post(
-            f"/api/v1/projects/{project['id']}/jobs", json={"kind": "train"}, headers=engineer.headers
-        ).json()["id"]
+def test_lanes_killed_mid_job_are_restarted_the_jobs_finish_once_and_past_the_budget_serve_says_so(env, tmp_path):
+    """serve's worker with LABELWHEEL_LANE_RESTARTS=1: the slow lane is killed with SIGKILL mid-training, then the
+    fast lane mid-refresh; each is restarted and its job finishes on the second attempt with one model. Meanwhile a
+    job whose worker elsewhere died goes stale and is run again. A second kill of the slow lane spends its budget:
+    the worker stops, serve says so and /health is degraded."""
+    import psutil
 
-        def read():
+    env = {**env, "LABELWHEEL_JOB_STALE_SECONDS": "5", "LABELWHEEL_LANE_RESTARTS": "1"}
+    policy = {"auto_train": False, "auto_refresh": False, "epochs": 10, "patience": 10}
+    log = tmp_path / "server.log"
+    with running_server(env, log) as (server, base), httpx.Client(base_url=base, timeout=30) as client:
+        admin, engineer, annotator = team(client)
+        project, truth = digit_project(client, admin, engineer, annotator, count=150, training=policy)
+        label_digits(client, project, annotator, truth, 100)
+
+        def read(job_id: int) -> dict:
             return client.get(f"/api/v1/jobs/{job_id}", headers=engineer.headers).json()
 
-        worker = start_worker(env)
-        try:
-            wait_for(lambda: read()["progress"] >= 0.3, timeout=120, what="training to be well under way")
-        finally:
-            stop_worker(worker, signal.SIGKILL)
-        killed = read()
-        assert killed["status"] == "running" and killed["attempts"] == 1 and killed["progress"] < 1
-
-        worker = start_worker(env)
-        try:
-            done = wait_for(
-                lambda: (j := read())["status"] in ("succeeded", "failed") and j, timeout=240, what="the retry"
+        def killed_mid_job(kind: str, *, progress: float) -> dict:
+            url = f"/api/v1/projects/{project['id']}/jobs"
+            job_id = client.post(url, json={"kind": kind}, headers=engineer.headers).json()["id"]
+            job = wait_for(
+                lambda: (j := read(job_id))["status"] == "running" and j["progress"] >= progress and j,
+                timeout=120,
+                interval=0.02,
+                what=f"the {kind} job to be under way",
             )
-        finally:
-            stop_worker(worker)
-        assert done["status"] == "succeeded" and done["attempts"] == 2, done
+            os.kill(int(job["worker"].rpartition(":")[2]), signal.SIGKILL)  # the lane process running it
+            return wait_for(lambda: (j := read(job_id))["status"] in FINISHED and j, timeout=240, what="the retry")
+
+        def lane(name: str) -> dict:
+            (consumer,) = client.get("/health").json()["lanes"][name]["consumers"]
+            return consumer
+
+        training = killed_mid_job("train", progress=0.2)
+        assert training["status"] == "succeeded" and training["attempts"] == 2, training
         models = full_models(client, project, engineer)
-        assert [m["job_id"] for m in models] == [job_id]  # the retry finished the same model, no duplicate
+        assert [m["job_id"] for m in models] == [training["id"]]  # the retry finished the same model, no duplicate
         assert models[0]["status"] == "champion"
+        assert lane("slow")["restarts"] == 1 and lane("slow")["last_exit"] == "killed by SIGKILL"
+
+        stale_since = time.monotonic()
+        abandoned = abandoned_mine_job(env, project["id"])
+
+        refresh = killed_mid_job("refresh", progress=0)
+        assert refresh["status"] == "succeeded" and refresh["attempts"] == 2, refresh
+        models = client.get(f"/api/v1/projects/{project['id']}/models?kind=all", headers=engineer.headers).json()
+        assert [m["id"] for m in models if m["job_id"] == refresh["id"]] == [refresh["result"]["model_id"]]
+        health = client.get("/health")
+        assert health.status_code == 200 and lane("fast")["restarts"] == 1 and lane("slow")["up"]
+
+        # Within LABELWHEEL_JOB_STALE_SECONDS + 60 s of its last heartbeat, a job any dead worker left is run again.
+        wait_for(
+            lambda: read(abandoned)["attempts"] == 2,
+            timeout=5 + 60 - (time.monotonic() - stale_since),
+            what="the abandoned job's retry",
+        )
+        mined = wait_for(lambda: (j := read(abandoned))["status"] in FINISHED and j, timeout=60, what="mining")
+        assert mined["status"] == "succeeded" and mined["worker"] != "elsewhere:1", mined
+
+        os.kill(int(lane("slow")["worker"].rpartition(":")[2]), signal.SIGKILL)
+        wait_for(lambda: "the job worker" in log.read_text(), timeout=60, what="serve to report its worker's exit")
+        assert "exited with code 1" in log.read_text()
+        assert psutil.Process(server.pid).children() == []  # the worker and its other lane are gone
+        health = client.get("/health")  # the API stays up, and says what is wrong
+        assert health.status_code == 503 and health.json()["status"] == "degraded"
+        assert {name: lane["status"] for name, lane in health.json()["lanes"].items()} == {
+            "fast": "down",
+            "slow": "down",
+        }
+        assert "LABELWHEEL_LANE_RESTARTS" in lane("slow")["last_exit"]

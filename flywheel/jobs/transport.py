@@ -68,6 +68,12 @@ class Transport:
         """Ask a worker to let the project's retraining policy decide what to start."""
         self._check_policy(project_id)
 
+    def close(self) -> None:
+        """Close the SQLite queue's connections, so a process about to fork leaves none to its children (Redis
+        connection pools notice a fork by themselves)."""
+        for huey in self.lanes.values():
+            huey.storage.close()
+
     def serve(self, bodies: TaskBodies) -> None:
         """Give this process the task bodies, before it consumes a lane."""
         self._bodies = bodies

@@ -1,16 +1,25 @@
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from flywheel.jobs.lanes import LaneStatus, lane_health
 from service.deps import CurrentUser, RuntimeDep
 from service.schemas.common import ERROR_RESPONSES
+from service.schemas.health import HealthRead, LaneRead
 
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/health", summary="Database and blob store reachable (no token needed)")
+@router.get(
+    "/health",
+    summary="Database and blob store reachable, and every job lane consumed (no token needed)",
+    response_model=HealthRead,
+    responses={503: {"model": HealthRead, "description": "a store is failing or a job lane is down"}},
+)
 def health(runtime: RuntimeDep) -> JSONResponse:
     checks = {}
     for name, probe in (("database", runtime.db.ping), ("blob_store", runtime.blobs.check)):
@@ -19,8 +28,20 @@ def health(runtime: RuntimeDep) -> JSONResponse:
             checks[name] = "ok"
         except Exception as exc:  # a health check reports any failure instead of raising it
             checks[name] = f"failing: {type(exc).__name__}"
-    healthy = all(v == "ok" for v in checks.values())
-    return JSONResponse({"status": "ok" if healthy else "degraded", "checks": checks}, 200 if healthy else 503)
+    lanes = []
+    if checks["database"] == "ok":
+        try:
+            with runtime.db.read_session() as session:
+                lanes = lane_health(session, stale_seconds=runtime.settings.job_stale_seconds)
+        except Exception as exc:  # e.g. a PostgreSQL schema not upgraded yet (`labelwheel db upgrade`)
+            checks["job_lanes"] = f"failing: {type(exc).__name__}"
+    healthy = all(v == "ok" for v in checks.values()) and all(lane.status != LaneStatus.down for lane in lanes)
+    body = HealthRead(
+        status="ok" if healthy else "degraded",
+        checks=checks,
+        lanes={lane.lane: LaneRead.model_validate(asdict(lane)) for lane in lanes},
+    )
+    return JSONResponse(body.model_dump(mode="json"), 200 if healthy else 503)
 
 
 @router.get(
