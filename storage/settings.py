@@ -46,6 +46,10 @@ class Settings(BaseSettings):
     )
     max_zip_entries: int = Field(default=200_000, gt=0)
     max_files_per_request: int = Field(default=10_000, gt=0)
+    predict_max_files: int = Field(default=100, gt=0, description="Most images in one /predict request.")
+    predict_max_pixels: int = Field(
+        default=256_000_000, gt=0, description="Most pixels one /predict request may decode, all images together."
+    )
     thumbnail_size: int = Field(default=256, ge=16, le=2048)
 
     queue_url: str = Field(

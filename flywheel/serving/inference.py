@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import IO
 
 import numpy as np
 import onnxruntime as ort
@@ -23,6 +25,7 @@ from flywheel.serving.preprocess import normalize, to_array
 from flywheel.serving.registry import serving_model
 from storage.blobs import BlobStore
 from storage.errors import Conflict
+from storage.ingest import Limits, decode_uploads
 from storage.models import Embedding, Image, ModelKind, ModelVersion
 
 CACHED_SESSIONS = 4
@@ -83,9 +86,13 @@ class Predictor:
         return np.concatenate(out)
 
     def predict(
-        self, session: Session, *, project_id: int, images: list[PILImage.Image]
+        self, session: Session, *, project_id: int, uploads: Sequence[tuple[str, IO[bytes]]], limits: Limits
     ) -> tuple[ModelVersion, list[Answer]]:
-        """Answers for decoded images, with the model that gave them; Conflict when the project has no model."""
+        """Answers for uploaded images, with the model that gave them.
+
+        The model is checked first (Conflict when the project has none, or its files are not made yet), then
+        the files (``decode_uploads``); images are decoded one at a time, at the model's input size.
+        """
         model = serving_model(session, project_id=project_id)
         if model is None:
             raise Conflict(
@@ -93,6 +100,7 @@ class Predictor:
                 code="no_model",
             )
         backbone, (weight, bias) = self._parts(session, model)
+        images = decode_uploads(uploads, limits=limits, size=model.input_size)
         arrays = np.stack([to_array(image, model.input_size) for image in images])
         probabilities = head_probabilities(self._embed(backbone, arrays), weight, bias)
         return model, [_answer(row, model.labels) for row in probabilities]
