@@ -314,7 +314,7 @@ class Ingestor:
     ) -> list[IngestResult]:
         """Ingest every candidate; returns one result per candidate, in order."""
         results: list[IngestResult] = []
-        staging = Path(tempfile.mkdtemp(prefix="ingest-", dir=self.blobs.staging_dir))
+        staging = self.blobs.make_staging_dir("ingest-")
         try:
             with ThreadPoolExecutor(self.workers) as pool:
                 chunk: list[Candidate] = []
