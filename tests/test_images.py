@@ -71,6 +71,7 @@ def test_every_accepted_format_is_stored_with_its_facts_and_original_bytes(clien
         assert content.content == files[name]
         assert content.headers["content-type"] == expected_type[name]
         assert content.headers["etag"] == f'"{image["sha256"]}"'
+        assert content.headers["x-content-type-options"] == "nosniff"  # never shown as a type guessed from bytes
     gif = client.get(f"/api/v1/images/{by_name(body)['f.gif']['image_id']}", headers=admin.headers).json()
     assert (gif["width"], gif["height"], gif["format"]) == (20, 10, "GIF")
 
