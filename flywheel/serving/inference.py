@@ -3,7 +3,8 @@
 The serving model is the champion's newest refreshed head, else the champion. Both run the same
 way: the backbone's ONNX file gives an image's embedding (or the embedding is already cached), and
 the serving model's head turns it into probabilities. Images go through the same ``to_array`` and
-``normalize`` as in training.
+``normalize`` as in training; an uploaded image over three times the input size is reduced as it is
+decoded (``storage.imagecheck.decode_for_model``), so huge uploads cost one decoded image of memory.
 """
 
 from __future__ import annotations
