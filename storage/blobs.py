@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlparse
 
-from storage.errors import NotFound
+from storage.errors import NotFound, StorageUnavailable
 from storage.settings import Settings
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -45,6 +45,14 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def not_writable(store: str, exc: Exception) -> StorageUnavailable:
+    """The error for a write the store refused: a 503 naming the store and the system's reason."""
+    return StorageUnavailable(
+        f"the blob store {store} is not writable ({exc}); make it writable for the service (permissions, free "
+        "space, the volume or bucket; LABELWHEEL_BLOB_URL says where it is), then retry"
+    )
+
+
 def _check_key(sha256: str) -> str:
     if not _SHA256.match(sha256):
         raise ValueError(f"not a sha256 hex digest: {sha256!r}")
@@ -62,7 +70,8 @@ class BlobStore(ABC):
     def put_many(self, blobs: Sequence[StagedBlob]) -> None:
         """Durably store every blob; when this returns, all of them survive a crash.
 
-        Files staged under ``staging_dir`` may be moved into the store rather than copied.
+        Files staged under ``staging_dir`` may be moved into the store rather than copied. StorageUnavailable
+        when the store refuses the writes (some of the blobs may be stored: harmless, nothing points at them).
         """
 
     @abstractmethod
@@ -79,6 +88,10 @@ class BlobStore(ABC):
     @abstractmethod
     def check(self) -> None:
         """Raise when the store cannot be written to (for /health)."""
+
+    def make_staging_dir(self, prefix: str) -> Path:
+        """A new folder under ``staging_dir`` for files on their way into the store (the caller removes it)."""
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=self.staging_dir))
 
     def put_bytes(self, data: bytes) -> str:
         sha256 = hashlib.sha256(data).hexdigest()
@@ -127,10 +140,22 @@ class LocalBlobStore(BlobStore):
         todo = {b.sha256: b for b in blobs if not self.path(b.sha256).exists()}
         if not todo:
             return
+        try:
+            self._put(todo.values())
+        except OSError as exc:  # permissions, a read-only or full disk, a file where a folder should be
+            raise not_writable(str(self.root), exc) from exc
+
+    def make_staging_dir(self, prefix: str) -> Path:
+        try:
+            return Path(tempfile.mkdtemp(prefix=prefix, dir=self.tmp))
+        except OSError as exc:
+            raise not_writable(str(self.root), exc) from exc
+
+    def _put(self, todo: Iterable[StagedBlob]) -> None:
         staged: list[tuple[Path, Path]] = []
         copies: list[Path] = []
         try:
-            for blob in todo.values():
+            for blob in todo:
                 if self.tmp in blob.path.parents:
                     source = blob.path  # staged on our disk: rename it into place, no copy
                 else:
@@ -207,8 +232,14 @@ class S3BlobStore(BlobStore):
             if not self.exists(blob.sha256):
                 self.client.upload_file(str(blob.path), self.bucket, self.key(blob.sha256))
 
-        with ThreadPoolExecutor(min(self._upload_threads, len(todo))) as pool:
-            list(pool.map(upload, todo))
+        from boto3.exceptions import S3UploadFailedError
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            with ThreadPoolExecutor(min(self._upload_threads, len(todo))) as pool:
+                list(pool.map(upload, todo))
+        except (S3UploadFailedError, BotoCoreError, ClientError) as exc:  # no bucket, no permission, unreachable
+            raise not_writable(f"s3://{self.bucket}/{self.prefix}", exc) from exc
 
     def open(self, sha256: str) -> IO[bytes]:
         from botocore.exceptions import ClientError

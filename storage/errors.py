@@ -52,3 +52,11 @@ class PayloadTooLarge(LabelwheelError):
 class InvalidInput(LabelwheelError):
     status = 422
     code = "invalid_input"
+
+
+class StorageUnavailable(LabelwheelError):
+    """A store the request needs refuses to work, such as a blob store that is not writable: the service's
+    operators must act, and the request can be sent again once they have."""
+
+    status = 503
+    code = "storage_unavailable"

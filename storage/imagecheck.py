@@ -20,6 +20,19 @@ from PIL import ImageFile, ImageOps, UnidentifiedImageError
 
 ALLOWED_FORMATS = {"PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF"}
 EXIF_ORIENTATION = 0x0112
+# Reduced decoding keeps at least this many pixels per model input pixel on each side (as Pillow's
+# ``reducing_gap``): the model's bilinear resize then gives what it gives on the full-size image.
+REDUCING_GAP = 3
+BAND_ROWS = 512
+_UPRIGHT = {
+    2: PILImage.Transpose.FLIP_LEFT_RIGHT,
+    3: PILImage.Transpose.ROTATE_180,
+    4: PILImage.Transpose.FLIP_TOP_BOTTOM,
+    5: PILImage.Transpose.TRANSPOSE,
+    6: PILImage.Transpose.ROTATE_270,
+    7: PILImage.Transpose.TRANSVERSE,
+    8: PILImage.Transpose.ROTATE_90,
+}
 
 # Our own pixel limit is checked explicitly; Pillow's global guard stays as a second line of defence.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -39,9 +52,15 @@ class ImageInfo:
 
 
 @contextmanager
-def checked_image(source: Path | IO[bytes], *, max_pixels: int) -> Iterator[PILImage.Image]:
-    """Open an image, refuse a wrong format or too many pixels from its header, then decode it fully (its
-    first frame); any problem becomes ImageRejected saying why."""
+def opened_image(
+    source: Path | IO[bytes], *, max_pixels: int, draft_size: int | None = None
+) -> Iterator[PILImage.Image]:
+    """Open an image and refuse a wrong format or too many pixels from its header, without decoding it; any
+    problem, also while the caller decodes it in the block, becomes ImageRejected saying why.
+
+    With ``draft_size``, a JPEG is set to decode at the smallest scale (1/2 to 1/8) that keeps at least that
+    many pixels on each side; other formats have no reduced decoding.
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("error", PILImage.DecompressionBombWarning)
         try:
@@ -59,8 +78,8 @@ def checked_image(source: Path | IO[bytes], *, max_pixels: int) -> Iterator[PILI
                         f"image is {width}x{height} = {width * height:,} pixels, over the limit of "
                         f"{max_pixels:,} (LABELWHEEL_MAX_IMAGE_PIXELS)"
                     )
-                img.seek(0)  # GIF and multi-page TIFF: the first frame is the image
-                img.load()
+                if draft_size is not None:
+                    img.draft(None, (draft_size, draft_size))
                 yield img
         except ImageRejected:
             raise
@@ -72,6 +91,16 @@ def checked_image(source: Path | IO[bytes], *, max_pixels: int) -> Iterator[PILI
             raise ImageRejected("not an image file Pillow can read (corrupt, or another file type)") from None
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
             raise ImageRejected(f"corrupt or truncated image data: {exc}") from None
+
+
+@contextmanager
+def checked_image(source: Path | IO[bytes], *, max_pixels: int) -> Iterator[PILImage.Image]:
+    """An image checked from its header (``opened_image``), then decoded fully (its first frame), so truncated
+    or corrupt data is refused too."""
+    with opened_image(source, max_pixels=max_pixels) as img:
+        img.seek(0)  # GIF and multi-page TIFF: the first frame is the image
+        img.load()
+        yield img
 
 
 def inspect_image(path: Path, *, max_pixels: int, thumbnail_size: int) -> ImageInfo:
@@ -93,10 +122,44 @@ def inspect_image(path: Path, *, max_pixels: int, thumbnail_size: int) -> ImageI
         )
 
 
-def decode_image(source: IO[bytes], *, max_pixels: int) -> PILImage.Image:
-    """A checked, fully decoded, upright copy of an uploaded image (for predictions: nothing is stored)."""
-    with checked_image(source, max_pixels=max_pixels) as img:
-        return ImageOps.exif_transpose(img).convert("RGB")
+def decoded_pixels(source: IO[bytes], *, max_pixels: int, size: int) -> int:
+    """How many pixels ``decode_for_model`` will decode for this image, read from its header alone."""
+    with opened_image(source, max_pixels=max_pixels, draft_size=size * REDUCING_GAP) as img:
+        return img.width * img.height
+
+
+def decode_for_model(source: IO[bytes], *, max_pixels: int, size: int) -> PILImage.Image:
+    """A checked, upright RGB copy of an uploaded image, no larger than a ``size`` x ``size`` model input needs.
+
+    An image up to ``REDUCING_GAP`` times the input size comes back whole, as training decodes it. A larger JPEG
+    decodes at a reduced scale; other formats (PNG above all) can only be decoded whole, so the image is decoded
+    in its own mode (one byte a pixel for greyscale), then converted and reduced by whole factors a band of rows
+    at a time, so memory peaks at about one decoded image, never at its full-size RGB copy. A reduced image comes
+    back resized to the input size, as Pillow's ``resize(reducing_gap=REDUCING_GAP)`` makes it.
+    """
+    with opened_image(source, max_pixels=max_pixels, draft_size=size * REDUCING_GAP) as img:
+        img.seek(0)  # GIF and multi-page TIFF: the first frame is the image
+        img.load()
+        orientation = img.getexif().get(EXIF_ORIENTATION)
+        width, height = img.size
+        fx, fy = max(1, width // (size * REDUCING_GAP)), max(1, height // (size * REDUCING_GAP))
+        rgb = _reduced_rgb(img, (fx, fy))
+    if (fx, fy) != (1, 1):
+        # The last block of a reduction may be partial: the box keeps the geometry exact, as Pillow does.
+        rgb = rgb.resize((size, size), PILImage.Resampling.BILINEAR, box=(0, 0, width / fx, height / fy))
+    method = _UPRIGHT.get(orientation) if isinstance(orientation, int) else None
+    return rgb.transpose(method) if method is not None else rgb
+
+
+def _reduced_rgb(img: PILImage.Image, factors: tuple[int, int]) -> PILImage.Image:
+    """``img.convert("RGB").reduce(factors)``, made a band of rows at a time so no full-size RGB copy exists."""
+    width, height = img.size
+    band = factors[1] * max(1, BAND_ROWS // factors[1])  # whole blocks per band: the same result as one reduce
+    out = PILImage.new("RGB", (-(-width // factors[0]), -(-height // factors[1])))
+    for top in range(0, height, band):
+        part = img.crop((0, top, width, min(top + band, height))).convert("RGB")
+        out.paste(part.reduce(factors) if factors != (1, 1) else part, (0, top // factors[1]))
+    return out
 
 
 def _thumbnail(img: PILImage.Image, size: int) -> bytes:

@@ -30,7 +30,7 @@ from sqlalchemy.exc import IntegrityError
 from storage.blobs import CHUNK, BlobStore, StagedBlob
 from storage.db import Database
 from storage.errors import InvalidInput, PayloadTooLarge
-from storage.imagecheck import ImageInfo, ImageRejected, decode_image, inspect_image
+from storage.imagecheck import ImageInfo, ImageRejected, decode_for_model, decoded_pixels, inspect_image
 from storage.models import Image, ImageSource, Project, QueueTier, Split
 from storage.settings import Settings
 
@@ -65,6 +65,8 @@ class Limits:
     max_zip_entries: int
     max_files: int
     thumbnail_size: int
+    predict_max_files: int
+    predict_max_pixels: int
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Limits:
@@ -75,6 +77,8 @@ class Limits:
             max_zip_entries=settings.max_zip_entries,
             max_files=settings.max_files_per_request,
             thumbnail_size=settings.thumbnail_size,
+            predict_max_files=settings.predict_max_files,
+            predict_max_pixels=settings.predict_max_pixels,
         )
 
 
@@ -310,7 +314,7 @@ class Ingestor:
     ) -> list[IngestResult]:
         """Ingest every candidate; returns one result per candidate, in order."""
         results: list[IngestResult] = []
-        staging = Path(tempfile.mkdtemp(prefix="ingest-", dir=self.blobs.staging_dir))
+        staging = self.blobs.make_staging_dir("ingest-")
         try:
             with ThreadPoolExecutor(self.workers) as pool:
                 chunk: list[Candidate] = []
@@ -431,25 +435,47 @@ def ingest_uploads(
     return Ingestor(db=db, blobs=blobs, limits=limits).ingest(project_id, candidates)
 
 
-def decode_uploads(uploads: Sequence[tuple[str, IO[bytes]]], *, limits: Limits) -> list[PILImage.Image]:
-    """Uploaded images decoded in memory (predictions: nothing is stored), under the limits and checks of ingest.
+def decode_uploads(uploads: Sequence[tuple[str, IO[bytes]]], *, limits: Limits, size: int) -> Iterator[PILImage.Image]:
+    """Uploaded images for a model with ``size`` x ``size`` inputs (predictions: nothing is stored), decoded one
+    at a time as the caller takes them, each only as large as the model needs (``decode_for_model``).
 
-    The first refused file fails the request, with the code an upload reports for it: ``too_many_files`` and
-    ``file_too_large`` (413), ``empty_file`` and ``invalid_image`` (422); the message names the file.
+    Every file is checked from its header before any is decoded: the number of files, their bytes, format and
+    pixels, and the pixels the whole request will decode. The first refused file fails the request, with the code
+    an upload reports for it: ``too_many_files``, ``too_many_pixels`` and ``file_too_large`` (413), ``empty_file``
+    and ``invalid_image`` (422); the message names the file and the setting that sets the limit.
     """
-    if len(uploads) > limits.max_files:
-        raise PayloadTooLarge(_too_many_files_reason(limits), code="too_many_files")
-    return [_decoded(name, fileobj, limits) for name, fileobj in uploads]
+    if len(uploads) > limits.predict_max_files:
+        raise PayloadTooLarge(
+            f"{len(uploads):,} files in one prediction request, over the limit of {limits.predict_max_files:,} "
+            "(LABELWHEEL_PREDICT_MAX_FILES); send them in several requests",
+            code="too_many_files",
+        )
+    total = sum(_pixels(name, fileobj, limits, size) for name, fileobj in uploads)
+    if total > limits.predict_max_pixels:
+        raise PayloadTooLarge(
+            f"the request's images decode to {total:,} pixels, over the limit of {limits.predict_max_pixels:,} "
+            "(LABELWHEEL_PREDICT_MAX_PIXELS); send fewer or smaller images per request",
+            code="too_many_pixels",
+        )
+    return (_decoded(name, fileobj, limits, size) for name, fileobj in uploads)
 
 
-def _decoded(name: str, fileobj: IO[bytes], limits: Limits) -> PILImage.Image:
-    size = fileobj.seek(0, os.SEEK_END)
+def _pixels(name: str, fileobj: IO[bytes], limits: Limits, size: int) -> int:
+    length = fileobj.seek(0, os.SEEK_END)
     fileobj.seek(0)
-    if size > limits.max_file_bytes:
-        raise PayloadTooLarge(f"{name}: {_too_large_reason(size, limits)}", code="file_too_large")
-    if size == 0:
+    if length > limits.max_file_bytes:
+        raise PayloadTooLarge(f"{name}: {_too_large_reason(length, limits)}", code="file_too_large")
+    if length == 0:
         raise InvalidInput(f"{name}: {EMPTY}", code="empty_file")
     try:
-        return decode_image(fileobj, max_pixels=limits.max_image_pixels)
+        return decoded_pixels(fileobj, max_pixels=limits.max_image_pixels, size=size)
+    except ImageRejected as exc:
+        raise InvalidInput(f"{name}: {exc}", code="invalid_image") from None
+
+
+def _decoded(name: str, fileobj: IO[bytes], limits: Limits, size: int) -> PILImage.Image:
+    fileobj.seek(0)
+    try:
+        return decode_for_model(fileobj, max_pixels=limits.max_image_pixels, size=size)
     except ImageRejected as exc:
         raise InvalidInput(f"{name}: {exc}", code="invalid_image") from None

@@ -6,7 +6,11 @@ so a wrong value is reported once, at start-up, with the variable's name.
 
 from __future__ import annotations
 
+import difflib
 import functools
+import logging
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -14,7 +18,12 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "LABELWHEEL_"
+# Variables of the test suite and the benchmarks, which share the prefix but are not settings.
+_TOOLING_PREFIXES = (f"{ENV_PREFIX}TEST_", f"{ENV_PREFIX}BENCH_")
 _PLACEHOLDER_SECRETS = {"changeme", "change-me", "changethis", "secret", "password", "admin"}
+
+
+log = logging.getLogger(__name__)
 
 
 class SettingsError(Exception):
@@ -46,6 +55,10 @@ class Settings(BaseSettings):
     )
     max_zip_entries: int = Field(default=200_000, gt=0)
     max_files_per_request: int = Field(default=10_000, gt=0)
+    predict_max_files: int = Field(default=100, gt=0, description="Most images in one /predict request.")
+    predict_max_pixels: int = Field(
+        default=256_000_000, gt=0, description="Most pixels one /predict request may decode, all images together."
+    )
     thumbnail_size: int = Field(default=256, ge=16, le=2048)
 
     queue_url: str = Field(
@@ -153,8 +166,31 @@ class Settings(BaseSettings):
         return self.resolved_database_url.startswith("sqlite")
 
 
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """A line for each ``LABELWHEEL_*`` variable that names no setting (a typo is otherwise silently ignored),
+    with the closest setting's variable when one is close."""
+    known = [name.upper() for name in Settings.model_fields]
+    lines = []
+    for name in sorted(environ):
+        upper = name.upper()  # variables are matched to settings whatever their case
+        if not upper.startswith(ENV_PREFIX) or upper.startswith(_TOOLING_PREFIXES):
+            continue
+        setting = upper.removeprefix(ENV_PREFIX)
+        if setting in known:
+            continue
+        closest = difflib.get_close_matches(setting, known, n=1)  # without the prefix, which every name shares
+        hint = (
+            f"did you mean {ENV_PREFIX}{closest[0]}?" if closest else "see Configuration in the README for the settings"
+        )
+        lines.append(f"{name} is not a labelwheel setting and is ignored; {hint}")
+    return lines
+
+
 def load_settings(**overrides: object) -> Settings:
-    """Read settings from the environment; raise SettingsError naming the bad variable."""
+    """Read settings from the environment, warning of unknown variables; raise SettingsError naming the bad
+    variable."""
+    for line in unknown_variables(os.environ):
+        log.warning(line)
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -20,7 +21,7 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.launcher import free_port
 from storage.blobs import BlobStore, LocalBlobStore, StagedBlob, open_blob_store, sha256_file
-from storage.errors import NotFound
+from storage.errors import NotFound, StorageUnavailable
 from storage.settings import load_settings
 from tests import imagefactory as img
 from tests.conftest import unavailable
@@ -125,6 +126,24 @@ def test_keys_must_be_sha256_digests(store):
 
 def test_the_health_check_passes_on_a_working_store(store):
     store.check()
+
+
+def make_unwritable(store: BlobStore) -> None:
+    """Break the store for real, root or not: its folder becomes a file; its bucket is deleted."""
+    if isinstance(store, LocalBlobStore):
+        shutil.rmtree(store.root)
+        store.root.write_bytes(b"not a folder")
+    else:
+        store.client.delete_bucket(Bucket=store.bucket)
+
+
+def test_an_unwritable_store_refuses_writes_as_unavailable(store, tmp_path):
+    make_unwritable(store)
+    blob = staged(tmp_path, b"nowhere to go")
+    with pytest.raises(StorageUnavailable, match="not writable") as raised:
+        store.put_many([blob])
+    assert raised.value.status == 503 and raised.value.code == "storage_unavailable"
+    assert not store.exists(blob.sha256)
 
 
 def test_a_large_blob_streams_in_chunks(store, tmp_path):

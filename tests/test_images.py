@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import shutil
 import zipfile
 
 import pytest
@@ -70,6 +71,7 @@ def test_every_accepted_format_is_stored_with_its_facts_and_original_bytes(clien
         assert content.content == files[name]
         assert content.headers["content-type"] == expected_type[name]
         assert content.headers["etag"] == f'"{image["sha256"]}"'
+        assert content.headers["x-content-type-options"] == "nosniff"  # never shown as a type guessed from bytes
     gif = client.get(f"/api/v1/images/{by_name(body)['f.gif']['image_id']}", headers=admin.headers).json()
     assert (gif["width"], gif["height"], gif["format"]) == (20, 10, "GIF")
 
@@ -180,6 +182,19 @@ def test_a_file_over_the_byte_limit_is_refused(client, admin, app, settings):
     results = by_name(response.json())
     assert results["small.png"]["status"] == "accepted"
     assert results["big.bmp"]["code"] == "file_too_large"
+
+
+def test_an_unwritable_blob_store_is_a_503_that_stores_nothing(client, admin, app):
+    project = make_project(client, admin)
+    root = app.state.runtime.blobs.root
+    shutil.rmtree(root)
+    root.write_bytes(b"")  # a file where the folder should be: no write succeeds, not even as root
+    response = upload(client, project["id"], admin, ("a.png", img.png()), ("b.png", img.png(8, 8)))
+    assert response.status_code == 503, response.text
+    error = response.json()["error"]
+    assert error["code"] == "storage_unavailable" and "not writable" in error["message"]
+    assert str(root) in error["message"] and "LABELWHEEL_BLOB_URL" in error["message"]
+    assert stored_rows(app) == 0
 
 
 def test_a_zip_archive_is_unpacked_and_non_images_are_reported(client, admin, app):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -57,9 +58,32 @@ def test_s3_credentials_come_in_pairs(monkeypatch):
         load_settings()
 
 
-def test_serve_refuses_to_start_with_a_wrong_setting(tmp_path):
-    env = {**os.environ, "LABELWHEEL_DATA_DIR": str(tmp_path), "LABELWHEEL_MAX_IMAGE_PIXELS": "lots"}
+def test_an_unknown_variable_is_named_with_the_closest_setting(monkeypatch, caplog):
+    monkeypatch.setenv("LABELWHEEL_ADMIN_TOKN", "a-typo-of-the-admin-token-variable")
+    monkeypatch.setenv("LABELWHEEL_COLOUR", "blue")
+    monkeypatch.setenv("LABELWHEEL_TEST_WHATEVER", "the test suite's own")
+    monkeypatch.setenv("labelwheel_max_file_bytes", "1234")  # a setting in any case
+    with caplog.at_level(logging.WARNING, logger="storage.settings"):
+        settings = load_settings()
+    assert settings.admin_token is None and settings.max_file_bytes == 1234
+    assert caplog.messages == [
+        "LABELWHEEL_ADMIN_TOKN is not a labelwheel setting and is ignored; did you mean LABELWHEEL_ADMIN_TOKEN?",
+        "LABELWHEEL_COLOUR is not a labelwheel setting and is ignored; see Configuration in the README for the "
+        "settings",
+    ]
+
+
+def test_start_up_warns_of_unknown_variables_and_refuses_a_wrong_setting(tmp_path):
+    """`serve` here; `worker` and every other command read their settings through the same loader."""
+    env = {
+        **os.environ,
+        "LABELWHEEL_DATA_DIR": str(tmp_path),
+        "LABELWHEEL_MAX_IMAGE_PIXELS": "lots",
+        "LABELWHEEL_ADMIN_TOKN": "a-typo-of-the-admin-token-variable",
+    }
     labelwheel = Path(sys.executable).parent / "labelwheel"
     result = subprocess.run([str(labelwheel), "serve"], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "LABELWHEEL_MAX_IMAGE_PIXELS" in result.stderr
+    assert "LABELWHEEL_ADMIN_TOKN is not a labelwheel setting" in result.stderr
+    assert "did you mean LABELWHEEL_ADMIN_TOKEN?" in result.stderr

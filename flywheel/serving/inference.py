@@ -3,14 +3,17 @@
 The serving model is the champion's newest refreshed head, else the champion. Both run the same
 way: the backbone's ONNX file gives an image's embedding (or the embedding is already cached), and
 the serving model's head turns it into probabilities. Images go through the same ``to_array`` and
-``normalize`` as in training.
+``normalize`` as in training; an uploaded image over three times the input size is reduced as it is
+decoded (``storage.imagecheck.decode_for_model``), so huge uploads cost one decoded image of memory.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import IO
 
 import numpy as np
 import onnxruntime as ort
@@ -23,6 +26,7 @@ from flywheel.serving.preprocess import normalize, to_array
 from flywheel.serving.registry import serving_model
 from storage.blobs import BlobStore
 from storage.errors import Conflict
+from storage.ingest import Limits, decode_uploads
 from storage.models import Embedding, Image, ModelKind, ModelVersion
 
 CACHED_SESSIONS = 4
@@ -83,9 +87,13 @@ class Predictor:
         return np.concatenate(out)
 
     def predict(
-        self, session: Session, *, project_id: int, images: list[PILImage.Image]
+        self, session: Session, *, project_id: int, uploads: Sequence[tuple[str, IO[bytes]]], limits: Limits
     ) -> tuple[ModelVersion, list[Answer]]:
-        """Answers for decoded images, with the model that gave them; Conflict when the project has no model."""
+        """Answers for uploaded images, with the model that gave them.
+
+        The model is checked first (Conflict when the project has none, or its files are not made yet), then
+        the files (``decode_uploads``); images are decoded one at a time, at the model's input size.
+        """
         model = serving_model(session, project_id=project_id)
         if model is None:
             raise Conflict(
@@ -93,6 +101,7 @@ class Predictor:
                 code="no_model",
             )
         backbone, (weight, bias) = self._parts(session, model)
+        images = decode_uploads(uploads, limits=limits, size=model.input_size)
         arrays = np.stack([to_array(image, model.input_size) for image in images])
         probabilities = head_probabilities(self._embed(backbone, arrays), weight, bias)
         return model, [_answer(row, model.labels) for row in probabilities]

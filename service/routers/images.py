@@ -79,7 +79,9 @@ def _blob_response(runtime: RuntimeDep, sha256: str, media_type: str, if_none_ma
     if if_none_match and etag in {tag.strip() for tag in if_none_match.split(",")}:
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag})
     chunks = runtime.blobs.iter_chunks(sha256)  # NotFound here becomes a 404 before any byte is sent
-    return StreamingResponse(chunks, media_type=media_type, headers={"ETag": etag, "Cache-Control": IMMUTABLE})
+    # nosniff: a browser shows the bytes as the stored type says, never as HTML or script it guessed from them.
+    headers = {"ETag": etag, "Cache-Control": IMMUTABLE, "X-Content-Type-Options": "nosniff"}
+    return StreamingResponse(chunks, media_type=media_type, headers=headers)
 
 
 @router.get(

@@ -21,7 +21,6 @@ from service.deps import (
 from service.schemas.common import ERROR_RESPONSES
 from service.schemas.models import ModelCard, ModelRead, PredictionRead, PredictResult, PromoteRequest
 from storage.errors import NotFound
-from storage.ingest import decode_uploads
 from storage.models import ModelKind, ModelVersion
 
 router = APIRouter(prefix="/api/v1", tags=["models"], responses=ERROR_RESPONSES)
@@ -121,8 +120,8 @@ def predict(
     runtime: RuntimeDep,
     files: Annotated[list[UploadFile], File(description="Images; repeat the field for several.")],
 ) -> PredictResult:
-    images = decode_uploads([(f.filename or "upload", f.file) for f in files], limits=runtime.limits)
-    model, answers = runtime.predictor.predict(session, project_id=project.id, images=images)
+    uploads = [(f.filename or "upload", f.file) for f in files]
+    model, answers = runtime.predictor.predict(session, project_id=project.id, uploads=uploads, limits=runtime.limits)
     return PredictResult(
         model_id=model.id,
         model_version=model_version(model),
