@@ -19,6 +19,7 @@ from annotation.consensus import refresh_consensus
 from annotation.queue import capacity_left
 from storage.errors import Conflict, InvalidInput, NotFound
 from storage.models import Annotation, AnnotationOrigin, Assignment, AssignmentStatus, Image, Project, Role, utcnow
+from storage.names import nfc
 from storage.users import Principal
 
 MAX_DURATION_MS = 24 * 3600 * 1000
@@ -31,6 +32,8 @@ class Submitted:
 
 
 def check_label(project: Project, label: str) -> str:
+    """The label as the project stores it (NFC, whichever form it was typed in); InvalidInput when unknown."""
+    label = nfc(label)
     if label not in project.labels:
         shown = ", ".join(project.labels[:50]) + (" ..." if len(project.labels) > 50 else "")
         raise InvalidInput(
@@ -78,12 +81,12 @@ def submit_annotation(
     idempotency_key: str | None = None,
 ) -> Submitted:
     """Record one label. A second label by the same annotator is a correction: it supersedes the first."""
+    label = check_label(project, label)
     request_hash = _request_hash(image_id, label, duration_ms)
     if idempotency_key:
         earlier = _replay(session, annotator_id=principal.id, key=idempotency_key, request_hash=request_hash)
         if earlier is not None:
             return Submitted(earlier, replayed=True)
-    check_label(project, label)
     if duration_ms is not None and not 0 <= duration_ms <= MAX_DURATION_MS:
         raise InvalidInput(f"duration_ms must be between 0 and {MAX_DURATION_MS}", code="invalid_duration")
     # Locking the image row serializes submissions for one image on PostgreSQL (SQLite serializes all writers).

@@ -8,7 +8,6 @@ The batches are not one snapshot: labels submitted during an export may or may n
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import time
@@ -22,6 +21,7 @@ from typing import Any, TypeVar
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from annotation.csv_cells import CsvWriter
 from storage.db import Database
 from storage.models import Annotation, AnnotationOrigin, Image, User
 
@@ -246,7 +246,7 @@ def labelstudio_task(image: LabeledImage, *, base_url: str = "") -> dict[str, An
 
 def _csv_chunks(batches: Iterable[list[LabeledImage]]) -> Iterator[str]:
     buffer = io.StringIO()
-    writer = csv.writer(buffer)
+    writer = CsvWriter(buffer)
     writer.writerow(CSV_COLUMNS)
     for batch in batches:
         writer.writerows(csv_row(image) for image in _polite(batch, YIELD_EVERY_ITEMS))

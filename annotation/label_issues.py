@@ -8,6 +8,7 @@ list is stored per project, and a selection of it goes back to annotators throug
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 from sqlalchemy import delete, select
@@ -18,7 +19,8 @@ from storage.models import Image, LabelIssue, Project, utcnow
 
 # cleanlab's ways to pick the flagged set; prune_by_class did best with CNN probabilities on the digits
 # (../shared/design/TARGETS.md).
-FILTERS = ("prune_by_class", "prune_by_noise_rate", "both", "confident_learning", "predicted_neq_given")
+FilterBy = Literal["prune_by_class", "prune_by_noise_rate", "both", "confident_learning", "predicted_neq_given"]
+FILTERS: tuple[str, ...] = get_args(FilterBy)
 RELABEL_REASON = "a model flagged this label as possibly wrong; an independent label is needed"
 
 

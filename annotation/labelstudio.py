@@ -49,11 +49,10 @@ from storage.models import (
     ImageSource,
     Project,
     Role,
-    User,
     utcnow,
 )
 from storage.projects import add_member
-from storage.users import create_user
+from storage.users import create_user, find_user, get_user_by_name
 
 MAX_PROBLEMS = 1000
 TASK_BATCH = 200
@@ -186,14 +185,14 @@ class _Users:
         for label in labels:
             if label.user_name in self.ids:
                 continue
-            user = session.scalar(select(User).where(User.name == label.user_name))
+            user = find_user(session, name=label.user_name)
             created = False
             if user is None:
                 try:
                     user, _ = create_user(session, name=label.user_name, role=Role.annotator)
                     created = True
                 except Conflict:  # created by a concurrent import meanwhile
-                    user = session.scalars(select(User).where(User.name == label.user_name)).one()
+                    user = get_user_by_name(session, name=label.user_name)
             add_member(session, project=project, user_id=user.id)
             self.ids[label.user_name] = user.id
             self.summary.users_created += created

@@ -19,6 +19,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from annotation.annotations import MAX_DURATION_MS
 from storage.errors import InvalidInput, PayloadTooLarge
+from storage.names import nfc
 from storage.users import USER_NAME_PATTERN
 
 MAX_EXPORT_BYTES = 256 * 1024 * 1024
@@ -195,13 +196,13 @@ def meta_gold(task: dict[str, Any], labels: Sequence[str]) -> str | None:
     gold = meta.get("gold_label") if isinstance(meta, dict) else None
     if gold is None:
         return None
-    if not isinstance(gold, str) or gold not in labels:
+    if not isinstance(gold, str) or nfc(gold) not in labels:
         raise TaskRejected(
             "unknown_label",
             f"gold label {str(gold)[:100]!r} is not one of the project's labels; nothing of this task was stored",
             {"label": str(gold)[:100], "valid_labels": list(labels[:100])},
         )
-    return gold
+    return nfc(gold)
 
 
 def _user_name(completed_by: Any) -> tuple[str, str]:
@@ -269,18 +270,19 @@ def task_labels(task: dict[str, Any], target: Target, labels: Sequence[str]) -> 
                 "not_single_choice",
                 f"an annotation chose {str(chosen)[:200]}: a classification label is exactly one choice",
             )
-        if chosen[0] not in labels:
+        label = nfc(chosen[0])  # labels are stored in NFC, whichever form the export wrote
+        if label not in labels:
             raise TaskRejected(
                 "unknown_label",
-                f"label {chosen[0][:100]!r} is not one of the project's labels; nothing of this task was stored",
-                {"label": chosen[0][:100], "valid_labels": list(labels[:100])},
+                f"label {label[:100]!r} is not one of the project's labels; nothing of this task was stored",
+                {"label": label[:100], "valid_labels": list(labels[:100])},
             )
         name, shown = _user_name(annotation.get("completed_by"))
         found.append(
             Label(
                 user_name=name,
                 labelstudio_user=shown,
-                label=chosen[0],
+                label=label,
                 created_at=_timestamp(annotation.get("created_at")) or _timestamp(annotation.get("updated_at")),
                 duration_ms=_duration_ms(annotation.get("lead_time")),
                 position=position,

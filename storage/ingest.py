@@ -32,6 +32,7 @@ from storage.db import Database
 from storage.errors import InvalidInput, PayloadTooLarge
 from storage.imagecheck import ImageInfo, ImageRejected, decode_for_model, decoded_pixels, inspect_image
 from storage.models import Image, ImageSource, Project, QueueTier, Split
+from storage.names import display_name
 from storage.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -401,7 +402,7 @@ class Ingestor:
                     exif_orientation=s.info.exif_orientation,
                     split=split_for(s.sha256),
                     source=s.candidate.source,
-                    original_name=s.candidate.name[:1024],
+                    original_name=display_name(s.candidate.name, max_length=1024),
                 )
             session.add_all(new_rows.values())
             session.flush()

@@ -127,6 +127,11 @@ class User(CreatedAt, Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
 
 
+# User names are unique ignoring case (``ADMIN`` cannot stand beside ``admin``); they are ASCII, so lower()
+# means the same on SQLite and PostgreSQL.
+Index("uq_users_lower_name", func.lower(User.name), unique=True)
+
+
 class Project(CreatedAt, Base):
     __tablename__ = "projects"
 

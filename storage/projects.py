@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -12,14 +11,10 @@ from sqlalchemy.orm import Session
 
 from storage.errors import Conflict, Forbidden, InvalidInput, NotFound
 from storage.models import Membership, Project, Role, TaskType, User
+from storage.names import clean_name, name_problem, nfc
 from storage.users import Principal
 
-MIN_LABELS, MAX_LABELS, MAX_LABEL_LENGTH = 2, 1000, 100
-# Explicit ASCII classes, so the API schema (Rust regex) and this module (Python re) agree exactly:
-# a label has no control characters and no space at either end; a name has a visible character.
-LABEL_PATTERN = r"^[^\x00-\x20\x7f](?:[^\x00-\x1f\x7f]*[^\x00-\x20\x7f])?$"
-NAME_PATTERN = r"[^\x00-\x20\x7f]"
-ASCII_SPACE = " \t\n\r\x0b\x0c"
+MIN_LABELS, MAX_LABELS, MAX_LABEL_LENGTH, MAX_PROJECT_NAME_LENGTH = 2, 1000, 100, 200
 
 
 class AugmentationSettings(BaseModel):
@@ -164,20 +159,20 @@ class ProjectSettings(BaseModel):
 
 
 def validate_labels(labels: list[str]) -> list[str]:
-    """Refuse empty, space-padded, duplicate or over-long names, and sets outside 2-1000 labels."""
-    cleaned = list(labels)
+    """The labels in NFC; refuses names against the name policy, duplicates (after NFC) and sets outside 2-1000."""
+    cleaned = [nfc(label) for label in labels]
     problems = []
     if not MIN_LABELS <= len(cleaned) <= MAX_LABELS:
         problems.append(f"a project needs {MIN_LABELS} to {MAX_LABELS} labels, got {len(cleaned)}")
-    if any(not re.match(LABEL_PATTERN, label) for label in cleaned):
-        problems.append("label names must not be empty, contain control characters, or start or end with spaces")
-    if any(len(label) > MAX_LABEL_LENGTH for label in cleaned):
-        problems.append(f"label names must have at most {MAX_LABEL_LENGTH} characters")
+    named = ((label, name_problem(label, max_length=MAX_LABEL_LENGTH)) for label in cleaned)
+    problems.extend(f"label {label[:100]!r} {problem}" for label, problem in named if problem is not None)
     duplicates = sorted({label for label in cleaned if cleaned.count(label) > 1})
     if duplicates:
-        problems.append(f"label names must be unique; repeated: {', '.join(duplicates[:10])}")
+        problems.append(
+            f"label names must be unique (as written in Unicode NFC); repeated: {', '.join(duplicates[:10])}"
+        )
     if problems:
-        raise InvalidInput("; ".join(problems), code="invalid_labels")
+        raise InvalidInput("; ".join(problems[:10]), code="invalid_labels")
     return cleaned
 
 
@@ -198,9 +193,9 @@ def create_project(
     settings: dict[str, Any] | None = None,
     task_type: TaskType = TaskType.classification,
 ) -> Project:
-    name = name.strip(ASCII_SPACE)
-    if not re.search(NAME_PATTERN, name):
-        raise InvalidInput("project name must have a visible character", code="invalid_project_name")
+    name = clean_name(
+        name.strip(), what="project name", code="invalid_project_name", max_length=MAX_PROJECT_NAME_LENGTH
+    )
     project = Project(
         name=name, labels=validate_labels(labels), settings=validate_settings(settings), task_type=task_type
     )
@@ -244,7 +239,7 @@ def get_project(session: Session, *, principal: Principal, project_id: int) -> P
 
 
 def get_project_by_name(session: Session, *, name: str) -> Project:
-    project = session.scalar(select(Project).where(Project.name == name))
+    project = session.scalar(select(Project).where(Project.name == nfc(name)))
     if project is None:
         raise NotFound(f"no project named {name!r}", code="project_not_found")
     return project

@@ -7,16 +7,20 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from storage.errors import Conflict, InvalidInput, NotFound, Unauthorized
 from storage.models import Role, User
+from storage.names import clean_name
 
 TOKEN_PREFIX = "lw_"
+# Within the name policy, user names keep to ASCII: they are typed on command lines, and SQL's lower(), which
+# keeps them unique ignoring case, then agrees on SQLite and PostgreSQL.
 USER_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,99}$"
 _NAME = re.compile(USER_NAME_PATTERN)
+MAX_USER_NAME_LENGTH = 100
 
 
 @dataclass(frozen=True)
@@ -45,25 +49,46 @@ def _principal(user: User) -> Principal:
 
 
 def create_user(session: Session, *, name: str, role: Role, token: str | None = None) -> tuple[User, str]:
-    """Create a user; returns the user and their token (the only time it is visible)."""
-    if not _NAME.match(name):
+    """Create a user; returns the user and their token (the only time it is visible).
+
+    Names are unique ignoring case: ``ADMIN`` beside ``admin`` is a Conflict."""
+    name = clean_name(name, what="user name", code="invalid_user_name", max_length=MAX_USER_NAME_LENGTH)
+    if not _NAME.fullmatch(name):
         raise InvalidInput(
             f"invalid user name {name!r}: use 1-100 letters, digits, '_', '.', '@' or '-', starting with a letter "
             "or digit",
             code="invalid_user_name",
         )
+    existing = find_user(session, name=name)
+    if existing is not None:
+        raise _exists(name, existing)
     token = token or new_token()
     user = User(name=name, role=role, token_hash=hash_token(token))
     try:
         with session.begin_nested():
             session.add(user)
-    except IntegrityError:
-        raise Conflict(f"a user named {name!r} already exists", code="user_exists") from None
+    except IntegrityError:  # created meanwhile by a concurrent request
+        raise _exists(name, find_user(session, name=name)) from None
     return user, token
 
 
+def _exists(name: str, existing: User | None) -> Conflict:
+    taken = f" as {existing.name!r}" if existing is not None and existing.name != name else ""
+    return Conflict(
+        f"a user named {name!r} already exists{taken} (user names are compared ignoring case); choose another name",
+        code="user_exists",
+    )
+
+
+def find_user(session: Session, *, name: str) -> User | None:
+    """The user of that name, ignoring case, as it is unique (user names are ASCII: any other names nobody)."""
+    if not name.isascii():
+        return None
+    return session.scalar(select(User).where(func.lower(User.name) == name.lower()))
+
+
 def get_user_by_name(session: Session, *, name: str) -> User:
-    user = session.scalar(select(User).where(User.name == name))
+    user = find_user(session, name=name)
     if user is None:
         raise NotFound(f"no user named {name!r}", code="user_not_found")
     return user
@@ -104,7 +129,7 @@ def ensure_admin(session: Session, *, token: str | None, name: str = "admin") ->
     With ``token`` (LABELWHEEL_ADMIN_TOKEN) the admin named ``name`` gets exactly that token.
     Without it, a first start creates the admin with a random token; later starts return None.
     """
-    user = session.scalar(select(User).where(User.name == name))
+    user = find_user(session, name=name)
     if token is not None:
         if user is None:
             create_user(session, name=name, role=Role.admin, token=token)

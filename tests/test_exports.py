@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from annotation.csv_cells import CsvWriter
 from storage.models import Image, Role
 from tests import imagefactory as img
 from tests.factories import make_project, make_user
@@ -148,6 +149,33 @@ def test_csv_json_and_labelstudio_exports_hold_exactly_the_current_labels(client
     assert (rows[disputed]["label"], rows[disputed]["tie"], rows[disputed]["votes"]) == ("dog", "false", "2")
     task = next(t for t in export(client, project_id, admin, "labelstudio").json() if t["id"] == disputed)
     assert [a["result"][0]["value"]["choices"] for a in task["annotations"]] == [["dog"], ["dog"]]
+
+
+def test_csv_cells_a_spreadsheet_would_run_as_formulas_are_escaped(client, admin, annotator):
+    """OWASP's CSV injection advice: a leading quote before = + - @; the JSON export keeps the names as they are."""
+    labels = ["=1+1", "+cmd", "-2", "@SUM(A1)", "plain"]
+    project = make_project(client, admin, annotator, labels=labels, settings={"overlap_rate": 0, "gold_rate": 0})
+    names = ["=cmd|' /C calc'!A0.png", "+a.png", "-b.png", "@c.png", "d.png"]
+    ids = upload(client, project["id"], admin, {name: picture(i) for i, name in enumerate(names)})
+    label_of = {ids[name]: label for name, label in zip(names, labels, strict=True)}
+    assert label_all(client, project["id"], annotator, label_of.__getitem__) == 5
+
+    rows = csv_rows(export(client, project["id"], admin, "csv").text)
+    assert {i: (r["original_name"], r["label"]) for i, r in rows.items()} == {
+        ids[name]: (name if name == "d.png" else f"'{name}", label if label == "plain" else f"'{label}")
+        for name, label in zip(names, labels, strict=True)
+    }
+    items = export(client, project["id"], admin, "json").json()
+    assert {(item["original_name"], item["label"]) for item in items} == set(zip(names, labels, strict=True))
+
+
+def test_the_csv_writer_escapes_tabs_and_carriage_returns_too_and_leaves_numbers():
+    buffer = io.StringIO()
+    CsvWriter(buffer).writerows([["\tx", "\rx", "a=b", -1, 2.5, "", None], ["x,y", '"q"']])
+    assert list(csv.reader(io.StringIO(buffer.getvalue()))) == [
+        ["'\tx", "'\rx", "a=b", "-1", "2.5", "", ""],
+        ["x,y", '"q"'],
+    ]
 
 
 def test_exports_of_a_project_without_labels_are_empty_but_valid(client, admin):

@@ -32,11 +32,13 @@ def test_create_and_read_a_project_with_its_ordered_labels(client, admin):
         (["only-one"], "2 to 1000 labels"),
         ([f"l{i}" for i in range(1001)], "2 to 1000 labels"),
         (["cat", "cat", "dog"], "repeated: cat"),
-        (["cat", "  "], "must not be empty"),
-        (["cat", ""], "must not be empty"),
+        (["cat", "  "], "must have a visible character"),
+        (["cat", ""], "must have a visible character"),
         (["cat", "x" * 101], "at most 100 characters"),
         (["cat", " dog"], "start or end with spaces"),
-        (["cat", "do\x1fg"], "control characters"),
+        (["cat", "do\x1fg"], "U+001F (a control character)"),
+        (["cat", "c\u200bat"], "U+200B (ZERO WIDTH SPACE)"),
+        (["caf\u00e9", "cafe\u0301"], "repeated: caf\u00e9"),
     ],
 )
 def test_bad_label_sets_are_refused_with_the_reason(app, labels, words):

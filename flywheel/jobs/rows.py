@@ -26,8 +26,6 @@ from storage.models import Image, Job, JobKind, JobStatus, Project, utcnow
 logger = logging.getLogger(__name__)
 
 TERMINAL = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled})
-# Kinds a person may start through the API; the rest are started by the flywheel itself.
-SUBMITTABLE = (JobKind.train, JobKind.refresh, JobKind.embed, JobKind.label_quality, JobKind.mine)
 
 
 def create_job(

@@ -22,7 +22,8 @@ from sklearn.model_selection import StratifiedKFold
 from sqlalchemy import select
 
 from annotation.consensus import update_project_consensus
-from annotation.label_issues import FILTERS, FoundIssue, find_issues, store_issues
+from annotation.label_issues import FoundIssue, find_issues, store_issues
+from flywheel.jobs.params import LabelQualityParams, read_params
 from flywheel.jobs.runner import JobContext, JobFailed
 from flywheel.training.architectures import default_architecture, default_input_size
 from flywheel.training.datasets import DEV_SHARE, dev_split, load_arrays
@@ -104,14 +105,9 @@ def run_label_quality(
 ) -> dict[str, Any]:
     """Rank likely-wrong labels among the snapshot's training images and store the list; returns a summary.
 
+    The options are those of ``LabelQualityParams``, within its bounds (a job reads them through it);
     ``epochs`` None: enough for about ``CV_STEPS`` optimizer steps per fold."""
     started = time.perf_counter()
-    if not 2 <= folds <= 20:
-        raise InvalidInput(f"folds must be between 2 and 20, got {folds}", code="invalid_folds")
-    if epochs is not None and not 1 <= epochs <= 1000:
-        raise InvalidInput(f"epochs must be between 1 and 1000, got {epochs}", code="invalid_epochs")
-    if filter_by not in FILTERS:
-        raise InvalidInput(f"unknown filter_by {filter_by!r}; use one of {', '.join(FILTERS)}", code="invalid_filter")
     if progress:
         progress(0.0, "refreshing consensus and taking the training snapshot")
     with db.session() as session:
@@ -190,15 +186,16 @@ def run_label_quality(
 
 
 def label_quality_job(ctx: JobContext) -> dict[str, Any]:
-    """Params: ``folds`` (5), ``filter_by`` (prune_by_class), ``epochs`` (default: see ``default_epochs``)."""
+    """Params: ``LabelQualityParams`` (flywheel/jobs/params.py)."""
     try:
+        params = read_params(LabelQualityParams, ctx.params)
         return run_label_quality(
             ctx.db,
             ctx.blobs,
             ctx.project_id,
-            folds=int(ctx.params.get("folds", 5)),
-            filter_by=str(ctx.params.get("filter_by", "prune_by_class")),
-            epochs=int(ctx.params["epochs"]) if "epochs" in ctx.params else None,
+            folds=params.folds,
+            filter_by=params.filter_by,
+            epochs=params.epochs,
             threads=ctx.settings.train_threads,
             progress=ctx.progress,
         )

@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from annotation.consensus import update_project_consensus
+from flywheel.jobs.params import TrainParams, read_params
 from flywheel.jobs.runner import JobContext, JobFailed
 from flywheel.policy import make_champion
 from flywheel.serving.heads import head_bytes
@@ -174,7 +175,7 @@ def _start(ctx: JobContext) -> int | Skipped:
         config = train_config(settings, architecture=architecture, threads=ctx.settings.train_threads)
         input_size = settings.input_size or default_input_size(architecture)
         same = _same_training(session, project.id, current, snapshot, config, input_size)
-        if same is not None and not ctx.params.get("force"):
+        if same is not None and not read_params(TrainParams, ctx.params).force:
             return Skipped(
                 same.id,
                 f"model {same.id} was trained on the same {snapshot.item_count} labels (snapshot {snapshot.id}) with "

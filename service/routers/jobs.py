@@ -23,7 +23,8 @@ router = APIRouter(prefix="/api/v1", tags=["jobs"], responses=ERROR_RESPONSES)
 @router.post(
     "/projects/{project_id}/jobs",
     status_code=status.HTTP_201_CREATED,
-    summary="Start a job: train, refresh, embed or mine (admin, engineer); a queued training is returned, not doubled",
+    summary="Start a job: train, refresh, embed, label_quality or mine (admin, engineer); a queued training is "
+    "returned, not doubled",
 )
 def create(
     project: EngineerProjectForWrite, body: JobCreate, session: SessionDep, principal: CurrentUser, runtime: RuntimeDep
@@ -31,9 +32,9 @@ def create(
     job = create_job(
         session,
         project_id=project.id,
-        kind=JobKind(body.kind.value),
+        kind=JobKind(body.kind),
         transport=runtime.transport,
-        params={**body.params, "trigger": "manual"},
+        params={**body.params.model_dump(exclude_unset=True), "trigger": "manual"},
         created_by=principal.id,
     )
     return JobRead.model_validate(job)

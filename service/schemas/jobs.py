@@ -1,22 +1,47 @@
 from __future__ import annotations
 
 from datetime import datetime
-from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from flywheel.jobs.rows import SUBMITTABLE
+from flywheel.jobs.params import EmbedParams, LabelQualityParams, MineParams, RefreshParams, TrainParams
 from service.schemas.common import RequestModel
 from storage.models import JobKind, JobStatus
 
-# The kinds a person may start; the flywheel starts the others (export) itself.
-SubmittableKind = StrEnum("SubmittableKind", {kind.value: kind.value for kind in SUBMITTABLE})  # type: ignore[misc]
+PARAMS_DESCRIPTION = "Recorded with the job; each kind takes only its own, within bounds."
 
 
-class JobCreate(RequestModel):
-    kind: SubmittableKind  # type: ignore[valid-type]
-    params: dict[str, Any] = Field(default_factory=dict, description="Recorded with the job.")
+class TrainJobCreate(RequestModel):
+    kind: Literal["train"]
+    params: TrainParams = Field(default_factory=TrainParams, description=PARAMS_DESCRIPTION)
+
+
+class RefreshJobCreate(RequestModel):
+    kind: Literal["refresh"]
+    params: RefreshParams = Field(default_factory=RefreshParams, description=PARAMS_DESCRIPTION)
+
+
+class EmbedJobCreate(RequestModel):
+    kind: Literal["embed"]
+    params: EmbedParams = Field(default_factory=EmbedParams, description=PARAMS_DESCRIPTION)
+
+
+class LabelQualityJobCreate(RequestModel):
+    kind: Literal["label_quality"]
+    params: LabelQualityParams = Field(default_factory=LabelQualityParams, description=PARAMS_DESCRIPTION)
+
+
+class MineJobCreate(RequestModel):
+    kind: Literal["mine"]
+    params: MineParams = Field(default_factory=MineParams, description=PARAMS_DESCRIPTION)
+
+
+# One request shape per kind a person may start (flywheel/jobs/params.PARAMS), told apart by ``kind``.
+JobCreate = Annotated[
+    TrainJobCreate | RefreshJobCreate | EmbedJobCreate | LabelQualityJobCreate | MineJobCreate,
+    Field(discriminator="kind"),
+]
 
 
 class JobRead(BaseModel):

@@ -8,9 +8,15 @@ from pydantic.fields import FieldInfo
 
 from service.schemas.common import IdField, RequestModel
 from storage.models import TaskType
-from storage.projects import LABEL_PATTERN, MAX_LABEL_LENGTH, MAX_LABELS, MIN_LABELS, NAME_PATTERN, ProjectSettings
+from storage.names import NAME_PATTERN, NAME_POLICY, PADDED_NAME_PATTERN
+from storage.projects import MAX_LABEL_LENGTH, MAX_LABELS, MAX_PROJECT_NAME_LENGTH, MIN_LABELS, ProjectSettings
 
-LabelName = Annotated[str, StringConstraints(min_length=1, max_length=MAX_LABEL_LENGTH, pattern=LABEL_PATTERN)]
+# The name patterns document the policy; create_project checks it, so a bad name gets its own code and message.
+LabelName = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=MAX_LABEL_LENGTH),
+    Field(json_schema_extra={"pattern": NAME_PATTERN}),
+]
 
 
 def _optional(field: FieldInfo) -> tuple[Any, Any]:
@@ -35,12 +41,18 @@ else:
 
 
 class ProjectCreate(RequestModel):
-    name: str = Field(min_length=1, max_length=200, pattern=NAME_PATTERN)
+    name: str = Field(
+        min_length=1,
+        max_length=MAX_PROJECT_NAME_LENGTH,
+        json_schema_extra={"pattern": PADDED_NAME_PATTERN},
+        description="Unique; spaces at either end are removed. " + NAME_POLICY,
+    )
     labels: list[LabelName] = Field(
         min_length=MIN_LABELS,
         max_length=MAX_LABELS,
         json_schema_extra={"uniqueItems": True},
-        description="Ordered label names: unique, without leading or trailing spaces, 2 to 1000 of them.",
+        description="Ordered label names: unique, without leading or trailing spaces, 2 to 1000 of them. "
+        + NAME_POLICY,
     )
     task_type: TaskType = TaskType.classification
     settings: ProjectSettings = Field(default_factory=ProjectSettings)

@@ -6,11 +6,18 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service.schemas.common import RequestModel
 from storage.models import Role
-from storage.users import USER_NAME_PATTERN
+from storage.names import NAME_POLICY
+from storage.users import MAX_USER_NAME_LENGTH, USER_NAME_PATTERN
 
 
 class UserCreate(RequestModel):
-    name: str = Field(pattern=USER_NAME_PATTERN, description="Letters, digits, '_', '.', '@', '-'; up to 100.")
+    name: str = Field(
+        min_length=1,
+        max_length=MAX_USER_NAME_LENGTH,
+        json_schema_extra={"pattern": USER_NAME_PATTERN},  # documents what create_user checks
+        description="Letters, digits, '_', '.', '@', '-', starting with a letter or digit; unique ignoring case. "
+        + NAME_POLICY,
+    )
     role: Role
 
 

@@ -1,0 +1,81 @@
+"""What ``params`` each kind of job a person may start accepts: bounded, typed, and nothing else.
+
+The API validates a request against these before any row exists (anything else is a 422), and a job body
+reads its parameters through the same model, so a job stored by any other path (a schedule, the policy,
+an older version) is held to the same bounds. The keys the flywheel adds itself (``trigger``, ``cron``,
+``labeled``...) sit beside them in the stored params.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from annotation.label_issues import FilterBy
+from storage.errors import InvalidInput
+from storage.models import JobKind
+
+FOLDS_RANGE = (2, 20)
+EPOCHS_RANGE = (1, 1000)  # per fold, so at most 20,000 epochs for one job
+
+
+class JobParams(BaseModel):
+    # strict: "5" or 5.5 is not a number of folds; a typo in a key is an error, not ignored.
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class TrainParams(JobParams):
+    """A training follows the project's ``training`` settings."""
+
+    force: bool = Field(
+        default=False,
+        description="Train even when the champion or the newest training was made from the same labels and "
+        "settings (such a training is otherwise skipped: it would make the same model).",
+    )
+
+
+class RefreshParams(JobParams):
+    """None: a refresh refits the champion's head on every label."""
+
+
+class EmbedParams(JobParams):
+    """None: the champion's backbone embeds every image."""
+
+
+class MineParams(JobParams):
+    """None: a pass follows the project's ``mining`` settings."""
+
+
+class LabelQualityParams(JobParams):
+    folds: int = Field(default=5, ge=FOLDS_RANGE[0], le=FOLDS_RANGE[1], description="Cross-validation folds.")
+    filter_by: FilterBy = Field(default="prune_by_class", description="cleanlab's rule for the flagged set.")
+    epochs: int | None = Field(
+        default=None,
+        ge=EPOCHS_RANGE[0],
+        le=EPOCHS_RANGE[1],
+        description="Per fold; default: about 400 optimizer steps.",
+    )
+
+
+# The kinds a person may start through the API; the flywheel starts the others (export) itself.
+PARAMS: dict[JobKind, type[JobParams]] = {
+    JobKind.train: TrainParams,
+    JobKind.refresh: RefreshParams,
+    JobKind.embed: EmbedParams,
+    JobKind.label_quality: LabelQualityParams,
+    JobKind.mine: MineParams,
+}
+
+P = TypeVar("P", bound=JobParams)
+
+
+def read_params(model: type[P], stored: Mapping[str, Any]) -> P:
+    """A job's own parameters from its stored params (the flywheel's keys left aside); InvalidInput naming
+    each bad one."""
+    try:
+        return model.model_validate({key: value for key, value in stored.items() if key in model.model_fields})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise InvalidInput(f"invalid job params: {problems}", code="invalid_job_params") from None
