@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from service.cli import app
 from service.launcher import free_port
 from storage.models import JobKind
 from storage.settings import ENV_PREFIX, Settings
+from tests.conftest import unavailable
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
@@ -60,6 +62,9 @@ def test_every_setting_is_in_the_readme():
 def test_the_first_10_minutes_run_as_written(tmp_path):
     """One server start, one small training: the blocks run in one shell, in order, stopping at the first
     command that fails (``set -euo pipefail``)."""
+    for tool in ("curl", "jq"):
+        if shutil.which(tool) is None:
+            unavailable(tool, f"the walkthrough calls {tool}; install Debian's {tool} package")
     blocks = re.findall(r"```bash\n(.*?)```", section("First 10 minutes"), flags=re.DOTALL)
     script = "".join(blocks)
     port = free_port()
@@ -83,6 +88,7 @@ def test_the_first_10_minutes_run_as_written(tmp_path):
     assert shell.returncode == 0, said
     assert f"labelwheel on http://127.0.0.1:{port}" in said
     assert '{"accepted":200,"duplicate":0,"rejected":0}' in said
+    assert '"kind":"train","status":"succeeded"' in said
     assert "first model:" in said and "beats the majority baseline" in said
     (model,) = tmp_path.glob("*/digits.onnx")
     import onnxruntime
