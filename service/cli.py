@@ -1,10 +1,13 @@
-"""The `labelwheel` command: serve, worker, mining, database upgrades, users, folder import, label export and
-Label Studio import."""
+"""The `labelwheel` command: serve, worker, mining, database upgrades, users and project members, folder import,
+label export and Label Studio import. Each command calls the plain functions the HTTP routers call."""
 
 from __future__ import annotations
 
 import dataclasses
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,8 +20,12 @@ from storage.settings import Settings, SettingsError, get_settings
 app = typer.Typer(help="labelwheel: image labeling and data-flywheel service.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 users_app = typer.Typer(help="Users and API tokens.", no_args_is_help=True)
+projects_app = typer.Typer(help="Projects.", no_args_is_help=True)
+members_app = typer.Typer(help="Who may see a project and label in it.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(users_app, name="users")
+app.add_typer(projects_app, name="projects")
+projects_app.add_typer(members_app, name="members")
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -29,6 +36,32 @@ def _settings() -> Settings:
     except SettingsError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
+
+
+def _error(message: str) -> None:
+    console.print(message, style="red", markup=False, highlight=False)
+
+
+def _where(settings: Settings) -> str:
+    """Where a command looked: a name that is "not found" most often lives in another data directory."""
+    if settings.database_url:
+        from sqlalchemy.engine import make_url
+
+        url = make_url(settings.database_url).render_as_string(hide_password=True)
+        return f"in the database {url} (LABELWHEEL_DATABASE_URL)"
+    return f"in the data directory {settings.data_dir.resolve()} (LABELWHEEL_DATA_DIR)"
+
+
+@contextmanager
+def _exit_on_error(settings: Settings) -> Iterator[None]:
+    """End the command with the message of a domain error (exit 1); "not found" also says where it looked."""
+    from storage.errors import LabelwheelError, NotFound
+
+    try:
+        yield
+    except LabelwheelError as exc:
+        _error(f"{exc.message} {_where(settings)}" if isinstance(exc, NotFound) else exc.message)
+        raise typer.Exit(1) from None
 
 
 def _database(settings: Settings):
@@ -49,6 +82,7 @@ def serve(
     """Start the API server (the embedded default keeps everything under LABELWHEEL_DATA_DIR)."""
     import uvicorn
 
+    from service.listening import announce_when_answering, bind_error
     from storage.logs import configure_logging
     from storage.users import ensure_admin
 
@@ -56,13 +90,19 @@ def serve(
     host = host or settings.host
     port = port or settings.port
     workers = workers or settings.workers
+    if (error := bind_error(host, port)) is not None:
+        console.print(
+            f"cannot listen on {host}:{port}: {error.strerror or error}; stop what holds it, or choose another "
+            "with --port or LABELWHEEL_PORT",
+            style="red",
+            markup=False,
+        )
+        raise typer.Exit(2)
     configure_logging(settings.log_level)
     db = _database(settings)
     with db.session() as session:
         token = ensure_admin(session, token=settings.admin_token)
     db.dispose()
-    shown = "localhost" if host in {"0.0.0.0", "::"} else host
-    console.print(f"labelwheel on http://{shown}:{port}  (API docs: http://{shown}:{port}/docs)")
     console.print(f"data: {settings.resolved_database_url}  blobs: {settings.resolved_blob_url}  workers: {workers}")
     if token:
         console.print(f"admin token (shown once, keep it): [bold]{token}[/bold]")
@@ -74,6 +114,14 @@ def serve(
     job_worker = _start_job_worker() if settings.embedded_worker else None
     if job_worker is None:
         console.print("jobs: no worker started here (LABELWHEEL_EMBEDDED_WORKER=false); run `labelwheel worker`")
+    shown = "localhost" if host in {"0.0.0.0", "::"} else host
+    stop_announcing = threading.Event()
+    announce_when_answering(
+        host,
+        port,
+        lambda: console.print(f"labelwheel on http://{shown}:{port}  (API docs: http://{shown}:{port}/docs)"),
+        stop=stop_announcing,
+    )
     try:
         if workers > 1:
             # Each worker process builds its own app from the same LABELWHEEL_* environment.
@@ -85,6 +133,7 @@ def serve(
         settle_heap()
         uvicorn.run(app_, **options)
     finally:
+        stop_announcing.set()
         if job_worker is not None:
             job_worker.terminate()
             job_worker.wait(timeout=30)
@@ -150,18 +199,17 @@ def mine(project: Annotated[str, typer.Option(help="Project name.")]) -> None:
     The pass is a `mine` job like any other (visible in GET /api/v1/jobs/{id}); should this process die, a
     worker resumes it.
     """
-    from flywheel.jobs.rows import create_job, get_job
-    from flywheel.jobs.transport import get_transport
-    from storage.blobs import blob_store_from_settings
-    from storage.models import JobKind, JobStatus
-
     settings = _settings()
     db = _database(settings)
-    project_id = _project_id(db, project)  # a wrong name is told before seconds of imports
+    project_id = _project_id(db, settings, project)  # a wrong name is told before seconds of imports
     import torch
 
+    from flywheel.jobs.rows import create_job, get_job
     from flywheel.jobs.runner import run_job
+    from flywheel.jobs.transport import get_transport
     from flywheel.training.mining import run_mining
+    from storage.blobs import blob_store_from_settings
+    from storage.models import JobKind, JobStatus
 
     transport = get_transport(settings.resolved_queue_url)
     torch.set_num_threads(settings.train_threads)
@@ -213,39 +261,77 @@ def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")]
 def users_create(
     name: str,
     role: Annotated[str, typer.Option(help="admin, engineer or annotator.")] = "annotator",
+    project: Annotated[list[str] | None, typer.Option(help="Add the user to this project (repeatable).")] = None,
 ) -> None:
     """Create a user and print their API token (shown only this once)."""
-    from storage.errors import LabelwheelError
     from storage.models import Role
+    from storage.projects import add_member, get_project_by_name
     from storage.users import create_user
 
     if role not in {r.value for r in Role}:
-        console.print(f"[red]unknown role {role!r}: use admin, engineer or annotator[/red]")
+        _error(f"unknown role {role!r}: use admin, engineer or annotator")
         raise typer.Exit(2)
-    db = _database(_settings())
-    try:
-        with db.session() as session:
-            _, token = create_user(session, name=name, role=Role(role))
-    except LabelwheelError as exc:
-        console.print(f"[red]{exc.message}[/red]")
-        raise typer.Exit(1) from None
+    settings = _settings()
+    db = _database(settings)
+    with _exit_on_error(settings), db.session() as session:
+        projects = [get_project_by_name(session, name=p) for p in project or []]  # all found, or no user
+        user, token = create_user(session, name=name, role=Role(role))
+        for found in projects:
+            add_member(session, project=found, user_id=user.id)
     typer.echo(token)
+
+
+@users_app.command("list")
+def users_list() -> None:
+    """List users: id, name and role, one per line."""
+    from storage.users import list_users
+
+    settings = _settings()
+    with _database(settings).read_session() as session:
+        for user in list_users(session):
+            typer.echo(f"{user.id}\t{user.name}\t{user.role.value}")
 
 
 @users_app.command("rotate-token")
 def users_rotate(name: str) -> None:
     """Give a user a new API token (the old one stops working) and print it."""
-    from storage.errors import LabelwheelError
     from storage.users import rotate_token
 
-    db = _database(_settings())
-    try:
-        with db.session() as session:
-            token = rotate_token(session, name=name)
-    except LabelwheelError as exc:
-        console.print(f"[red]{exc.message}[/red]")
-        raise typer.Exit(1) from None
+    settings = _settings()
+    db = _database(settings)
+    with _exit_on_error(settings), db.session() as session:
+        token = rotate_token(session, name=name)
     typer.echo(token)
+
+
+@members_app.command("add")
+def members_add(
+    names: Annotated[list[str], typer.Argument(help="User names.", metavar="NAME...")],
+    project: Annotated[str, typer.Option(help="Project name.")],
+) -> None:
+    """Add users to a project (adding a member again changes nothing)."""
+    from storage.projects import add_member, get_project_by_name
+    from storage.users import get_user_by_name
+
+    settings = _settings()
+    db = _database(settings)
+    with _exit_on_error(settings), db.session() as session:
+        found = get_project_by_name(session, name=project)
+        users = [get_user_by_name(session, name=name) for name in names]  # all found, or none added
+        for user in users:
+            add_member(session, project=found, user_id=user.id)
+    typer.echo(f"{len(users)} member(s) of {project!r}: {', '.join(names)}")
+
+
+@members_app.command("list")
+def members_list(project: Annotated[str, typer.Option(help="Project name.")]) -> None:
+    """List a project's members: id, name and role, one per line (admins see every project without being members)."""
+    from storage.projects import get_project_by_name, list_members
+
+    settings = _settings()
+    with _exit_on_error(settings), _database(settings).read_session() as session:
+        for user in list_members(session, project=get_project_by_name(session, name=project)):
+            typer.echo(f"{user.id}\t{user.name}\t{user.role.value}")
 
 
 @app.command("import")
@@ -256,18 +342,11 @@ def import_folder(
 ) -> None:
     """Import every image under FOLDER into a project; running it again adds nothing (dedup)."""
     from storage.blobs import blob_store_from_settings
-    from storage.errors import LabelwheelError
     from storage.ingest import Ingestor, Limits, Outcome, candidates_from_folder
-    from storage.projects import get_project_by_name
 
     settings = _settings()
     db = _database(settings)
-    try:
-        with db.session() as session:
-            project_id = get_project_by_name(session, name=project).id
-    except LabelwheelError as exc:
-        console.print(f"[red]{exc.message}; create it with POST /api/v1/projects[/red]")
-        raise typer.Exit(1) from None
+    project_id = _project_id(db, settings, project)
     candidates = candidates_from_folder(folder)
     # A local folder is not a request: the per-request file limit does not apply.
     limits = dataclasses.replace(Limits.from_settings(settings), max_files=max(len(candidates), 1))
@@ -288,16 +367,11 @@ def import_folder(
     sys.exit(0)
 
 
-def _project_id(db, name: str) -> int:
-    from storage.errors import LabelwheelError
+def _project_id(db, settings: Settings, name: str) -> int:
     from storage.projects import get_project_by_name
 
-    try:
-        with db.session() as session:
-            return get_project_by_name(session, name=name).id
-    except LabelwheelError as exc:
-        console.print(f"[red]{exc.message}[/red]")
-        raise typer.Exit(1) from None
+    with _exit_on_error(settings), db.read_session() as session:
+        return get_project_by_name(session, name=name).id
 
 
 @app.command("export")
@@ -315,8 +389,9 @@ def export_labels(
     if format not in {f.value for f in ExportFormat}:
         console.print(f"[red]unknown format {format!r}: use csv, json or labelstudio[/red]")
         raise typer.Exit(2)
-    db = _database(_settings())
-    project_id = _project_id(db, project)
+    settings = _settings()
+    db = _database(settings)
+    project_id = _project_id(db, settings, project)
     with db.session() as session:
         total = count_labeled(session, project_id=project_id)
     written = 0
@@ -362,7 +437,7 @@ def import_labelstudio(
 
     settings = _settings()
     db = _database(settings)
-    project_id = _project_id(db, project)
+    project_id = _project_id(db, settings, project)
     candidates = candidates_from_folder(images) if images else []
     # A local folder is not one HTTP request: the per-request file limit does not apply.
     limits = dataclasses.replace(Limits.from_settings(settings), max_files=max(len(candidates), 1))

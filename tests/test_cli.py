@@ -1,22 +1,30 @@
-"""The `labelwheel` command: serve (prints an admin token and the docs URL), users, import, db upgrade."""
+"""The `labelwheel` command: serve (an admin token, its URL once it answers, a port in use), users and members,
+mining, import, db upgrade, and what a command says when a name is not found."""
 
 from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
+import typer
 from sqlalchemy import func, select
+from typer.testing import CliRunner
 
-from service.launcher import LABELWHEEL, running_server
+from service.cli import app as cli_app
+from service.launcher import LABELWHEEL, free_port, running_server
 from storage.db import Database
 from storage.models import Image
+from storage.settings import get_settings
 from tests import imagefactory as img
+from tests.factories import make_project
 
 
 def run(args, env, **kwargs):
@@ -37,16 +45,126 @@ def serving(env, log_path: Path) -> Iterator[tuple[str, str]]:
 
 
 @pytest.mark.slow
-def test_serve_prints_a_working_admin_token_once_and_the_docs_url(env, tmp_path):
-    env = {**env, "LABELWHEEL_DATABASE_URL": ""}  # the embedded default
-    with serving(env, tmp_path / "first.log") as (base, output):
-        assert f"{base}/docs" in output
-        token = re.search(r"admin token \(shown once, keep it\): (\S+)", output).group(1)
-        me = httpx.get(f"{base}/api/v1/users/me", headers={"Authorization": f"Bearer {token}"})
-        assert me.json()["role"] == "admin"
-        assert httpx.get(f"{base}/docs").status_code == 200
+def test_serve_prints_a_working_admin_token_once_then_its_url_once_it_answers(env, tmp_path):
+    env = {**env, "LABELWHEEL_DATABASE_URL": "", "LABELWHEEL_EMBEDDED_WORKER": "false"}  # the embedded default
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    serve = [LABELWHEEL, "serve", "--port", str(port)]
+    with subprocess.Popen(serve, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as server:
+        try:
+            printed = []
+            for line in server.stdout:
+                printed.append(line)
+                if line.startswith("labelwheel on "):
+                    break
+            # The moment the URL is printed, it answers (no retry here).
+            assert printed[-1].strip() == f"labelwheel on {base}  (API docs: {base}/docs)", printed
+            assert httpx.get(f"{base}/docs").status_code == 200
+            token = re.search(r"admin token \(shown once, keep it\): (\S+)", "".join(printed)).group(1)
+            me = httpx.get(f"{base}/api/v1/users/me", headers={"Authorization": f"Bearer {token}"})
+            assert me.json()["role"] == "admin"
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
     with serving(env, tmp_path / "second.log") as (_, output):
         assert "an admin exists already" in output
+
+
+def test_serve_on_a_port_in_use_says_so_in_one_line_and_exits_2_before_starting_anything(env, tmp_path):
+    env = {**env, "LABELWHEEL_DATABASE_URL": "", "LABELWHEEL_EMBEDDED_WORKER": "true"}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run(["serve", "--port", str(port)], env)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"cannot listen on 127.0.0.1:{port}: Address already in use; stop what holds it, or choose another with "
+        "--port or LABELWHEEL_PORT"
+    ]
+    assert not Path(env["LABELWHEEL_DATA_DIR"]).exists()  # no database made, no job worker started
+
+
+def test_mine_for_a_missing_project_says_where_it_looked_before_importing_torch(env, tmp_path):
+    env = {**env, "LABELWHEEL_DATABASE_URL": ""}
+    mine = [sys.executable, "-X", "importtime", "-m", "service.cli", "mine", "--project", "missing"]
+    result = subprocess.run(mine, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    said = [line for line in result.stderr.splitlines() if not line.startswith("import time:")]
+    data_dir = Path(env["LABELWHEEL_DATA_DIR"]).resolve()
+    assert said == [f"no project named 'missing' in the data directory {data_dir} (LABELWHEEL_DATA_DIR)"]
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+    assert "sqlalchemy" in imported and "torch" not in imported
+
+
+def cli(args: list[str], env: dict[str, str]):
+    """Run a command in this process (no interpreter start-up), with ``env`` read afresh as settings."""
+    get_settings.cache_clear()
+    try:
+        return CliRunner().invoke(cli_app, args, env=env)
+    finally:
+        get_settings.cache_clear()
+
+
+def test_users_and_project_members_from_the_command_line(client, admin, database_url, tmp_path):
+    project = make_project(client, admin, name="pets")
+    env = {"LABELWHEEL_DATA_DIR": str(tmp_path / "unused"), "LABELWHEEL_DATABASE_URL": database_url}
+    created = cli(["users", "create", "alice", "--role", "annotator", "--project", "pets"], env)
+    assert created.exit_code == 0, created.output
+    alice = {"Authorization": f"Bearer {created.stdout.strip()}"}
+    assert client.get(f"/api/v1/projects/{project['id']}", headers=alice).status_code == 200
+    assert cli(["users", "create", "bob", "--role", "engineer"], env).exit_code == 0
+    for _ in range(2):  # adding a member again changes nothing
+        added = cli(["projects", "members", "add", "bob", "--project", "pets"], env)
+        assert added.exit_code == 0, added.output
+    members = cli(["projects", "members", "list", "--project", "pets"], env).stdout
+    assert [line.split("\t")[1:] for line in members.splitlines()] == [["alice", "annotator"], ["bob", "engineer"]]
+
+    where = f"in the database {database_url} (LABELWHEEL_DATABASE_URL)"
+    ghost = cli(["projects", "members", "add", "alice", "ghost", "--project", "pets"], env)
+    assert ghost.exit_code == 1 and ghost.stderr.strip() == f"no user named 'ghost' {where}"
+    nowhere = cli(["users", "create", "carol", "--project", "pets", "--project", "nope"], env)
+    assert nowhere.exit_code == 1 and nowhere.stderr.strip() == f"no project named 'nope' {where}"
+    users = cli(["users", "list"], env).stdout
+    assert [line.split("\t")[1:] for line in users.splitlines()] == [
+        [admin.name, "admin"],
+        ["alice", "annotator"],
+        ["bob", "engineer"],
+    ]  # no carol: a wrong project name creates no user
+
+
+def test_every_command_that_takes_a_project_says_which_data_directory_it_looked_in(tmp_path):
+    data_dir = tmp_path / "elsewhere"
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "export.json").write_text("[]")
+    commands = {
+        "mine": ["mine"],
+        "import": ["import", str(tmp_path / "folder")],
+        "export": ["export", "--out", str(tmp_path / "out.csv")],
+        "import-labelstudio": ["import-labelstudio", str(tmp_path / "export.json")],
+        "users create": ["users", "create", "dave"],
+        "projects members add": ["projects", "members", "add", "dave"],
+        "projects members list": ["projects", "members", "list"],
+    }
+    assert set(commands) == set(commands_with_a_project_option())
+    env = {"LABELWHEEL_DATA_DIR": str(data_dir), "LABELWHEEL_DATABASE_URL": ""}  # the embedded default
+    for args in commands.values():
+        result = cli([*args, "--project", "nope"], env)
+        assert result.exit_code == 1, (args, result.output)
+        assert (
+            result.stderr.strip() == f"no project named 'nope' in the data directory {data_dir} (LABELWHEEL_DATA_DIR)"
+        )
+
+
+def commands_with_a_project_option(group=None, prefix: str = "") -> list[str]:
+    group = group or typer.main.get_group(cli_app)
+    found = []
+    for name, command in group.commands.items():
+        if hasattr(command, "commands"):
+            found += commands_with_a_project_option(command, f"{prefix}{name} ")
+        elif any(param.name == "project" for param in command.params):
+            found.append(f"{prefix}{name}")
+    return found
 
 
 @pytest.mark.slow
