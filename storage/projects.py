@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -20,6 +21,8 @@ MIN_LABELS, MAX_LABELS, MAX_LABEL_LENGTH = 2, 1000, 100
 LABEL_PATTERN = r"^[^\x00-\x20\x7f](?:[^\x00-\x1f\x7f]*[^\x00-\x20\x7f])?$"
 NAME_PATTERN = r"[^\x00-\x20\x7f]"
 ASCII_SPACE = " \t\n\r\x0b\x0c"
+# The labeling page's own keys (skip, undo): no label is bound to them.
+ACTION_KEYS = frozenset("su")
 
 
 class AugmentationSettings(BaseModel):
@@ -152,8 +155,28 @@ class ProjectSettings(BaseModel):
     review_max_labels: int = Field(
         default=5, ge=1, le=20, description="Automatic review stops asking for labels once an image needs this many."
     )
+    hotkeys: dict[str, str | None] = Field(
+        default_factory=dict,
+        description="Keys of the labeling page, {label: key}: one printable character each, unique, not s or u "
+        "(skip, undo); null removes a label's key. Other labels named by one free character get that key, the rest "
+        "1…9, 0, then a…z in order.",
+    )
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     mining: MiningSettings = Field(default_factory=MiningSettings)
+
+    @field_validator("hotkeys")
+    @classmethod
+    def _one_key_each(cls, hotkeys: dict[str, str | None]) -> dict[str, str | None]:
+        keys = {label: key for label, key in hotkeys.items() if key is not None}
+        for label, key in keys.items():
+            if len(key) != 1 or not key.isprintable() or key.isspace():
+                raise ValueError(f"the key of {label!r} must be one printable character, not {key!r}")
+            if key.lower() in ACTION_KEYS:
+                raise ValueError(f"the key of {label!r} cannot be {key!r}: s skips and u undoes on the labeling page")
+        taken = Counter(keys.values())
+        if repeated := sorted(key for key, n in taken.items() if n > 1):
+            raise ValueError(f"each key may label one label only; given to several: {', '.join(repeated)}")
+        return dict(keys)
 
 
 def validate_labels(labels: list[str]) -> list[str]:
@@ -174,13 +197,18 @@ def validate_labels(labels: list[str]) -> list[str]:
     return cleaned
 
 
-def validate_settings(raw: dict[str, Any] | None) -> dict[str, Any]:
+def validate_settings(raw: dict[str, Any] | None, *, labels: list[str]) -> dict[str, Any]:
     try:
-        return ProjectSettings.model_validate(raw or {}).model_dump()
+        settings = ProjectSettings.model_validate(raw or {})
     except ValidationError as exc:
         details = [{"setting": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in exc.errors()]
         summary = "; ".join(f"{d['setting']}: {d['message']}" for d in details)
         raise InvalidInput(f"invalid project settings: {summary}", code="invalid_settings", details=details) from None
+    if unknown := [label for label in settings.hotkeys if label not in labels]:
+        message = f"hotkeys: no label named {', '.join(map(repr, unknown[:10]))} in this project's label set"
+        details = [{"setting": f"hotkeys.{label}", "message": "not a label of the project"} for label in unknown]
+        raise InvalidInput(f"invalid project settings: {message}", code="invalid_settings", details=details)
+    return settings.model_dump()
 
 
 def create_project(
@@ -194,8 +222,9 @@ def create_project(
     name = name.strip(ASCII_SPACE)
     if not re.search(NAME_PATTERN, name):
         raise InvalidInput("project name must have a visible character", code="invalid_project_name")
+    labels = validate_labels(labels)
     project = Project(
-        name=name, labels=validate_labels(labels), settings=validate_settings(settings), task_type=task_type
+        name=name, labels=labels, settings=validate_settings(settings, labels=labels), task_type=task_type
     )
     try:
         with session.begin_nested():
@@ -206,7 +235,7 @@ def create_project(
 
 
 def update_settings(session: Session, *, project: Project, changes: dict[str, Any]) -> Project:
-    project.settings = validate_settings(_merged(project.settings, changes))
+    project.settings = validate_settings(_merged(project.settings, changes), labels=project.labels)
     session.flush()
     return project
 

@@ -34,11 +34,13 @@ def _read(model: ModelVersion) -> ModelRead:
 
 @router.get("/projects/{project_id}/models", summary="The project's model versions, newest first (admin, engineer)")
 def index(project: EngineerProject, session: ReadSessionDep) -> list[ModelRead]:
+    """Every model version of the project, newest first, with its status and test accuracy."""
     return [_read(model) for model in list_models(session, project_id=project.id)]
 
 
 @router.get("/projects/{project_id}/models/champion", summary="The champion's model card (admin, engineer)")
 def read_champion(project: EngineerProject, session: ReadSessionDep) -> ModelCard:
+    """The model card of the model that serves predictions and pre-labels now; 404 before the first promotion."""
     best = champion(session, project_id=project.id)
     if best is None:
         raise NotFound(f"project {project.id} has no champion model yet", code="no_champion")
@@ -47,6 +49,8 @@ def read_champion(project: EngineerProject, session: ReadSessionDep) -> ModelCar
 
 @router.get("/models/{model_id}", summary="A model card: metrics, snapshot, lineage, decision (admin, engineer)")
 def read(model: EngineerModel, session: ReadSessionDep) -> ModelCard:
+    """Metrics on the test split against the baseline and the champion, the dataset snapshot (id, hash, counts), the
+    parent model, the settings, and why it was or was not promoted."""
     return model_card(session, model=model)
 
 
@@ -62,6 +66,8 @@ def download(
     runtime: RuntimeDep,
     format: Annotated[DownloadFormat, Query(description="onnx, weights or card.")] = DownloadFormat.onnx,
 ) -> Response:
+    """`onnx` (the exported model, for inference anywhere), `weights` (a PyTorch checkpoint of plain tensors,
+    loadable with `weights_only=True`) or `card` (the model card as JSON)."""
     file = model_file(session, runtime.blobs, model=model, format=format)
     return Response(
         file.data,
@@ -80,6 +86,8 @@ def promote_(
     runtime: RuntimeDep,
     body: PromoteRequest | None = None,
 ) -> ModelCard:
+    """Makes this model the champion, recorded with who and why; promoting an older model is a rollback. Pre-labels
+    and `/predict` use it from now on."""
     reason = (body or PromoteRequest()).reason
     promoted = make_champion(session, model=model, by_user=principal.id, reason=reason, transport=runtime.transport)
     return model_card(session, model=promoted)
@@ -95,6 +103,8 @@ def predict(
     runtime: RuntimeDep,
     files: Annotated[list[UploadFile], File(description="Images; repeat the field for several.")],
 ) -> PredictResult:
+    """Runs the serving model on uploaded images (checked like any upload, not stored) and returns each one's
+    label, confidence and probability per label, with the model version that answered."""
     images = decode_uploads([(f.filename or "upload", f.file) for f in files], limits=runtime.limits)
     model, answers = runtime.predictor.predict(session, project_id=project.id, images=images)
     return PredictResult(

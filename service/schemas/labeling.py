@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -52,11 +53,27 @@ class AnnotationsPage(BaseModel):
     next_after: int | None
 
 
-class ProgressRead(BaseModel):
+class WaitingReasonRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    code: Literal["needs_annotator", "being_labeled", "open"] = Field(
+        description="needs_annotator: every annotator member has labeled or skipped these images, so only a new "
+        "member can finish them; being_labeled: someone holds a lease on them now; open: annotators who have not "
+        "been served them can take them."
+    )
     images: int
-    waiting: int
-    done: int
-    labeled_by_you: int
+    message: str = Field(description="The reason in words, for people.")
+
+
+class ProgressRead(BaseModel):
+    images: int = Field(description="Images in the project.")
+    waiting: int = Field(description="Images still waiting for labels.")
+    done: int = Field(description="Images with every label they can get (images - waiting).")
+    labeled_by_you: int = Field(description="Tasks the caller has submitted in this project.")
+    waiting_reasons: list[WaitingReasonRead] = Field(
+        description="Why the waiting images wait, by reason; their counts add up to `waiting` (an image leased "
+        "by a non-member after every member was served it counts twice)."
+    )
 
 
 class GoldSet(RequestModel):
