@@ -59,7 +59,9 @@ class TrainingSettings(BaseModel):
         description="A file in LABELWHEEL_PRETRAINED_DIR with backbone weights; random init when unset.",
     )
     epochs: int = Field(default=20, ge=1, le=1000)
-    patience: int = Field(default=8, ge=1, le=1000)
+    patience: int = Field(
+        default=8, ge=1, le=1000, description="With a dev split: epochs without a better dev accuracy before stopping."
+    )
     min_epoch_images: int = Field(
         default=1024,
         ge=0,

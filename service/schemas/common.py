@@ -25,9 +25,9 @@ class RequestModel(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    code: str
-    message: str
-    details: Any = None
+    code: str = Field(description="A stable, machine-readable error code, e.g. project_not_found.")
+    message: str = Field(description="What went wrong and how to fix it.")
+    details: Any = Field(default=None, description="More about the error when there is more, e.g. each invalid field.")
 
 
 class ErrorResponse(BaseModel):

@@ -11,7 +11,7 @@ from storage.users import USER_NAME_PATTERN
 
 class UserCreate(RequestModel):
     name: str = Field(pattern=USER_NAME_PATTERN, description="Letters, digits, '_', '.', '@', '-'; up to 100.")
-    role: Role
+    role: Role = Field(description="admin, engineer or annotator.")
 
 
 class UserRead(BaseModel):
