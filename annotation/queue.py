@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, and_, case, func, select, update
+from sqlalchemy import Select, and_, case, func, select, true, update
 from sqlalchemy.orm import Session
 
 from storage.errors import Conflict
@@ -67,10 +67,15 @@ def labels_wanted(image: Image, *, annotators: int) -> int:
 
 
 def place_in_queue(image: Image, *, annotators: int) -> None:
-    """Set the image's tier from its label counts; an image with all the labels it can get leaves the queue."""
-    if image.gold_label is not None or image.label_count >= labels_wanted(image, annotators=annotators):
+    """Set the image's tier from its label counts; an image with all the labels it can get leaves the queue.
+
+    One that wanted more than the team can give keeps its review reason, for when a new annotator joins.
+    """
+    if image.gold_label is not None or image.label_count >= image.labels_needed:
         image.queue_tier = None
         image.review_reason = None
+    elif image.label_count >= labels_wanted(image, annotators=annotators):
+        image.queue_tier = None
     elif image.review_reason is not None:
         image.queue_tier = QueueTier.review
     elif image.label_count > 0:
@@ -250,23 +255,24 @@ def requeue_for_team(session: Session, *, project_id: int) -> None:
     """After the project's annotator members changed: images that now have every label they can get leave
     the queue, and images that a larger team can give more labels come back to it."""
     annotators = annotator_members(session, project_id=project_id)
-    if not annotators:
-        return
     base = (Image.project_id == project_id, Image.gold_label.is_(None))
-    session.execute(
-        update(Image)
-        .where(*base, Image.queue_tier.is_not(None), Image.label_count >= annotators)
-        .values(queue_tier=None, review_reason=None)
-    )
-    session.execute(
-        update(Image)
-        .where(
-            *base,
-            Image.queue_tier.is_(None),
-            Image.label_count < Image.labels_needed,
-            Image.label_count < annotators,
+    if annotators:
+        session.execute(
+            update(Image)
+            .where(*base, Image.queue_tier.is_not(None), Image.label_count >= annotators)
+            .values(queue_tier=None)
         )
-        .values(queue_tier=case((Image.label_count > 0, int(QueueTier.overlap)), else_=int(QueueTier.fresh)))
+    reachable = Image.label_count < annotators if annotators else true()
+    session.execute(
+        update(Image)
+        .where(*base, Image.queue_tier.is_(None), Image.label_count < Image.labels_needed, reachable)
+        .values(
+            queue_tier=case(
+                (Image.review_reason.is_not(None), int(QueueTier.review)),
+                (Image.label_count > 0, int(QueueTier.overlap)),
+                else_=int(QueueTier.fresh),
+            )
+        )
     )
 
 
