@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -21,8 +21,11 @@ MIN_LABELS, MAX_LABELS, MAX_LABEL_LENGTH = 2, 1000, 100
 LABEL_PATTERN = r"^[^\x00-\x20\x7f](?:[^\x00-\x1f\x7f]*[^\x00-\x20\x7f])?$"
 NAME_PATTERN = r"[^\x00-\x20\x7f]"
 ASCII_SPACE = " \t\n\r\x0b\x0c"
-# The labeling page's own keys (skip, undo): no label is bound to them.
-ACTION_KEYS = frozenset("su")
+# A label's key on the labeling page: one visible character, not the page's own keys s (skip) and u (undo),
+# in either case. Explicit ASCII classes, as above; the schema states it and the validator explains it.
+KEY_PATTERN = r"^[^\x00-\x20\x7f-\x9f]$"
+ACTION_KEYS = frozenset("suSU")
+HotKey = Annotated[str, WithJsonSchema({"type": "string", "pattern": r"^[^\x00-\x20\x7f-\x9fsuSU]$"})]
 
 
 class AugmentationSettings(BaseModel):
@@ -157,7 +160,7 @@ class ProjectSettings(BaseModel):
     review_max_labels: int = Field(
         default=5, ge=1, le=20, description="Automatic review stops asking for labels once an image needs this many."
     )
-    hotkeys: dict[str, str | None] = Field(
+    hotkeys: dict[str, HotKey | None] = Field(
         default_factory=dict,
         description="Keys of the labeling page, {label: key}: one printable character each, unique, not s or u "
         "(skip, undo); null removes a label's key. Other labels named by one free character get that key, the rest "
@@ -171,9 +174,9 @@ class ProjectSettings(BaseModel):
     def _one_key_each(cls, hotkeys: dict[str, str | None]) -> dict[str, str | None]:
         keys = {label: key for label, key in hotkeys.items() if key is not None}
         for label, key in keys.items():
-            if len(key) != 1 or not key.isprintable() or key.isspace():
+            if not re.fullmatch(KEY_PATTERN, key):
                 raise ValueError(f"the key of {label!r} must be one printable character, not {key!r}")
-            if key.lower() in ACTION_KEYS:
+            if key in ACTION_KEYS:
                 raise ValueError(f"the key of {label!r} cannot be {key!r}: s skips and u undoes on the labeling page")
         taken = Counter(keys.values())
         if repeated := sorted(key for key, n in taken.items() if n > 1):
