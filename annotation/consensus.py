@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from annotation.crowd import Crowd, load_crowd
 from annotation.dawid_skene import dawid_skene, one_coin, posterior_from_skills
-from annotation.queue import place_in_queue
+from annotation.queue import annotator_members, labels_wanted, place_in_queue
 from storage.models import (
     Annotation,
     AnnotatorExclusion,
@@ -176,25 +176,27 @@ def _weakness(label: str | None, posterior: float | None, tie: bool, threshold: 
     return None
 
 
-def _settle(image: Image, settings: ProjectSettings) -> bool:
-    """Ask for one more label if the image has all it needed and its consensus is still weak; then
+def _settle(image: Image, settings: ProjectSettings, *, annotators: int) -> bool:
+    """Ask for one more label if the image has all it can get and its consensus is still weak; then
     place it in the queue. True when it was sent for another label."""
     sent = False
-    if settings.auto_review and image.gold_label is None and image.label_count >= image.labels_needed:
+    has_all = image.label_count >= labels_wanted(image, annotators=annotators)
+    if settings.auto_review and image.gold_label is None and has_all:
         weak = _weakness(
             image.consensus_label, image.consensus_posterior, image.consensus_tie, settings.review_posterior
         )
         if weak is not None and image.label_count < settings.review_max_labels:
             image.labels_needed, image.review_reason, sent = image.label_count + 1, weak, True
-    place_in_queue(image)
-    return sent
+    place_in_queue(image, annotators=annotators)
+    return sent and image.queue_tier is not None
 
 
 def refresh_consensus(session: Session, *, project: Project, image: Image) -> None:
     """Recompute one image's label from its current annotations and the project's last fit (a few rows)."""
+    annotators = annotator_members(session, project_id=project.id)
     if image.gold_label is not None:
         image.consensus_label, image.consensus_tie, image.consensus_posterior = image.gold_label, False, 1.0
-        place_in_queue(image)
+        place_in_queue(image, annotators=annotators)
         return
     votes = dict(
         session.execute(
@@ -233,7 +235,7 @@ def refresh_consensus(session: Session, *, project: Project, image: Image) -> No
         image.consensus_label = project.labels[int(posterior.argmax())]
         image.consensus_posterior = float(ordered[-1])
         image.consensus_tie = bool(ordered[-1] - ordered[-2] < TIE_TOLERANCE)
-    _settle(image, project_settings(project))
+    _settle(image, project_settings(project), annotators=annotators)
 
 
 @dataclass(frozen=True)
@@ -306,6 +308,7 @@ def update_project_consensus(session: Session, project_id: int) -> ConsensusSumm
     consensus = compute_consensus(crowd)
     _store_fit(session, project=project, consensus=consensus)
     settings = project_settings(project)
+    annotators = annotator_members(session, project_id=project_id)
     changed = sent = 0
     for image in images:
         i = int(np.searchsorted(crowd.image_ids, image.id))
@@ -315,7 +318,7 @@ def update_project_consensus(session: Session, project_id: int) -> ConsensusSumm
         changed += int(label != image.consensus_label)
         image.consensus_label, image.consensus_posterior = label, posterior
         image.consensus_tie = bool(found and consensus.tie[i])
-        sent += _settle(image, settings)
+        sent += _settle(image, settings, annotators=annotators)
     session.flush()
     return ConsensusSummary(
         method=consensus.method,

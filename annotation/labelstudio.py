@@ -36,6 +36,7 @@ from annotation.labelstudio_tasks import (
     target_from_config,
     task_labels,
 )
+from annotation.queue import requeue_for_team
 from storage.blobs import BlobStore
 from storage.db import Database
 from storage.errors import Conflict
@@ -294,6 +295,7 @@ def _store_batch(
             set_gold(session, project=project, image_id=task.image_id, label=task.gold_label)
             summary.gold_set += 1
     session.flush()
+    requeue_for_team(session, project_id=project.id)  # its annotators joined the project
 
 
 # --- the import ---------------------------------------------------------------------------------

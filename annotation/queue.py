@@ -11,12 +11,24 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, and_, case, func, select, true, update
 from sqlalchemy.orm import Session
 
 from storage.errors import Conflict
-from storage.models import Assignment, AssignmentStatus, Image, Prediction, Project, QueueTier, utcnow
+from storage.models import (
+    Assignment,
+    AssignmentStatus,
+    Image,
+    Membership,
+    Prediction,
+    Project,
+    QueueTier,
+    Role,
+    User,
+    utcnow,
+)
 from storage.users import Principal
 
 
@@ -35,11 +47,35 @@ class Task:
     prelabel: PreLabel | None
 
 
-def place_in_queue(image: Image) -> None:
-    """Set the image's tier from its label counts; an image with all its labels leaves the queue."""
+def annotator_members(session: Session, *, project_id: int) -> int:
+    """How many of the project's members are annotators: the most distinct labels the queue asks for."""
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(Membership)
+            .join(User, User.id == Membership.user_id)
+            .where(Membership.project_id == project_id, User.role == Role.annotator)
+        )
+        or 0
+    )
+
+
+def labels_wanted(image: Image, *, annotators: int) -> int:
+    """The labels an image waits for: what overlap or review asked for, but never more than the project has
+    annotator members (a project without any, labeled by its admins and engineers, is not capped)."""
+    return min(image.labels_needed, annotators) if annotators else image.labels_needed
+
+
+def place_in_queue(image: Image, *, annotators: int) -> None:
+    """Set the image's tier from its label counts; an image with all the labels it can get leaves the queue.
+
+    One that wanted more than the team can give keeps its review reason, for when a new annotator joins.
+    """
     if image.gold_label is not None or image.label_count >= image.labels_needed:
         image.queue_tier = None
         image.review_reason = None
+    elif image.label_count >= labels_wanted(image, annotators=annotators):
+        image.queue_tier = None
     elif image.review_reason is not None:
         image.queue_tier = QueueTier.review
     elif image.label_count > 0:
@@ -215,6 +251,31 @@ def skip_task(session: Session, *, principal: Principal, project: Project, image
     session.flush()
 
 
+def requeue_for_team(session: Session, *, project_id: int) -> None:
+    """After the project's annotator members changed: images that now have every label they can get leave
+    the queue, and images that a larger team can give more labels come back to it."""
+    annotators = annotator_members(session, project_id=project_id)
+    base = (Image.project_id == project_id, Image.gold_label.is_(None))
+    if annotators:
+        session.execute(
+            update(Image)
+            .where(*base, Image.queue_tier.is_not(None), Image.label_count >= annotators)
+            .values(queue_tier=None)
+        )
+    reachable = Image.label_count < annotators if annotators else true()
+    session.execute(
+        update(Image)
+        .where(*base, Image.queue_tier.is_(None), Image.label_count < Image.labels_needed, reachable)
+        .values(
+            queue_tier=case(
+                (Image.review_reason.is_not(None), int(QueueTier.review)),
+                (Image.label_count > 0, int(QueueTier.overlap)),
+                else_=int(QueueTier.fresh),
+            )
+        )
+    )
+
+
 def capacity_left(session: Session, *, image: Image, annotator_id: int, now: datetime) -> bool:
     """Whether one more annotator may label the image now (its other leases and labels counted)."""
     return (
@@ -223,7 +284,81 @@ def capacity_left(session: Session, *, image: Image, annotator_id: int, now: dat
     )
 
 
-def progress(session: Session, *, project_id: int, annotator_id: int) -> dict[str, int]:
+@dataclass(frozen=True)
+class WaitingReason:
+    code: str  # needs_annotator, being_labeled or open
+    images: int
+    message: str
+
+
+ORDINALS = ("second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth")
+
+
+def _images(n: int, verbs: tuple[str, str]) -> str:
+    """ "1 image needs", "2 images need"."""
+    return f"1 image {verbs[0]}" if n == 1 else f"{n} images {verbs[1]}"
+
+
+def waiting_reasons(session: Session, *, project_id: int, waiting: int) -> list[WaitingReason]:
+    """Why the waiting images wait: every annotator member has been served them (labeled or skipped: only a new
+    member can finish them), someone holds a lease on them now, or annotators who have not seen them can take
+    them. The first two are why an annotator's queue can be empty while images still wait."""
+    if not waiting:
+        return []
+    now = utcnow()
+    live = and_(Assignment.status == AssignmentStatus.leased, Assignment.expires_at > now)
+    waiting_images = (Image.project_id == project_id, Image.queue_tier.is_not(None))
+    reasons: list[WaitingReason] = []
+    annotators = annotator_members(session, project_id=project_id)
+    if annotators:
+        served_by_all = (
+            select(Assignment.image_id)
+            .join(User, and_(User.id == Assignment.annotator_id, User.role == Role.annotator))
+            .join(
+                Membership,
+                and_(Membership.project_id == Assignment.project_id, Membership.user_id == Assignment.annotator_id),
+            )
+            .where(Assignment.project_id == project_id, ~live)
+            .group_by(Assignment.image_id)
+            .having(func.count() >= annotators)
+        )
+        stuck = session.execute(
+            select(Image.label_count, func.count())
+            .where(*waiting_images, Image.id.in_(served_by_all))
+            .group_by(Image.label_count)
+            .order_by(Image.label_count)
+        ).all()
+        team = f"all {annotators} annotator members" if annotators > 1 else "the project's only annotator member"
+        for labels, n in stuck:
+            them = "it" if n == 1 else "them"
+            if labels:
+                nth = ORDINALS[labels - 1] if labels <= len(ORDINALS) else f"{labels + 1}th"
+                why = f"a {nth} annotator: {team} labeled or skipped {them}"
+            else:
+                why = f"an annotator: {team} skipped {them}"
+            message = f"{_images(n, ('needs', 'need'))} {why}; add an annotator to the project to finish {them}"
+            reasons.append(WaitingReason("needs_annotator", n, message))
+    leased = (
+        session.scalar(
+            select(func.count(func.distinct(Assignment.image_id)))
+            .join(Image, Image.id == Assignment.image_id)
+            .where(*waiting_images, live)
+        )
+        or 0
+    )
+    if leased:
+        reasons.append(
+            WaitingReason("being_labeled", leased, f"{_images(leased, ('is', 'are'))} being labeled right now")
+        )
+    rest = waiting - sum(r.images for r in reasons)
+    if rest > 0:
+        them = "it" if rest == 1 else "them"
+        message = f"{_images(rest, ('waits', 'wait'))} for annotators who have not been served {them} yet"
+        reasons.append(WaitingReason("open", rest, message))
+    return reasons
+
+
+def progress(session: Session, *, project_id: int, annotator_id: int) -> dict[str, Any]:
     images = select(func.count()).select_from(Image).where(Image.project_id == project_id)
     waiting = session.scalar(images.where(Image.queue_tier.is_not(None))) or 0
     total = session.scalar(images) or 0
@@ -236,4 +371,10 @@ def progress(session: Session, *, project_id: int, annotator_id: int) -> dict[st
             Assignment.status == AssignmentStatus.submitted,
         )
     )
-    return {"images": total, "waiting": waiting, "done": total - waiting, "labeled_by_you": mine or 0}
+    return {
+        "images": total,
+        "waiting": waiting,
+        "done": total - waiting,
+        "labeled_by_you": mine or 0,
+        "waiting_reasons": waiting_reasons(session, project_id=project_id, waiting=waiting),
+    }

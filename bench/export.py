@@ -59,7 +59,9 @@ def populate(url: str, images: int, seed: int = 0) -> int:
     db = Database(url)
     now = utcnow()
     with db.session() as session:
-        project = Project(name="bench-export", labels=LABELS, settings=validate_settings({"overlap_k": ANNOTATORS}))
+        project = Project(
+            name="bench-export", labels=LABELS, settings=validate_settings({"overlap_k": ANNOTATORS}, labels=LABELS)
+        )
         session.add(project)
         users = [User(name=f"annotator{i}", role=Role.annotator, token_hash=hash_token(f"t{i}")) for i in range(5)]
         session.add_all(users)

@@ -53,6 +53,11 @@ def create_app(settings: Settings | None = None, *, migrate: bool | None = None)
         version="0.1.0",
         summary="Image labeling and data-flywheel service",
         description="All endpoints but `/health` need `Authorization: Bearer <token>`.",
+        # /docs is served from the package by service/routers/webpage.py: FastAPI's own pages load Swagger UI
+        # and ReDoc from a CDN, blank without internet.
+        docs_url=None,
+        redoc_url=None,
+        swagger_ui_oauth2_redirect_url=None,
     )
     app.state.runtime = runtime
     add_exception_handlers(app)

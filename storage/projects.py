@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import re
+from collections import Counter
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -15,6 +17,11 @@ from storage.names import clean_name, name_problem, nfc
 from storage.users import Principal
 
 MIN_LABELS, MAX_LABELS, MAX_LABEL_LENGTH, MAX_PROJECT_NAME_LENGTH = 2, 1000, 100, 200
+# A label's key on the labeling page: one visible character, not the page's own keys s (skip) and u (undo),
+# in either case. Explicit ASCII classes, so the API schema (Rust regex) and the validator (Python re) agree.
+KEY_PATTERN = r"^[^\x00-\x20\x7f-\x9f]$"
+ACTION_KEYS = frozenset("suSU")
+HotKey = Annotated[str, WithJsonSchema({"type": "string", "pattern": r"^[^\x00-\x20\x7f-\x9fsuSU]$"})]
 
 
 class AugmentationSettings(BaseModel):
@@ -58,7 +65,9 @@ class TrainingSettings(BaseModel):
         description="A file in LABELWHEEL_PRETRAINED_DIR with backbone weights; random init when unset.",
     )
     epochs: int = Field(default=20, ge=1, le=1000)
-    patience: int = Field(default=8, ge=1, le=1000)
+    patience: int = Field(
+        default=8, ge=1, le=1000, description="With a dev split: epochs without a better dev accuracy before stopping."
+    )
     min_epoch_images: int = Field(
         default=1024,
         ge=0,
@@ -154,8 +163,28 @@ class ProjectSettings(BaseModel):
     review_max_labels: int = Field(
         default=5, ge=1, le=20, description="Automatic review stops asking for labels once an image needs this many."
     )
+    hotkeys: dict[str, HotKey | None] = Field(
+        default_factory=dict,
+        description="Keys of the labeling page, {label: key}: one printable character each, unique, not s or u "
+        "(skip, undo); null removes a label's key. Other labels named by one free character get that key, the rest "
+        "1…9, 0, then a…z in order.",
+    )
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     mining: MiningSettings = Field(default_factory=MiningSettings)
+
+    @field_validator("hotkeys")
+    @classmethod
+    def _one_key_each(cls, hotkeys: dict[str, str | None]) -> dict[str, str | None]:
+        keys = {label: key for label, key in hotkeys.items() if key is not None}
+        for label, key in keys.items():
+            if not re.fullmatch(KEY_PATTERN, key):
+                raise ValueError(f"the key of {label!r} must be one printable character, not {key!r}")
+            if key in ACTION_KEYS:
+                raise ValueError(f"the key of {label!r} cannot be {key!r}: s skips and u undoes on the labeling page")
+        taken = Counter(keys.values())
+        if repeated := sorted(key for key, n in taken.items() if n > 1):
+            raise ValueError(f"each key may label one label only; given to several: {', '.join(repeated)}")
+        return dict(keys)
 
 
 def validate_labels(labels: list[str]) -> list[str]:
@@ -176,13 +205,18 @@ def validate_labels(labels: list[str]) -> list[str]:
     return cleaned
 
 
-def validate_settings(raw: dict[str, Any] | None) -> dict[str, Any]:
+def validate_settings(raw: dict[str, Any] | None, *, labels: list[str]) -> dict[str, Any]:
     try:
-        return ProjectSettings.model_validate(raw or {}).model_dump()
+        settings = ProjectSettings.model_validate(raw or {})
     except ValidationError as exc:
         details = [{"setting": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in exc.errors()]
         summary = "; ".join(f"{d['setting']}: {d['message']}" for d in details)
         raise InvalidInput(f"invalid project settings: {summary}", code="invalid_settings", details=details) from None
+    if unknown := [label for label in settings.hotkeys if label not in labels]:
+        message = f"hotkeys: no label named {', '.join(map(repr, unknown[:10]))} in this project's label set"
+        details = [{"setting": f"hotkeys.{label}", "message": "not a label of the project"} for label in unknown]
+        raise InvalidInput(f"invalid project settings: {message}", code="invalid_settings", details=details)
+    return settings.model_dump()
 
 
 def create_project(
@@ -196,8 +230,9 @@ def create_project(
     name = clean_name(
         name.strip(), what="project name", code="invalid_project_name", max_length=MAX_PROJECT_NAME_LENGTH
     )
+    labels = validate_labels(labels)
     project = Project(
-        name=name, labels=validate_labels(labels), settings=validate_settings(settings), task_type=task_type
+        name=name, labels=labels, settings=validate_settings(settings, labels=labels), task_type=task_type
     )
     try:
         with session.begin_nested():
@@ -208,7 +243,7 @@ def create_project(
 
 
 def update_settings(session: Session, *, project: Project, changes: dict[str, Any]) -> Project:
-    project.settings = validate_settings(_merged(project.settings, changes))
+    project.settings = validate_settings(_merged(project.settings, changes), labels=project.labels)
     session.flush()
     return project
 

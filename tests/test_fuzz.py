@@ -20,10 +20,13 @@ from tests.factories import make_user
 from tests.test_access import ROUTES
 
 EXAMPLES_PER_OPERATION = 100
-# Whether uploaded bytes are an image, a label belongs to the project's label set, or a string is a cron
-# expression, is beyond what a schema can say: schema-valid requests are rightly refused there with a 422,
-# so only the "valid data is accepted" check is left out for these operations (never the 5xx check).
+# Whether uploaded bytes are an image, a label belongs to the project's label set (hotkeys name labels, one
+# key each), or a string is a cron expression, is beyond what a schema can say: schema-valid requests are
+# rightly refused there with a 422, so only the "valid data is accepted" check is left out for these
+# operations (never the 5xx check).
 DATA_DEPENDENT = {
+    "POST /api/v1/projects",
+    "PATCH /api/v1/projects/{project_id}/settings",
     "POST /api/v1/projects/{project_id}/images",
     "POST /api/v1/projects/{project_id}/annotations",
     "PUT /api/v1/projects/{project_id}/gold",

@@ -295,4 +295,55 @@ def test_progress_counts_for_the_page(client, admin, team):
     task = next_task(client, project, team[0]).json()
     submit(client, project, team[0], task["image_id"], "cat")
     progress = client.get(f"/api/v1/projects/{project['id']}/progress", headers=team[0].headers).json()
-    assert progress == {"images": 3, "waiting": 2, "done": 1, "labeled_by_you": 1}
+    reasons = [
+        {"code": "open", "images": 2, "message": "2 images wait for annotators who have not been served them yet"}
+    ]
+    assert progress == {"images": 3, "waiting": 2, "done": 1, "labeled_by_you": 1, "waiting_reasons": reasons}
+
+
+def test_overlap_asks_for_no_more_annotators_than_the_project_has_and_progress_says_what_waits(
+    client, admin, team, app
+):
+    """overlap_k 3 with two annotator members: two labels finish an image; a third member brings the images back.
+    An image every member labeled or skipped is reported as waiting for a new member, not silently."""
+    project, image_ids = setup_project(
+        client, admin, team[:2], images=3, settings={"overlap_rate": 1.0, "overlap_k": 3}
+    )
+    url = f"/api/v1/projects/{project['id']}/progress"
+
+    def progress(account):
+        answer = client.get(url, headers=account.headers)
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    assert progress(team[0])["waiting_reasons"] == [
+        {"code": "open", "images": 3, "message": "3 images wait for annotators who have not been served them yet"}
+    ]
+    label_all(client, project, team[0], "cat")
+    skipped = next_task(client, project, team[1]).json()["image_id"]
+    assert (
+        client.post(f"/api/v1/projects/{project['id']}/tasks/{skipped}/skip", headers=team[1].headers).status_code
+        == 204
+    )
+    assert len(label_all(client, project, team[1], "cat")) == 2
+    seen = progress(team[1])
+    assert (seen["images"], seen["waiting"], seen["done"], seen["labeled_by_you"]) == (3, 1, 2, 2)
+    assert seen["waiting_reasons"] == [
+        {
+            "code": "needs_annotator",
+            "images": 1,
+            "message": "1 image needs a second annotator: all 2 annotator members labeled or skipped it; "
+            "add an annotator to the project to finish it",
+        }
+    ]
+
+    members = f"/api/v1/projects/{project['id']}/members"
+    assert client.post(members, json={"user_id": team[2].id}, headers=admin.headers).status_code == 201
+    assert progress(team[2])["waiting"] == 3  # a third member: the overlap of 3 is reachable again
+    assert sorted(label_all(client, project, team[2], "dog")) == sorted(image_ids)
+    assert progress(team[2])["waiting"] == 1  # the skipped image still needs a third label
+    assert client.delete(f"{members}/{team[2].id}", headers=admin.headers).status_code == 204
+    after = progress(team[0])
+    assert (after["waiting"], after["done"], after["waiting_reasons"]) == (0, 3, [])
+    counts = {i.id: i.label_count for i in rows(app, Image, Image.project_id == project["id"])}
+    assert counts == {i: (2 if i == skipped else 3) for i in image_ids}

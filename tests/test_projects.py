@@ -17,7 +17,7 @@ def test_create_and_read_a_project_with_its_ordered_labels(client, admin):
     settings = {k: v for k, v in project["settings"].items() if k not in ("training", "mining")}
     assert settings == {
         "overlap_rate": 0.25, "overlap_k": 3, "lease_minutes": 10, "gold_rate": 0.05,
-        "auto_review": True, "review_posterior": 0.7, "review_max_labels": 5,
+        "auto_review": True, "review_posterior": 0.7, "review_max_labels": 5, "hotkeys": {},
     }  # fmt: skip
     assert project["settings"]["training"]["min_new_labels"] == 50
     assert project["settings"]["mining"]["strategy"] == "margin_kcenter"
@@ -82,11 +82,46 @@ def test_settings_can_be_changed_and_are_validated(client, admin):
     settings = {k: v for k, v in changed.json()["settings"].items() if k not in ("training", "mining")}
     assert settings == {
         "overlap_rate": 0.1, "overlap_k": 5, "lease_minutes": 10, "gold_rate": 0.05,
-        "auto_review": True, "review_posterior": 0.7, "review_max_labels": 5,
+        "auto_review": True, "review_posterior": 0.7, "review_max_labels": 5, "hotkeys": {},
     }  # fmt: skip
     refused = client.patch(url, json={"settings": {"overlap_rate": -1}}, headers=admin.headers)
     assert refused.status_code == 422
     assert client.get(f"/api/v1/projects/{project['id']}", headers=admin.headers).json()["settings"]["overlap_k"] == 5
+
+
+@pytest.mark.parametrize(
+    ("hotkeys", "words"),
+    [
+        ({"cat": "cc"}, "one printable character"),
+        ({"cat": " "}, "one printable character"),
+        ({"cat": "a\n"}, "one printable character"),
+        ({"cat": "s"}, "s skips and u undoes"),
+        ({"cat": "U"}, "s skips and u undoes"),
+        ({"cat": "c", "dog": "c"}, "given to several: c"),
+        ({"zebra": "z"}, "no label named 'zebra'"),
+    ],
+)
+def test_bad_hotkeys_are_refused_naming_the_label_and_the_rule(client, admin, hotkeys, words):
+    project = make_project(client, admin)
+    url = f"/api/v1/projects/{project['id']}/settings"
+    refused = client.patch(url, json={"settings": {"hotkeys": hotkeys}}, headers=admin.headers)
+    assert refused.status_code == 422, refused.text
+    assert words in refused.json()["error"]["message"]
+    created = client.post(
+        "/api/v1/projects",
+        json={"name": "k", "labels": ["cat", "dog"], "settings": {"hotkeys": hotkeys}},
+        headers=admin.headers,
+    )
+    assert created.status_code == 422 and words in created.json()["error"]["message"]
+
+
+def test_hotkeys_are_set_per_label_and_null_removes_one(client, admin):
+    project = make_project(client, admin)
+    url = f"/api/v1/projects/{project['id']}/settings"
+    first = client.patch(url, json={"settings": {"hotkeys": {"cat": "c", "dog": "D"}}}, headers=admin.headers)
+    assert first.json()["settings"]["hotkeys"] == {"cat": "c", "dog": "D"}
+    second = client.patch(url, json={"settings": {"hotkeys": {"dog": None, "bird": "b"}}}, headers=admin.headers)
+    assert second.json()["settings"]["hotkeys"] == {"cat": "c", "bird": "b"}
 
 
 def test_changing_one_training_setting_keeps_the_others(client, admin):

@@ -47,7 +47,40 @@ def test_the_page_and_its_assets_are_served_outside_the_api_schema(client, app):
     for missing in ("nope.js", "label.html", "..", "%2e%2e%2fapp.py"):
         assert client.get(f"/static/{missing}").status_code == 404
     paths = app.openapi()["paths"]
-    assert not any(path.startswith(("/label", "/static")) for path in paths)
+    assert not any(path.startswith(("/label", "/static", "/docs")) for path in paths)
+
+
+def test_the_api_docs_are_served_from_the_package_under_the_pages_policy(client):
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and docs.headers["content-type"].startswith("text/html")
+    policy = docs.headers["content-security-policy"]
+    assert "script-src 'self';" in policy and "unsafe-inline" not in policy
+    assert not re.search(r"(https?:)?//", docs.text)  # nothing from a CDN
+    assert '<script src="/static/docs.js"' in docs.text
+    for name, kind in (
+        ("swagger-ui/swagger-ui-bundle.js", "text/javascript"),
+        ("swagger-ui/swagger-ui.css", "text/css"),
+        ("swagger-ui/favicon-32x32.png", "image/png"),
+        ("docs.js", "text/javascript"),
+    ):
+        asset = client.get(f"/static/{name}")
+        assert asset.status_code == 200 and asset.headers["content-type"].startswith(kind), name
+    assert client.get("/static/swagger-ui/LICENSE").status_code == 404
+    assert client.get("/redoc").status_code == 404  # ReDoc would need a CDN
+
+
+def test_every_operation_and_parameter_has_a_description(app):
+    missing = []
+    for path, operations in app.openapi()["paths"].items():
+        for method, operation in operations.items():
+            if not operation.get("description", "").strip():
+                missing.append(f"{method.upper()} {path}")
+            missing += [
+                f"{method.upper()} {path} parameter {p['name']}"
+                for p in operation.get("parameters", [])
+                if not p.get("description", "").strip()
+            ]
+    assert missing == []
 
 
 @dataclass(frozen=True)
@@ -78,8 +111,9 @@ def picture(i: int) -> bytes:
     return out.getvalue()
 
 
-def seed(server: Server, admin: httpx.Client) -> tuple[int, str, list[int]]:
-    """A project with three labels and five images, and an annotator who is a member: (project, token, images)."""
+def seed(server: Server, admin: httpx.Client) -> tuple[int, str, list[int], int]:
+    """A project with three labels and five images, and an annotator who is a member of it and of a digits
+    project: (project, token, images, digits project)."""
     body = {"name": "pets", "labels": ["cat", "dog", "bird"], "settings": {"gold_rate": 0, "overlap_rate": 0}}
     created = admin.post("/api/v1/projects", json=body)
     assert created.status_code == 201, created.text
@@ -93,7 +127,16 @@ def seed(server: Server, admin: httpx.Client) -> tuple[int, str, list[int]]:
     assert uploaded.status_code == 201, uploaded.text
     image_ids = [f["image_id"] for f in uploaded.json()["files"]]
     assert len(set(image_ids)) == 5
-    return project_id, user.json()["token"], image_ids
+    digits = {
+        "name": "digits",
+        "labels": [*"0123456789", "other"],
+        "settings": {"gold_rate": 0, "overlap_rate": 0, "hotkeys": {"other": "x"}},
+    }
+    digits_id = admin.post("/api/v1/projects", json=digits).json()["id"]
+    added = admin.post(f"/api/v1/projects/{digits_id}/members", json={"user_id": user.json()["id"]})
+    assert added.status_code == 201, added.text
+    assert admin.post(f"/api/v1/projects/{digits_id}/images", files=files[:1]).status_code == 201
+    return project_id, user.json()["token"], image_ids, digits_id
 
 
 def add_prelabel(server: Server, image_id: int) -> None:
@@ -125,8 +168,10 @@ def press(page: Page, key: str, *, posts_to: str, status: int) -> httpx.Headers:
 
 @pytest.mark.slow
 def test_an_annotator_labels_skips_and_corrects_with_the_keyboard(server, tmp_path):
+    """Also, in the same browser: a digits project's keys are its digits, and /docs renders with no network but
+    the server's."""
     admin = httpx.Client(base_url=server.base, headers={"Authorization": f"Bearer {server.admin_token}"}, timeout=30)
-    project_id, token, image_ids = seed(server, admin)
+    project_id, token, image_ids, digits_id = seed(server, admin)
     prelabeled = image_ids[2]
     add_prelabel(server, prelabeled)
     screenshot = tmp_path / "label-page.png"
@@ -209,8 +254,44 @@ def test_an_annotator_labels_skips_and_corrects_with_the_keyboard(server, tmp_pa
             headers = press(page, "2", posts_to="/annotations", status=201)
             assert headers["idempotency-key"] == dropped[0]  # the retry of a lost request reuses its key
             given[held] = "dog"
-            expect(page.get_by_text("All done — nothing left to label")).to_be_visible()
             expect(progress).to_have_text("You labeled 4 · done 4 of 5")
+            expect(page.locator("#done-title")).to_have_text("Nothing left for you to label; 1 of 5 images still wait")
+            expect(page.locator("#waiting-reasons li")).to_have_text(
+                "1 image needs an annotator: the project's only annotator member skipped it; "
+                "add an annotator to the project to finish it"
+            )
+
+            page.goto(f"{server.base}/label/{digits_id}")  # signed in already: the token is kept
+            for name, key in (("0", "0"), ("7", "7"), ("other", "x")):
+                button = page.get_by_role("button", name=f"{key} {name}", exact=True)
+                expect(button).to_have_attribute("aria-keyshortcuts", key)
+            shown_image(page)
+            with page.expect_response(lambda r: r.request.method == "POST" and r.url.endswith("/annotations")) as sent:
+                page.keyboard.press("7")
+            assert sent.value.status == 201 and sent.value.json()["label"] == "7"
+            expect(page.locator("#done-title")).to_have_text("All done — nothing left to label")
+
+            docs = browser.new_page(viewport={"width": 1280, "height": 800})
+            docs.set_default_timeout(20_000)
+            docs.on("pageerror", lambda error: problems.append(str(error)))
+            docs.on("console", lambda message: note_console_error(message, problems))
+            elsewhere: list[str] = []
+
+            def only_the_server(route: Route) -> None:
+                if route.request.url.startswith(server.base):
+                    route.continue_()
+                else:
+                    elsewhere.append(route.request.url)
+                    route.abort()
+
+            docs.route("**/*", only_the_server)
+            docs.goto(f"{server.base}/docs")
+            operations = sum(len(ops) for ops in admin.get("/openapi.json").json()["paths"].values())
+            expect(docs.locator(".opblock")).to_have_count(operations)
+            expect(
+                docs.locator(".opblock-summary-path", has_text="/api/v1/projects/{project_id}/progress")
+            ).to_be_visible()
+            assert elsewhere == []
         finally:
             browser.close()
 

@@ -402,6 +402,8 @@ def send_relabels(
                 f"{predicted!r} ({confidence:.3f}); label it afresh"
             )
             (image,) = send_for_review(session, project=project, image_ids=[image_id], reason=reason)
+            if image.queue_tier is None:
+                continue  # every annotator member has labeled it: nobody is left to ask
             image.priority = 1.0 + negated  # the least believable label first among reviews
             sent.append({"image_id": image_id, "label": label, "probability": -negated, "predicted": predicted})
     return sent

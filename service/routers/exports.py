@@ -37,6 +37,10 @@ def export(
         ExportFormat.csv
     ),
 ) -> StreamingResponse:
+    """Streams the current label of every labeled image, as a download named `project-<id>-labels.<ext>`: `csv` (one
+    row per image), `json` (the same fields plus each annotator's current annotation) or `labelstudio` (a Label
+    Studio full export). Read in batches in short transactions, so any size uses little memory and labeling goes on
+    meanwhile."""
     # The stream reads in short sessions of its own, after this function has returned.
     chunks = export_chunks(runtime.db, project_id=project.id, fmt=format, base_url=str(request.base_url))
     filename = export_filename(project.id, format)
@@ -66,6 +70,10 @@ def import_labelstudio(
         ),
     ] = None,
 ) -> JSONResponse:
+    """Imports a Label Studio JSON export and its images (checked and deduplicated like any upload). Tasks are
+    matched to images by `meta.sha256` or by file name; each Label Studio user becomes an annotator member. URLs in
+    the export are never fetched. Importing the same export again adds nothing (200); the answer lists each task's
+    problem."""
     summary = import_labelstudio_upload(
         db=runtime.db,
         blobs=runtime.blobs,

@@ -21,6 +21,9 @@ router = APIRouter(tags=["operations"])
     responses={503: {"model": HealthRead, "description": "a store is failing or a job lane is down"}},
 )
 def health(runtime: RuntimeDep) -> JSONResponse:
+    """Answers 200 with `{"status": "ok", "checks": {...}}` when the database and the blob store both answer, else
+    503 with `"degraded"` and the failing check's error type. Needs no token, for load balancers and container
+    health checks."""
     checks = {}
     for name, probe in (("database", runtime.db.ping), ("blob_store", runtime.blobs.check)):
         try:
@@ -51,4 +54,6 @@ def health(runtime: RuntimeDep) -> JSONResponse:
     responses={**ERROR_RESPONSES, 200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}}},
 )
 def metrics(_: CurrentUser) -> Response:
+    """Prometheus text format: request counts and latencies per route, images ingested per outcome. Needs a token of
+    any role."""
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

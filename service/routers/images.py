@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from service.deps import EngineerProject, MemberImage, MemberProject, ReadSessionDep, RuntimeDep
 from service.observability import IMAGES
-from service.schemas.common import ERROR_RESPONSES, MAX_ID
+from service.schemas.common import ERROR_RESPONSES, MAX_ID, Limit
 from service.schemas.images import ImageRead, ImagesPage, IngestFileResult, IngestSummary
 from storage.errors import InvalidInput
 from storage.images import list_images, mimetype
@@ -16,6 +16,9 @@ from storage.ingest import Outcome, ingest_uploads
 router = APIRouter(tags=["images"], responses=ERROR_RESPONSES)
 
 IMMUTABLE = "private, max-age=31536000, immutable"
+IfNoneMatch = Annotated[
+    str | None, Header(description="The ETag (the quoted sha256) of a copy you have: an unchanged image answers 304.")
+]
 
 
 @router.post(
@@ -29,6 +32,10 @@ def upload(
     runtime: RuntimeDep,
     files: Annotated[list[UploadFile], File(description="Images or zip archives; repeat the field.")],
 ) -> JSONResponse:
+    """Streams any number of images and zip archives (repeat the `files` field). Each file gets its own outcome:
+    `accepted`, `duplicate` (same sha256 already in the project; its image id comes back) or `rejected` with a code
+    and a reason. 201 when something new was stored, 200 when everything was a duplicate, 422 when nothing was
+    acceptable."""
     results = ingest_uploads(
         db=runtime.db,
         blobs=runtime.blobs,
@@ -60,8 +67,10 @@ def index(
     project: MemberProject,
     session: ReadSessionDep,
     after: Annotated[int | None, Query(ge=0, le=MAX_ID, description="Return images with an id above this one.")] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    limit: Limit = 100,
 ) -> ImagesPage:
+    """The project's images in id order, a page at a time: pass the answer's `next_after` as `after` for the next
+    page (null: the last page)."""
     images = list_images(session, project_id=project.id, after=after, limit=limit)
     return ImagesPage(
         items=[ImageRead.model_validate(i) for i in images],
@@ -71,6 +80,7 @@ def index(
 
 @router.get("/api/v1/images/{image_id}", summary="One image's facts")
 def read(image: MemberImage) -> ImageRead:
+    """Size, format, sha256, split, source and original file name of one image of a project you may see."""
     return ImageRead.model_validate(image)
 
 
@@ -90,7 +100,9 @@ def _blob_response(runtime: RuntimeDep, sha256: str, media_type: str, if_none_ma
     response_class=Response,
     responses={200: {"content": {"image/*": {}}}, 304: {"description": "Not modified"}},
 )
-def content(image: MemberImage, runtime: RuntimeDep, if_none_match: Annotated[str | None, Header()] = None) -> Response:
+def content(image: MemberImage, runtime: RuntimeDep, if_none_match: IfNoneMatch = None) -> Response:
+    """The file exactly as uploaded, with an `ETag` of its sha256: send it back in `If-None-Match` for a 304. Cached
+    as immutable, since an image's bytes never change."""
     return _blob_response(runtime, image.sha256, mimetype(image), if_none_match)
 
 
@@ -100,7 +112,6 @@ def content(image: MemberImage, runtime: RuntimeDep, if_none_match: Annotated[st
     response_class=Response,
     responses={200: {"content": {"image/png": {}}}, 304: {"description": "Not modified"}},
 )
-def thumbnail(
-    image: MemberImage, runtime: RuntimeDep, if_none_match: Annotated[str | None, Header()] = None
-) -> Response:
+def thumbnail(image: MemberImage, runtime: RuntimeDep, if_none_match: IfNoneMatch = None) -> Response:
+    """A small PNG with the EXIF orientation applied, so it shows upright; cached like the content."""
     return _blob_response(runtime, image.thumbnail_sha256, "image/png", if_none_match)

@@ -21,7 +21,7 @@ from service.deps import (
     RuntimeDep,
     SessionDep,
 )
-from service.schemas.common import ERROR_RESPONSES, MAX_ID, ImageId
+from service.schemas.common import ERROR_RESPONSES, MAX_ID, ImageId, Limit
 from service.schemas.images import ImageRead
 from service.schemas.labeling import (
     AnnotationCreate,
@@ -42,7 +42,6 @@ from storage.db import after_commit
 router = APIRouter(prefix="/api/v1/projects/{project_id}", tags=["labeling"], responses=ERROR_RESPONSES)
 
 After = Annotated[int | None, Query(ge=0, le=MAX_ID, description="Return items with an id above this one.")]
-Limit = Annotated[int, Query(ge=1, le=1000)]
 
 
 @router.get(
@@ -54,6 +53,10 @@ Limit = Annotated[int, Query(ge=1, le=1000)]
 def next_(
     project: MemberProjectForWrite, session: SessionDep, principal: CurrentUser, runtime: RuntimeDep
 ) -> TaskRead | Response:
+    """Leases the most useful image you have not been served yet: images that still need labels for overlap first,
+    then images sent back for review, then by priority (mining). The lease lasts `lease_minutes`; asking again while
+    you hold one returns the same task. 204 when nothing is left for you; `GET .../progress` then says what still
+    waits and why."""
     task = next_task(session, principal=principal, project=project)
     if task is None:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -76,6 +79,7 @@ def next_(
     "/tasks/{image_id}/skip", status_code=status.HTTP_204_NO_CONTENT, summary="Give a leased task back unlabeled"
 )
 def skip(project: MemberProjectForWrite, image_id: ImageId, session: SessionDep, principal: CurrentUser) -> None:
+    """Ends your lease on the image now; you are not served it again, others may be."""
     skip_task(session, principal=principal, project=project, image_id=image_id)
 
 
@@ -95,6 +99,10 @@ def submit(
         str | None, Header(max_length=200, description="Retries with the same key store the label once.")
     ] = None,
 ) -> JSONResponse:
+    """Stores your label for an image (a lease is not required). A second label from you for the same image is a
+    correction: a new row that supersedes the old. With an `Idempotency-Key` header a retried request stores the
+    label once and gets the first answer again (200); another body with the same key is a 422. A late submission for
+    an image that got all its labels from others meanwhile is a 409 and stores nothing."""
     result = submit_annotation(
         session,
         principal=principal,
@@ -117,10 +125,14 @@ def index(
     principal: CurrentUser,
     after: After = None,
     limit: Limit = 100,
-    annotator_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
-    image_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
-    current_only: bool = False,
+    annotator_id: Annotated[
+        int | None, Query(ge=1, le=MAX_ID, description="Only this annotator's (annotators: always their own).")
+    ] = None,
+    image_id: Annotated[int | None, Query(ge=1, le=MAX_ID, description="Only this image's.")] = None,
+    current_only: Annotated[bool, Query(description="Leave out annotations that a correction superseded.")] = False,
 ) -> AnnotationsPage:
+    """Every annotation of the project in id order, corrections and superseded rows included (`current_only` leaves
+    those out). Annotators see only their own."""
     items = list_annotations(
         session,
         project_id=project.id,
@@ -138,6 +150,8 @@ def index(
 
 @router.get("/progress", summary="Counters for the labeling page")
 def progress_(project: MemberProject, session: ReadSessionDep, principal: CurrentUser) -> ProgressRead:
+    """How many images the project has, how many wait for labels and why (`waiting_reasons`), and how many you
+    labeled: what the labeling page shows, including when your queue is empty while images still wait."""
     return ProgressRead(**progress(session, project_id=project.id, annotator_id=principal.id))
 
 
@@ -145,6 +159,8 @@ def progress_(project: MemberProject, session: ReadSessionDep, principal: Curren
 def labels(
     project: EngineerProject, session: ReadSessionDep, after: After = None, limit: Limit = 100
 ) -> CurrentLabelsPage:
+    """The current label of each labeled image: Dawid-Skene's most probable label once consensus has been fitted,
+    else the majority vote (ties broken by label order and flagged), or the gold answer."""
     items = current_labels(session, project_id=project.id, after=after, limit=limit)
     return CurrentLabelsPage(
         items=[
@@ -164,16 +180,20 @@ def labels(
 
 @router.put("/gold", summary="Mark an image as a gold question with its known answer (admin)")
 def gold(project: AdminProjectForWrite, body: GoldSet, session: SessionDep) -> ImageRead:
+    """Makes the image a gold question: it is served at `gold_rate`, once to each annotator, and their answers are
+    scored against this label, which is also the image's label."""
     return ImageRead.model_validate(set_gold(session, project=project, image_id=body.image_id, label=body.label))
 
 
 @router.delete("/gold/{image_id}", summary="Unmark a gold question (admin)")
 def ungold(project: AdminProjectForWrite, image_id: ImageId, session: SessionDep) -> ImageRead:
+    """The image is an ordinary image again; its label comes from the annotators' votes."""
     return ImageRead.model_validate(set_gold(session, project=project, image_id=image_id, label=None))
 
 
 @router.get("/gold/scores", summary="Each annotator's answers to gold questions (admin, engineer)")
 def scores(project: EngineerProject, session: ReadSessionDep) -> list[GoldScoreRead]:
+    """For each annotator: gold questions answered, answered correctly, and the share correct."""
     return [
         GoldScoreRead(
             annotator_id=s.annotator_id, name=s.name, answered=s.answered, correct=s.correct, accuracy=s.accuracy
@@ -184,6 +204,9 @@ def scores(project: EngineerProject, session: ReadSessionDep) -> list[GoldScoreR
 
 @router.post("/review", summary="Send images back for one more label, with a reason (admin, engineer)")
 def review(project: EngineerProjectForWrite, body: ReviewRequest, session: SessionDep) -> ReviewResult:
+    """Asks for one more independent label on each image, from someone who has not labeled it, served before fresh
+    images with the reason shown on the page. `queued` lists the images that went to the queue (not gold images, nor
+    images every annotator member has already labeled)."""
     images = send_for_review(session, project=project, image_ids=body.image_ids, reason=body.reason)
     return ReviewResult(queued=[i.id for i in images if i.queue_tier is not None])
 
@@ -192,6 +215,7 @@ def review(project: EngineerProjectForWrite, body: ReviewRequest, session: Sessi
 def history(
     project: MemberProject, image_id: ImageId, session: ReadSessionDep, principal: CurrentUser
 ) -> list[AnnotationRead]:
+    """Every annotation of one image, superseded rows included. Annotators see only their own."""
     project_image(session, project=project, image_id=image_id)
     items = list_annotations(
         session,

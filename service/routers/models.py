@@ -47,12 +47,15 @@ def index(
         Query(description="full: trained models (the default); refresh: refreshed heads (many); all."),
     ] = ListedKinds.full,
 ) -> list[ModelRead]:
+    """The project's model versions, newest first, with status and test accuracy: trained models, or with
+    ``kind`` the refreshed heads too."""
     kinds = tuple(ModelKind) if kind == ListedKinds.all else (ModelKind(kind.value),)
     return [_read(model) for model in list_models(session, project_id=project.id, kinds=kinds)]
 
 
 @router.get("/projects/{project_id}/models/champion", summary="The champion's model card (admin, engineer)")
 def read_champion(project: EngineerProject, session: ReadSessionDep) -> ModelCard:
+    """The model card of the model that serves predictions and pre-labels now; 404 before the first promotion."""
     best = champion(session, project_id=project.id)
     if best is None:
         raise NotFound(f"project {project.id} has no champion model yet", code="no_champion")
@@ -61,6 +64,8 @@ def read_champion(project: EngineerProject, session: ReadSessionDep) -> ModelCar
 
 @router.get("/models/{model_id}", summary="A model card: metrics, snapshot, lineage, decision (admin, engineer)")
 def read(model: EngineerModel, session: ReadSessionDep) -> ModelCard:
+    """Metrics on the test split against the baseline and the champion, the dataset snapshot (id, hash, counts), the
+    parent model, the settings, and why it was or was not promoted."""
     return model_card(session, model=model)
 
 
@@ -79,6 +84,9 @@ def download(
     runtime: RuntimeDep,
     format: Annotated[DownloadFormat, Query(description="onnx, weights or card.")] = DownloadFormat.onnx,
 ) -> Response:
+    """`onnx` (the exported model, for inference anywhere), `weights` (a PyTorch checkpoint of plain tensors,
+    loadable with `weights_only=True`) or `card` (the model card as JSON). A refreshed head's files are made on
+    the first request for them: 202 with the export job's id until then."""
     try:
         file = model_file(session, runtime.blobs, model=model, format=format)
     except FilesPending as pending:  # a refreshed head's files are made on the first request for them
@@ -105,6 +113,8 @@ def promote_(
     runtime: RuntimeDep,
     body: PromoteRequest | None = None,
 ) -> ModelCard:
+    """Makes this model the champion, recorded with who and why; promoting an older model is a rollback. Pre-labels
+    and `/predict` use it from now on."""
     reason = (body or PromoteRequest()).reason
     promoted = make_champion(session, model=model, by_user=principal.id, reason=reason, transport=runtime.transport)
     return model_card(session, model=promoted)
@@ -120,6 +130,8 @@ def predict(
     runtime: RuntimeDep,
     files: Annotated[list[UploadFile], File(description="Images; repeat the field for several.")],
 ) -> PredictResult:
+    """Runs the serving model on uploaded images (checked like any upload, not stored) and returns each one's
+    label, confidence and probability per label, with the model version that answered."""
     uploads = [(f.filename or "upload", f.file) for f in files]
     model, answers = runtime.predictor.predict(session, project_id=project.id, uploads=uploads, limits=runtime.limits)
     return PredictResult(

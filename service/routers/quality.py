@@ -19,7 +19,7 @@ from service.deps import (
     ReadSessionDep,
     SessionDep,
 )
-from service.schemas.common import ERROR_RESPONSES, MAX_ID, UserId
+from service.schemas.common import ERROR_RESPONSES, MAX_ID, Limit, UserId
 from service.schemas.labeling import ReviewResult
 from service.schemas.quality import (
     AgreementRead,
@@ -47,7 +47,6 @@ from service.schemas.quality import (
 router = APIRouter(prefix="/api/v1/projects/{project_id}", tags=["label quality"], responses=ERROR_RESPONSES)
 
 After = Annotated[int | None, Query(ge=0, le=MAX_ID, description="Return items after this one.")]
-Limit = Annotated[int, Query(ge=1, le=1000)]
 
 
 def _figure(figure: Figure) -> FigureRead:
@@ -60,6 +59,9 @@ def _summary(summary: ConsensusSummary) -> ConsensusSummaryRead:
 
 @router.get("/agreement", summary="Inter-annotator agreement on overlapped images (admin, engineer)")
 def agreement(project: EngineerProject, session: ReadSessionDep) -> AgreementRead:
+    """Percent agreement, Fleiss' kappa and Krippendorff's alpha over images labeled by several annotators, per
+    class and per pair of annotators (Cohen's kappa), each with a plain-language reading, or the reason when there
+    is too little overlap to say."""
     report = agreement_report(session, project=project)
     figures = report.agreement
     ref = [AnnotatorRef(id=a, name=report.names.get(a, f"user {a}")) for a in report.annotators]
@@ -100,6 +102,9 @@ def agreement(project: EngineerProject, session: ReadSessionDep) -> AgreementRea
 
 @router.get("/annotators", summary="Scorecards: speed, accuracy, agreement, confusion and flags (admin, engineer)")
 def annotators(project: EngineerProject, session: ReadSessionDep) -> ScorecardsRead:
+    """One scorecard per annotator: labels, speed, gold accuracy, agreement with consensus, accuracy on checked
+    labels, their confusion matrix under Dawid-Skene, and flags with their evidence (`unreliable`, `random`,
+    `systematic_confusion`)."""
     cards = annotator_scorecards(session, project=project)
     return ScorecardsRead(
         consensus_method=cards.method.value,
@@ -142,6 +147,8 @@ def annotators(project: EngineerProject, session: ReadSessionDep) -> ScorecardsR
 def exclude(
     project: AdminProjectForWrite, user_id: UserId, body: ExclusionCreate, session: SessionDep, principal: CurrentUser
 ) -> ExclusionChange:
+    """Leaves the annotator's labels out of consensus from now on, with the reason recorded; images they labeled are
+    relabeled from the remaining votes. Reversible with DELETE."""
     exclusion, summary = exclude_annotator(
         session, project=project, annotator_id=user_id, reason=body.reason, by=principal
     )
@@ -152,17 +159,23 @@ def exclude(
 def include(
     project: AdminProjectForWrite, user_id: UserId, session: SessionDep, principal: CurrentUser
 ) -> ExclusionChange:
+    """Ends the exclusion: the annotator's labels count in consensus again. The exclusion stays in the history,
+    marked revoked."""
     exclusion, summary = revoke_exclusion(session, project=project, annotator_id=user_id, by=principal)
     return ExclusionChange(exclusion=ExclusionRead.model_validate(exclusion), consensus=_summary(summary))
 
 
 @router.get("/exclusions", summary="Every exclusion of the project, revoked ones included (admin, engineer)")
 def exclusions(project: EngineerProject, session: ReadSessionDep) -> list[ExclusionRead]:
+    """Who was excluded, when, by whom and why, oldest first, revoked exclusions included."""
     return [ExclusionRead.model_validate(e) for e in list_exclusions(session, project_id=project.id)]
 
 
 @router.post("/consensus", summary="Refit Dawid-Skene consensus and rewrite every image's label (admin, engineer)")
 def consensus(project: EngineerProjectForWrite, session: SessionDep) -> ConsensusSummaryRead:
+    """Fits Dawid-Skene on every current label (majority vote when there is too little overlap to fit) and rewrites
+    each image's label and its probability; images whose consensus is weak are sent to one more annotator, up to
+    `review_max_labels`. Runs in the request; returns what changed."""
     return _summary(update_project_consensus(session, project.id))
 
 
@@ -171,6 +184,8 @@ def consensus(project: EngineerProjectForWrite, session: SessionDep) -> Consensu
     summary="Images whose consensus stayed weak after automatic review; resolve one with PUT /gold (admin, engineer)",
 )
 def weak(project: EngineerProject, session: ReadSessionDep, after: After = None, limit: Limit = 100) -> WeakImagesPage:
+    """Images whose consensus stayed weak (a tie or a low posterior) after automatic review asked for all the labels
+    it may, with their votes. Resolve one by giving the answer with `PUT .../gold`."""
     items = weak_consensus(session, project=project, after=after, limit=limit)
     return WeakImagesPage(
         items=[
@@ -195,6 +210,8 @@ def label_issues(
     after_rank: Annotated[int | None, Query(ge=0, le=MAX_ID, description="Return issues ranked after this.")] = None,
     limit: Limit = 100,
 ) -> LabelIssuesPage:
+    """The result of the newest `label_quality` job: labels that a cross-validated model finds likely wrong, worst
+    first, with the label it suggests; empty until such a job has run. Page with `after_rank`."""
     items = list_issues(session, project_id=project.id, after_rank=after_rank, limit=limit)
     return LabelIssuesPage(
         items=[
@@ -216,5 +233,7 @@ def label_issues(
 
 @router.post("/label-issues/relabel", summary="Send images to the review queue for a new label (admin, engineer)")
 def relabel(project: EngineerProjectForWrite, body: RelabelRequest, session: SessionDep) -> ReviewResult:
+    """Sends the images back to the review queue, to an annotator who has not labeled them, with the reason that a
+    model doubts their label."""
     images = send_issues_for_relabel(session, project=project, image_ids=body.image_ids)
     return ReviewResult(queued=[i.id for i in images if i.queue_tier is not None])

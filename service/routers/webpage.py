@@ -1,4 +1,5 @@
-"""The annotators' labeling page: static HTML, JS and CSS; all its data comes from the token-authenticated API."""
+"""The annotators' labeling page and the API docs: static HTML, JS and CSS served from the package (nothing from
+a CDN, so both work without internet); all their data comes from the API."""
 
 from __future__ import annotations
 
@@ -13,13 +14,17 @@ from storage.errors import NotFound
 router = APIRouter(include_in_schema=False)
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
-ASSET_TYPES = {".js": "text/javascript", ".css": "text/css"}
-# The page keeps the API token in localStorage, so it allows no script, style or image from anywhere else.
+# Swagger UI: swagger-ui-dist 5.35.0 from npm, its bundle, stylesheet, icon and licence files unchanged.
+SWAGGER_UI = STATIC / "swagger-ui"
+ASSET_TYPES = {".js": "text/javascript", ".css": "text/css", ".png": "image/png"}
+# The pages allow no script, style or image from anywhere else (the labeling page keeps the API token in
+# localStorage) and no inline script: each page's start-up code is a file of its own. Swagger UI draws its
+# icons from data: URLs.
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' {images}; connect-src 'self'; "
+    "form-action 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
 PAGE_HEADERS = {
-    "Content-Security-Policy": (
-        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; connect-src 'self'; "
-        "form-action 'none'; base-uri 'none'; frame-ancestors 'none'"
-    ),
     "Referrer-Policy": "no-referrer",
     "X-Content-Type-Options": "nosniff",
     "Cache-Control": "no-cache",
@@ -28,13 +33,29 @@ PAGE_HEADERS = {
 
 @router.get("/label/{project_id}")
 def label_page(project_id: ProjectId) -> FileResponse:
-    return FileResponse(STATIC / "label.html", media_type="text/html", headers=PAGE_HEADERS)
+    headers = {"Content-Security-Policy": CSP.format(images="blob:"), **PAGE_HEADERS}
+    return FileResponse(STATIC / "label.html", media_type="text/html", headers=headers)
+
+
+@router.get("/docs")
+def docs_page() -> FileResponse:
+    headers = {"Content-Security-Policy": CSP.format(images="data:"), **PAGE_HEADERS}
+    return FileResponse(STATIC / "docs.html", media_type="text/html", headers=headers)
 
 
 @router.get("/static/{name}")
 def asset(name: str) -> FileResponse:
-    path = STATIC / name
-    if path.suffix not in ASSET_TYPES or path.parent != STATIC or not path.is_file():
+    return _asset(STATIC, name)
+
+
+@router.get("/static/swagger-ui/{name}")
+def swagger_ui_asset(name: str) -> FileResponse:
+    return _asset(SWAGGER_UI, name)
+
+
+def _asset(folder: Path, name: str) -> FileResponse:
+    path = folder / name
+    if path.suffix not in ASSET_TYPES or path.parent != folder or not path.is_file():
         raise NotFound(f"no static file {name!r}", code="static_not_found")
     headers = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"}
     return FileResponse(path, media_type=ASSET_TYPES[path.suffix], headers=headers)

@@ -52,16 +52,20 @@ class JobRead(BaseModel):
     kind: JobKind
     status: JobStatus
     progress: float = Field(description="0 to 1.")
-    message: str
+    message: str = Field(description="What the job is doing now, or how it ended, in words.")
     params: dict[str, Any]
-    result: dict[str, Any] | None
-    error: str | None
-    traceback: str | None
-    attempts: int
-    max_attempts: int
-    cancel_requested: bool
-    worker: str | None
-    heartbeat_at: datetime | None
+    result: dict[str, Any] | None = Field(
+        description="What a finished job produced (e.g. the model id and its metrics)."
+    )
+    error: str | None = Field(description="Why the job failed.")
+    traceback: str | None = Field(description="The failure's traceback, for whoever runs the service.")
+    attempts: int = Field(description="Runs started so far; a worker that died mid-job costs one.")
+    max_attempts: int = Field(description="The job fails once this many runs have died.")
+    cancel_requested: bool = Field(description="A running job stops at its next progress step.")
+    worker: str | None = Field(description="The worker process that runs or ran it.")
+    heartbeat_at: datetime | None = Field(
+        description="Last sign of life from its worker; a stale one means the worker died."
+    )
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None

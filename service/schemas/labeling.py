@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -10,26 +11,31 @@ from storage.models import AnnotationOrigin
 
 class PreLabelRead(BaseModel):
     label: str
-    confidence: float
-    model_version: str
+    confidence: float = Field(description="The model's probability for `label`, 0 to 1.")
+    model_version: str = Field(description="The model that made the suggestion.")
 
 
 class TaskRead(BaseModel):
     image_id: int
     project_id: int
-    content_url: str
-    thumbnail_url: str
+    content_url: str = Field(description="The original image (send the token).")
+    thumbnail_url: str = Field(description="A small upright PNG of it (send the token).")
     width: int
     height: int
-    lease_expires_at: datetime
+    lease_expires_at: datetime = Field(description="Submit before this; afterwards the image may go to someone else.")
     review_reason: str | None = Field(description="Why this image was sent back for another look, if it was.")
     prelabel: PreLabelRead | None = Field(description="The newest model's answer, when a model exists.")
 
 
 class AnnotationCreate(RequestModel):
     image_id: IdField
-    label: str = Field(min_length=1, max_length=100)
-    duration_ms: int | None = Field(default=None, ge=0, le=24 * 3600 * 1000)
+    label: str = Field(min_length=1, max_length=100, description="One of the project's labels, spelled exactly.")
+    duration_ms: int | None = Field(
+        default=None,
+        ge=0,
+        le=24 * 3600 * 1000,
+        description="How long the annotator looked at the image before labeling; feeds the speed scorecards.",
+    )
 
 
 class AnnotationRead(BaseModel):
@@ -38,58 +44,82 @@ class AnnotationRead(BaseModel):
     id: int
     project_id: int
     image_id: int
-    annotator_id: int
+    annotator_id: int = Field(description="The user who gave the label.")
     label: str
     duration_ms: int | None
-    origin: AnnotationOrigin
-    is_current: bool
-    supersedes_id: int | None
+    origin: AnnotationOrigin = Field(description="human (labeled here) or imported (from Label Studio).")
+    is_current: bool = Field(description="False once a correction by the same annotator superseded it.")
+    supersedes_id: int | None = Field(description="The annotation this correction replaced.")
     created_at: datetime
 
 
 class AnnotationsPage(BaseModel):
     items: list[AnnotationRead]
-    next_after: int | None
+    next_after: int | None = Field(description="Pass it as `after` for the next page; null on the last page.")
+
+
+class WaitingReasonRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    code: Literal["needs_annotator", "being_labeled", "open"] = Field(
+        description="needs_annotator: every annotator member has labeled or skipped these images, so only a new "
+        "member can finish them; being_labeled: someone holds a lease on them now; open: annotators who have not "
+        "been served them can take them."
+    )
+    images: int = Field(description="How many waiting images wait for this reason.")
+    message: str = Field(description="The reason in words, for people.")
 
 
 class ProgressRead(BaseModel):
-    images: int
-    waiting: int
-    done: int
-    labeled_by_you: int
+    images: int = Field(description="Images in the project.")
+    waiting: int = Field(description="Images still waiting for labels.")
+    done: int = Field(description="Images with every label they can get (images - waiting).")
+    labeled_by_you: int = Field(description="Tasks the caller has submitted in this project.")
+    waiting_reasons: list[WaitingReasonRead] = Field(
+        description="Why the waiting images wait, by reason; their counts add up to `waiting` (an image leased "
+        "by a non-member after every member was served it counts twice)."
+    )
 
 
 class GoldSet(RequestModel):
     image_id: IdField
-    label: str = Field(min_length=1, max_length=100)
+    label: str = Field(min_length=1, max_length=100, description="The known answer: one of the project's labels.")
 
 
 class GoldScoreRead(BaseModel):
     annotator_id: int
     name: str
-    answered: int
-    correct: int
-    accuracy: float
+    answered: int = Field(description="Gold questions the annotator answered.")
+    correct: int = Field(description="Of those, answered with the known answer.")
+    accuracy: float = Field(description="correct / answered.")
 
 
 class ReviewRequest(RequestModel):
     image_ids: list[IdField] = Field(min_length=1, max_length=10_000)
-    reason: str = Field(min_length=1, max_length=500)
+    reason: str = Field(min_length=1, max_length=500, description="Shown to the annotator with the image.")
 
 
 class ReviewResult(BaseModel):
-    queued: list[int]
+    queued: list[int] = Field(
+        description="The images that went to the queue; gold images, and images every annotator member has "
+        "already labeled, do not."
+    )
 
 
 class CurrentLabel(BaseModel):
     image_id: int
-    label: str
+    label: str = Field(
+        description="The current label: gold answer, Dawid-Skene's most probable label, or the majority vote."
+    )
     tie: bool = Field(description="Several labels had the most votes; the first in the label set won.")
-    label_count: int
-    labels_needed: int
-    gold: bool
+    label_count: int = Field(description="Current labels from distinct annotators.")
+    labels_needed: int = Field(
+        description="The labels the image asked for (overlap, review); it waits for at most as many as the "
+        "project has annotator members."
+    )
+    gold: bool = Field(description="The image is a gold question; `label` is its known answer.")
 
 
 class CurrentLabelsPage(BaseModel):
     items: list[CurrentLabel]
-    next_after: int | None
+    next_after: int | None = Field(description="Pass it as `after` for the next page; null on the last page.")

@@ -16,15 +16,22 @@ class ModelRead(BaseModel):
 
     id: int
     project_id: int
-    kind: ModelKind
-    status: ModelStatus
+    kind: ModelKind = Field(
+        description="full (a whole network trained on a snapshot) or refresh (the parent's backbone with a "
+        "refitted head)."
+    )
+    status: ModelStatus = Field(
+        description="training, candidate (evaluated, not promoted), champion (serving), retired or failed."
+    )
     architecture: str
-    input_size: int
-    snapshot_id: int | None
-    parent_id: int | None
-    job_id: int | None
+    input_size: int = Field(description="Side in pixels images are resized to.")
+    snapshot_id: int | None = Field(description="The frozen labeled set it was trained on.")
+    parent_id: int | None = Field(
+        description="The champion it was compared with (for a refresh: whose backbone it reuses)."
+    )
+    job_id: int | None = Field(description="The job that trained it.")
     seed: int
-    test_accuracy: float | None = None
+    test_accuracy: float | None = Field(default=None, description="Accuracy on the test split of its snapshot.")
     created_at: datetime
     finished_at: datetime | None
     files_pruned_at: datetime | None = Field(
@@ -33,19 +40,19 @@ class ModelRead(BaseModel):
 
 
 class PromoteRequest(RequestModel):
-    reason: str = Field(default="promoted by hand", max_length=500)
+    reason: str = Field(default="promoted by hand", max_length=500, description="Recorded with the promotion.")
 
 
 class PredictionRead(BaseModel):
-    filename: str
+    filename: str = Field(description="The uploaded file name.")
     label: str
-    confidence: float
-    probabilities: dict[str, float]
+    confidence: float = Field(description="The probability of `label`, 0 to 1.")
+    probabilities: dict[str, float] = Field(description="The probability of every label.")
 
 
 class PredictResult(BaseModel):
     model_id: int
-    model_version: str
+    model_version: str = Field(description="The version every prediction names, e.g. model-12.")
     predictions: list[PredictionRead]
 
 

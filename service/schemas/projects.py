@@ -54,12 +54,14 @@ class ProjectCreate(RequestModel):
         description="Ordered label names: unique, without leading or trailing spaces, 2 to 1000 of them. "
         + NAME_POLICY,
     )
-    task_type: TaskType = TaskType.classification
+    task_type: TaskType = Field(default=TaskType.classification, description="classification: one label per image.")
     settings: ProjectSettings = Field(default_factory=ProjectSettings)
 
 
 class ProjectSettingsUpdate(RequestModel):
-    settings: ProjectSettingsPatch
+    settings: ProjectSettingsPatch = Field(
+        description="Only the settings to change; a group (training, mining) merges key by key."
+    )
 
 
 class ProjectRead(BaseModel):
@@ -68,8 +70,8 @@ class ProjectRead(BaseModel):
     id: int
     name: str
     task_type: TaskType
-    labels: list[str]
-    settings: dict[str, Any]
+    labels: list[str] = Field(description="The ordered label set.")
+    settings: dict[str, Any] = Field(description="Every setting (see ProjectSettings).")
     created_at: datetime
 
 

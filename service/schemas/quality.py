@@ -39,23 +39,27 @@ class PairAgreementRead(BaseModel):
 class HumanAccuracyRead(BaseModel):
     annotator_id: int
     name: str
-    labels: int
-    correct: int
+    labels: int = Field(description="The annotator's labels on test images with a reference label.")
+    correct: int = Field(description="Of those, equal to the consensus label.")
     accuracy: float
 
 
 class HumanReferenceRead(BaseModel):
     items: int = Field(description="Test images with a gold answer or labels from two annotators.")
-    pooled_accuracy: float | None
-    median_accuracy: float | None
+    pooled_accuracy: float | None = Field(
+        description="All those labels together against consensus: the human accuracy a model is scored against."
+    )
+    median_accuracy: float | None = Field(description="The typical annotator's accuracy.")
     annotators: list[HumanAccuracyRead]
-    reason: str | None
+    reason: str | None = Field(description="Why the figures are empty, when they are.")
 
 
 class AgreementRead(BaseModel):
-    labels: list[str]
+    labels: list[str] = Field(description="The project's labels, in order.")
     annotators: list[AnnotatorRef] = Field(description="Annotators whose labels count (excluded ones left out).")
-    excluded_annotators: list[int]
+    excluded_annotators: list[int] = Field(
+        description="Ids of annotators whose labels an admin excluded from consensus."
+    )
     reason: str | None = Field(description="Why the figures are empty, when they are.")
     items: int = Field(description="Overlapped images: labels from at least two annotators.")
     percent_agreement: FigureRead
@@ -65,25 +69,27 @@ class AgreementRead(BaseModel):
     per_class: list[ClassAgreementRead]
     pairs: list[PairAgreementRead]
     pairs_below_minimum: int = Field(description="Pairs of annotators sharing too few images for a kappa.")
-    min_shared_items: int
-    human_reference: HumanReferenceRead
+    min_shared_items: int = Field(description="Fewest images two annotators must share for their Cohen's kappa.")
+    human_reference: HumanReferenceRead = Field(
+        description="How accurate the annotators are against consensus on test images."
+    )
 
 
 class FlagRead(BaseModel):
     flag: str = Field(description="unreliable, random or systematic_confusion.")
-    evidence: str
-    details: dict[str, Any]
+    evidence: str = Field(description="Why the annotator was flagged, in words.")
+    details: dict[str, Any] = Field(description="The numbers behind the flag.")
 
 
 class SpeedRead(BaseModel):
-    median_seconds: float | None
+    median_seconds: float | None = Field(description="Median time per label.")
     source: str | None = Field(description="lease (task served to label submitted) or between_submissions.")
-    samples: int
+    samples: int = Field(description="Labels the median rests on.")
 
 
 class ExclusionInfo(BaseModel):
     reason: str
-    excluded_by_id: int | None
+    excluded_by_id: int | None = Field(description="The admin who excluded them.")
     excluded_at: datetime
 
 
@@ -91,17 +97,21 @@ class ScorecardRead(BaseModel):
     annotator_id: int
     name: str
     member: bool = Field(description="False once removed from the project; their labels still count.")
-    excluded: bool
+    excluded: bool = Field(description="An admin left their labels out of consensus.")
     exclusion: ExclusionInfo | None
-    labels: int
+    labels: int = Field(description="Current labels the annotator gave in this project.")
     speed: SpeedRead
     gold_answered: int
     gold_correct: int
-    gold_accuracy: float | None
+    gold_accuracy: float | None = Field(description="gold_correct / gold_answered.")
     overlapped_labels: int = Field(description="Labels on images someone else labeled too.")
-    agreement_with_consensus: float | None
+    agreement_with_consensus: float | None = Field(
+        description="Share of their overlapped labels equal to the consensus label."
+    )
     checked_labels: int = Field(description="Gold answers and overlapped labels: what the flags read.")
-    checked_accuracy: float | None
+    checked_accuracy: float | None = Field(
+        description="Accuracy on checked labels: gold answers and agreement with consensus on overlap."
+    )
     kappa: float | None = Field(description="Checked accuracy corrected for chance.")
     estimated_accuracy: float | None = Field(description="Dawid-Skene's estimate.")
     confusion: list[list[float]] | None = Field(
@@ -111,12 +121,14 @@ class ScorecardRead(BaseModel):
 
 
 class ScorecardsRead(BaseModel):
-    consensus_method: str
+    consensus_method: str = Field(description="dawid_skene, or majority while there is too little overlap to fit it.")
     reason: str | None = Field(description="Why consensus fell back to majority vote, when it did.")
     labels: list[str]
-    crowd_accuracy: float | None
-    min_gold_answers: int
-    min_overlapped_labels: int
+    crowd_accuracy: float | None = Field(
+        description="Median checked accuracy of annotators with enough evidence: the flags compare to it."
+    )
+    min_gold_answers: int = Field(description="Gold answers that are enough evidence for a flag ...")
+    min_overlapped_labels: int = Field(description="... or overlapped labels (a mix of both also counts).")
     annotators: list[ScorecardRead]
 
 
@@ -131,58 +143,60 @@ class ExclusionRead(BaseModel):
     project_id: int
     annotator_id: int
     reason: str
-    excluded_by_id: int | None
+    excluded_by_id: int | None = Field(description="The admin who excluded them.")
     created_at: datetime
-    revoked_at: datetime | None
-    revoked_by_id: int | None
+    revoked_at: datetime | None = Field(description="When the exclusion ended; null while it holds.")
+    revoked_by_id: int | None = Field(description="The admin who ended it.")
 
 
 class ConsensusSummaryRead(BaseModel):
-    method: str
-    reason: str | None
-    images: int
-    overlapped_images: int
-    annotators: int
+    method: str = Field(description="dawid_skene, or majority while there is too little overlap to fit it.")
+    reason: str | None = Field(description="Why consensus fell back to majority vote, when it did.")
+    images: int = Field(description="Images that have a consensus label.")
+    overlapped_images: int = Field(description="Images with labels from at least two annotators.")
+    annotators: int = Field(description="Annotators whose labels count.")
     excluded_annotators: int
-    changed: int
-    differs_from_majority: int
-    sent_to_review: int
-    iterations: int
+    changed: int = Field(description="Images whose consensus label changed.")
+    differs_from_majority: int = Field(description="Images where the consensus is not the majority vote.")
+    sent_to_review: int = Field(description="Images with a weak consensus sent to one more annotator.")
+    iterations: int = Field(description="Dawid-Skene's EM iterations (0 under majority vote).")
 
 
 class ExclusionChange(BaseModel):
     exclusion: ExclusionRead
-    consensus: ConsensusSummaryRead
+    consensus: ConsensusSummaryRead = Field(description="The consensus refit that the change triggered.")
 
 
 class WeakImageRead(BaseModel):
     image_id: int
-    label: str | None
-    posterior: float | None
-    tie: bool
+    label: str | None = Field(description="The current consensus label; null when no usable label is left.")
+    posterior: float | None = Field(
+        description="Dawid-Skene's probability that the label is right; null under majority vote."
+    )
+    tie: bool = Field(description="Several labels had the most votes.")
     label_count: int
-    votes: dict[str, int]
+    votes: dict[str, int] = Field(description="Current labels per label name.")
 
 
 class WeakImagesPage(BaseModel):
     items: list[WeakImageRead]
-    next_after: int | None
+    next_after: int | None = Field(description="Pass it as `after` for the next page; null on the last page.")
 
 
 class LabelIssueRead(BaseModel):
-    rank: int
+    rank: int = Field(description="1 is the most likely wrong.")
     image_id: int
-    given_label: str
-    suggested_label: str
+    given_label: str = Field(description="The label when the job ran.")
+    suggested_label: str = Field(description="The model's most probable label.")
     score: float = Field(description="Out-of-sample probability of the given label: low means likely wrong.")
     current_label: str | None = Field(description="The image's label now; it may have been corrected since.")
-    sent_for_review_at: datetime | None
+    sent_for_review_at: datetime | None = Field(description="When the image was sent for a new label, if it was.")
     found_at: datetime
 
 
 class LabelIssuesPage(BaseModel):
     items: list[LabelIssueRead]
-    next_after_rank: int | None
+    next_after_rank: int | None = Field(description="Pass it as `after_rank` for the next page; null on the last page.")
 
 
 class RelabelRequest(RequestModel):

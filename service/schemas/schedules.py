@@ -22,7 +22,7 @@ class ScheduleRead(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     kind: JobKind
-    cron: str
+    cron: str = Field(description="The cron expression, in UTC.")
     next_run_at: datetime = Field(description="When the job next starts (UTC).")
-    last_run_at: datetime | None
+    last_run_at: datetime | None = Field(description="When it last started a job.")
     last_job_id: int | None = Field(description="The job the last due time started, or found still running.")

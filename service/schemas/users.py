@@ -18,7 +18,7 @@ class UserCreate(RequestModel):
         description="Letters, digits, '_', '.', '@', '-', starting with a letter or digit; unique ignoring case. "
         + NAME_POLICY,
     )
-    role: Role
+    role: Role = Field(description="admin, engineer or annotator.")
 
 
 class UserRead(BaseModel):

@@ -3,7 +3,7 @@
 
 const TOKEN_KEY = "labelwheel.token";
 const ACTION_KEYS = new Set(["s", "u"]);
-const LABEL_KEYS = [..."1234567890abcdefghijklmnopqrstuvwxyz"].filter((key) => !ACTION_KEYS.has(key));
+const POSITIONAL_KEYS = [..."1234567890abcdefghijklmnopqrstuvwxyz"];
 const PROJECT = `/api/v1/projects/${location.pathname.split("/")[2]}`;
 
 const $ = (id) => document.getElementById(id);
@@ -90,20 +90,33 @@ function start() {
     const project = await (await api("GET", PROJECT)).json();
     $("project-name").textContent = project.name;
     document.title = `${project.name} · labelwheel`;
-    renderLabels(project.labels);
+    renderLabels(project.labels, project.settings.hotkeys ?? {});
     await Promise.all([loadNext(), refreshProgress()]);
   });
 }
 
-function renderLabels(names) {
+// Each label's key: the project's `hotkeys` setting first; then a label named by one free character gets that
+// key (in a digits project `7` labels "7"); the rest take the free keys 1…9, 0, a…z in order.
+function labelKeys(names, hotkeys) {
+  const keys = new Map();
+  const taken = (key) => ACTION_KEYS.has(key.toLowerCase()) || [...keys.values()].includes(key);
+  for (const name of names) if (hotkeys[name]) keys.set(name, hotkeys[name]);
+  for (const name of names) if (!keys.has(name) && [...name].length === 1 && !taken(name)) keys.set(name, name);
+  const free = POSITIONAL_KEYS.filter((key) => !taken(key));
+  for (const name of names) if (!keys.has(name) && free.length) keys.set(name, free.shift());
+  return keys;
+}
+
+function renderLabels(names, hotkeys) {
   state.shortcuts.clear();
-  const buttons = names.map((name, i) => {
+  const keys = labelKeys(names, hotkeys);
+  const buttons = names.map((name) => {
     const button = document.createElement("button");
     button.type = "button";
     button.className = "label";
     button.dataset.label = name;
     button.title = name;
-    const key = LABEL_KEYS[i];
+    const key = keys.get(name);
     const kbd = document.createElement("kbd");
     if (key) {
       state.shortcuts.set(key, name);
@@ -123,6 +136,18 @@ function renderLabels(names) {
 async function refreshProgress() {
   const p = await (await api("GET", `${PROJECT}/progress`)).json();
   $("progress").textContent = `You labeled ${p.labeled_by_you} · done ${p.done} of ${p.images}`;
+  // Shown when the queue has nothing for you: "All done" only when nothing waits, else what waits and why.
+  $("done-title").textContent = p.waiting
+    ? `Nothing left for you to label; ${p.waiting} of ${p.images} images still wait`
+    : "All done — nothing left to label";
+  $("waiting-reasons").replaceChildren(
+    ...p.waiting_reasons.map((reason) => {
+      const item = document.createElement("li");
+      item.dataset.code = reason.code;
+      item.textContent = reason.message;
+      return item;
+    }),
+  );
 }
 
 async function loadNext() {
@@ -253,7 +278,8 @@ function undo() {
 document.addEventListener("keydown", (event) => {
   if ($("workspace").hidden || event.ctrlKey || event.metaKey || event.altKey || event.repeat) return;
   const key = event.key.length === 1 ? event.key.toLowerCase() : event.key;
-  if (key === "s") skip();
+  if (state.shortcuts.has(event.key)) submit(state.shortcuts.get(event.key)); // a label bound to "A" is Shift+a
+  else if (key === "s") skip();
   else if (key === "u" || key === "Backspace") undo();
   else if (key === "Escape" && state.correcting) undo();
   else if (state.shortcuts.has(key)) submit(state.shortcuts.get(key));
