@@ -163,10 +163,14 @@ def predicted_confidence(client, engineer, project, truth, image_ids) -> dict[in
     """The serving model's top probability for each image, through POST /predict (onnxruntime)."""
     pngs, _ = digits()
     position = {image_id: k for k, image_id in enumerate(truth)}
-    files = [("files", (f"{i}.png", pngs[position[i]], "image/png")) for i in image_ids]
-    answer = client.post(f"/api/v1/projects/{project['id']}/predict", files=files, headers=engineer.headers)
-    assert answer.status_code == 200, answer.text
-    return {i: p["confidence"] for i, p in zip(image_ids, answer.json()["predictions"], strict=True)}
+    confidence = {}
+    for first in range(0, len(image_ids), 100):  # LABELWHEEL_PREDICT_MAX_FILES per request
+        chunk = image_ids[first : first + 100]
+        files = [("files", (f"{i}.png", pngs[position[i]], "image/png")) for i in chunk]
+        answer = client.post(f"/api/v1/projects/{project['id']}/predict", files=files, headers=engineer.headers)
+        assert answer.status_code == 200, answer.text
+        confidence |= {i: p["confidence"] for i, p in zip(chunk, answer.json()["predictions"], strict=True)}
+    return confidence
 
 
 def cli(settings, *args: str) -> subprocess.CompletedProcess:
