@@ -30,7 +30,6 @@ import shutil
 import statistics
 import subprocess
 import tempfile
-import threading
 import time
 import zipfile
 from collections.abc import Callable
@@ -39,7 +38,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import psutil
+from _memory import peak_rss_during
 from PIL import Image
 from sklearn.datasets import load_digits
 
@@ -193,39 +192,6 @@ def cli_import(folder: Path, project: str, env: dict[str, str]) -> tuple[float, 
         raise RuntimeError(f"labelwheel import printed no summary line; stdout was:\n{stdout[-2000:]}")
     accepted, duplicate, rejected = map(int, found[-1])
     return elapsed, (accepted, duplicate, rejected)
-
-
-def rss_tree(process: psutil.Process) -> int:
-    total = 0
-    for p in [process, *process.children(recursive=True)]:
-        try:
-            total += p.memory_info().rss
-        except psutil.NoSuchProcess:
-            pass
-    return total
-
-
-def peak_rss_during(pid: int, action: Callable[[], None], interval: float = 0.02) -> tuple[int, int]:
-    """Run ``action`` while sampling the process tree's RSS; return (RSS before, peak RSS) in bytes."""
-    process = psutil.Process(pid)
-    before = rss_tree(process)
-    peak = before
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not done.is_set():
-            peak = max(peak, rss_tree(process))
-            time.sleep(interval)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
-        action()
-    finally:
-        done.set()
-        sampler.join()
-    return before, max(peak, rss_tree(process))
 
 
 def upload_zip(client: httpx.Client, project_id: int, path: Path, expected: int) -> None:

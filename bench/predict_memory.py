@@ -32,6 +32,7 @@ from pathlib import Path
 
 import httpx
 import psutil
+from _memory import peak_rss_during, rss_tree
 from PIL import Image
 from sklearn.datasets import load_digits
 
@@ -101,16 +102,6 @@ def make_projects(data: Path) -> tuple[int, int]:
     return ids
 
 
-def rss_tree(process: psutil.Process) -> int:
-    total = 0
-    for p in [process, *process.children(recursive=True)]:
-        try:
-            total += p.memory_info().rss
-        except psutil.NoSuchProcess:
-            pass
-    return total
-
-
 @dataclass(frozen=True)
 class Measure:
     name: str
@@ -123,31 +114,18 @@ class Measure:
 
 def measure(client: httpx.Client, pid: int, name: str, project_id: int, files: list[bytes]) -> Measure:
     """POST the files to /predict while sampling the server's RSS from a second thread."""
-    import threading
-
-    process = psutil.Process(pid)
-    before = rss_tree(process)
-    peak = before
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not done.is_set():
-            peak = max(peak, rss_tree(process))
-            time.sleep(SAMPLE_SECONDS)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
     parts = [("files", (f"{i}.png", data, "image/png")) for i, data in enumerate(files)]
+    answers: list[httpx.Response] = []
     started = time.perf_counter()
-    try:
-        response = client.post(f"/api/v1/projects/{project_id}/predict", files=parts)
-    finally:
-        seconds = time.perf_counter() - started
-        done.set()
-        sampler.join()
+    before, peak = peak_rss_during(
+        pid,
+        lambda: answers.append(client.post(f"/api/v1/projects/{project_id}/predict", files=parts)),
+        interval=SAMPLE_SECONDS,
+    )
+    seconds = time.perf_counter() - started
+    (response,) = answers
     code = response.json()["error"]["code"] if response.status_code >= 400 else "-"
-    result = Measure(name, response.status_code, code, seconds, before, max(peak, rss_tree(process)))
+    result = Measure(name, response.status_code, code, seconds, before, peak)
     print(f"{name}: {result.status} {code}, {seconds:.2f} s, peak {result.peak / MB:,.0f} MB", flush=True)
     return result
 
