@@ -385,6 +385,9 @@ def export_labels(
 ) -> None:
     """Write the project's current labels to a file, streamed (the same formats as GET .../export)."""
     from annotation.exports import ExportFormat, count_labeled, export_chunks
+    from storage.errors import LabelwheelError
+    from storage.models import Project
+    from storage.projects import require_classification
 
     if format not in {f.value for f in ExportFormat}:
         console.print(f"[red]unknown format {format!r}: use csv, json or labelstudio[/red]")
@@ -393,6 +396,11 @@ def export_labels(
     db = _database(settings)
     project_id = _project_id(db, settings, project)
     with db.session() as session:
+        try:
+            require_classification(session.get_one(Project, project_id), feature="exports")
+        except LabelwheelError as exc:
+            console.print(f"[red]{exc.message}[/red]")
+            raise typer.Exit(1) from None
         total = count_labeled(session, project_id=project_id)
     written = 0
     partial = out.with_name(out.name + ".part")
