@@ -175,6 +175,9 @@ def test_classification_projects_refuse_boxes_and_the_flywheel_leaves_detection_
         assert job.status_code == 422 and job.json()["error"]["code"] == "not_for_detection"
         assert "detection training comes in issue 14" in job.json()["error"]["message"]
     assert client.get(f"{path}/jobs", headers=admin.headers).json() == []
+    nightly = client.put(f"{path}/schedules", json={"train": "0 3 * * *"}, headers=admin.headers)
+    assert nightly.status_code == 422 and nightly.json()["error"]["code"] == "not_for_detection"
+    assert client.put(f"{path}/schedules", json={}, headers=admin.headers).json() == []  # clearing stays possible
     for refused in (
         client.get(f"{path}/agreement", headers=admin.headers),
         client.get(f"{path}/export?format=csv", headers=admin.headers),
