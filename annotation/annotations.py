@@ -1,7 +1,9 @@
-"""Submitting labels: idempotent, append-only, with the image's consensus kept current.
+"""Submitting answers: idempotent, append-only, with the image's consensus kept current.
 
+One path for both kinds of project: an answer is a label (classification) or a list of boxes (detection),
+and everything else (leases, idempotency, corrections, gold, overlap, review) does not care which.
 Every submission is one transaction that adds the annotation row, closes the lease, and updates
-the image's label count, queue place and consensus label, so nothing later has to scan all
+the image's label count, queue place and consensus, so nothing later has to scan all
 annotations to know an image's current label.
 """
 
@@ -9,16 +11,29 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from annotation.box_answers import DrawnBox, check_boxes, matches_gold, raw_boxes
 from annotation.consensus import refresh_consensus
 from annotation.queue import capacity_left
 from storage.errors import Conflict, InvalidInput, NotFound
-from storage.models import Annotation, AnnotationOrigin, Assignment, AssignmentStatus, Image, Project, Role, utcnow
+from storage.models import (
+    Annotation,
+    AnnotationOrigin,
+    Assignment,
+    AssignmentStatus,
+    Image,
+    Project,
+    Role,
+    TaskType,
+    utcnow,
+)
 from storage.names import nfc
 from storage.users import Principal
 
@@ -44,6 +59,46 @@ def check_label(project: Project, label: str) -> str:
     return label
 
 
+def check_kind(project: Project, *, label: str | None, boxes: Sequence[DrawnBox] | None) -> None:
+    """An answer of the project's kind: a label for classification, boxes (maybe none) for detection."""
+    if project.task_type is TaskType.detection:
+        if label is not None or boxes is None:
+            raise InvalidInput(
+                f"project {project.id} is a detection project: send `boxes`, a list of {{label, x, y, w, h}} in pixels "
+                "of the upright image ([] when the image shows no object), and no `label`",
+                code="wrong_answer_kind",
+            )
+    elif boxes is not None or label is None:
+        raise InvalidInput(
+            f"project {project.id} is a classification project: send `label`, one of its labels, and no `boxes`",
+            code="wrong_answer_kind",
+        )
+
+
+@dataclass(frozen=True)
+class Answer:
+    label: str | None  # classification
+    boxes: list[dict[str, Any]] | None  # detection, as stored: clipped, labels in NFC
+
+
+def check_answer(project: Project, image: Image, *, label: str | None, boxes: Sequence[DrawnBox] | None) -> Answer:
+    """The answer as stored; InvalidInput when it is of the wrong kind for the project or not valid."""
+    check_kind(project, label=label, boxes=boxes)
+    if boxes is not None:
+        return Answer(label=None, boxes=check_boxes(project, image, boxes))
+    assert label is not None  # check_kind: a classification answer has a label
+    return Answer(label=check_label(project, label), boxes=None)
+
+
+def gold_correct(image: Image, *, label: str | None, boxes: list[dict[str, Any]] | None) -> bool | None:
+    """Whether an answer matches the image's gold answer; None when the image is no gold question."""
+    if image.gold_boxes is not None:
+        return boxes is not None and matches_gold(boxes, image.gold_boxes)
+    if image.gold_label is not None:
+        return label == image.gold_label
+    return None
+
+
 def project_image(session: Session, *, project: Project, image_id: int, lock: bool = False) -> Image:
     """The image if it belongs to the project; NotFound otherwise (another project's id included)."""
     query = select(Image).where(Image.id == image_id, Image.project_id == project.id)
@@ -53,8 +108,12 @@ def project_image(session: Session, *, project: Project, image_id: int, lock: bo
     return image
 
 
-def _request_hash(image_id: int, label: str, duration_ms: int | None) -> str:
-    body = json.dumps({"image_id": image_id, "label": label, "duration_ms": duration_ms}, sort_keys=True)
+def _request_hash(
+    image_id: int, *, label: str | None, boxes: Sequence[DrawnBox] | None, duration_ms: int | None
+) -> str:
+    # A classification request hashes as it always has, so keys stored before detection existed still replay.
+    answer: dict[str, Any] = {"label": label} if boxes is None else {"boxes": raw_boxes(boxes)}
+    body = json.dumps({"image_id": image_id, **answer, "duration_ms": duration_ms}, sort_keys=True)
     return hashlib.sha256(body.encode()).hexdigest()
 
 
@@ -76,13 +135,16 @@ def submit_annotation(
     principal: Principal,
     project: Project,
     image_id: int,
-    label: str,
+    label: str | None = None,
+    boxes: Sequence[DrawnBox] | None = None,
     duration_ms: int | None = None,
     idempotency_key: str | None = None,
 ) -> Submitted:
-    """Record one label. A second label by the same annotator is a correction: it supersedes the first."""
-    label = check_label(project, label)
-    request_hash = _request_hash(image_id, label, duration_ms)
+    """Record one answer: a label, or boxes in a detection project. A second answer by the same annotator is a
+    correction: it supersedes the first."""
+    check_kind(project, label=label, boxes=boxes)
+    label = check_label(project, label) if label is not None else None
+    request_hash = _request_hash(image_id, label=label, boxes=boxes, duration_ms=duration_ms)
     if idempotency_key:
         earlier = _replay(session, annotator_id=principal.id, key=idempotency_key, request_hash=request_hash)
         if earlier is not None:
@@ -91,6 +153,7 @@ def submit_annotation(
         raise InvalidInput(f"duration_ms must be between 0 and {MAX_DURATION_MS}", code="invalid_duration")
     # Locking the image row serializes submissions for one image on PostgreSQL (SQLite serializes all writers).
     image = project_image(session, project=project, image_id=image_id, lock=True)
+    stored_boxes = check_boxes(project, image, boxes) if boxes is not None else None
     now = utcnow()
     previous = session.scalar(
         select(Annotation).where(
@@ -106,7 +169,7 @@ def submit_annotation(
         )
         if (
             not holds_lease
-            and image.gold_label is None
+            and not image.is_gold
             and not capacity_left(session, image=image, annotator_id=principal.id, now=now)
         ):
             raise Conflict(
@@ -119,11 +182,12 @@ def submit_annotation(
         image_id=image.id,
         annotator_id=principal.id,
         label=label,
+        boxes=stored_boxes,
         duration_ms=duration_ms,
         origin=AnnotationOrigin.human,
         is_current=True,
         supersedes_id=previous.id if previous else None,
-        gold_correct=(label == image.gold_label) if image.gold_label is not None else None,
+        gold_correct=gold_correct(image, label=label, boxes=stored_boxes),
         idempotency_key=idempotency_key,
         request_hash=request_hash,
     )

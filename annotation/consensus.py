@@ -5,6 +5,10 @@ on every current label and rewrites every image (training calls it before each s
 fits, each submission recomputes its one image from the stored confusion matrices
 (``refresh_consensus``), a few rows. Either way an image whose consensus is weak (a tie, a low
 posterior, no usable label) is sent to one more annotator, up to the project's cap.
+
+Detection images get their current boxes (``images.consensus_boxes``) from ``refresh_consensus`` too, plainly
+until boxes are merged across annotators: the gold boxes, else the answer of the annotators who count when they
+all gave the same boxes (one annotator, or several who all said ``[]``), else none.
 """
 
 from __future__ import annotations
@@ -13,11 +17,13 @@ import enum
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session
 
+from annotation.box_answers import same_boxes
 from annotation.crowd import Crowd, load_crowd
 from annotation.dawid_skene import dawid_skene, one_coin, posterior_from_skills
 from annotation.queue import annotator_members, labels_wanted, place_in_queue
@@ -28,9 +34,10 @@ from storage.models import (
     ConsensusFit,
     Image,
     Project,
+    TaskType,
     utcnow,
 )
-from storage.projects import ProjectSettings, project_settings
+from storage.projects import ProjectSettings, project_settings, require_classification
 
 # Dawid-Skene learns K x K numbers per annotator: below this much overlap (images with two usable
 # labels or a gold answer) its estimates are noise, and majority vote is the honest answer.
@@ -191,30 +198,55 @@ def _settle(image: Image, settings: ProjectSettings, *, annotators: int) -> bool
     return sent and image.queue_tier is not None
 
 
-def refresh_consensus(session: Session, *, project: Project, image: Image) -> None:
-    """Recompute one image's label from its current annotations and the project's last fit (a few rows)."""
-    annotators = annotator_members(session, project_id=project.id)
-    if image.gold_label is not None:
-        image.consensus_label, image.consensus_tie, image.consensus_posterior = image.gold_label, False, 1.0
-        place_in_queue(image, annotators=annotators)
-        return
-    votes = dict(
-        session.execute(
-            select(Annotation.annotator_id, Annotation.label).where(
-                Annotation.image_id == image.id, Annotation.is_current
-            )
-        ).all()
-    )
-    if votes:
+def _counted(session: Session, *, project_id: int, answers: dict[int, Any]) -> dict[int, Any]:
+    """The answers whose annotators are not excluded from consensus, by annotator."""
+    if answers:
         excluded = session.scalars(
             select(AnnotatorExclusion.annotator_id).where(
-                AnnotatorExclusion.project_id == project.id,
-                AnnotatorExclusion.annotator_id.in_(votes),
+                AnnotatorExclusion.project_id == project_id,
+                AnnotatorExclusion.annotator_id.in_(answers),
                 AnnotatorExclusion.revoked_at.is_(None),
             )
         )
         for annotator_id in excluded:
-            votes.pop(annotator_id, None)
+            answers.pop(annotator_id, None)
+    return answers
+
+
+def _refresh_boxes(session: Session, *, project: Project, image: Image, annotators: int) -> None:
+    """A detection image's current boxes: gold, else the one answer every counted annotator gave, else none.
+
+    No automatic review: without merged boxes there is no measure of a weak consensus to act on yet.
+    """
+    image.consensus_label, image.consensus_tie = None, False
+    if image.gold_boxes is not None:
+        image.consensus_boxes, image.consensus_posterior = image.gold_boxes, 1.0
+    else:
+        rows = session.execute(
+            select(Annotation.annotator_id, Annotation.boxes).where(
+                Annotation.image_id == image.id, Annotation.is_current
+            )
+        ).all()
+        answers = list(_counted(session, project_id=project.id, answers=dict(rows)).values())
+        agreed = bool(answers) and all(a is not None and same_boxes(a, answers[0]) for a in answers)
+        image.consensus_boxes, image.consensus_posterior = (answers[0] if agreed else None), None
+    place_in_queue(image, annotators=annotators)
+
+
+def refresh_consensus(session: Session, *, project: Project, image: Image) -> None:
+    """Recompute one image's label from its current annotations and the project's last fit (a few rows)."""
+    annotators = annotator_members(session, project_id=project.id)
+    if project.task_type is TaskType.detection:
+        _refresh_boxes(session, project=project, image=image, annotators=annotators)
+        return
+    if image.gold_label is not None:
+        image.consensus_label, image.consensus_tie, image.consensus_posterior = image.gold_label, False, 1.0
+        place_in_queue(image, annotators=annotators)
+        return
+    rows = session.execute(
+        select(Annotation.annotator_id, Annotation.label).where(Annotation.image_id == image.id, Annotation.is_current)
+    ).all()
+    votes: dict[int, str] = _counted(session, project_id=project.id, answers=dict(rows))
     fit = session.get(ConsensusFit, project.id) if votes else None
     if fit is None:
         vote = majority_vote(list(votes.values()), project.labels)
@@ -293,6 +325,7 @@ def update_project_consensus(session: Session, project_id: int) -> ConsensusSumm
     The project's labeled images are locked first, so no submission interleaves with the rewrite.
     """
     project = session.get_one(Project, project_id)
+    require_classification(project, feature="refitting consensus (and excluding annotators)")
     images = list(
         session.scalars(
             select(Image)
@@ -339,6 +372,7 @@ def weak_consensus(
 ) -> list[tuple[Image, dict[str, int]]]:
     """Images automatic review gave up on (all labels in, consensus still weak), each with its current votes.
     An admin resolves one by giving the answer as a gold label, which then scores everyone who labeled it."""
+    require_classification(project, feature="the list of weak consensus labels")
     threshold = project_settings(project).review_posterior
     query = select(Image).where(
         Image.project_id == project.id,
@@ -354,5 +388,5 @@ def weak_consensus(
     for image_id, label in session.execute(
         select(Annotation.image_id, Annotation.label).where(Annotation.image_id.in_(votes), Annotation.is_current)
     ):
-        votes[image_id][label] += 1
+        votes[image_id][str(label)] += 1  # a classification project: every annotation has a label
     return [(image, dict(votes[image.id])) for image in images]

@@ -14,6 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from storage.models import Annotation, AnnotatorExclusion, Image, Project
+from storage.projects import require_classification
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,7 @@ def excluded_annotators(session: Session, *, project_id: int) -> set[int]:
 
 def load_crowd(session: Session, *, project: Project) -> Crowd:
     """Every current label of the project, and its gold answers."""
+    require_classification(project, feature="label statistics (consensus, agreement, scorecards)")
     rows = session.execute(
         select(Annotation.image_id, Annotation.annotator_id, Annotation.label)
         .where(Annotation.project_id == project.id, Annotation.is_current)
@@ -102,6 +104,6 @@ def load_crowd(session: Session, *, project: Project) -> Crowd:
         excluded=np.isin(annotator_ids, sorted(excluded)),
         item=np.searchsorted(image_ids, np.array([r[0] for r in rows], dtype=np.int64)),
         worker=np.searchsorted(annotator_ids, np.array([r[1] for r in rows], dtype=np.int64)),
-        label=np.array([class_of[r[2]] for r in rows], dtype=np.int64),
+        label=np.array([class_of[str(r[2])] for r in rows], dtype=np.int64),  # labels: a classification project
         gold=gold,
     )

@@ -2,26 +2,40 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
-from annotation.annotations import check_label, project_image
+from annotation.annotations import check_answer, gold_correct, project_image
+from annotation.box_answers import DrawnBox
 from annotation.consensus import refresh_consensus
 from storage.models import Annotation, Image, Project, User
 
 
-def set_gold(session: Session, *, project: Project, image_id: int, label: str | None) -> Image:
-    """Mark an image as a gold question with a known answer (or unmark it with ``label=None``).
+def set_gold(
+    session: Session,
+    *,
+    project: Project,
+    image_id: int,
+    label: str | None = None,
+    boxes: Sequence[DrawnBox] | None = None,
+) -> Image:
+    """Mark an image as a gold question with a known answer, a label or boxes by the project's kind (or unmark it,
+    given neither).
 
     Gold images leave the normal queue; each annotator is served each of them once, at the
     project's ``gold_rate``, and their answers are scored. Answers given before marking are scored too.
     """
     image = project_image(session, project=project, image_id=image_id, lock=True)
-    image.gold_label = check_label(project, label) if label is not None else None
+    if label is None and boxes is None:
+        image.gold_label = image.gold_boxes = None
+    else:
+        answer = check_answer(project, image, label=label, boxes=boxes)
+        image.gold_label, image.gold_boxes = answer.label, answer.boxes
     for annotation in session.scalars(select(Annotation).where(Annotation.image_id == image.id)):
-        annotation.gold_correct = (annotation.label == label) if label is not None else None
+        annotation.gold_correct = gold_correct(image, label=annotation.label, boxes=annotation.boxes)
     refresh_consensus(session, project=project, image=image)
     session.flush()
     return image
@@ -59,7 +73,7 @@ def send_for_review(session: Session, *, project: Project, image_ids: list[int],
     """Ask for one more independent label on each image, served before fresh images, with the reason shown."""
     images = [project_image(session, project=project, image_id=i, lock=True) for i in dict.fromkeys(image_ids)]
     for image in images:
-        if image.gold_label is not None:
+        if image.is_gold:
             continue
         image.labels_needed = image.label_count + 1
         image.review_reason = reason

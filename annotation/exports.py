@@ -56,7 +56,7 @@ class ExportedAnnotation:
     id: int
     annotator_id: int
     annotator: str
-    label: str
+    label: str | None  # None only in detection projects, which have no exports yet
     duration_ms: int | None
     origin: AnnotationOrigin
     created_at: datetime

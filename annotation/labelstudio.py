@@ -52,7 +52,7 @@ from storage.models import (
     Role,
     utcnow,
 )
-from storage.projects import add_member
+from storage.projects import add_member, require_classification
 from storage.users import create_user, find_user, get_user_by_name
 
 MAX_PROBLEMS = 1000
@@ -320,7 +320,9 @@ def import_labelstudio(
     """
     summary = ImportSummary(tasks=len(tasks))
     with db.session() as session:
-        labels = list(session.get_one(Project, project_id).labels)
+        project = session.get_one(Project, project_id)
+        require_classification(project, feature="Label Studio import")
+        labels = list(project.labels)
     target = target_from_config(label_config, labels) if label_config else Target()
 
     def as_label_studio(candidate: Candidate) -> Candidate:

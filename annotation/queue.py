@@ -26,6 +26,7 @@ from storage.models import (
     Project,
     QueueTier,
     Role,
+    TaskType,
     User,
     utcnow,
 )
@@ -71,7 +72,7 @@ def place_in_queue(image: Image, *, annotators: int) -> None:
 
     One that wanted more than the team can give keeps its review reason, for when a new annotator joins.
     """
-    if image.gold_label is not None or image.label_count >= image.labels_needed:
+    if image.is_gold or image.label_count >= image.labels_needed:
         image.queue_tier = None
         image.review_reason = None
     elif image.label_count >= labels_wanted(image, annotators=annotators):
@@ -130,13 +131,15 @@ def _open_for(project_id: int, annotator_id: int, now: datetime) -> Select[Image
     )
 
 
-def _gold_candidate(session: Session, *, project_id: int, annotator_id: int) -> Image | None:
+def _gold_candidate(session: Session, *, project: Project, annotator_id: int) -> Image | None:
     seen = select(Assignment.image_id).where(
-        Assignment.annotator_id == annotator_id, Assignment.project_id == project_id
+        Assignment.annotator_id == annotator_id, Assignment.project_id == project.id
     )
+    # Each kind of project keeps its gold answers in its own column (gold_label is indexed for classification).
+    gold = Image.gold_boxes if project.task_type is TaskType.detection else Image.gold_label
     return session.scalar(
         select(Image)
-        .where(Image.project_id == project_id, Image.gold_label.is_not(None), Image.id.not_in(seen))
+        .where(Image.project_id == project.id, gold.is_not(None), Image.id.not_in(seen))
         .order_by(Image.priority.desc(), Image.id)
         .limit(1)
     )
@@ -186,7 +189,7 @@ def next_task(
     lease = timedelta(minutes=project.settings["lease_minutes"])
     chosen: Image | None = None
     if (rng or random).random() < project.settings["gold_rate"]:
-        chosen = _gold_candidate(session, project_id=project.id, annotator_id=principal.id)
+        chosen = _gold_candidate(session, project=project, annotator_id=principal.id)
     if chosen is None:
         chosen = _first_open(session, project_id=project.id, annotator_id=principal.id, now=now)
     if chosen is None:
@@ -255,7 +258,7 @@ def requeue_for_team(session: Session, *, project_id: int) -> None:
     """After the project's annotator members changed: images that now have every label they can get leave
     the queue, and images that a larger team can give more labels come back to it."""
     annotators = annotator_members(session, project_id=project_id)
-    base = (Image.project_id == project_id, Image.gold_label.is_(None))
+    base = (Image.project_id == project_id, Image.gold_label.is_(None), Image.gold_boxes.is_(None))
     if annotators:
         session.execute(
             update(Image)

@@ -30,6 +30,7 @@ from storage.models import (
     ModelKind,
     ModelVersion,
     Project,
+    TaskType,
     utcnow,
 )
 from storage.projects import project_settings
@@ -44,6 +45,8 @@ def start_policy_jobs(db: Database, transport: Transport, *, project_id: int) ->
         project = session.get(Project, project_id)
         if project is None:
             return started
+        if project.task_type is TaskType.detection:
+            return started  # the flywheel trains classifiers only; detection training comes in issue 14
         policy = project_settings(project).training
         if policy.auto_refresh and _refresh_due(session, project_id):
             delay = _refresh_delay(session, project_id, policy.refresh_interval_seconds)

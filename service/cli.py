@@ -213,7 +213,7 @@ def mine(project: Annotated[str, typer.Option(help="Project name.")]) -> None:
 
     transport = get_transport(settings.resolved_queue_url)
     torch.set_num_threads(settings.train_threads)
-    with db.session() as session:
+    with _exit_on_error(settings), db.session() as session:
         job_id = create_job(
             session,
             project_id=project_id,
@@ -385,6 +385,8 @@ def export_labels(
 ) -> None:
     """Write the project's current labels to a file, streamed (the same formats as GET .../export)."""
     from annotation.exports import ExportFormat, count_labeled, export_chunks
+    from storage.models import Project
+    from storage.projects import require_classification
 
     if format not in {f.value for f in ExportFormat}:
         console.print(f"[red]unknown format {format!r}: use csv, json or labelstudio[/red]")
@@ -392,7 +394,8 @@ def export_labels(
     settings = _settings()
     db = _database(settings)
     project_id = _project_id(db, settings, project)
-    with db.session() as session:
+    with _exit_on_error(settings), db.session() as session:
+        require_classification(session.get_one(Project, project_id), feature="exports")
         total = count_labeled(session, project_id=project_id)
     written = 0
     partial = out.with_name(out.name + ".part")

@@ -66,6 +66,11 @@ class CreatedAt:
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, server_default=func.now())
 
 
+def _boxes() -> JSON:
+    # A missing answer is SQL NULL, never JSON null, so that "IS NULL" means "no boxes given" and [] means "none here".
+    return JSON(none_as_null=True)
+
+
 def _enum(cls: type[enum.Enum], name: str) -> Enum:
     # Stored as plain strings with a CHECK constraint: portable, readable in SQL, easy to extend.
     return Enum(cls, name=name, native_enum=False, length=32, values_callable=lambda e: [m.value for m in e])
@@ -78,7 +83,8 @@ class Role(enum.StrEnum):
 
 
 class TaskType(enum.StrEnum):
-    classification = "classification"
+    classification = "classification"  # one label per image
+    detection = "detection"  # boxes, each with one of the project's labels
 
 
 class Split(enum.StrEnum):
@@ -184,6 +190,10 @@ class Image(CreatedAt, Base):
     consensus_tie: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # Dawid-Skene's probability that consensus_label is right (1 for gold); NULL under majority vote.
     consensus_posterior: Mapped[float | None] = mapped_column(Float)
+    # Detection projects: the known boxes of a gold image, and the image's current boxes ([] is "no objects").
+    # Lists of {label, x, y, w, h} in pixels of the upright image, as annotation.box_answers stores them.
+    gold_boxes: Mapped[list[dict[str, Any]] | None] = mapped_column(_boxes())
+    consensus_boxes: Mapped[list[dict[str, Any]] | None] = mapped_column(_boxes())
 
     __table_args__ = (
         UniqueConstraint("project_id", "sha256", name="uq_images_project_id_sha256"),
@@ -191,6 +201,18 @@ class Image(CreatedAt, Base):
         Index("ix_images_queue", "project_id", "queue_tier", "priority", "id"),
         Index("ix_images_gold", "project_id", "gold_label"),
     )
+
+    @property
+    def upright_size(self) -> tuple[int, int]:
+        """(width, height) once the EXIF orientation is applied: ``width`` and ``height`` are the stored pixels',
+        and orientations 5 to 8 turn the image a quarter."""
+        turned = self.exif_orientation in (5, 6, 7, 8)
+        return (self.height, self.width) if turned else (self.width, self.height)
+
+    @property
+    def is_gold(self) -> bool:
+        """A gold question, in either kind of project."""
+        return self.gold_label is not None or self.gold_boxes is not None
 
 
 class Assignment(Base):
@@ -218,7 +240,11 @@ class Assignment(Base):
 
 
 class Annotation(CreatedAt, Base):
-    """One label given by one annotator. Append-only: a correction is a new row superseding the old."""
+    """One answer given by one annotator. Append-only: a correction is a new row superseding the old.
+
+    A classification answer is a ``label``; a detection answer is ``boxes`` (``label`` NULL), a list of
+    {label, x, y, w, h} in pixels of the upright image (EXIF orientation applied), floats, clipped to the image.
+    """
 
     __tablename__ = "annotations"
 
@@ -226,7 +252,8 @@ class Annotation(CreatedAt, Base):
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
     annotator_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
-    label: Mapped[str] = mapped_column(String(100))
+    label: Mapped[str | None] = mapped_column(String(100))
+    boxes: Mapped[list[dict[str, Any]] | None] = mapped_column(_boxes())
     duration_ms: Mapped[int | None] = mapped_column(Integer)
     origin: Mapped[AnnotationOrigin] = mapped_column(_enum(AnnotationOrigin, "annotation_origin"))
     is_current: Mapped[bool] = mapped_column(Boolean, default=True)

@@ -17,6 +17,7 @@ from storage.names import clean_name, name_problem, nfc
 from storage.users import Principal
 
 MIN_LABELS, MAX_LABELS, MAX_LABEL_LENGTH, MAX_PROJECT_NAME_LENGTH = 2, 1000, 100, 200
+MAX_BOXES = 10_000  # the most boxes one detection answer may hold, whatever a project's max_boxes says
 # A label's key on the labeling page: one visible character, not the page's own keys s (skip) and u (undo),
 # in either case. Explicit ASCII classes, so the API schema (Rust regex) and the validator (Python re) agree.
 KEY_PATTERN = r"^[^\x00-\x20\x7f-\x9f]$"
@@ -162,6 +163,12 @@ class ProjectSettings(BaseModel):
     )
     review_max_labels: int = Field(
         default=5, ge=1, le=20, description="Automatic review stops asking for labels once an image needs this many."
+    )
+    max_boxes: int = Field(
+        default=500,
+        ge=1,
+        le=MAX_BOXES,
+        description="Detection projects only: the most boxes one answer may hold for one image.",
     )
     hotkeys: dict[str, HotKey | None] = Field(
         default_factory=dict,
@@ -324,6 +331,17 @@ def list_members(session: Session, *, project: Project) -> list[User]:
             .order_by(User.id)
         )
     )
+
+
+def require_classification(project: Project, *, feature: str) -> None:
+    """Refuse a feature that reads one label per image on a detection project, saying what exists instead."""
+    if project.task_type is TaskType.detection:
+        raise InvalidInput(
+            f"{feature} works on classification projects only; project {project.id} is a detection project, "
+            "where labeling, gold questions, review and overlap work, and the current boxes are read from "
+            "GET .../labels (box agreement, consensus boxes, detection exports and training come later)",
+            code="not_for_detection",
+        )
 
 
 def project_settings(project: Project) -> ProjectSettings:

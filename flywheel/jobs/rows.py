@@ -20,12 +20,22 @@ from sqlalchemy.orm import Session
 
 from flywheel.jobs.transport import Transport
 from storage.db import Database, after_commit
-from storage.errors import Conflict, NotFound
-from storage.models import Image, Job, JobKind, JobStatus, Project, utcnow
+from storage.errors import Conflict, InvalidInput, NotFound
+from storage.models import Image, Job, JobKind, JobStatus, Project, TaskType, utcnow
 
 logger = logging.getLogger(__name__)
 
 TERMINAL = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled})
+
+
+def require_classifier_project(project: Project, *, kind: JobKind) -> None:
+    """Every job kind trains or uses an image classifier; detection models come with issue 14."""
+    if project.task_type is TaskType.detection:
+        raise InvalidInput(
+            f"no {kind.value} job for project {project.id}: it is a detection project, and the flywheel trains "
+            "classifiers only (detection training comes in issue 14); its labels are read from GET .../labels",
+            code="not_for_detection",
+        )
 
 
 def create_job(
@@ -45,6 +55,7 @@ def create_job(
     A ``train`` request while another training of the project is still queued returns that job:
     labels arriving during a training schedule one follow-up, not one per label.
     """
+    require_classifier_project(session.get_one(Project, project_id), kind=kind)
     if kind == JobKind.train:
         _lock_project(session, project_id)
         waiting = session.scalars(

@@ -11,6 +11,7 @@ from annotation.labelstudio_tasks import MAX_LABEL_CONFIG_CHARS
 from service.deps import AdminProject, EngineerProject, RuntimeDep
 from service.schemas.common import ERROR_RESPONSES
 from service.schemas.exports import LabelStudioImportSummary
+from storage.projects import require_classification
 
 router = APIRouter(prefix="/api/v1/projects/{project_id}", tags=["exports"], responses=ERROR_RESPONSES)
 
@@ -41,6 +42,7 @@ def export(
     row per image), `json` (the same fields plus each annotator's current annotation) or `labelstudio` (a Label
     Studio full export). Read in batches in short transactions, so any size uses little memory and labeling goes on
     meanwhile."""
+    require_classification(project, feature="exports")
     # The stream reads in short sessions of its own, after this function has returned.
     chunks = export_chunks(runtime.db, project_id=project.id, fmt=format, base_url=str(request.base_url))
     filename = export_filename(project.id, format)

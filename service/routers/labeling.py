@@ -6,6 +6,7 @@ from fastapi import APIRouter, Header, Query, Response, status
 from fastapi.responses import JSONResponse
 
 from annotation.annotations import list_annotations, project_image, submit_annotation, visible_annotator
+from annotation.box_answers import DrawnBox
 from annotation.curation import gold_scores, send_for_review, set_gold
 from annotation.labels import current_labels
 from annotation.queue import next_task, progress, skip_task
@@ -27,6 +28,8 @@ from service.schemas.labeling import (
     AnnotationCreate,
     AnnotationRead,
     AnnotationsPage,
+    BoxCreate,
+    BoxRead,
     CurrentLabel,
     CurrentLabelsPage,
     GoldScoreRead,
@@ -38,6 +41,11 @@ from service.schemas.labeling import (
     TaskRead,
 )
 from storage.db import after_commit
+
+
+def _boxes(given: list[BoxCreate] | None) -> list[DrawnBox] | None:
+    return None if given is None else [DrawnBox(**b.model_dump()) for b in given]
+
 
 router = APIRouter(prefix="/api/v1/projects/{project_id}", tags=["labeling"], responses=ERROR_RESPONSES)
 
@@ -86,7 +94,7 @@ def skip(project: MemberProjectForWrite, image_id: ImageId, session: SessionDep,
 @router.post(
     "/annotations",
     status_code=status.HTTP_201_CREATED,
-    summary="Submit a label (a second one by you for the same image is a correction)",
+    summary="Submit a label, or boxes in a detection project (a second answer by you for the image is a correction)",
     responses={200: {"model": AnnotationRead, "description": "A replay of an earlier request with this key."}},
 )
 def submit(
@@ -99,16 +107,19 @@ def submit(
         str | None, Header(max_length=200, description="Retries with the same key store the label once.")
     ] = None,
 ) -> JSONResponse:
-    """Stores your label for an image (a lease is not required). A second label from you for the same image is a
-    correction: a new row that supersedes the old. With an `Idempotency-Key` header a retried request stores the
-    label once and gets the first answer again (200); another body with the same key is a 422. A late submission for
-    an image that got all its labels from others meanwhile is a 409 and stores nothing."""
+    """Stores your answer for an image (a lease is not required): `label` in a classification project, `boxes` in a
+    detection project (`[]`: no objects), each box checked against the image and named by its index when refused.
+    A second answer from you for the same image is a correction: a new row that supersedes the old. With an
+    `Idempotency-Key` header a retried request stores the answer once and gets the first answer again (200); another
+    body with the same key is a 422. A late submission for an image that got all its labels from others meanwhile is
+    a 409 and stores nothing."""
     result = submit_annotation(
         session,
         principal=principal,
         project=project,
         image_id=body.image_id,
         label=body.label,
+        boxes=_boxes(body.boxes),
         duration_ms=body.duration_ms,
         idempotency_key=idempotency_key,
     )
@@ -160,17 +171,20 @@ def labels(
     project: EngineerProject, session: ReadSessionDep, after: After = None, limit: Limit = 100
 ) -> CurrentLabelsPage:
     """The current label of each labeled image: Dawid-Skene's most probable label once consensus has been fitted,
-    else the majority vote (ties broken by label order and flagged), or the gold answer."""
-    items = current_labels(session, project_id=project.id, after=after, limit=limit)
+    else the majority vote (ties broken by label order and flagged), or the gold answer. In a detection project,
+    each image's current `boxes`: the gold boxes, else the answer every counted annotator gave (images whose
+    annotators gave different boxes are not listed until consensus boxes exist)."""
+    items = current_labels(session, project=project, after=after, limit=limit)
     return CurrentLabelsPage(
         items=[
             CurrentLabel(
                 image_id=i.id,
-                label=i.consensus_label or "",
+                label=i.consensus_label,
+                boxes=None if i.consensus_boxes is None else [BoxRead(**b) for b in i.consensus_boxes],
                 tie=i.consensus_tie,
                 label_count=i.label_count,
                 labels_needed=i.labels_needed,
-                gold=i.gold_label is not None,
+                gold=i.is_gold,
             )
             for i in items
         ],
@@ -181,14 +195,17 @@ def labels(
 @router.put("/gold", summary="Mark an image as a gold question with its known answer (admin)")
 def gold(project: AdminProjectForWrite, body: GoldSet, session: SessionDep) -> ImageRead:
     """Makes the image a gold question: it is served at `gold_rate`, once to each annotator, and their answers are
-    scored against this label, which is also the image's label."""
-    return ImageRead.model_validate(set_gold(session, project=project, image_id=body.image_id, label=body.label))
+    scored against this answer, which is also the image's label. In a detection project the answer is `boxes`; an
+    answer is correct when each of its boxes matches one gold box of the same label with an IoU of at least 0.5
+    (one to one, greedily by IoU) and none is left over on either side."""
+    image = set_gold(session, project=project, image_id=body.image_id, label=body.label, boxes=_boxes(body.boxes))
+    return ImageRead.model_validate(image)
 
 
 @router.delete("/gold/{image_id}", summary="Unmark a gold question (admin)")
 def ungold(project: AdminProjectForWrite, image_id: ImageId, session: SessionDep) -> ImageRead:
     """The image is an ordinary image again; its label comes from the annotators' votes."""
-    return ImageRead.model_validate(set_gold(session, project=project, image_id=image_id, label=None))
+    return ImageRead.model_validate(set_gold(session, project=project, image_id=image_id))
 
 
 @router.get("/gold/scores", summary="Each annotator's answers to gold questions (admin, engineer)")

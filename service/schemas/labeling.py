@@ -3,10 +3,36 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from service.schemas.common import IdField, RequestModel
 from storage.models import AnnotationOrigin
+from storage.projects import MAX_BOXES
+
+
+class BoxCreate(RequestModel):
+    """One object in a detection answer, in pixels of the upright image (EXIF orientation applied)."""
+
+    label: str = Field(min_length=1, max_length=100, description="One of the project's labels.")
+    x: float = Field(allow_inf_nan=False, ge=-1e6, le=1e6, description="Left edge.")
+    y: float = Field(allow_inf_nan=False, ge=-1e6, le=1e6, description="Top edge.")
+    w: float = Field(allow_inf_nan=False, ge=-1e6, le=1e6, description="Width, above 0.")
+    h: float = Field(allow_inf_nan=False, ge=-1e6, le=1e6, description="Height, above 0.")
+
+
+BOXES_DESCRIPTION = (
+    "Detection projects: every object in the image, [] when there is none (a real answer). Each box must lie inside "
+    "the image, give or take 1 px (stored clipped to it), have a positive size and a label of the project; at most "
+    "the project's `max_boxes`."
+)
+
+
+class BoxRead(BaseModel):
+    label: str
+    x: float = Field(description="Left edge, in pixels of the upright image.")
+    y: float = Field(description="Top edge.")
+    w: float
+    h: float
 
 
 class PreLabelRead(BaseModel):
@@ -29,7 +55,13 @@ class TaskRead(BaseModel):
 
 class AnnotationCreate(RequestModel):
     image_id: IdField
-    label: str = Field(min_length=1, max_length=100, description="One of the project's labels, spelled exactly.")
+    label: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=100,
+        description="Classification projects: one of the project's labels, spelled exactly.",
+    )
+    boxes: list[BoxCreate] | None = Field(default=None, max_length=MAX_BOXES, description=BOXES_DESCRIPTION)
     duration_ms: int | None = Field(
         default=None,
         ge=0,
@@ -45,7 +77,10 @@ class AnnotationRead(BaseModel):
     project_id: int
     image_id: int
     annotator_id: int = Field(description="The user who gave the label.")
-    label: str
+    label: str | None = Field(description="The label (classification projects; null in detection projects).")
+    boxes: list[BoxRead] | None = Field(
+        description="The boxes as stored, clipped to the image (detection projects; null in classification ones)."
+    )
     duration_ms: int | None
     origin: AnnotationOrigin = Field(description="human (labeled here) or imported (from Label Studio).")
     is_current: bool = Field(description="False once a correction by the same annotator superseded it.")
@@ -83,7 +118,21 @@ class ProgressRead(BaseModel):
 
 class GoldSet(RequestModel):
     image_id: IdField
-    label: str = Field(min_length=1, max_length=100, description="The known answer: one of the project's labels.")
+    label: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=100,
+        description="Classification projects: the known answer, one of the project's labels.",
+    )
+    boxes: list[BoxCreate] | None = Field(
+        default=None, max_length=MAX_BOXES, description="Detection projects: the known boxes. " + BOXES_DESCRIPTION
+    )
+
+    @model_validator(mode="after")
+    def _an_answer(self) -> GoldSet:
+        if self.label is None and self.boxes is None:
+            raise ValueError("give the known answer: `label` (classification) or `boxes` (detection)")
+        return self
 
 
 class GoldScoreRead(BaseModel):
@@ -108,8 +157,13 @@ class ReviewResult(BaseModel):
 
 class CurrentLabel(BaseModel):
     image_id: int
-    label: str = Field(
-        description="The current label: gold answer, Dawid-Skene's most probable label, or the majority vote."
+    label: str | None = Field(
+        description="Classification projects: the current label: gold answer, Dawid-Skene's most probable label, or "
+        "the majority vote (null in detection projects)."
+    )
+    boxes: list[BoxRead] | None = Field(
+        description="Detection projects: the current boxes ([]: no objects): the gold boxes, else the answer every "
+        "counted annotator gave (null in classification projects)."
     )
     tie: bool = Field(description="Several labels had the most votes; the first in the label set won.")
     label_count: int = Field(description="Current labels from distinct annotators.")

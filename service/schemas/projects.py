@@ -54,7 +54,10 @@ class ProjectCreate(RequestModel):
         description="Ordered label names: unique, without leading or trailing spaces, 2 to 1000 of them. "
         + NAME_POLICY,
     )
-    task_type: TaskType = Field(default=TaskType.classification, description="classification: one label per image.")
+    task_type: TaskType = Field(
+        default=TaskType.classification,
+        description="classification: one label per image; detection: boxes, each with one of the labels.",
+    )
     settings: ProjectSettings = Field(default_factory=ProjectSettings)
 
 
