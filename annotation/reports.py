@@ -1,8 +1,10 @@
-"""The agreement report, and the human-level reference the model card sets beside the model's accuracy."""
+"""The agreement reports (labels; boxes), and the human-level reference the model card sets beside the model's
+accuracy."""
 
 from __future__ import annotations
 
-from collections import Counter
+import itertools
+from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -11,8 +13,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from annotation.agreement import NO_OVERLAP, Agreement, agreement, without_figures
+from annotation.boxes import Box, BoxPairAgreement, pair_agreement
 from annotation.crowd import excluded_annotators, load_crowd
 from storage.models import Annotation, Image, Project, Split, User
+from storage.projects import project_settings
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,60 @@ class AgreementReport:
     reason: str | None  # why the figures are empty
     agreement: Agreement
     human_reference: HumanReference
+
+
+@dataclass(frozen=True)
+class BoxAgreementReport:
+    annotators: list[int]  # whose boxes count (excluded ones left out)
+    names: dict[int, str]
+    excluded_annotators: list[int]
+    iou_threshold: float
+    images: int  # overlapped images: boxes from at least two counted annotators
+    reason: str | None  # why there are no figures
+    overall: BoxPairAgreement | None  # every pair's shared images pooled
+    pairs: list[tuple[int, int, BoxPairAgreement]]  # (annotator, annotator, their agreement)
+
+
+def box_agreement_report(session: Session, *, project: Project) -> BoxAgreementReport:
+    """Box agreement on overlapped images of a detection project: for each pair of annotators, their boxes on the
+    images both answered matched one to one by IoU (``annotation.boxes.pair_agreement``), and all pairs pooled."""
+    threshold = project_settings(project).iou_threshold
+    excluded = excluded_annotators(session, project_id=project.id)
+    by_image: dict[int, dict[int, list[Box]]] = defaultdict(dict)
+    rows = session.execute(
+        select(Annotation.image_id, Annotation.annotator_id, Annotation.boxes).where(
+            Annotation.project_id == project.id, Annotation.is_current, Annotation.boxes.is_not(None)
+        )
+    )
+    for image_id, annotator_id, boxes in rows:
+        if annotator_id not in excluded:
+            by_image[image_id][annotator_id] = [Box(**box) for box in boxes or []]
+    annotators = sorted({a for answers in by_image.values() for a in answers})
+    overlapped = {image_id: answers for image_id, answers in by_image.items() if len(answers) >= 2}
+    pairs, pooled_first, pooled_second = [], [], []
+    for a, b in itertools.combinations(annotators, 2):
+        shared = [answers for answers in overlapped.values() if a in answers and b in answers]
+        if shared:
+            first, second = [answers[a] for answers in shared], [answers[b] for answers in shared]
+            pairs.append((a, b, pair_agreement(first, second, iou_threshold=threshold)))
+            pooled_first += first
+            pooled_second += second
+    reason = None
+    if len(annotators) < 2:
+        reason = f"needs two annotators; {len(annotators)} has answered (excluded annotators left out)"
+    elif not pairs:
+        reason = NO_OVERLAP
+    overall = pair_agreement(pooled_first, pooled_second, iou_threshold=threshold) if pairs else None
+    return BoxAgreementReport(
+        annotators=annotators,
+        names=dict(session.execute(select(User.id, User.name).where(User.id.in_(annotators))).all()),
+        excluded_annotators=sorted(excluded),
+        iou_threshold=threshold,
+        images=len(overlapped),
+        reason=reason,
+        overall=overall,
+        pairs=pairs,
+    )
 
 
 def agreement_report(session: Session, *, project: Project) -> AgreementReport:

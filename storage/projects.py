@@ -170,6 +170,12 @@ class ProjectSettings(BaseModel):
         le=MAX_BOXES,
         description="Detection projects only: the most boxes one answer may hold for one image.",
     )
+    iou_threshold: float = Field(
+        default=0.5,
+        gt=0.0,
+        le=1.0,
+        description="Detection projects only: two annotators' boxes are the same object at this IoU or more.",
+    )
     hotkeys: dict[str, HotKey | None] = Field(
         default_factory=dict,
         description="Keys of the labeling page, {label: key}: one printable character each, unique, not s or u "

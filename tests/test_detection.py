@@ -151,6 +151,22 @@ def test_skip_overlap_gold_and_review_work_for_boxes(client, admin):
     assert submit(client, project, c, skipped, [box(label="person")]).status_code == 201
     assert skipped not in current(client, project, admin)  # the three answers differ
 
+    # Agreement: per pair, boxes matched one to one by IoU on the images both answered; all pairs pooled.
+    agreement = client.get(f"{path}/agreement", headers=admin.headers).json()
+    assert (agreement["task_type"], agreement["images"], agreement["iou_threshold"]) == ("detection", 2, 0.5)
+    (ab, bc) = agreement["pairs"]
+    assert (ab["annotator_a"]["name"], ab["annotator_b"]["name"], ab["images"]) == ("boxer0", "boxer1", 1)
+    assert ab["overall"] | {"cohen_kappa": None} == {
+        "first_boxes": 1, "second_boxes": 1, "matched": 1, "precision": 1.0, "recall": 1.0, "f1": 1.0,
+        "mean_iou": 1.0, "label_agreement": 1.0, "cohen_kappa": None,
+    }  # fmt: skip
+    assert ab["overall"]["cohen_kappa"]["value"] is None and ab["overall"]["cohen_kappa"]["reason"]  # one class
+    assert (bc["overall"]["first_boxes"], bc["overall"]["second_boxes"], bc["overall"]["matched"]) == (0, 1, 0)
+    assert bc["overall"]["recall"] is None and bc["overall"]["f1"] == 0.0  # "no objects" against one box
+    pooled = agreement["overall"]["overall"]
+    assert (pooled["matched"], pooled["precision"], pooled["recall"]) == (1, 0.5, 1.0)
+    assert pooled["f1"] == pytest.approx(2 / 3)
+
 
 def test_classification_projects_refuse_boxes_and_the_flywheel_leaves_detection_projects_alone(
     app, client, admin, annotator
@@ -178,11 +194,14 @@ def test_classification_projects_refuse_boxes_and_the_flywheel_leaves_detection_
     nightly = client.put(f"{path}/schedules", json={"train": "0 3 * * *"}, headers=admin.headers)
     assert nightly.status_code == 422 and nightly.json()["error"]["code"] == "not_for_detection"
     assert client.put(f"{path}/schedules", json={}, headers=admin.headers).json() == []  # clearing stays possible
-    for refused in (
-        client.get(f"{path}/agreement", headers=admin.headers),
-        client.get(f"{path}/export?format=csv", headers=admin.headers),
-    ):
-        assert refused.status_code == 422 and refused.json()["error"]["code"] == "not_for_detection"
+    refused = client.get(f"{path}/export?format=csv", headers=admin.headers)
+    assert refused.status_code == 422 and refused.json()["error"]["code"] == "not_for_detection"
+    nothing_yet = client.get(f"{path}/agreement", headers=admin.headers).json()
+    assert (
+        nothing_yet["pairs"] == []
+        and nothing_yet["overall"] is None
+        and "needs two annotators" in nothing_yet["reason"]
+    )
 
 
 def test_boxes_are_checked_against_the_upright_image(client, admin, annotator):

@@ -9,7 +9,7 @@ from annotation.agreement import MIN_SHARED_ITEMS, Figure
 from annotation.consensus import ConsensusSummary, update_project_consensus, weak_consensus
 from annotation.exclusions import exclude_annotator, list_exclusions, revoke_exclusion
 from annotation.label_issues import list_issues, send_issues_for_relabel
-from annotation.reports import agreement_report
+from annotation.reports import BoxAgreementReport, agreement_report, box_agreement_report
 from annotation.scorecards import MIN_GOLD, MIN_OVERLAPPED, annotator_scorecards
 from service.deps import (
     AdminProjectForWrite,
@@ -23,7 +23,10 @@ from service.schemas.common import ERROR_RESPONSES, MAX_ID, Limit, UserId
 from service.schemas.labeling import ReviewResult
 from service.schemas.quality import (
     AgreementRead,
+    AnnotatorPairBoxAgreementRead,
     AnnotatorRef,
+    BoxAgreementRead,
+    BoxPairAgreementRead,
     ClassAgreementRead,
     ConsensusSummaryRead,
     ExclusionChange,
@@ -43,6 +46,7 @@ from service.schemas.quality import (
     WeakImageRead,
     WeakImagesPage,
 )
+from storage.models import TaskType
 
 router = APIRouter(prefix="/api/v1/projects/{project_id}", tags=["label quality"], responses=ERROR_RESPONSES)
 
@@ -53,15 +57,35 @@ def _figure(figure: Figure) -> FigureRead:
     return FigureRead(**asdict(figure))
 
 
+def _box_agreement(report: BoxAgreementReport, *, labels: list[str]) -> BoxAgreementRead:
+    ref = {a: AnnotatorRef(id=a, name=report.names.get(a, f"user {a}")) for a in report.annotators}
+    return BoxAgreementRead(
+        labels=labels,
+        annotators=list(ref.values()),
+        excluded_annotators=report.excluded_annotators,
+        iou_threshold=report.iou_threshold,
+        images=report.images,
+        reason=report.reason,
+        overall=None if report.overall is None else BoxPairAgreementRead.model_validate(asdict(report.overall)),
+        pairs=[
+            AnnotatorPairBoxAgreementRead(annotator_a=ref[a], annotator_b=ref[b], **asdict(figures))
+            for a, b, figures in report.pairs
+        ],
+    )
+
+
 def _summary(summary: ConsensusSummary) -> ConsensusSummaryRead:
     return ConsensusSummaryRead(**asdict(summary))
 
 
 @router.get("/agreement", summary="Inter-annotator agreement on overlapped images (admin, engineer)")
-def agreement(project: EngineerProject, session: ReadSessionDep) -> AgreementRead:
+def agreement(project: EngineerProject, session: ReadSessionDep) -> AgreementRead | BoxAgreementRead:
     """Percent agreement, Fleiss' kappa and Krippendorff's alpha over images labeled by several annotators, per
     class and per pair of annotators (Cohen's kappa), each with a plain-language reading, or the reason when there
-    is too little overlap to say."""
+    is too little overlap to say. For a detection project: per pair of annotators and pooled, their boxes matched
+    one to one by IoU, with box precision, recall, F1, mean IoU and label agreement, overall and per class."""
+    if project.task_type == TaskType.detection:
+        return _box_agreement(box_agreement_report(session, project=project), labels=list(project.labels))
     report = agreement_report(session, project=project)
     figures = report.agreement
     ref = [AnnotatorRef(id=a, name=report.names.get(a, f"user {a}")) for a in report.annotators]

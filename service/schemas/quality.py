@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -73,6 +73,48 @@ class AgreementRead(BaseModel):
     human_reference: HumanReferenceRead = Field(
         description="How accurate the annotators are against consensus on test images."
     )
+
+
+class BoxFiguresRead(BaseModel):
+    first_boxes: int = Field(description="Boxes of the first annotator (overall: of annotator_a).")
+    second_boxes: int
+    matched: int = Field(description="Boxes paired one to one at the project's iou_threshold or more.")
+    precision: float | None = Field(description="matched / second_boxes, reading the first as the reference.")
+    recall: float | None = Field(description="matched / first_boxes.")
+    f1: float | None = Field(description="2 matched / all boxes; symmetric.")
+    mean_iou: float | None = Field(description="Mean IoU of the matched boxes.")
+    label_agreement: float | None = Field(description="Share of matched boxes given the same label by both.")
+    cohen_kappa: FigureRead = Field(description="On the labels of matched boxes.")
+
+
+class ClassBoxAgreementRead(BaseModel):
+    label: str
+    figures: BoxFiguresRead = Field(description="A box counts for this class only when both gave it this label.")
+
+
+class BoxPairAgreementRead(BaseModel):
+    images: int = Field(description="Images both answered (an empty answer, no objects, counts).")
+    overall: BoxFiguresRead = Field(description="Boxes paired whatever their labels.")
+    per_class: list[ClassBoxAgreementRead]
+
+
+class AnnotatorPairBoxAgreementRead(BoxPairAgreementRead):
+    annotator_a: AnnotatorRef
+    annotator_b: AnnotatorRef
+
+
+class BoxAgreementRead(BaseModel):
+    """Agreement of a detection project: boxes matched one to one by IoU (Hungarian) between annotators."""
+
+    task_type: Literal["detection"] = "detection"
+    labels: list[str] = Field(description="The project's classes, in order.")
+    annotators: list[AnnotatorRef] = Field(description="Annotators whose boxes count (excluded ones left out).")
+    excluded_annotators: list[int]
+    iou_threshold: float = Field(description="Project setting: boxes at this IoU or more are the same object.")
+    images: int = Field(description="Overlapped images: boxes from at least two annotators.")
+    reason: str | None = Field(description="Why the figures are empty, when they are.")
+    overall: BoxPairAgreementRead | None = Field(description="Every pair of annotators' shared images pooled.")
+    pairs: list[AnnotatorPairBoxAgreementRead]
 
 
 class FlagRead(BaseModel):
