@@ -17,7 +17,8 @@ def test_create_and_read_a_project_with_its_ordered_labels(client, admin):
     settings = {k: v for k, v in project["settings"].items() if k not in ("training", "mining")}
     assert settings == {
         "overlap_rate": 0.25, "overlap_k": 3, "lease_minutes": 10, "gold_rate": 0.05,
-        "auto_review": True, "review_posterior": 0.7, "review_max_labels": 5, "max_boxes": 500, "hotkeys": {},
+        "auto_review": True, "review_posterior": 0.7, "review_max_labels": 5, "max_boxes": 500, "iou_threshold": 0.5,
+        "hotkeys": {},
     }  # fmt: skip
     assert project["settings"]["training"]["min_new_labels"] == 50
     assert project["settings"]["mining"]["strategy"] == "margin_kcenter"
@@ -82,7 +83,8 @@ def test_settings_can_be_changed_and_are_validated(client, admin):
     settings = {k: v for k, v in changed.json()["settings"].items() if k not in ("training", "mining")}
     assert settings == {
         "overlap_rate": 0.1, "overlap_k": 5, "lease_minutes": 10, "gold_rate": 0.05,
-        "auto_review": True, "review_posterior": 0.7, "review_max_labels": 5, "max_boxes": 500, "hotkeys": {},
+        "auto_review": True, "review_posterior": 0.7, "review_max_labels": 5, "max_boxes": 500, "iou_threshold": 0.5,
+        "hotkeys": {},
     }  # fmt: skip
     refused = client.patch(url, json={"settings": {"overlap_rate": -1}}, headers=admin.headers)
     assert refused.status_code == 422
