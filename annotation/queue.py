@@ -30,6 +30,7 @@ from storage.models import (
     User,
     utcnow,
 )
+from storage.projects import add_member, remove_member
 from storage.users import Principal
 
 
@@ -252,6 +253,21 @@ def skip_task(session: Session, *, principal: Principal, project: Project, image
     assignment.status = AssignmentStatus.skipped
     assignment.expires_at = assignment.updated_at = utcnow()
     session.flush()
+
+
+def add_to_team(session: Session, *, project: Project, user_ids: list[int]) -> list[User]:
+    """Make users members of the project (again: no change), then re-place the images a larger team can now give
+    more labels: the one way the API and the CLI add members."""
+    users = [add_member(session, project=project, user_id=user_id) for user_id in user_ids]
+    requeue_for_team(session, project_id=project.id)
+    return users
+
+
+def remove_from_team(session: Session, *, project: Project, user_id: int) -> None:
+    """Take a user's access away (their labels stay), then let images that now have every label the remaining
+    annotators can give leave the queue."""
+    remove_member(session, project=project, user_id=user_id)
+    requeue_for_team(session, project_id=project.id)
 
 
 def requeue_for_team(session: Session, *, project_id: int) -> None:

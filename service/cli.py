@@ -264,8 +264,9 @@ def users_create(
     project: Annotated[list[str] | None, typer.Option(help="Add the user to this project (repeatable).")] = None,
 ) -> None:
     """Create a user and print their API token (shown only this once)."""
+    from annotation.queue import add_to_team
     from storage.models import Role
-    from storage.projects import add_member, get_project_by_name
+    from storage.projects import get_project_by_name
     from storage.users import create_user
 
     if role not in {r.value for r in Role}:
@@ -277,7 +278,7 @@ def users_create(
         projects = [get_project_by_name(session, name=p) for p in project or []]  # all found, or no user
         user, token = create_user(session, name=name, role=Role(role))
         for found in projects:
-            add_member(session, project=found, user_id=user.id)
+            add_to_team(session, project=found, user_ids=[user.id])
     typer.echo(token)
 
 
@@ -310,7 +311,8 @@ def members_add(
     project: Annotated[str, typer.Option(help="Project name.")],
 ) -> None:
     """Add users to a project (adding a member again changes nothing)."""
-    from storage.projects import add_member, get_project_by_name
+    from annotation.queue import add_to_team
+    from storage.projects import get_project_by_name
     from storage.users import get_user_by_name
 
     settings = _settings()
@@ -318,8 +320,7 @@ def members_add(
     with _exit_on_error(settings), db.session() as session:
         found = get_project_by_name(session, name=project)
         users = [get_user_by_name(session, name=name) for name in names]  # all found, or none added
-        for user in users:
-            add_member(session, project=found, user_id=user.id)
+        add_to_team(session, project=found, user_ids=[user.id for user in users])
     typer.echo(f"{len(users)} member(s) of {project!r}: {', '.join(names)}")
 
 

@@ -4,12 +4,12 @@ from typing import Any
 
 from fastapi import APIRouter, status
 
-from annotation.queue import requeue_for_team
+from annotation.queue import add_to_team, remove_from_team
 from service.deps import AdminProjectForWrite, AdminUser, CurrentUser, MemberProject, ReadSessionDep, SessionDep
 from service.schemas.common import ERROR_RESPONSES, UserId
 from service.schemas.projects import MemberAdd, ProjectCreate, ProjectRead, ProjectSettingsUpdate
 from service.schemas.users import UserRead
-from storage.projects import add_member, create_project, list_members, list_projects, remove_member, update_settings
+from storage.projects import create_project, list_members, list_projects, update_settings
 
 router = APIRouter(prefix="/api/v1/projects", tags=["projects"], responses=ERROR_RESPONSES)
 
@@ -57,8 +57,7 @@ def members(project: MemberProject, session: ReadSessionDep) -> list[UserRead]:
 def add(project: AdminProjectForWrite, body: MemberAdd, session: SessionDep) -> UserRead:
     """Makes a user a member of the project (adding one who is already a member changes nothing). Images whose
     overlap a larger team can now give come back to the queue."""
-    user = add_member(session, project=project, user_id=body.user_id)
-    requeue_for_team(session, project_id=project.id)
+    (user,) = add_to_team(session, project=project, user_ids=[body.user_id])
     return UserRead.model_validate(user)
 
 
@@ -68,8 +67,7 @@ def add(project: AdminProjectForWrite, body: MemberAdd, session: SessionDep) -> 
 def remove(project: AdminProjectForWrite, user_id: UserId, session: SessionDep) -> None:
     """Takes a user's access to the project away; their labels stay. Images that now have every label the remaining
     annotators can give leave the queue."""
-    remove_member(session, project=project, user_id=user_id)
-    requeue_for_team(session, project_id=project.id)
+    remove_from_team(session, project=project, user_id=user_id)
 
 
 def _given(changes: dict[str, Any]) -> dict[str, Any]:
