@@ -6,25 +6,26 @@ fits, each submission recomputes its one image from the stored confusion matrice
 (``refresh_consensus``), a few rows. Either way an image whose consensus is weak (a tie, a low
 posterior, no usable label) is sent to one more annotator, up to the project's cap.
 
-Detection images get their current boxes (``images.consensus_boxes``) from ``refresh_consensus`` too, plainly
-until boxes are merged across annotators: the gold boxes, else the answer of the annotators who count when they
-all gave the same boxes (one annotator, or several who all said ``[]``), else none.
+Detection images get their current boxes (``images.consensus_boxes``) from ``refresh_consensus`` too: the gold
+boxes, else the consensus of the counted annotators' boxes (``annotation.boxes.consensus_boxes``: boxes
+clustered across annotators, kept when a quorum drew them, median outlines, class by vote), with a weak
+consensus sent to one more annotator the same way.
 """
 
 from __future__ import annotations
 
 import enum
-from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session
 
-from annotation.box_answers import same_boxes
-from annotation.crowd import Crowd, load_crowd
+from annotation.boxes import Box, BoxConsensus, Weak, consensus_boxes
+from annotation.crowd import Crowd, excluded_annotators, load_crowd
 from annotation.dawid_skene import dawid_skene, one_coin, posterior_from_skills
 from annotation.queue import annotator_members, labels_wanted, place_in_queue
 from storage.models import (
@@ -50,6 +51,11 @@ TIE_TOLERANCE = 1e-9
 WEAK_NO_LABEL = "the labels given so far do not count; an independent label is needed"
 WEAK_TIE = "annotators disagree; an independent label is needed"
 WEAK_POSTERIOR = "the label is uncertain; an independent label is needed"
+WEAK_BOXES = "the boxes drawn so far disagree; independent boxes are needed"
+BOX_CONSENSUS = (
+    "a detection project: boxes are clustered across annotators and kept when a quorum drew them, classes by vote "
+    "(Dawid-Skene is fitted on the labels of classification projects)"
+)
 
 
 class Method(enum.StrEnum):
@@ -213,24 +219,90 @@ def _counted(session: Session, *, project_id: int, answers: dict[int, Any]) -> d
     return answers
 
 
-def _refresh_boxes(session: Session, *, project: Project, image: Image, annotators: int) -> None:
-    """A detection image's current boxes: gold, else the one answer every counted annotator gave, else none.
+def image_box_consensus(
+    project: Project, answers: Mapping[int, Sequence[Mapping[str, Any]]], settings: ProjectSettings | None = None
+) -> BoxConsensus:
+    """Consensus boxes of one image from its counted annotators' answers ({annotator: boxes}), under the
+    project's quorum and IoU threshold."""
+    settings = settings or project_settings(project)
+    quorum = min(settings.box_quorum, len(answers)) if settings.box_quorum and answers else None
+    return consensus_boxes(
+        {annotator: [Box(**box) for box in boxes] for annotator, boxes in answers.items()},
+        quorum=quorum,
+        iou_threshold=settings.iou_threshold,
+        label_order=project.labels,
+    )
 
-    No automatic review: without merged boxes there is no measure of a weak consensus to act on yet.
+
+def _settle_boxes(
+    project: Project,
+    settings: ProjectSettings,
+    image: Image,
+    answers: Mapping[int, Sequence[Mapping[str, Any]]],
+    *,
+    annotators: int,
+) -> None:
+    """Set a detection image's current boxes from its counted annotators' answers, or its gold boxes.
+
+    Once the image has every answer it asked for, a weak consensus (a box drawn by just a quorum or
+    by exactly half of them, a tied class, outlines that agree little) asks for one more, as a tie
+    does in classification, up to ``review_max_labels``. Then the image takes its place in the queue.
     """
-    image.consensus_label, image.consensus_tie = None, False
+    image.consensus_label, image.consensus_tie, image.consensus_posterior = None, False, None
+    image.consensus_boxes = None
     if image.gold_boxes is not None:
         image.consensus_boxes, image.consensus_posterior = image.gold_boxes, 1.0
-    else:
-        rows = session.execute(
-            select(Annotation.annotator_id, Annotation.boxes).where(
-                Annotation.image_id == image.id, Annotation.is_current
-            )
-        ).all()
-        answers = list(_counted(session, project_id=project.id, answers=dict(rows)).values())
-        agreed = bool(answers) and all(a is not None and same_boxes(a, answers[0]) for a in answers)
-        image.consensus_boxes, image.consensus_posterior = (answers[0] if agreed else None), None
+    elif answers:
+        result = image_box_consensus(project, answers, settings)
+        image.consensus_boxes = [asdict(c.box) for c in result.boxes]
+        image.consensus_tie = Weak.class_tie in result.weak
+        has_all = image.label_count >= labels_wanted(image, annotators=annotators)
+        if settings.auto_review and has_all and result.weak and image.label_count < settings.review_max_labels:
+            image.labels_needed, image.review_reason = image.label_count + 1, WEAK_BOXES
     place_in_queue(image, annotators=annotators)
+
+
+def _refresh_boxes(session: Session, *, project: Project, image: Image, annotators: int) -> None:
+    """Recompute one detection image's current boxes from its current answers (a few rows)."""
+    rows = session.execute(
+        select(Annotation.annotator_id, Annotation.boxes).where(Annotation.image_id == image.id, Annotation.is_current)
+    ).all()
+    answers = _counted(session, project_id=project.id, answers={a: boxes or [] for a, boxes in rows})
+    _settle_boxes(project, project_settings(project), image, answers, annotators=annotators)
+
+
+def _update_box_consensus(session: Session, *, project: Project, images: list[Image]) -> ConsensusSummary:
+    """Recompute every detection image's current boxes (after exclusions, or a change of quorum or IoU threshold)."""
+    excluded = excluded_annotators(session, project_id=project.id)
+    answers: dict[int, dict[int, list[dict[str, Any]]]] = defaultdict(dict)
+    for image_id, annotator_id, boxes in session.execute(
+        select(Annotation.image_id, Annotation.annotator_id, Annotation.boxes).where(
+            Annotation.project_id == project.id, Annotation.is_current
+        )
+    ):
+        if annotator_id not in excluded:
+            answers[image_id][annotator_id] = boxes or []
+    settings = project_settings(project)
+    annotators = annotator_members(session, project_id=project.id)
+    changed = sent = 0
+    for image in images:
+        before, asked = image.consensus_boxes, image.labels_needed
+        _settle_boxes(project, settings, image, answers.get(image.id, {}), annotators=annotators)
+        changed += image.consensus_boxes != before
+        sent += image.labels_needed > asked and image.queue_tier is not None
+    session.flush()
+    return ConsensusSummary(
+        method=Method.majority,
+        reason=BOX_CONSENSUS,
+        images=sum(image.consensus_boxes is not None for image in images),
+        overlapped_images=sum(len(a) >= 2 for a in answers.values()),
+        annotators=len({a for by_image in answers.values() for a in by_image}),
+        excluded_annotators=len(excluded),
+        changed=changed,
+        differs_from_majority=0,
+        sent_to_review=sent,
+        iterations=0,
+    )
 
 
 def refresh_consensus(session: Session, *, project: Project, image: Image) -> None:
@@ -325,18 +397,25 @@ def update_project_consensus(session: Session, project_id: int) -> ConsensusSumm
     The project's labeled images are locked first, so no submission interleaves with the rewrite.
     """
     project = session.get_one(Project, project_id)
-    require_classification(project, feature="refitting consensus (and excluding annotators)")
     images = list(
         session.scalars(
             select(Image)
             .where(
                 Image.project_id == project_id,
-                or_(Image.label_count > 0, Image.gold_label.is_not(None), Image.consensus_label.is_not(None)),
+                or_(
+                    Image.label_count > 0,
+                    Image.gold_label.is_not(None),
+                    Image.consensus_label.is_not(None),
+                    Image.gold_boxes.is_not(None),
+                    Image.consensus_boxes.is_not(None),
+                ),
             )
             .order_by(Image.id)
             .with_for_update()
         )
     )
+    if project.task_type is TaskType.detection:
+        return _update_box_consensus(session, project=project, images=images)
     crowd = load_crowd(session, project=project)
     consensus = compute_consensus(crowd)
     _store_fit(session, project=project, consensus=consensus)

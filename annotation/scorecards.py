@@ -283,6 +283,41 @@ def _speeds(session: Session, *, project_id: int) -> dict[int, Speed]:
     return speeds
 
 
+@dataclass(frozen=True)
+class People:
+    """Who the annotators of a scorecard are: names, membership, exclusions, speed."""
+
+    names: dict[int, str]
+    members: set[int]
+    exclusions: dict[int, Exclusion]
+    speeds: dict[int, Speed]
+
+    def name(self, annotator_id: int) -> str:
+        return self.names.get(annotator_id, f"user {annotator_id}")
+
+    def speed(self, annotator_id: int) -> Speed:
+        return self.speeds.get(annotator_id, Speed(None, None, 0))
+
+
+def who(session: Session, *, project_id: int, ids: list[int]) -> People:
+    """The annotators' names, memberships, live exclusions and labeling speeds, for either kind of scorecard."""
+    names = dict(session.execute(select(User.id, User.name).where(User.id.in_(ids))).all())
+    members = set(
+        session.scalars(
+            select(Membership.user_id).where(Membership.project_id == project_id, Membership.user_id.in_(ids))
+        )
+    )
+    exclusions = {
+        e.annotator_id: Exclusion(e.reason, e.excluded_by_id, e.created_at)
+        for e in session.scalars(
+            select(AnnotatorExclusion).where(
+                AnnotatorExclusion.project_id == project_id, AnnotatorExclusion.revoked_at.is_(None)
+            )
+        )
+    }
+    return People(names, members, exclusions, _speeds(session, project_id=project_id))
+
+
 def annotator_scorecards(session: Session, *, project: Project) -> Scorecards:
     """Every annotator with a current label in the project, removed and excluded ones included."""
     crowd = load_crowd(session, project=project)
@@ -290,21 +325,7 @@ def annotator_scorecards(session: Session, *, project: Project) -> Scorecards:
     checked = _checked(consensus)
     eligible = np.array([c.enough for c in checked], dtype=bool) & ~crowd.excluded
     ids = [int(a) for a in crowd.annotator_ids]
-    names = dict(session.execute(select(User.id, User.name).where(User.id.in_(ids))).all())
-    members = set(
-        session.scalars(
-            select(Membership.user_id).where(Membership.project_id == project.id, Membership.user_id.in_(ids))
-        )
-    )
-    exclusions = {
-        e.annotator_id: Exclusion(e.reason, e.excluded_by_id, e.created_at)
-        for e in session.scalars(
-            select(AnnotatorExclusion).where(
-                AnnotatorExclusion.project_id == project.id, AnnotatorExclusion.revoked_at.is_(None)
-            )
-        )
-    }
-    speeds = _speeds(session, project_id=project.id)
+    people = who(session, project_id=project.id, ids=ids)
     confusion, estimated = consensus.confusion, consensus.accuracy()
     # An excluded annotator whose every image lacks anyone else's label cannot be measured at all.
     measured = consensus.counts.sum(axis=(1, 2)) > 0 if consensus.counts is not None else np.zeros(crowd.n_workers)
@@ -315,11 +336,11 @@ def annotator_scorecards(session: Session, *, project: Project) -> Scorecards:
         cards.append(
             Scorecard(
                 annotator_id=annotator_id,
-                name=names.get(annotator_id, f"user {annotator_id}"),
-                member=annotator_id in members,
-                exclusion=exclusions.get(annotator_id),
+                name=people.name(annotator_id),
+                member=annotator_id in people.members,
+                exclusion=people.exclusions.get(annotator_id),
                 labels=int(counts[w]),
-                speed=speeds.get(annotator_id, Speed(None, None, 0)),
+                speed=people.speed(annotator_id),
                 gold_answered=mine.gold_answered,
                 gold_correct=mine.gold_correct,
                 overlapped_labels=mine.overlapped,

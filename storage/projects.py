@@ -176,6 +176,20 @@ class ProjectSettings(BaseModel):
         le=1.0,
         description="Detection projects only: two annotators' boxes are the same object at this IoU or more.",
     )
+    box_quorum: int | None = Field(
+        default=None,
+        ge=1,
+        le=20,
+        description="Detection projects only: a box is in an image's consensus when at least this many of the "
+        "image's annotators drew it (at most all of them); null: a majority of them.",
+    )
+    tight_iou: float = Field(
+        default=0.75,
+        gt=0.0,
+        le=1.0,
+        description="Detection projects only: a box matched to the consensus below this IoU counts as loose on the "
+        "annotator's scorecard.",
+    )
     hotkeys: dict[str, HotKey | None] = Field(
         default_factory=dict,
         description="Keys of the labeling page, {label: key}: one printable character each, unique, not s or u "

@@ -113,15 +113,18 @@ def test_skip_overlap_gold_and_review_work_for_boxes(client, admin):
     assert submit(client, project, a, kept, [box()]).status_code == 201
     assert client.get(f"{path}/tasks/next", headers=a.headers).status_code == 204  # skipped, not served again
 
-    # The second annotator's different boxes leave the image without current boxes (no box merging yet); two
-    # identical answers agree.
+    # Consensus boxes: both outlined the car (IoU 0.67), so its outline is the median of theirs; the person only
+    # one of the two drew is left out, and that weak consensus asks for a third annotator (none is there yet).
     served = {client.get(f"{path}/tasks/next", headers=b.headers).json()["image_id"]}
-    assert submit(client, project, b, next(iter(served)), [box(x=3.0)]).status_code == 201
+    assert served == {kept}
+    person = box(label="person", x=20.0, y=15.0, w=10.0, h=10.0)
+    assert submit(client, project, b, kept, [box(x=3.0), person]).status_code == 201
     served.add(client.get(f"{path}/tasks/next", headers=b.headers).json()["image_id"])
     assert served == set(images)
     assert submit(client, project, b, skipped, []).status_code == 201
     labels = current(client, project, admin)
-    assert kept not in labels and labels[skipped]["boxes"] == []
+    assert (labels[kept]["boxes"], labels[kept]["labels_needed"]) == ([box(x=2.0)], 3)
+    assert labels[skipped]["boxes"] == []
     assert submit(client, project, b, kept, [box()]).status_code == 201  # b corrects to a's answer
     assert current(client, project, admin)[kept]["boxes"] == [box()]
 
@@ -131,7 +134,7 @@ def test_skip_overlap_gold_and_review_work_for_boxes(client, admin):
     scores = {s["name"]: s for s in client.get(f"{path}/gold/scores", headers=admin.headers).json()}
     assert (scores["boxer0"]["correct"], scores["boxer1"]["correct"]) == (1, 1)
     assert current(client, project, admin)[kept] | {"boxes": None} == {
-        "image_id": kept, "label": None, "boxes": None, "tie": False, "label_count": 2, "labels_needed": 2,
+        "image_id": kept, "label": None, "boxes": None, "tie": False, "label_count": 2, "labels_needed": 3,
         "gold": True,
     }  # fmt: skip
     bad_gold = client.put(f"{path}/gold", json={"image_id": kept, "label": "car"}, headers=admin.headers)
@@ -146,10 +149,15 @@ def test_skip_overlap_gold_and_review_work_for_boxes(client, admin):
     client.post(f"{path}/members", json={"user_id": c.id}, headers=admin.headers)
     review = client.post(f"{path}/review", json={"image_ids": [skipped], "reason": "cars?"}, headers=admin.headers)
     assert review.json()["queued"] == [skipped]
+    # The car image still asks for the third label its weak consensus wanted; c passes on it.
+    assert client.get(f"{path}/tasks/next", headers=c.headers).json()["image_id"] == kept
+    assert client.post(f"{path}/tasks/{kept}/skip", headers=c.headers).status_code == 204
     task = client.get(f"{path}/tasks/next", headers=c.headers).json()
     assert (task["image_id"], task["review_reason"]) == (skipped, "cars?")
     assert submit(client, project, c, skipped, [box(label="person")]).status_code == 201
-    assert skipped not in current(client, project, admin)  # the three answers differ
+    # One of the two drew a person: not a majority, so no box, and the image waits for a third opinion.
+    now = current(client, project, admin)[skipped]
+    assert (now["boxes"], now["labels_needed"]) == ([], 3)
 
     # Agreement: per pair, boxes matched one to one by IoU on the images both answered; all pairs pooled.
     agreement = client.get(f"{path}/agreement", headers=admin.headers).json()

@@ -1,4 +1,5 @@
-"""Immutable dataset snapshots: the exact (image, label, split) list a model was trained on.
+"""Immutable dataset snapshots: the exact (image, label, split) list a model was trained on, or in a
+detection project (image, boxes, split), the image's consensus boxes frozen.
 
 A snapshot's content is canonical JSON stored as a blob named by its sha256, so the hash proves
 the content and the same labels always give the same snapshot.
@@ -9,13 +10,14 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from storage.blobs import BlobStore
-from storage.models import DatasetSnapshot, Image, Project, Split
+from storage.models import DatasetSnapshot, Image, Project, Split, TaskType
 
 
 @dataclass(frozen=True)
@@ -26,39 +28,56 @@ class Item:
     split: Split
 
 
+@dataclass(frozen=True)
+class BoxItem:
+    image_id: int
+    sha256: str
+    boxes: list[dict[str, Any]]  # {label, x, y, w, h} in upright-image pixels; [] when the image shows no object
+    split: Split
+
+
 def build_snapshot(session: Session, blobs: BlobStore, *, project: Project) -> DatasetSnapshot:
     """Freeze the project's consensus-labeled images now (an existing identical snapshot is reused)."""
-    rows = session.execute(
-        select(Image.id, Image.sha256, Image.consensus_label, Image.split)
-        .where(Image.project_id == project.id, Image.consensus_label.is_not(None))
+    answer = Image.consensus_boxes if project.task_type is TaskType.detection else Image.consensus_label
+    found = session.execute(
+        select(Image.id, Image.sha256, answer, Image.split)
+        .where(Image.project_id == project.id, answer.is_not(None))
         .order_by(Image.id)
     ).all()
-    items = [Item(image_id, sha, label, Split(split)) for image_id, sha, label, split in rows if label is not None]
+    rows = [(image_id, sha, value, Split(split)) for image_id, sha, value, split in found if value is not None]
     content = json.dumps(
-        {"labels": project.labels, "items": [[i.image_id, i.sha256, i.label, i.split.value] for i in items]},
+        {"labels": project.labels, "items": [[i, sha, value, split.value] for i, sha, value, split in rows]},
         separators=(",", ":"),
     ).encode()
     digest = blobs.put_bytes(content)
     existing = _find(session, project.id, digest)
     if existing is not None:
         return existing
-    snapshot = DatasetSnapshot(
-        project_id=project.id, content_sha256=digest, item_count=len(items), stats=_stats(items, project.labels)
-    )
+    if project.task_type is TaskType.detection:
+        stats = _box_stats([BoxItem(*row) for row in rows], project.labels)
+    else:
+        stats = _stats([Item(*row) for row in rows], project.labels)
+    snapshot = DatasetSnapshot(project_id=project.id, content_sha256=digest, item_count=len(rows), stats=stats)
     try:
         with session.begin_nested():
             session.add(snapshot)
     except IntegrityError:  # the same snapshot, made at the same moment by another job
-        found = _find(session, project.id, digest)
-        assert found is not None
-        return found
+        winner = _find(session, project.id, digest)
+        assert winner is not None
+        return winner
     return snapshot
 
 
 def load_items(blobs: BlobStore, snapshot: DatasetSnapshot) -> tuple[list[str], list[Item]]:
-    """The snapshot's label order and items, read back from its blob."""
+    """A classification snapshot's label order and items, read back from its blob."""
     content = json.loads(blobs.read_bytes(snapshot.content_sha256))
     return content["labels"], [Item(i, sha, label, Split(split)) for i, sha, label, split in content["items"]]
+
+
+def load_box_items(blobs: BlobStore, snapshot: DatasetSnapshot) -> tuple[list[str], list[BoxItem]]:
+    """A detection snapshot's classes and items, read back from its blob."""
+    content = json.loads(blobs.read_bytes(snapshot.content_sha256))
+    return content["labels"], [BoxItem(i, sha, boxes, Split(split)) for i, sha, boxes, split in content["items"]]
 
 
 def _find(session: Session, project_id: int, digest: str) -> DatasetSnapshot | None:
@@ -80,6 +99,23 @@ def _stats(items: list[Item], labels: list[str]) -> dict:
     return {
         "train": sum(counts["train"].values()),
         "test": sum(counts["test"].values()),
+        "per_class": {split: dict(sorted(c.items())) for split, c in counts.items()},
+        "test_share_per_class": test_share,
+    }
+
+
+def _box_stats(items: list[BoxItem], labels: list[str]) -> dict:
+    """Images and boxes per split, boxes per split and class, and each class's share of boxes in the test split."""
+    counts = {split.value: Counter(b["label"] for i in items if i.split == split for b in i.boxes) for split in Split}
+    test_share = {
+        label: round(counts["test"][label] / total, 4)
+        for label in labels
+        if (total := counts["train"][label] + counts["test"][label])
+    }
+    return {
+        "train": sum(i.split is Split.train for i in items),
+        "test": sum(i.split is Split.test for i in items),
+        "boxes": {split: sum(c.values()) for split, c in counts.items()},
         "per_class": {split: dict(sorted(c.items())) for split, c in counts.items()},
         "test_share_per_class": test_share,
     }

@@ -172,8 +172,8 @@ def labels(
 ) -> CurrentLabelsPage:
     """The current label of each labeled image: Dawid-Skene's most probable label once consensus has been fitted,
     else the majority vote (ties broken by label order and flagged), or the gold answer. In a detection project,
-    each image's current `boxes`: the gold boxes, else the answer every counted annotator gave (images whose
-    annotators gave different boxes are not listed until consensus boxes exist)."""
+    each image's current `boxes`: the gold boxes, else the consensus of its annotators' boxes (a box is kept when
+    at least `box_quorum` of them drew it, a majority by default; its outline is the median of theirs)."""
     items = current_labels(session, project=project, after=after, limit=limit)
     return CurrentLabelsPage(
         items=[

@@ -6,6 +6,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query, status
 
 from annotation.agreement import MIN_SHARED_ITEMS, Figure
+from annotation.box_scorecards import BoxScorecards, box_scorecards
+from annotation.boxes import BoxScorecard
 from annotation.consensus import ConsensusSummary, update_project_consensus, weak_consensus
 from annotation.exclusions import exclude_annotator, list_exclusions, revoke_exclusion
 from annotation.label_issues import list_issues, send_issues_for_relabel
@@ -26,7 +28,11 @@ from service.schemas.quality import (
     AnnotatorPairBoxAgreementRead,
     AnnotatorRef,
     BoxAgreementRead,
+    BoxAnnotatorScorecardRead,
+    BoxConfusionRead,
     BoxPairAgreementRead,
+    BoxScorecardRead,
+    BoxScorecardsRead,
     ClassAgreementRead,
     ConsensusSummaryRead,
     ExclusionChange,
@@ -70,6 +76,43 @@ def _box_agreement(report: BoxAgreementReport, *, labels: list[str]) -> BoxAgree
         pairs=[
             AnnotatorPairBoxAgreementRead(annotator_a=ref[a], annotator_b=ref[b], **asdict(figures))
             for a, b, figures in report.pairs
+        ],
+    )
+
+
+def _box_card(card: BoxScorecard | None) -> BoxScorecardRead | None:
+    if card is None:
+        return None
+    confusions = sorted(card.confusions.items(), key=lambda item: (-item[1], item[0]))
+    return BoxScorecardRead(
+        **{k: v for k, v in asdict(card).items() if k not in ("confusions", "flags")},
+        recall=card.recall,
+        precision=card.precision,
+        confusions=[BoxConfusionRead(expected=e, given=g, boxes=n) for (e, g), n in confusions],
+        flags=[FlagRead(**asdict(f)) for f in card.flags],
+    )
+
+
+def _box_scorecards(cards: BoxScorecards, *, labels: list[str]) -> BoxScorecardsRead:
+    return BoxScorecardsRead(
+        labels=labels,
+        iou_threshold=cards.iou_threshold,
+        tight_iou=cards.tight_iou,
+        min_images=cards.min_images,
+        annotators=[
+            BoxAnnotatorScorecardRead(
+                annotator_id=c.annotator_id,
+                name=c.name,
+                member=c.member,
+                excluded=c.exclusion is not None,
+                exclusion=ExclusionInfo(**asdict(c.exclusion)) if c.exclusion else None,
+                answers=c.answers,
+                boxes=c.boxes,
+                speed=SpeedRead(**asdict(c.speed)),
+                against_consensus=_box_card(c.against_consensus),
+                against_gold=_box_card(c.against_gold),
+            )
+            for c in cards.annotators
         ],
     )
 
@@ -125,10 +168,15 @@ def agreement(project: EngineerProject, session: ReadSessionDep) -> AgreementRea
 
 
 @router.get("/annotators", summary="Scorecards: speed, accuracy, agreement, confusion and flags (admin, engineer)")
-def annotators(project: EngineerProject, session: ReadSessionDep) -> ScorecardsRead:
+def annotators(project: EngineerProject, session: ReadSessionDep) -> ScorecardsRead | BoxScorecardsRead:
     """One scorecard per annotator: labels, speed, gold accuracy, agreement with consensus, accuracy on checked
     labels, their confusion matrix under Dawid-Skene, and flags with their evidence (`unreliable`, `random`,
-    `systematic_confusion`)."""
+    `systematic_confusion`). For a detection project: their boxes against the consensus boxes of images others
+    answered too and against gold boxes, apart: recall, precision, missed objects, extra, loose and confused boxes,
+    merges (one box around several objects), and flags (`missed_objects`, `extra_boxes`, `loose_boxes`,
+    `class_confusion`, `merges`) once enough images are scored."""
+    if project.task_type == TaskType.detection:
+        return _box_scorecards(box_scorecards(session, project=project), labels=list(project.labels))
     cards = annotator_scorecards(session, project=project)
     return ScorecardsRead(
         consensus_method=cards.method.value,

@@ -162,8 +162,8 @@ class CurrentLabel(BaseModel):
         "the majority vote (null in detection projects)."
     )
     boxes: list[BoxRead] | None = Field(
-        description="Detection projects: the current boxes ([]: no objects): the gold boxes, else the answer every "
-        "counted annotator gave (null in classification projects)."
+        description="Detection projects: the current boxes ([]: no objects): the gold boxes, else the consensus of "
+        "the counted annotators' boxes (null in classification projects)."
     )
     tie: bool = Field(description="Several labels had the most votes; the first in the label set won.")
     label_count: int = Field(description="Current labels from distinct annotators.")

@@ -174,6 +174,61 @@ class ScorecardsRead(BaseModel):
     annotators: list[ScorecardRead]
 
 
+class BoxConfusionRead(BaseModel):
+    expected: str = Field(description="The reference box's class.")
+    given: str = Field(description="The class the annotator gave the matched box.")
+    boxes: int
+
+
+class BoxScorecardRead(BaseModel):
+    images: int = Field(description="Images scored.")
+    objects: int = Field(description="Reference boxes on them (consensus or gold).")
+    boxes: int = Field(description="The annotator's boxes on them.")
+    matched: int = Field(description="Their boxes matched one to one to an object at the project's iou_threshold.")
+    recall: float | None = Field(description="matched / objects: the share of objects they found.")
+    precision: float | None = Field(description="matched / boxes.")
+    missed: int = Field(description="Objects they neither matched nor put inside one of their merge boxes.")
+    extra: int = Field(description="Their boxes matching no object (merge boxes aside).")
+    loose: int = Field(description="Matched boxes below the project's tight_iou.")
+    mean_iou: float | None = Field(description="Mean IoU of their matched boxes.")
+    confused: int = Field(description="Matched boxes with another class than the reference.")
+    confusions: list[BoxConfusionRead] = Field(description="Those, by (expected, given) class, most frequent first.")
+    merges: int = Field(description="Their boxes outlining two or more objects as one.")
+    merged_objects: int = Field(description="Objects inside those merge boxes (and not matched otherwise).")
+    flags: list[FlagRead] = Field(
+        description="missed_objects, extra_boxes, loose_boxes, class_confusion or merges, each with its evidence; "
+        "raised once min_images images are scored."
+    )
+
+
+class BoxAnnotatorScorecardRead(BaseModel):
+    annotator_id: int
+    name: str
+    member: bool = Field(description="False once removed from the project; their answers still count.")
+    excluded: bool = Field(description="An admin left their boxes out of consensus.")
+    exclusion: ExclusionInfo | None
+    answers: int = Field(description="Current answers (one per image) the annotator gave in this project.")
+    boxes: int = Field(description="Boxes in those answers.")
+    speed: SpeedRead
+    against_consensus: BoxScorecardRead | None = Field(
+        description="On images someone else answered too, against the image's consensus boxes; null when none."
+    )
+    against_gold: BoxScorecardRead | None = Field(
+        description="On gold questions, against their gold boxes; null when the annotator answered none."
+    )
+
+
+class BoxScorecardsRead(BaseModel):
+    """Scorecards of a detection project: each annotator's boxes against consensus and gold boxes."""
+
+    task_type: Literal["detection"] = "detection"
+    labels: list[str] = Field(description="The project's classes, in order.")
+    iou_threshold: float = Field(description="Project setting: a box matches an object at this IoU or more.")
+    tight_iou: float = Field(description="Project setting: a matched box below this IoU is loose.")
+    min_images: int = Field(description="Images scored before any flag is raised.")
+    annotators: list[BoxAnnotatorScorecardRead]
+
+
 class ExclusionCreate(RequestModel):
     reason: str = Field(min_length=1, max_length=500)
 

@@ -1,0 +1,124 @@
+"""Consensus boxes and box scorecards over HTTP: boxes of several annotators merge into an image's current
+boxes, a weak consensus asks for one more answer, snapshots freeze the consensus boxes, and scorecards catch
+an annotator who draws one box around touching objects."""
+
+from __future__ import annotations
+
+from flywheel.training.snapshots import build_snapshot, load_box_items
+from storage.models import Project, Role
+from tests import imagefactory as img
+from tests.factories import make_project, make_user
+
+LABELS = ["car", "person"]
+
+
+def box(label="car", x=4.0, y=10.0, w=20.0, h=20.0):
+    return {"label": label, "x": x, "y": y, "w": w, "h": h}
+
+
+def setup(client, admin, annotators, images, **settings):
+    members = [make_user(client.app, name, Role.annotator) for name in annotators]
+    project = make_project(
+        client,
+        admin,
+        *members,
+        labels=LABELS,
+        task_type="detection",
+        settings={"gold_rate": 0.0, "overlap_rate": 1.0, "overlap_k": len(members), **settings},
+    )
+    files = [("files", (f"{i}.png", img.png(64, 48, color=(i, 80, 20)))) for i in range(images)]
+    uploaded = client.post(f"/api/v1/projects/{project['id']}/images", files=files, headers=admin.headers)
+    assert uploaded.status_code == 201, uploaded.text
+    return project, members, [f["image_id"] for f in uploaded.json()["files"]]
+
+
+def answer(client, project, account, image_id, boxes):
+    body = {"image_id": image_id, "boxes": boxes}
+    response = client.post(f"/api/v1/projects/{project['id']}/annotations", json=body, headers=account.headers)
+    assert response.status_code == 201, response.text
+
+
+def test_consensus_boxes_snapshots_and_a_merger_flagged(client, admin):
+    # Two touching objects per image: careful annotators outline each, the merger draws one box around both.
+    car, person = box(), box(label="person", x=24.0)
+    project, (careful, jittery, merger), images = setup(client, admin, ["careful", "jittery", "merger"], 21)
+    path = f"/api/v1/projects/{project['id']}"
+    gold, overlapped = images[0], images[1:]
+    assert client.put(f"{path}/gold", json={"image_id": gold, "boxes": [car, person]}, headers=admin.headers).is_success
+    for image_id in images:
+        answer(client, project, careful, image_id, [car, person])
+        answer(client, project, jittery, image_id, [box(x=5.0), box(label="person", x=25.0, w=19.0)])
+        answer(client, project, merger, image_id, [box(w=40.0)])
+
+    # Each object's outline is the median of the two outlines (the merge box only votes for what it covers).
+    labels = {i["image_id"]: i for i in client.get(f"{path}/labels?limit=100", headers=admin.headers).json()["items"]}
+    assert labels[gold]["boxes"] == [car, person] and labels[gold]["gold"]
+    assert labels[overlapped[0]]["boxes"] == [box(x=4.5), box(label="person", x=24.5, w=19.5)]
+    assert labels[overlapped[0]]["labels_needed"] == 3  # two of three outlined each: a firm majority
+
+    # A snapshot freezes the consensus boxes, with boxes counted per class.
+    rt = client.app.state.runtime
+    with rt.db.session() as session:
+        snapshot = build_snapshot(session, rt.blobs, project=session.get_one(Project, project["id"]))
+        classes, items = load_box_items(rt.blobs, snapshot)
+        stats = snapshot.stats
+    assert classes == LABELS and len(items) == 21
+    assert {i.image_id: i.boxes for i in items} == {image_id: labels[image_id]["boxes"] for image_id in images}
+    assert stats["train"] + stats["test"] == 21
+    assert sum(stats["per_class"]["train"].values()) + sum(stats["per_class"]["test"].values()) == 42
+
+    cards = client.get(f"{path}/annotators", headers=admin.headers).json()
+    assert (cards["task_type"], cards["iou_threshold"], cards["tight_iou"], cards["min_images"]) == (
+        "detection", 0.5, 0.75, 20
+    )
+    by_name = {c["name"]: c for c in cards["annotators"]}
+    merged = by_name["merger"]["against_consensus"]
+    assert (merged["images"], merged["objects"], merged["boxes"], merged["merges"], merged["merged_objects"]) == (
+        20, 40, 20, 20, 40
+    )
+    assert (merged["missed"], merged["extra"], merged["matched"], merged["recall"]) == (0, 0, 0, 0.0)
+    (flag,) = merged["flags"]
+    assert flag["flag"] == "merges" and "20 boxes each outline two or more objects" in flag["evidence"]
+    assert by_name["merger"]["against_gold"]["merges"] == 1 and by_name["merger"]["against_gold"]["images"] == 1
+    for name in ("careful", "jittery"):
+        mine = by_name[name]["against_consensus"]
+        assert (mine["matched"], mine["missed"], mine["extra"], mine["flags"]) == (40, 0, 0, [])
+        assert by_name[name]["against_gold"]["recall"] == 1.0
+    assert by_name["careful"]["answers"] == 21 and by_name["merger"]["boxes"] == 21
+    loose = by_name["jittery"]["against_consensus"]
+    assert loose["loose"] == 0 and 0.9 < loose["mean_iou"] < 1.0
+
+    # Excluding the careful annotator leaves the jittery outlines, each confirmed by the merger's box around both.
+    excluded = client.post(
+        f"{path}/annotators/{careful.id}/exclusion", json={"reason": "testing"}, headers=admin.headers
+    )
+    assert excluded.status_code == 201, excluded.text
+    summary = excluded.json()["consensus"]
+    assert (summary["method"], summary["changed"], summary["excluded_annotators"]) == ("majority", 20, 1)
+    assert "detection project" in summary["reason"]
+    labels = {i["image_id"]: i for i in client.get(f"{path}/labels?limit=100", headers=admin.headers).json()["items"]}
+    assert labels[overlapped[0]]["boxes"] == [box(x=5.0), box(label="person", x=25.0, w=19.0)]
+    assert labels[gold]["boxes"] == [car, person]
+
+
+def test_weak_box_consensus_asks_for_more_and_the_quorum_is_a_setting(client, admin):
+    project, (a, b, c), (image_id, other) = setup(client, admin, ["a", "b", "c"], 2)
+    path = f"/api/v1/projects/{project['id']}"
+    # Two of three drew the person: a box at exactly the quorum is weak, so the image asks a fourth annotator.
+    answer(client, project, a, image_id, [box(), box(label="person", x=30.0, w=10.0)])
+    answer(client, project, b, image_id, [box(), box(label="person", x=30.0, w=10.0)])
+    answer(client, project, c, image_id, [box()])
+    labels = {i["image_id"]: i for i in client.get(f"{path}/labels", headers=admin.headers).json()["items"]}
+    assert len(labels[image_id]["boxes"]) == 2 and labels[image_id]["labels_needed"] == 4
+    d = make_user(client.app, "d", Role.annotator)
+    client.post(f"{path}/members", json={"user_id": d.id}, headers=admin.headers)
+    task = client.get(f"{path}/tasks/next", headers=d.headers).json()
+    assert task["image_id"] == image_id and "boxes drawn so far disagree" in task["review_reason"]
+
+    # With box_quorum 1, a box anyone drew is in the consensus.
+    settings = {"settings": {"box_quorum": 1}}
+    assert client.patch(f"{path}/settings", json=settings, headers=admin.headers).status_code == 200
+    answer(client, project, a, other, [box()])
+    answer(client, project, b, other, [box(label="person", x=40.0, w=10.0)])
+    labels = {i["image_id"]: i for i in client.get(f"{path}/labels", headers=admin.headers).json()["items"]}
+    assert sorted(b["label"] for b in labels[other]["boxes"]) == ["car", "person"]
