@@ -69,12 +69,19 @@ def test_consensus_boxes_snapshots_and_a_merger_flagged(client, admin):
 
     cards = client.get(f"{path}/annotators", headers=admin.headers).json()
     assert (cards["task_type"], cards["iou_threshold"], cards["tight_iou"], cards["min_images"]) == (
-        "detection", 0.5, 0.75, 20
+        "detection",
+        0.5,
+        0.75,
+        20,
     )
     by_name = {c["name"]: c for c in cards["annotators"]}
     merged = by_name["merger"]["against_consensus"]
     assert (merged["images"], merged["objects"], merged["boxes"], merged["merges"], merged["merged_objects"]) == (
-        20, 40, 20, 20, 40
+        20,
+        40,
+        20,
+        20,
+        40,
     )
     assert (merged["missed"], merged["extra"], merged["matched"], merged["recall"]) == (0, 0, 0, 0.0)
     (flag,) = merged["flags"]
