@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import enum
 from collections import Counter
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -237,6 +237,7 @@ class Weak(enum.StrEnum):
 class ConsensusBox:
     box: Box
     annotators: list[Hashable]  # who outlined it, one box each
+    classes: list[str]  # the class each of them gave it, in the same order
     merged_by: list[Hashable]  # who drew it only inside a box around it and its neighbours
     mean_iou: float  # mean IoU between the outlines behind it (1.0 for one)
     tie: bool  # the class vote was tied (settled by ``label_order``)
@@ -254,6 +255,8 @@ class BoxConsensus:
 
 
 Cluster = list[tuple[Hashable, Box]]
+# Picks a consensus box's class from its outlines' (annotator, class) pairs: (class, whether it was a tie).
+ClassPicker = Callable[[Sequence[tuple[Hashable, str]]], tuple[str, bool]]
 
 
 def _fuse(members: list[Box]) -> np.ndarray:
@@ -308,10 +311,12 @@ def _merged_objects(box: Box, corners: np.ndarray, clusters: list[Cluster]) -> l
     return chosen
 
 
-def _vote(members: Cluster, weights: Mapping[Hashable, float], rank: Mapping[str, int]) -> tuple[str, bool]:
+def _vote(
+    votes: Sequence[tuple[Hashable, str]], weights: Mapping[Hashable, float], rank: Mapping[str, int]
+) -> tuple[str, bool]:
     totals: dict[str, float] = {}
-    for annotator, box in members:
-        totals[box.label] = totals.get(box.label, 0.0) + weights.get(annotator, 1.0)
+    for annotator, label in votes:
+        totals[label] = totals.get(label, 0.0) + weights.get(annotator, 1.0)
     best = max(totals.values())
     tied = [label for label, total in totals.items() if np.isclose(total, best)]
     return min(tied, key=lambda label: (rank.get(label, len(rank)), label)), len(tied) > 1
@@ -332,6 +337,7 @@ def consensus_boxes(
     weights: Mapping[Hashable, float] | None = None,
     label_order: Sequence[str] = (),
     weak_iou: float = WEAK_IOU,
+    pick_class: ClassPicker | None = None,
 ) -> BoxConsensus:
     """The consensus boxes of one image from every annotator's boxes (an empty list for one who drew none).
 
@@ -341,8 +347,8 @@ def consensus_boxes(
     cluster. A box outlining two or more of the others' objects as one (``merge_boxes``) is taken
     out and counts as a vote for each object it covers, not as an outline. A cluster drawn by at
     least ``quorum`` annotators (default: a majority of them) is a consensus box: class by weighted
-    vote (a tie goes to the label first in ``label_order``, then alphabetically), outline by the
-    median of its corners.
+    vote (a tie goes to the label first in ``label_order``, then alphabetically) or by ``pick_class``
+    (Dawid-Skene's posterior, once fitted), outline by the median of its corners.
     """
     weights = weights or {}
     order = sorted(boxes_by_annotator, key=lambda k: -weights.get(k, 1.0))  # stable: mapping order on ties
@@ -375,11 +381,12 @@ def consensus_boxes(
             dropped += 1
             continue
         members = [box for _, box in cluster]
-        label, tie = _vote(cluster, weights, rank)
+        given = [(annotator, box.label) for annotator, box in cluster]
+        label, tie = pick_class(given) if pick_class else _vote(given, weights, rank)
         outline = _outline(_fuse(members))
         agreement = _mean_pairwise_iou(members)
         box = replace(outline, label=label)
-        result.append(ConsensusBox(box, [k for k, _ in cluster], merged_by, agreement, tie))
+        result.append(ConsensusBox(box, [k for k, _ in given], [c for _, c in given], merged_by, agreement, tie))
         if support == quorum < len(order):
             weak.add(Weak.at_quorum)
         if tie:

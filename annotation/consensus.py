@@ -6,17 +6,18 @@ fits, each submission recomputes its one image from the stored confusion matrice
 (``refresh_consensus``), a few rows. Either way an image whose consensus is weak (a tie, a low
 posterior, no usable label) is sent to one more annotator, up to the project's cap.
 
-Detection images get their current boxes (``images.consensus_boxes``) from ``refresh_consensus`` too: the gold
-boxes, else the consensus of the counted annotators' boxes (``annotation.boxes.consensus_boxes``: boxes
-clustered across annotators, kept when a quorum drew them, median outlines, class by vote), with a weak
-consensus sent to one more annotator the same way.
+Detection images get their current boxes (``images.consensus_boxes``) the same two ways: the gold boxes, else
+the consensus of the counted annotators' boxes (``annotation.boxes.consensus_boxes``: boxes clustered across
+annotators, kept when a quorum drew them, median outlines), each box's class by vote until a refit has
+fitted Dawid-Skene on the classes of boxes two or more annotators outlined, by its posterior afterwards; a
+weak consensus is sent to one more annotator the same way.
 """
 
 from __future__ import annotations
 
 import enum
 from collections import Counter, defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -24,9 +25,9 @@ import numpy as np
 from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session
 
-from annotation.boxes import Box, BoxConsensus, Weak, consensus_boxes
+from annotation.boxes import Box, BoxConsensus, ClassPicker, Weak, consensus_boxes
 from annotation.crowd import Crowd, excluded_annotators, load_crowd
-from annotation.dawid_skene import dawid_skene, one_coin, posterior_from_skills
+from annotation.dawid_skene import DawidSkeneFit, dawid_skene, one_coin, posterior_from_skills
 from annotation.queue import annotator_members, labels_wanted, place_in_queue
 from storage.models import (
     Annotation,
@@ -52,10 +53,6 @@ WEAK_NO_LABEL = "the labels given so far do not count; an independent label is n
 WEAK_TIE = "annotators disagree; an independent label is needed"
 WEAK_POSTERIOR = "the label is uncertain; an independent label is needed"
 WEAK_BOXES = "the boxes drawn so far disagree; independent boxes are needed"
-BOX_CONSENSUS = (
-    "a detection project: boxes are clustered across annotators and kept when a quorum drew them, classes by vote "
-    "(Dawid-Skene is fitted on the labels of classification projects)"
-)
 
 
 class Method(enum.StrEnum):
@@ -220,10 +217,13 @@ def _counted(session: Session, *, project_id: int, answers: dict[int, Any]) -> d
 
 
 def image_box_consensus(
-    project: Project, answers: Mapping[int, Sequence[Mapping[str, Any]]], settings: ProjectSettings | None = None
+    project: Project,
+    answers: Mapping[int, Sequence[Mapping[str, Any]]],
+    settings: ProjectSettings | None = None,
+    pick_class: ClassPicker | None = None,
 ) -> BoxConsensus:
     """Consensus boxes of one image from its counted annotators' answers ({annotator: boxes}), under the
-    project's quorum and IoU threshold."""
+    project's quorum and IoU threshold; classes by ``pick_class`` (the fitted skills), else by vote."""
     settings = settings or project_settings(project)
     quorum = min(settings.box_quorum, len(answers)) if settings.box_quorum and answers else None
     return consensus_boxes(
@@ -231,7 +231,33 @@ def image_box_consensus(
         quorum=quorum,
         iou_threshold=settings.iou_threshold,
         label_order=project.labels,
+        pick_class=pick_class,
     )
+
+
+def _box_picker(session: Session, *, project: Project, annotator_ids: Sequence[int]) -> ClassPicker | None:
+    """A box's class as Dawid-Skene's most probable one given who answered what, from the project's last box fit
+    (``posterior_from_skills``, the rule for a classification label between fits); None without a fit."""
+    fit = session.get(ConsensusFit, project.id) if annotator_ids else None
+    if fit is None:
+        return None
+    skills: dict[Hashable, np.ndarray] = {
+        s.annotator_id: np.asarray(s.confusion)
+        for s in session.scalars(
+            select(AnnotatorSkill).where(
+                AnnotatorSkill.project_id == project.id, AnnotatorSkill.annotator_id.in_(annotator_ids)
+            )
+        )
+    }
+    class_of = {label: k for k, label in enumerate(project.labels)}
+    newcomer, priors = one_coin(fit.default_accuracy, len(project.labels)), np.asarray(fit.priors)
+
+    def pick(votes: Sequence[tuple[Hashable, str]]) -> tuple[str, bool]:
+        answers = [(skills.get(annotator, newcomer), class_of[label]) for annotator, label in votes]
+        ordered = np.sort(posterior := posterior_from_skills(answers, priors))
+        return project.labels[int(posterior.argmax())], bool(ordered[-1] - ordered[-2] < TIE_TOLERANCE)
+
+    return pick
 
 
 def _settle_boxes(
@@ -241,6 +267,7 @@ def _settle_boxes(
     answers: Mapping[int, Sequence[Mapping[str, Any]]],
     *,
     annotators: int,
+    pick_class: ClassPicker | None,
 ) -> None:
     """Set a detection image's current boxes from its counted annotators' answers, or its gold boxes.
 
@@ -253,7 +280,7 @@ def _settle_boxes(
     if image.gold_boxes is not None:
         image.consensus_boxes, image.consensus_posterior = image.gold_boxes, 1.0
     elif answers:
-        result = image_box_consensus(project, answers, settings)
+        result = image_box_consensus(project, answers, settings, pick_class)
         image.consensus_boxes = [asdict(c.box) for c in result.boxes]
         image.consensus_tie = Weak.class_tie in result.weak
         has_all = image.label_count >= labels_wanted(image, annotators=annotators)
@@ -268,11 +295,89 @@ def _refresh_boxes(session: Session, *, project: Project, image: Image, annotato
         select(Annotation.annotator_id, Annotation.boxes).where(Annotation.image_id == image.id, Annotation.is_current)
     ).all()
     answers = _counted(session, project_id=project.id, answers={a: boxes or [] for a, boxes in rows})
-    _settle_boxes(project, project_settings(project), image, answers, annotators=annotators)
+    picker = _box_picker(session, project=project, annotator_ids=list(answers))
+    _settle_boxes(project, project_settings(project), image, answers, annotators=annotators, pick_class=picker)
+
+
+@dataclass(frozen=True)
+class _BoxClassFit:
+    annotator_ids: list[int]  # in the fit's worker order
+    answers: np.ndarray  # (W,) outlines of each annotator behind the fit
+    fit: DawidSkeneFit
+
+
+def _fit_box_classes(
+    project: Project, settings: ProjectSettings, answers: Mapping[int, Mapping[int, Sequence[Mapping[str, Any]]]]
+) -> tuple[_BoxClassFit | None, str | None]:
+    """Dawid-Skene on the classes of consensus boxes that two annotators or more outlined: each such box is an
+    item, each outline's class an answer. Returns the fit, or None and why there is none."""
+    items: list[int] = []
+    workers: list[int] = []
+    classes: list[int] = []
+    class_of = {label: k for k, label in enumerate(project.labels)}
+    n_items = 0
+    for by_annotator in answers.values():
+        if len(by_annotator) < 2:
+            continue
+        for box in image_box_consensus(project, by_annotator, settings).boxes:
+            if len(box.annotators) < 2:
+                continue
+            items += [n_items] * len(box.annotators)
+            workers += [int(str(a)) for a in box.annotators]
+            classes += [class_of[c] for c in box.classes]
+            n_items += 1
+    ids = sorted(set(workers))
+    if len(project.labels) > MAX_DAWID_SKENE_CLASSES:
+        return None, f"Dawid-Skene is used for up to {MAX_DAWID_SKENE_CLASSES} labels; this project has more"
+    if len(ids) < 2 or n_items < MIN_CHECKED_ITEMS:
+        return None, (
+            f"only {n_items} boxes were outlined by two annotators or more; Dawid-Skene needs {MIN_CHECKED_ITEMS}"
+        )
+    worker = np.searchsorted(ids, workers)
+    fit = dawid_skene(
+        np.array(items),
+        worker,
+        np.array(classes),
+        n_items=n_items,
+        n_workers=len(ids),
+        n_classes=len(project.labels),
+        smoothing=SMOOTHING,
+    )
+    return _BoxClassFit(ids, np.bincount(worker, minlength=len(ids)), fit), None
+
+
+def _store_box_fit(
+    session: Session, *, project: Project, fitted: _BoxClassFit | None, images: int, overlapped: int
+) -> None:
+    """Keep the box-class fit that ``refresh_consensus`` reads between refits; none under plain vote."""
+    session.execute(delete(AnnotatorSkill).where(AnnotatorSkill.project_id == project.id))
+    row = session.get(ConsensusFit, project.id)
+    if fitted is None:
+        if row is not None:
+            session.delete(row)
+        return
+    fit = fitted.fit
+    row = row or ConsensusFit(project_id=project.id)
+    row.priors = fit.priors.tolist()
+    row.default_accuracy = float(np.trace(fit.counts.sum(axis=0)) / max(fit.counts.sum(), 1e-12))
+    row.images, row.overlapped_images, row.iterations, row.fitted_at = images, overlapped, fit.iterations, utcnow()
+    session.add(row)
+    accuracy = fit.accuracy()
+    session.add_all(
+        AnnotatorSkill(
+            project_id=project.id,
+            annotator_id=annotator_id,
+            accuracy=float(accuracy[w]),
+            confusion=fit.confusion[w].tolist(),
+            labels=int(fitted.answers[w]),
+        )
+        for w, annotator_id in enumerate(fitted.annotator_ids)
+    )
 
 
 def _update_box_consensus(session: Session, *, project: Project, images: list[Image]) -> ConsensusSummary:
-    """Recompute every detection image's current boxes (after exclusions, or a change of quorum or IoU threshold)."""
+    """Refit the box classes' Dawid-Skene and recompute every detection image's current boxes (also after an
+    exclusion, or a change of quorum or IoU threshold)."""
     excluded = excluded_annotators(session, project_id=project.id)
     answers: dict[int, dict[int, list[dict[str, Any]]]] = defaultdict(dict)
     for image_id, annotator_id, boxes in session.execute(
@@ -283,25 +388,35 @@ def _update_box_consensus(session: Session, *, project: Project, images: list[Im
         if annotator_id not in excluded:
             answers[image_id][annotator_id] = boxes or []
     settings = project_settings(project)
+    overlapped = sum(len(a) >= 2 for a in answers.values())
+    fitted, reason = _fit_box_classes(project, settings, answers)
+    _store_box_fit(session, project=project, fitted=fitted, images=len(answers), overlapped=overlapped)
+    session.flush()
+    counted = sorted({a for by_image in answers.values() for a in by_image})
+    picker = _box_picker(session, project=project, annotator_ids=counted)
     annotators = annotator_members(session, project_id=project.id)
-    changed = sent = 0
+    changed = sent = differs = 0
     for image in images:
         before, asked = image.consensus_boxes, image.labels_needed
-        _settle_boxes(project, settings, image, answers.get(image.id, {}), annotators=annotators)
+        mine = answers.get(image.id, {})
+        _settle_boxes(project, settings, image, mine, annotators=annotators, pick_class=picker)
         changed += image.consensus_boxes != before
         sent += image.labels_needed > asked and image.queue_tier is not None
+        if picker is not None and len(mine) >= 2 and image.gold_boxes is None:
+            by_vote = [asdict(c.box) for c in image_box_consensus(project, mine, settings).boxes]
+            differs += by_vote != image.consensus_boxes
     session.flush()
     return ConsensusSummary(
-        method=Method.majority,
-        reason=BOX_CONSENSUS,
+        method=Method.majority if fitted is None else Method.dawid_skene,
+        reason=reason,
         images=sum(image.consensus_boxes is not None for image in images),
-        overlapped_images=sum(len(a) >= 2 for a in answers.values()),
-        annotators=len({a for by_image in answers.values() for a in by_image}),
+        overlapped_images=overlapped,
+        annotators=len(counted),
         excluded_annotators=len(excluded),
         changed=changed,
-        differs_from_majority=0,
+        differs_from_majority=differs,
         sent_to_review=sent,
-        iterations=0,
+        iterations=0 if fitted is None else fitted.fit.iterations,
     )
 
 

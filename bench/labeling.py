@@ -12,7 +12,10 @@ then on PostgreSQL when it is reachable (a fresh database, dropped at the end). 
 * the count check: every acknowledged label is stored exactly once, no duplicates, none lost;
 * next-task p50/p99 with 10k, 100k and 1M images waiting (rows inserted directly, then 300
   next + submit loops by one annotator at each size); "flat" means p99 <= 20 ms at every size and
-  p50(1M) / p50(10k) <= 1.5.
+  p50(1M) / p50(10k) <= 1.5;
+* a detection project: one annotator, 1,000 next + submit loops, each answer 20 boxes on a 640x480
+  image (checked, clipped, and merged into the image's consensus boxes in the submission); target:
+  submit p99 <= 20 ms, next-task p99 no more than the classification run's above (ratio printed).
 
 Latencies are client-side wall times of whole HTTP requests (the client threads share the machine
 with the server, as a browser would not). The server logs at WARNING, as in bench/ingest.py.
@@ -66,6 +69,8 @@ TARGET_NEXT_P99_MS = 20
 TARGET_CONCURRENT_RATE = 200
 TARGET_CONCURRENT_P99_MS = 100
 TARGET_FLAT_RATIO = 1.5
+TARGET_BOX_SUBMIT_P99_MS = 20
+BOXES_PER_ANSWER = 20
 
 
 @dataclass(frozen=True)
@@ -129,8 +134,10 @@ def postgres_database() -> Iterator[str | None]:
         admin.dispose()
 
 
-def insert_images(url: str, *, project_id: int, count: int, settings: dict, seed: int) -> float:
-    """Insert ``count`` waiting images (random hashes, no blobs) in chunks; return the seconds it took."""
+def insert_images(
+    url: str, *, project_id: int, count: int, settings: dict, seed: int, size: tuple[int, int] = (8, 8)
+) -> float:
+    """Insert ``count`` waiting images of ``size`` (random hashes, no blobs) in chunks; return the seconds it took."""
     rng = random.Random(seed)
     engine = create_db_engine(url)
     start = time.perf_counter()
@@ -151,6 +158,8 @@ def insert_images(url: str, *, project_id: int, count: int, settings: dict, seed
                         queue_tier=0,
                         priority=priority,
                         consensus_tie=False,
+                        width=size[0],
+                        height=size[1],
                     )
                 )
             with engine.begin() as connection:
@@ -256,8 +265,10 @@ def expect(response: httpx.Response, *codes: int) -> httpx.Response:
     return response
 
 
-def create_project(admin: httpx.Client, name: str, settings: dict, members: list[int]) -> int:
-    body = {"name": name, "labels": LABELS, "settings": settings}
+def create_project(
+    admin: httpx.Client, name: str, settings: dict, members: list[int], task_type: str = "classification"
+) -> int:
+    body = {"name": name, "labels": LABELS, "settings": settings, "task_type": task_type}
     project = expect(admin.post("/api/v1/projects", json=body), 201).json()["id"]
     for user_id in members:
         expect(admin.post(f"/api/v1/projects/{project}/members", json={"user_id": user_id}), 201)
@@ -282,8 +293,21 @@ class Outcome:
     drained: bool = False
 
 
-def label_loop(http: httpx.Client, project: int, *, loops: int | None, until: float | None, seed: int) -> Outcome:
-    """next + submit, ``loops`` times or until the perf_counter deadline ``until``."""
+def boxes_answer(rng: random.Random, *, width: int, height: int) -> list[dict]:
+    """``BOXES_PER_ANSWER`` boxes of 10-60 px anywhere on the image, random classes."""
+    boxes = []
+    for _ in range(BOXES_PER_ANSWER):
+        w, h = rng.uniform(10, 60), rng.uniform(10, 60)
+        x, y = rng.uniform(0, width - w), rng.uniform(0, height - h)
+        boxes.append({"label": rng.choice(LABELS), "x": x, "y": y, "w": w, "h": h})
+    return boxes
+
+
+def label_loop(
+    http: httpx.Client, project: int, *, loops: int | None, until: float | None, seed: int, boxes: bool = False
+) -> Outcome:
+    """next + submit (a label, or boxes in a detection project), ``loops`` times or until the perf_counter
+    deadline ``until``."""
     rng = random.Random(seed)
     out = Outcome()
     done = 0
@@ -297,11 +321,12 @@ def label_loop(http: httpx.Client, project: int, *, loops: int | None, until: fl
         if task.status_code != 200:
             out.unexpected.append(f"next {task.status_code}: {task.text[:300]}")
             continue
-        body = {
-            "image_id": task.json()["image_id"],
-            "label": rng.choice(LABELS),
-            "duration_ms": rng.randrange(500, 4000),
-        }
+        answer = (
+            {"boxes": boxes_answer(rng, width=task.json()["width"], height=task.json()["height"])}
+            if boxes
+            else {"label": rng.choice(LABELS)}
+        )
+        body = {"image_id": task.json()["image_id"], **answer, "duration_ms": rng.randrange(500, 4000)}
         start = time.perf_counter()
         sent = http.post(
             f"/api/v1/projects/{project}/annotations", json=body, headers={"Idempotency-Key": uuid.uuid4().hex}
@@ -376,6 +401,7 @@ class DatabaseResult:
     unexpected: list[str]
     check: CountCheck
     pools: list[PoolResult]
+    detection: Timings
 
     @property
     def rate(self) -> float:
@@ -416,6 +442,7 @@ def measure(name: str, url: str, plan: Plan, tmp: Path) -> DatabaseResult:
         print(f"[{name}] count check: {check}")
 
         pools = measure_pools(name, url, server, admin, annotators[0], plan.pools)
+        detection = measure_detection(name, url, server, admin, annotators[0])
     return DatabaseResult(
         name=name,
         sequential=sequential.timings,
@@ -427,7 +454,25 @@ def measure(name: str, url: str, plan: Plan, tmp: Path) -> DatabaseResult:
         unexpected=unexpected,
         check=check,
         pools=pools,
+        detection=detection,
     )
+
+
+def measure_detection(name: str, url: str, server: Server, admin: httpx.Client, annotator: tuple[int, str]) -> Timings:
+    """One annotator answering with ``BOXES_PER_ANSWER`` boxes per image in a detection project."""
+    project = create_project(admin, "boxes", POOL_SETTINGS, [annotator[0]], task_type="detection")
+    count = WARMUP_LOOPS + SEQUENTIAL_LOOPS + 100
+    insert_images(url, project_id=project, count=count, settings=POOL_SETTINGS, seed=7, size=(640, 480))
+    with client(server, annotator[1]) as http:
+        label_loop(http, project, loops=WARMUP_LOOPS, until=None, seed=7, boxes=True)
+        outcome = label_loop(http, project, loops=SEQUENTIAL_LOOPS, until=None, seed=8, boxes=True)
+    if outcome.unexpected:
+        raise RuntimeError(f"detection: unexpected answers {outcome.unexpected[:3]}")
+    print(
+        f"[{name}] detection, {BOXES_PER_ANSWER} boxes per answer, {SEQUENTIAL_LOOPS} loops: "
+        f"next {spread(outcome.timings.next_ms)}, submit {spread(outcome.timings.submit_ms)}"
+    )
+    return outcome.timings
 
 
 def measure_pools(
@@ -542,6 +587,25 @@ def print_summary(results: list[DatabaseResult], plan: Plan) -> None:
             f"<= {TARGET_FLAT_RATIO} (flat)",
             [(f"{ratio(r):.2f}", ratio(r) <= TARGET_FLAT_RATIO) for r in results],
         )
+    row(
+        f"detection, {BOXES_PER_ANSWER} boxes: submit p50 / p99",
+        "",
+        f"p99 <= {TARGET_BOX_SUBMIT_P99_MS} ms",
+        [(spread(r.detection.submit_ms), p99(r.detection.submit_ms) <= TARGET_BOX_SUBMIT_P99_MS) for r in results],
+    )
+
+    def next_ratio(r: DatabaseResult) -> float:
+        return p99(r.detection.next_ms) / p99(r.sequential.next_ms)
+
+    row(
+        "detection: next task p99 / classification's",
+        "",
+        f"p99 <= {TARGET_NEXT_P99_MS} ms",
+        [
+            (f"{spread(r.detection.next_ms)} ({next_ratio(r):.2f}x)", p99(r.detection.next_ms) <= TARGET_NEXT_P99_MS)
+            for r in results
+        ],
+    )
     widths = [max(len(line[c]) for line in [header, *rows]) for c in range(len(header))]
     for line in [header, *rows]:
         print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())

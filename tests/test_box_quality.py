@@ -102,7 +102,7 @@ def test_consensus_boxes_snapshots_and_a_merger_flagged(client, admin):
     assert excluded.status_code == 201, excluded.text
     summary = excluded.json()["consensus"]
     assert (summary["method"], summary["changed"], summary["excluded_annotators"]) == ("majority", 20, 1)
-    assert "detection project" in summary["reason"]
+    assert "Dawid-Skene needs 20" in summary["reason"]  # the merger outlines nothing, so no box has two outlines
     labels = {i["image_id"]: i for i in client.get(f"{path}/labels?limit=100", headers=admin.headers).json()["items"]}
     assert labels[overlapped[0]]["boxes"] == [box(x=5.0), box(label="person", x=25.0, w=19.0)]
     assert labels[gold]["boxes"] == [car, person]
@@ -129,3 +129,29 @@ def test_weak_box_consensus_asks_for_more_and_the_quorum_is_a_setting(client, ad
     answer(client, project, b, other, [box(label="person", x=40.0, w=10.0)])
     labels = {i["image_id"]: i for i in client.get(f"{path}/labels", headers=admin.headers).json()["items"]}
     assert sorted(b["label"] for b in labels[other]["boxes"]) == ["car", "person"]
+
+
+def test_dawid_skene_settles_the_class_of_a_box_two_annotators_disagree_on(client, admin):
+    project, (a, b, confuser), images = setup(client, admin, ["a", "b", "confuser"], 22)
+    path = f"/api/v1/projects/{project['id']}"
+    car, person = box(), box(label="person", x=24.0)
+    for image_id in images[:20]:  # the confuser calls every person a car
+        for annotator in (a, b):
+            answer(client, project, annotator, image_id, [car, person])
+        answer(client, project, confuser, image_id, [car, box(x=24.0)])
+    last = images[20]
+    answer(client, project, a, last, [person])
+    answer(client, project, confuser, last, [box(x=24.0)])
+
+    def boxes_of(image_id):
+        items = client.get(f"{path}/labels?limit=100", headers=admin.headers).json()["items"]
+        return next(i for i in items if i["image_id"] == image_id)
+
+    assert boxes_of(last)["boxes"] == [box(x=24.0)] and boxes_of(last)["tie"]  # a plain vote: a tie, car first
+    refit = client.post(f"{path}/consensus", headers=admin.headers).json()
+    assert (refit["method"], refit["reason"], refit["differs_from_majority"]) == ("dawid_skene", None, 1)
+    assert boxes_of(last)["boxes"] == [person] and not boxes_of(last)["tie"]
+    # Between refits, each answer is settled with the fitted skills too.
+    answer(client, project, confuser, images[21], [box(x=24.0)])
+    answer(client, project, a, images[21], [person])
+    assert boxes_of(images[21])["boxes"] == [person]

@@ -247,7 +247,8 @@ def exclusions(project: EngineerProject, session: ReadSessionDep) -> list[Exclus
 def consensus(project: EngineerProjectForWrite, session: SessionDep) -> ConsensusSummaryRead:
     """Fits Dawid-Skene on every current label (majority vote when there is too little overlap to fit) and rewrites
     each image's label and its probability; images whose consensus is weak are sent to one more annotator, up to
-    `review_max_labels`. Runs in the request; returns what changed."""
+    `review_max_labels`. In a detection project: fits Dawid-Skene on the classes of boxes two or more annotators
+    outlined and recomputes every image's consensus boxes. Runs in the request; returns what changed."""
     return _summary(update_project_consensus(session, project.id))
 
 
