@@ -566,7 +566,7 @@ def weak_consensus(
 ) -> list[tuple[Image, dict[str, int]]]:
     """Images automatic review gave up on (all labels in, consensus still weak), each with its current votes.
     An admin resolves one by giving the answer as a gold label, which then scores everyone who labeled it."""
-    require_classification(project, feature="the list of weak consensus labels")
+    require_classification(project, feature="the list of weak consensus labels (weak_box_consensus for boxes)")
     threshold = project_settings(project).review_posterior
     query = select(Image).where(
         Image.project_id == project.id,
@@ -584,3 +584,52 @@ def weak_consensus(
     ):
         votes[image_id][str(label)] += 1  # a classification project: every annotation has a label
     return [(image, dict(votes[image.id])) for image in images]
+
+
+@dataclass(frozen=True)
+class WeakBoxes:
+    image: Image
+    weak: list[Weak]  # why the consensus is weak
+    answers: dict[int, list[dict[str, Any]]]  # each counted annotator's current boxes
+
+
+WEAK_SCAN_BATCH = 500
+
+
+def weak_box_consensus(session: Session, *, project: Project, after: int | None, limit: int) -> list[WeakBoxes]:
+    """Detection images automatic review gave up on: all answers in, consensus boxes still weak, each with the
+    reasons and the answers behind it. Weakness is not stored, so images answered by two or more are read in
+    batches and their consensus recomputed until ``limit`` weak ones are found."""
+    settings = project_settings(project)
+    excluded = excluded_annotators(session, project_id=project.id)
+    found: list[WeakBoxes] = []
+    while len(found) < limit:
+        query = select(Image).where(
+            Image.project_id == project.id,
+            Image.gold_boxes.is_(None),
+            Image.label_count >= 2,
+            Image.queue_tier.is_(None),
+        )
+        if after is not None:
+            query = query.where(Image.id > after)
+        images = list(session.scalars(query.order_by(Image.id).limit(WEAK_SCAN_BATCH)))
+        if not images:
+            break
+        answers: dict[int, dict[int, list[dict[str, Any]]]] = defaultdict(dict)
+        for image_id, annotator_id, boxes in session.execute(
+            select(Annotation.image_id, Annotation.annotator_id, Annotation.boxes).where(
+                Annotation.image_id.in_([image.id for image in images]), Annotation.is_current
+            )
+        ):
+            if annotator_id not in excluded:
+                answers[image_id][annotator_id] = boxes or []
+        picker = _box_picker(session, project=project, annotator_ids=sorted({a for b in answers.values() for a in b}))
+        for image in images:
+            mine = answers.get(image.id, {})
+            weak = image_box_consensus(project, mine, settings, picker).weak if len(mine) >= 2 else []
+            if weak:
+                found.append(WeakBoxes(image, weak, mine))
+                if len(found) == limit:
+                    break
+        after = images[-1].id
+    return found

@@ -109,7 +109,7 @@ def test_consensus_boxes_snapshots_and_a_merger_flagged(client, admin):
 
 
 def test_weak_box_consensus_asks_for_more_and_the_quorum_is_a_setting(client, admin):
-    project, (a, b, c), (image_id, other) = setup(client, admin, ["a", "b", "c"], 2)
+    project, (a, b, c), (image_id, other) = setup(client, admin, ["a", "b", "c"], 2, review_max_labels=4)
     path = f"/api/v1/projects/{project['id']}"
     # Two of three drew the person: a box at exactly the quorum is weak, so the image asks a fourth annotator.
     answer(client, project, a, image_id, [box(), box(label="person", x=30.0, w=10.0)])
@@ -121,6 +121,14 @@ def test_weak_box_consensus_asks_for_more_and_the_quorum_is_a_setting(client, ad
     client.post(f"{path}/members", json={"user_id": d.id}, headers=admin.headers)
     task = client.get(f"{path}/tasks/next", headers=d.headers).json()
     assert task["image_id"] == image_id and "boxes drawn so far disagree" in task["review_reason"]
+    # The fourth finds the car only: the person, drawn by two of four, stays doubtful, and review has asked all
+    # it may, so the image is listed for an admin to settle with gold boxes.
+    answer(client, project, d, image_id, [box()])
+    weak = client.get(f"{path}/consensus/weak", headers=admin.headers).json()
+    assert weak["task_type"] == "detection" and weak["next_after"] is None
+    (item,) = weak["items"]
+    assert (item["image_id"], item["reasons"], item["label_count"]) == (image_id, ["half_drawn"], 4)
+    assert [len(answer["boxes"]) for answer in item["answers"]] == [2, 2, 1, 1]
 
     # With box_quorum 1, a box anyone drew is in the consensus.
     settings = {"settings": {"box_quorum": 1}}

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, status
 from annotation.agreement import MIN_SHARED_ITEMS, Figure
 from annotation.box_scorecards import BoxScorecards, box_scorecards
 from annotation.boxes import BoxScorecard
-from annotation.consensus import ConsensusSummary, update_project_consensus, weak_consensus
+from annotation.consensus import ConsensusSummary, update_project_consensus, weak_box_consensus, weak_consensus
 from annotation.exclusions import exclude_annotator, list_exclusions, revoke_exclusion
 from annotation.label_issues import list_issues, send_issues_for_relabel
 from annotation.reports import BoxAgreementReport, agreement_report, box_agreement_report
@@ -22,11 +22,12 @@ from service.deps import (
     SessionDep,
 )
 from service.schemas.common import ERROR_RESPONSES, MAX_ID, Limit, UserId
-from service.schemas.labeling import ReviewResult
+from service.schemas.labeling import BoxRead, ReviewResult
 from service.schemas.quality import (
     AgreementRead,
     AnnotatorPairBoxAgreementRead,
     AnnotatorRef,
+    AnswerBoxesRead,
     BoxAgreementRead,
     BoxAnnotatorScorecardRead,
     BoxConfusionRead,
@@ -49,6 +50,8 @@ from service.schemas.quality import (
     ScorecardRead,
     ScorecardsRead,
     SpeedRead,
+    WeakBoxImageRead,
+    WeakBoxImagesPage,
     WeakImageRead,
     WeakImagesPage,
 )
@@ -256,9 +259,30 @@ def consensus(project: EngineerProjectForWrite, session: SessionDep) -> Consensu
     "/consensus/weak",
     summary="Images whose consensus stayed weak after automatic review; resolve one with PUT /gold (admin, engineer)",
 )
-def weak(project: EngineerProject, session: ReadSessionDep, after: After = None, limit: Limit = 100) -> WeakImagesPage:
+def weak(
+    project: EngineerProject, session: ReadSessionDep, after: After = None, limit: Limit = 100
+) -> WeakImagesPage | WeakBoxImagesPage:
     """Images whose consensus stayed weak (a tie or a low posterior) after automatic review asked for all the labels
-    it may, with their votes. Resolve one by giving the answer with `PUT .../gold`."""
+    it may, with their votes. Resolve one by giving the answer with `PUT .../gold`. In a detection project: images
+    whose consensus boxes stayed weak, with the reasons and each annotator's boxes; resolve one with gold boxes."""
+    if project.task_type == TaskType.detection:
+        weak_boxes = weak_box_consensus(session, project=project, after=after, limit=limit)
+        return WeakBoxImagesPage(
+            items=[
+                WeakBoxImageRead(
+                    image_id=w.image.id,
+                    boxes=None if w.image.consensus_boxes is None else [BoxRead(**b) for b in w.image.consensus_boxes],
+                    reasons=[str(reason) for reason in w.weak],
+                    label_count=w.image.label_count,
+                    answers=[
+                        AnswerBoxesRead(annotator_id=a, boxes=[BoxRead(**b) for b in boxes])
+                        for a, boxes in sorted(w.answers.items())
+                    ],
+                )
+                for w in weak_boxes
+            ],
+            next_after=weak_boxes[-1].image.id if len(weak_boxes) == limit else None,
+        )
     items = weak_consensus(session, project=project, after=after, limit=limit)
     return WeakImagesPage(
         items=[

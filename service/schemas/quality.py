@@ -6,6 +6,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.schemas.common import IdField, RequestModel
+from service.schemas.labeling import BoxRead
 
 
 class FigureRead(BaseModel):
@@ -277,6 +278,28 @@ class WeakImageRead(BaseModel):
 
 class WeakImagesPage(BaseModel):
     items: list[WeakImageRead]
+    next_after: int | None = Field(description="Pass it as `after` for the next page; null on the last page.")
+
+
+class AnswerBoxesRead(BaseModel):
+    annotator_id: int
+    boxes: list[BoxRead]
+
+
+class WeakBoxImageRead(BaseModel):
+    image_id: int
+    boxes: list[BoxRead] | None = Field(description="The current consensus boxes.")
+    reasons: list[str] = Field(
+        description="at_quorum (a box drawn by just the quorum), half_drawn (by exactly half the annotators), "
+        "class_tie (a box's class vote tied), low_iou (a box's outlines agree little)."
+    )
+    label_count: int
+    answers: list[AnswerBoxesRead] = Field(description="Each counted annotator's current boxes.")
+
+
+class WeakBoxImagesPage(BaseModel):
+    task_type: Literal["detection"] = "detection"
+    items: list[WeakBoxImageRead]
     next_after: int | None = Field(description="Pass it as `after` for the next page; null on the last page.")
 
 
