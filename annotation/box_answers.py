@@ -87,6 +87,15 @@ def raw_boxes(boxes: Sequence[DrawnBox]) -> list[dict[str, Any]]:
     return [asdict(box) for box in boxes]
 
 
+def same_boxes(a: Sequence[Mapping[str, Any]], b: Sequence[Mapping[str, Any]]) -> bool:
+    """The same set of boxes, in any order."""
+
+    def key(box: Mapping[str, Any]) -> tuple[Any, ...]:
+        return (box["label"], box["x"], box["y"], box["w"], box["h"])
+
+    return sorted(map(key, a)) == sorted(map(key, b))
+
+
 def matches_gold(answer: Sequence[Mapping[str, Any]], gold: Sequence[Mapping[str, Any]]) -> bool:
     """Whether an answer finds every gold box and nothing else: per label, the optimal one-to-one IoU matching
     (``annotation.boxes.match``) pairs every box on both sides at ``GOLD_IOU`` or more."""

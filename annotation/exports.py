@@ -1,38 +1,38 @@
-"""Exports of the current labels as CSV, JSON or a Label Studio full export, streamed in batches.
-
-An export never holds the whole project in memory and never holds one long transaction: images
-with a current label are read by id in keyset batches, each batch (and its current annotations,
-in one more query) in a short read-only session of its own, which on SQLite takes no write lock.
-The batches are not one snapshot: labels submitted during an export may or may not be in it.
+"""Exports of the current labels, streamed: CSV, JSON or a Label Studio full export of a classification
+project's labels; COCO, YOLO, Label Studio or JSON of a detection project's boxes (``annotation.box_exports``,
+``annotation.coco``, ``annotation.yolo``). Images are read in keyset batches, each in a short read-only session
+(``annotation.export_batches``), so an export of any size uses little memory and never holds up labelers.
 """
 
 from __future__ import annotations
 
 import io
-import json
-import time
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from annotation.box_exports import BoxedImage, box_json_item, boxed_batches, labelstudio_box_task
+from annotation.coco import coco_chunks
 from annotation.csv_cells import CsvWriter
+from annotation.export_batches import (
+    EXPORT_BATCH,
+    YIELD_EVERY_ITEMS,
+    ExportedAnnotation,
+    current_annotations,
+    json_array_chunks,
+    keyset_batches,
+    polite,
+    timestamp,
+)
+from annotation.yolo import yolo_chunks
+from storage.blobs import BlobStore
 from storage.db import Database
-from storage.models import Annotation, AnnotationOrigin, Image, User
-
-EXPORT_BATCH = 1000
-# A streamed export runs in one of the server's worker threads and is CPU-bound; left alone it gives
-# the GIL back only when forced (every 5 ms), so each request thread waiting for it would stall that
-# long at every hand-off. Yielding every few items (~1-2 ms of work) keeps other requests quick.
-YIELD_EVERY_ITEMS = 25
-YIELD_EVERY_ROWS = 250
-
-T = TypeVar("T")
+from storage.errors import InvalidInput
+from storage.models import Image, Project, TaskType
 
 CSV_COLUMNS = ("image_id", "sha256", "original_name", "split", "label", "tie", "label_count", "gold", "votes")
 
@@ -41,25 +41,26 @@ class ExportFormat(StrEnum):
     csv = "csv"
     json = "json"
     labelstudio = "labelstudio"
+    coco = "coco"
+    yolo = "yolo"
 
 
 MEDIA_TYPES = {
     ExportFormat.csv: "text/csv; charset=utf-8",
     ExportFormat.json: "application/json",
     ExportFormat.labelstudio: "application/json",
+    ExportFormat.coco: "application/json",
+    ExportFormat.yolo: "application/zip",
 }
-EXTENSIONS = {ExportFormat.csv: "csv", ExportFormat.json: "json", ExportFormat.labelstudio: "json"}
-
-
-@dataclass(frozen=True)
-class ExportedAnnotation:
-    id: int
-    annotator_id: int
-    annotator: str
-    label: str | None  # None only in detection projects, which have no exports yet
-    duration_ms: int | None
-    origin: AnnotationOrigin
-    created_at: datetime
+EXTENSIONS = {
+    ExportFormat.csv: "csv",
+    ExportFormat.json: "json",
+    ExportFormat.labelstudio: "json",
+    ExportFormat.coco: "coco.json",
+    ExportFormat.yolo: "yolo.zip",
+}
+CLASSIFICATION_FORMATS = (ExportFormat.csv, ExportFormat.json, ExportFormat.labelstudio)
+DETECTION_FORMATS = (ExportFormat.coco, ExportFormat.yolo, ExportFormat.labelstudio, ExportFormat.json)
 
 
 @dataclass(frozen=True)
@@ -80,24 +81,40 @@ class LabeledImage:
         return sum(a.label == self.label for a in self.annotations)
 
 
-def _polite(items: Iterable[T], every: int) -> Iterator[T]:
-    """The items, letting other threads have the interpreter after every ``every`` of them."""
-    for n, item in enumerate(items, start=1):
-        if n % every == 0:
-            time.sleep(0)  # releases the GIL: a waiting request thread takes it at once
-        yield item
+def check_export_format(project: Project, fmt: ExportFormat, *, images: bool = False) -> None:
+    """InvalidInput when the format does not fit the project's kind (naming the ones that do), or when image files
+    are asked for in a format other than YOLO's zip."""
+    if project.task_type is TaskType.detection and fmt not in DETECTION_FORMATS:
+        raise InvalidInput(
+            f"the {fmt} export holds one label per image; project {project.id} is a detection project: export its "
+            "boxes as coco, yolo, labelstudio or json",
+            code="not_for_detection",
+        )
+    if project.task_type is TaskType.classification and fmt not in CLASSIFICATION_FORMATS:
+        raise InvalidInput(
+            f"the {fmt} export holds boxes; project {project.id} is a classification project: export its labels as "
+            "csv, json or labelstudio",
+            code="not_for_classification",
+        )
+    if images and fmt is not ExportFormat.yolo:
+        raise InvalidInput(
+            f"only the yolo zip can carry the image files; the {fmt} export holds labels only",
+            code="images_not_in_format",
+        )
 
 
 def export_filename(project_id: int, fmt: ExportFormat) -> str:
     return f"project-{project_id}-labels.{EXTENSIONS[fmt]}"
 
 
-def count_labeled(session: Session, *, project_id: int) -> int:
+def count_labeled(session: Session, *, project: Project) -> int:
+    """Images with a current label (boxes, in a detection project): those an export holds."""
+    current = Image.consensus_boxes if project.task_type is TaskType.detection else Image.consensus_label
     query = select(func.count()).select_from(Image)
-    return session.scalar(query.where(Image.project_id == project_id, Image.consensus_label.is_not(None))) or 0
+    return session.scalar(query.where(Image.project_id == project.id, current.is_not(None))) or 0
 
 
-def _read_batch(session: Session, *, project_id: int, after: int, limit: int) -> list[LabeledImage]:
+def _read_batch(session: Session, after: int, limit: int, *, project_id: int) -> list[LabeledImage]:
     images = session.execute(
         select(
             Image.id,
@@ -115,28 +132,7 @@ def _read_batch(session: Session, *, project_id: int, after: int, limit: int) ->
     ).all()
     if not images:
         return []
-    by_image: dict[int, list[ExportedAnnotation]] = defaultdict(list)
-    rows = session.execute(
-        select(
-            Annotation.image_id,
-            Annotation.id,
-            Annotation.annotator_id,
-            User.name,
-            Annotation.label,
-            Annotation.duration_ms,
-            Annotation.origin,
-            Annotation.created_at,
-        )
-        .join(User, User.id == Annotation.annotator_id)
-        .where(Annotation.image_id.in_([row.id for row in images]), Annotation.is_current)
-        .order_by(Annotation.image_id, Annotation.id)
-    )
-    for image_id, annotation_id, annotator_id, name, label, duration_ms, origin, created_at in _polite(
-        rows, YIELD_EVERY_ROWS
-    ):
-        by_image[image_id].append(
-            ExportedAnnotation(annotation_id, annotator_id, name, label, duration_ms, origin, created_at)
-        )
+    by_image = current_annotations(session, image_ids=[row.id for row in images])
     return [
         LabeledImage(
             id=row.id,
@@ -154,24 +150,12 @@ def _read_batch(session: Session, *, project_id: int, after: int, limit: int) ->
 
 
 def labeled_batches(db: Database, *, project_id: int, batch_size: int = EXPORT_BATCH) -> Iterator[list[LabeledImage]]:
-    """The project's labeled images by id, a batch at a time, each read in its own short session."""
-    after = 0
-    while True:
-        with db.read_session() as session:
-            batch = _read_batch(session, project_id=project_id, after=after, limit=batch_size)
-        # The session is closed here, before the caller sees the batch: nothing stays open while it is sent.
-        if not batch:
-            return
-        yield batch
-        after = batch[-1].id
-
-
-def _timestamp(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    """A classification project's labeled images by id, a batch at a time, each read in its own short session."""
+    return keyset_batches(
+        db,
+        lambda session, after, limit: _read_batch(session, after, limit, project_id=project_id),
+        batch_size=batch_size,
+    )
 
 
 def csv_row(image: LabeledImage) -> list[Any]:
@@ -204,7 +188,7 @@ def json_item(image: LabeledImage) -> dict[str, Any]:
                 "annotator": a.annotator,
                 "annotator_id": a.annotator_id,
                 "label": a.label,
-                "created_at": _timestamp(a.created_at),
+                "created_at": timestamp(a.created_at),
                 "duration_ms": a.duration_ms,
                 "origin": str(a.origin),
             }
@@ -233,7 +217,7 @@ def labelstudio_task(image: LabeledImage, *, base_url: str = "") -> dict[str, An
                 "was_cancelled": False,
                 "ground_truth": False,
                 "lead_time": a.duration_ms / 1000 if a.duration_ms is not None else None,
-                "created_at": _timestamp(a.created_at),
+                "created_at": timestamp(a.created_at),
                 "result": [
                     {"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": [a.label]}}
                 ],
@@ -249,20 +233,18 @@ def _csv_chunks(batches: Iterable[list[LabeledImage]]) -> Iterator[str]:
     writer = CsvWriter(buffer)
     writer.writerow(CSV_COLUMNS)
     for batch in batches:
-        writer.writerows(csv_row(image) for image in _polite(batch, YIELD_EVERY_ITEMS))
+        writer.writerows(csv_row(image) for image in polite(batch, YIELD_EVERY_ITEMS))
         yield buffer.getvalue()
         buffer.seek(0)
         buffer.truncate()
     yield buffer.getvalue()
 
 
-def _json_array_chunks(batches: Iterable[list[LabeledImage]], item: Callable[[LabeledImage], Any]) -> Iterator[str]:
-    """A JSON array written a batch at a time: ``[``, the items separated by commas, ``]``."""
-    opening = "["
+def _counted(batches: Iterator[list[Any]], on_batch: Callable[[int], None] | None) -> Iterator[list[Any]]:
     for batch in batches:
-        yield opening + "\n" + ",\n".join(_dumps(item(image)) for image in _polite(batch, YIELD_EVERY_ITEMS))
-        opening = ","
-    yield "\n]\n" if opening == "," else "[]\n"
+        if on_batch:
+            on_batch(len(batch))
+        yield batch
 
 
 def export_chunks(
@@ -271,26 +253,48 @@ def export_chunks(
     project_id: int,
     fmt: ExportFormat,
     base_url: str = "",
+    image_files: BlobStore | None = None,
     batch_size: int = EXPORT_BATCH,
     on_batch: Callable[[int], None] | None = None,
 ) -> Iterator[bytes]:
-    """The export as UTF-8 chunks, one per batch of images; ``on_batch`` hears each batch's size.
+    """The export as chunks, about one per batch of images; ``on_batch`` hears each batch's size.
 
-    ``base_url`` prefixes the image URLs of a Label Studio export (empty: paths relative to the server).
+    ``base_url`` prefixes the image URLs of a Label Studio export (empty: paths relative to the server);
+    ``image_files`` puts each image's file, read from that store, in a YOLO zip. Callers check the format with
+    ``check_export_format`` first: here a wrong one is only found once the stream has started.
     """
+    with db.read_session() as session:
+        project = session.get_one(Project, project_id)
+        check_export_format(project, fmt, images=image_files is not None)
+        detection, labels = project.task_type is TaskType.detection, list(project.labels)
+    chunks: Iterator[str]
+    if detection:
+        with_annotations = fmt in (ExportFormat.json, ExportFormat.labelstudio)
+        boxed = _counted(
+            boxed_batches(db, project_id=project_id, batch_size=batch_size, with_annotations=with_annotations),
+            on_batch,
+        )
+        if fmt is ExportFormat.yolo:
+            yield from yolo_chunks(boxed, labels=labels, image_files=image_files)
+            return
+        if fmt is ExportFormat.coco:
+            chunks = coco_chunks(boxed, labels=labels)
+        elif fmt is ExportFormat.json:
+            chunks = json_array_chunks(boxed, box_json_item)
+        else:
 
-    def counted() -> Iterator[list[LabeledImage]]:
-        for batch in labeled_batches(db, project_id=project_id, batch_size=batch_size):
-            if on_batch:
-                on_batch(len(batch))
-            yield batch
+            def task(image: BoxedImage) -> dict[str, Any]:
+                return labelstudio_box_task(image, base_url=base_url)
 
-    if fmt is ExportFormat.csv:
-        chunks = _csv_chunks(counted())
-    elif fmt is ExportFormat.json:
-        chunks = _json_array_chunks(counted(), json_item)
+            chunks = json_array_chunks(boxed, task)
     else:
-        chunks = _json_array_chunks(counted(), lambda image: labelstudio_task(image, base_url=base_url))
+        labeled = _counted(labeled_batches(db, project_id=project_id, batch_size=batch_size), on_batch)
+        if fmt is ExportFormat.csv:
+            chunks = _csv_chunks(labeled)
+        elif fmt is ExportFormat.json:
+            chunks = json_array_chunks(labeled, json_item)
+        else:
+            chunks = json_array_chunks(labeled, lambda image: labelstudio_task(image, base_url=base_url))
     for chunk in chunks:
         if chunk:
             yield chunk.encode()

@@ -1,14 +1,13 @@
-"""Reading Label Studio's JSON export: tasks, their image references, choices and annotators.
+"""Reading Label Studio's JSON export: tasks, their image references, answers and annotators.
 
-Only what a classification needs is read: one ``choices`` result per annotation. The Choices
-control and the data key of its image come from the project's label config when it is given
-(parsed with label-studio-sdk), otherwise from the results' ``from_name``/``to_name`` themselves.
+A classification answer is one ``choices`` result per annotation; a detection answer is every
+``rectanglelabels`` result of the annotation, one box each, in percent of the image (none: no objects). The
+control (Choices or RectangleLabels) and the data key of its image come from the project's label config when it
+is given (parsed with label-studio-sdk), otherwise from the results' ``from_name``/``to_name`` themselves.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,11 +17,12 @@ from typing import IO, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from annotation.annotations import MAX_DURATION_MS
-from storage.errors import InvalidInput, PayloadTooLarge
+from annotation.box_answers import DrawnBox
+from annotation.imports import ImportedAnswer, SourceBoxes, TaskRejected, finite_number, read_json_file
+from storage.errors import InvalidInput
 from storage.names import nfc
 from storage.users import USER_NAME_PATTERN
 
-MAX_EXPORT_BYTES = 256 * 1024 * 1024
 MAX_LABEL_CONFIG_CHARS = 200_000
 USER_PREFIX = "ls-"
 
@@ -30,48 +30,24 @@ _USER_NAME = re.compile(USER_NAME_PATTERN)
 _UPLOAD_PREFIX = re.compile(r"^[0-9a-fA-F]{8}-(.+)$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _NOT_IN_NAME = re.compile(r"[^A-Za-z0-9_.@-]")
+# Regions labelwheel's axis-aligned boxes cannot hold: a detection task with one of them is refused, not emptied.
+_OTHER_REGIONS = {"rectangle", "polygon", "polygonlabels", "ellipse", "ellipselabels", "keypoint", "keypointlabels",
+                  "brush", "brushlabels"}  # fmt: skip
 
 
 @dataclass(frozen=True)
 class Target:
-    """Where the label lives: the Choices control (``from_name``), its Image (``to_name``), the data key."""
+    """Where the answer lives: the control (``from_name``: Choices or RectangleLabels), its Image (``to_name``),
+    the data key."""
 
     from_name: str | None = None
     to_name: str | None = None
     data_key: str | None = None
 
 
-@dataclass(frozen=True)
-class Label:
-    user_name: str
-    labelstudio_user: str
-    label: str
-    created_at: datetime | None
-    duration_ms: int | None
-    position: int
-
-
-class TaskRejected(Exception):
-    def __init__(self, code: str, message: str, details: Any = None) -> None:
-        super().__init__(message)
-        self.code, self.message, self.details = code, message, details
-
-
-def read_export(fileobj: IO[bytes], *, max_bytes: int = MAX_EXPORT_BYTES) -> list[Any]:
+def read_export(fileobj: IO[bytes]) -> list[Any]:
     """The export's list of tasks; InvalidInput when it is not a JSON list, PayloadTooLarge when too big."""
-    data = fileobj.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise PayloadTooLarge(
-            f"the export has more than {max_bytes:,} bytes; split the Label Studio project's export into several",
-            code="export_too_large",
-        )
-    try:
-        tasks = json.loads(data.removeprefix(b"\xef\xbb\xbf"))
-    except (ValueError, RecursionError) as exc:
-        raise InvalidInput(
-            f"the export is not valid JSON ({str(exc)[:200]}): send Label Studio's JSON export (a list of tasks)",
-            code="invalid_export",
-        ) from None
+    tasks = read_json_file(fileobj, what="Label Studio export")
     if not isinstance(tasks, list):
         raise InvalidInput(
             "the export must be a JSON list of tasks, as Label Studio's JSON export writes it", code="invalid_export"
@@ -79,11 +55,13 @@ def read_export(fileobj: IO[bytes], *, max_bytes: int = MAX_EXPORT_BYTES) -> lis
     return tasks
 
 
-def target_from_config(label_config: str, project_labels: Sequence[str]) -> Target:
-    """The Choices control over an Image in a Label Studio label config (XML), read with label-studio-sdk.
+def target_from_config(label_config: str, project_labels: Sequence[str], *, detection: bool = False) -> Target:
+    """The Choices control (RectangleLabels, for ``detection``) over an Image in a Label Studio label config (XML),
+    read with label-studio-sdk.
 
-    With several such controls, the one whose choices share most names with the project's labels wins.
+    With several such controls, the one whose labels share most names with the project's labels wins.
     """
+    tag = "rectanglelabels" if detection else "choices"
     if len(label_config) > MAX_LABEL_CONFIG_CHARS:
         raise InvalidInput(f"label_config has more than {MAX_LABEL_CONFIG_CHARS:,} characters", code="invalid_config")
     if "<!DOCTYPE" in label_config.upper() or "<!ENTITY" in label_config.upper():
@@ -95,7 +73,7 @@ def target_from_config(label_config: str, project_labels: Sequence[str]) -> Targ
         pairs = [
             (control, obj)
             for control in interface.controls
-            if control.tag.lower() == "choices"
+            if control.tag.lower() == tag
             for obj in control.objects
             if obj.tag.lower() == "image"
         ]
@@ -103,9 +81,11 @@ def target_from_config(label_config: str, project_labels: Sequence[str]) -> Targ
         message = f"label_config is not a valid Label Studio config: {str(exc)[:300]}"
         raise InvalidInput(message, code="invalid_config") from None
     if not pairs:
+        control_tag = "RectangleLabels" if detection else "Choices"
+        kind = "detection" if detection else "classification"
         raise InvalidInput(
-            'label_config has no <Choices toName="..."> over an <Image name="..." value="$..."/>: '
-            "only image classification projects can be imported",
+            f'label_config has no <{control_tag} toName="..."> over an <Image name="..." value="$..."/>, which a '
+            f"{kind} project imports",
             code="invalid_config",
         )
     known = set(project_labels)
@@ -139,6 +119,64 @@ def _choices(annotation: dict[str, Any], target: Target) -> list[Any]:
             "project's label_config so the import knows which one holds the class",
         )
     return chosen
+
+
+def _rectangles(annotation: dict[str, Any], target: Target, labels: Sequence[str]) -> SourceBoxes:
+    """The annotation's ``rectanglelabels`` regions for the target control, in percent of the image."""
+    boxes, sizes, others = [], set(), 0
+    for result in _results(annotation):
+        if not isinstance(result, dict):
+            continue
+        if target.from_name is not None and result.get("from_name") != target.from_name:
+            continue
+        kind = result.get("type")
+        if kind in _OTHER_REGIONS:
+            raise TaskRejected(
+                "unsupported_region",
+                f"an annotation has a {kind} region: labelwheel imports axis-aligned rectanglelabels boxes only"
+                + ("" if target.from_name else "; send the label_config to name the RectangleLabels control"),
+            )
+        if kind != "rectanglelabels":
+            others += 1
+            continue
+        value = result.get("value")
+        if not isinstance(value, dict) or not all(finite_number(value.get(k)) for k in ("x", "y", "width", "height")):
+            raise TaskRejected("invalid_task", "a rectanglelabels region needs numbers x, y, width and height")
+        rotation = value.get("rotation", 0)
+        if not finite_number(rotation) or rotation % 360 != 0:
+            raise TaskRejected(
+                "rotated_box", f"a box is rotated by {str(rotation)[:20]} degrees: labelwheel boxes are axis-aligned"
+            )
+        chosen = value.get("rectanglelabels")
+        if not isinstance(chosen, list) or len(chosen) != 1 or not isinstance(chosen[0], str):
+            raise TaskRejected(
+                "not_single_label", f"a box is labeled {str(chosen)[:200]}: a labelwheel box has exactly one label"
+            )
+        box = (value["x"], value["y"], value["width"], value["height"])
+        boxes.append(DrawnBox(_known(chosen[0], labels), *map(float, box)))
+        width: Any = result.get("original_width")
+        height: Any = result.get("original_height")
+        if finite_number(width) and finite_number(height):
+            sizes.add((float(width), float(height)))
+    if others and not boxes and target.from_name is None:
+        raise TaskRejected(
+            "no_boxes",
+            "an annotation has results but no rectanglelabels region: send the project's label_config to say that "
+            "it drew no boxes (a detection project imports boxes, not choices)",
+        )
+    return SourceBoxes(tuple(boxes), percent=True, sizes=frozenset(sizes))
+
+
+def _known(label: str, labels: Sequence[str]) -> str:
+    """The label in NFC, as the project stores it; TaskRejected when it is not one of the project's."""
+    label = nfc(label)
+    if label not in labels:
+        raise TaskRejected(
+            "unknown_label",
+            f"label {label[:100]!r} is not one of the project's labels; nothing of this task was stored",
+            {"label": label[:100], "valid_labels": list(labels[:100])},
+        )
+    return label
 
 
 def _to_names(task: dict[str, Any]) -> list[str]:
@@ -192,17 +230,26 @@ def meta_sha256(task: dict[str, Any]) -> str | None:
 
 
 def meta_gold(task: dict[str, Any], labels: Sequence[str]) -> str | None:
+    """The gold label labelwheel's own export of a classification project keeps in ``meta.gold_label``."""
     meta = task.get("meta")
     gold = meta.get("gold_label") if isinstance(meta, dict) else None
     if gold is None:
         return None
-    if not isinstance(gold, str) or nfc(gold) not in labels:
-        raise TaskRejected(
-            "unknown_label",
-            f"gold label {str(gold)[:100]!r} is not one of the project's labels; nothing of this task was stored",
-            {"label": str(gold)[:100], "valid_labels": list(labels[:100])},
-        )
-    return nfc(gold)
+    return _known(gold if isinstance(gold, str) else str(gold), labels)
+
+
+def meta_gold_boxes(task: dict[str, Any], labels: Sequence[str]) -> SourceBoxes | None:
+    """The gold boxes labelwheel's own export of a detection project keeps in ``meta.gold_boxes`` (pixels)."""
+    meta = task.get("meta")
+    gold = meta.get("gold_boxes") if isinstance(meta, dict) else None
+    if gold is None:
+        return None
+    if not isinstance(gold, list) or not all(
+        isinstance(b, dict) and isinstance(b.get("label"), str) and all(finite_number(b.get(k)) for k in "xywh")
+        for b in gold
+    ):
+        raise TaskRejected("invalid_task", "meta.gold_boxes must be a list of {label, x, y, w, h} in pixels")
+    return SourceBoxes(tuple(DrawnBox(_known(b["label"], labels), *(float(b[k]) for k in "xywh")) for b in gold))
 
 
 def _user_name(completed_by: Any) -> tuple[str, str]:
@@ -240,13 +287,17 @@ def _timestamp(value: Any) -> datetime | None:
 
 
 def _duration_ms(lead_time: Any) -> int | None:
-    if isinstance(lead_time, bool) or not isinstance(lead_time, int | float) or not math.isfinite(lead_time):
+    if not finite_number(lead_time):
         return None
     return min(max(round(lead_time * 1000), 0), MAX_DURATION_MS)
 
 
-def task_labels(task: dict[str, Any], target: Target, labels: Sequence[str]) -> tuple[list[Label], int]:
-    """The task's labels, one per annotation that chose one, and how many annotations chose nothing.
+def task_answers(
+    task: dict[str, Any], target: Target, labels: Sequence[str], *, detection: bool = False
+) -> tuple[list[ImportedAnswer], int]:
+    """The task's answers, one per annotation that gave one, and how many annotations gave none: a label per
+    annotation that chose one or, in a ``detection`` project, the boxes of every annotation not cancelled (an
+    empty result is an image with no objects).
 
     Raises TaskRejected when any annotation is unusable: a task is imported whole or not at all.
     """
@@ -261,28 +312,27 @@ def task_labels(task: dict[str, Any], target: Target, labels: Sequence[str]) -> 
         if annotation.get("was_cancelled"):
             skipped += 1
             continue
-        chosen = _choices(annotation, target)
-        if not chosen:
-            skipped += 1  # an empty result is no label either
-            continue
-        if len(chosen) != 1 or not isinstance(chosen[0], str):
-            raise TaskRejected(
-                "not_single_choice",
-                f"an annotation chose {str(chosen)[:200]}: a classification label is exactly one choice",
-            )
-        label = nfc(chosen[0])  # labels are stored in NFC, whichever form the export wrote
-        if label not in labels:
-            raise TaskRejected(
-                "unknown_label",
-                f"label {label[:100]!r} is not one of the project's labels; nothing of this task was stored",
-                {"label": label[:100], "valid_labels": list(labels[:100])},
-            )
+        label, boxes = None, None
+        if detection:
+            boxes = _rectangles(annotation, target, labels)
+        else:
+            chosen = _choices(annotation, target)
+            if not chosen:
+                skipped += 1  # an empty result is no label either
+                continue
+            if len(chosen) != 1 or not isinstance(chosen[0], str):
+                raise TaskRejected(
+                    "not_single_choice",
+                    f"an annotation chose {str(chosen)[:200]}: a classification label is exactly one choice",
+                )
+            label = _known(chosen[0], labels)
         name, shown = _user_name(annotation.get("completed_by"))
         found.append(
-            Label(
+            ImportedAnswer(
                 user_name=name,
-                labelstudio_user=shown,
+                source_user=shown,
                 label=label,
+                boxes=boxes,
                 created_at=_timestamp(annotation.get("created_at")) or _timestamp(annotation.get("updated_at")),
                 duration_ms=_duration_ms(annotation.get("lead_time")),
                 position=position,

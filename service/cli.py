@@ -379,25 +379,32 @@ def _project_id(db, settings: Settings, name: str) -> int:
 def export_labels(
     project: Annotated[str, typer.Option(help="Project name.")],
     out: Annotated[Path, typer.Option(dir_okay=False, help="File to write (replaced when complete).")],
-    format: Annotated[str, typer.Option("--format", help="csv, json or labelstudio.")] = "csv",
+    format: Annotated[
+        str,
+        typer.Option(
+            "--format", help="csv, json or labelstudio; for a detection project coco, yolo, labelstudio or json."
+        ),
+    ] = "csv",
     base_url: Annotated[
         str, typer.Option(help="Prefix of the image URLs in a labelstudio export, e.g. https://labels.example.com.")
     ] = "",
+    images: Annotated[bool, typer.Option("--images", help="yolo: put the image files in the zip too.")] = False,
 ) -> None:
-    """Write the project's current labels to a file, streamed (the same formats as GET .../export)."""
-    from annotation.exports import ExportFormat, count_labeled, export_chunks
+    """Write the project's current labels (or boxes) to a file, streamed (the same formats as GET .../export)."""
+    from annotation.exports import ExportFormat, check_export_format, count_labeled, export_chunks
+    from storage.blobs import blob_store_from_settings
     from storage.models import Project
-    from storage.projects import require_classification
 
     if format not in {f.value for f in ExportFormat}:
-        console.print(f"[red]unknown format {format!r}: use csv, json or labelstudio[/red]")
+        console.print(f"[red]unknown format {format!r}: use csv, json, labelstudio, coco or yolo[/red]")
         raise typer.Exit(2)
     settings = _settings()
     db = _database(settings)
     project_id = _project_id(db, settings, project)
     with _exit_on_error(settings), db.session() as session:
-        require_classification(session.get_one(Project, project_id), feature="exports")
-        total = count_labeled(session, project_id=project_id)
+        labeled = session.get_one(Project, project_id)
+        check_export_format(labeled, ExportFormat(format), images=images)
+        total = count_labeled(session, project=labeled)
     written = 0
     partial = out.with_name(out.name + ".part")
     with (
@@ -413,7 +420,14 @@ def export_labels(
             written += n
             progress.advance(task, n)
 
-        chunks = export_chunks(db, project_id=project_id, fmt=ExportFormat(format), base_url=base_url, on_batch=advance)
+        chunks = export_chunks(
+            db,
+            project_id=project_id,
+            fmt=ExportFormat(format),
+            base_url=base_url,
+            image_files=blob_store_from_settings(settings) if images else None,
+            on_batch=advance,
+        )
         for chunk in chunks:
             sink.write(chunk)
     partial.replace(out)

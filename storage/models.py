@@ -159,6 +159,12 @@ class Membership(CreatedAt, Base):
     __table_args__ = (Index("ix_memberships_user_id", "user_id"),)
 
 
+def upright_size(width: int, height: int, exif_orientation: int | None) -> tuple[int, int]:
+    """(width, height) once the EXIF orientation is applied: ``width`` and ``height`` are the stored pixels', and
+    orientations 5 to 8 turn the image a quarter."""
+    return (height, width) if exif_orientation in (5, 6, 7, 8) else (width, height)
+
+
 class Image(CreatedAt, Base):
     __tablename__ = "images"
 
@@ -204,10 +210,8 @@ class Image(CreatedAt, Base):
 
     @property
     def upright_size(self) -> tuple[int, int]:
-        """(width, height) once the EXIF orientation is applied: ``width`` and ``height`` are the stored pixels',
-        and orientations 5 to 8 turn the image a quarter."""
-        turned = self.exif_orientation in (5, 6, 7, 8)
-        return (self.height, self.width) if turned else (self.width, self.height)
+        """(width, height) once the EXIF orientation is applied (``upright_size``)."""
+        return upright_size(self.width, self.height, self.exif_orientation)
 
     @property
     def is_gold(self) -> bool:

@@ -358,9 +358,19 @@ def require_classification(project: Project, *, feature: str) -> None:
     if project.task_type is TaskType.detection:
         raise InvalidInput(
             f"{feature} works on classification projects only; project {project.id} is a detection project, "
-            "where labeling, gold questions, review and overlap work, and the current boxes are read from "
-            "GET .../labels (box agreement, consensus boxes, detection exports and training come later)",
+            "where labeling, gold questions, review, overlap, box agreement, and box exports and imports (COCO, "
+            "YOLO, Label Studio) work, and the current boxes are read from GET .../labels (consensus boxes and "
+            "training come later)",
             code="not_for_detection",
+        )
+
+
+def require_detection(project: Project, *, feature: str) -> None:
+    """Refuse a feature that reads boxes on a classification project."""
+    if project.task_type is TaskType.classification:
+        raise InvalidInput(
+            f"{feature} works on detection projects only; project {project.id} is a classification project",
+            code="not_for_classification",
         )
 
 

@@ -48,10 +48,8 @@ def _principal(user: User) -> Principal:
     return Principal(id=user.id, name=user.name, role=user.role)
 
 
-def create_user(session: Session, *, name: str, role: Role, token: str | None = None) -> tuple[User, str]:
-    """Create a user; returns the user and their token (the only time it is visible).
-
-    Names are unique ignoring case: ``ADMIN`` beside ``admin`` is a Conflict."""
+def check_user_name(name: str) -> str:
+    """The name as stored (the name policy's NFC, spaces trimmed); InvalidInput when it is no valid user name."""
     name = clean_name(name, what="user name", code="invalid_user_name", max_length=MAX_USER_NAME_LENGTH)
     if not _NAME.fullmatch(name):
         raise InvalidInput(
@@ -59,6 +57,14 @@ def create_user(session: Session, *, name: str, role: Role, token: str | None = 
             "or digit",
             code="invalid_user_name",
         )
+    return name
+
+
+def create_user(session: Session, *, name: str, role: Role, token: str | None = None) -> tuple[User, str]:
+    """Create a user; returns the user and their token (the only time it is visible).
+
+    Names are unique ignoring case: ``ADMIN`` beside ``admin`` is a Conflict."""
+    name = check_user_name(name)
     existing = find_user(session, name=name)
     if existing is not None:
         raise _exists(name, existing)

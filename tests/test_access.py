@@ -70,6 +70,10 @@ ROUTES: dict[tuple[str, str], tuple[set[str], dict]] = {
         {ADMIN},
         {"multipart": [("export", ("export.json", b'[{"data": {"image": "c.png"}}]')), ("files", "c.png")]},
     ),
+    ("POST", "/api/v1/projects/{project_id}/import/coco"): (
+        {ADMIN},
+        {"multipart": [("coco", ("coco.json", b'{"images": [], "annotations": [], "categories": []}'))]},
+    ),
     ("POST", "/api/v1/projects/{project_id}/jobs"): ({ADMIN, ENGINEER}, {"json": {"kind": "train"}}),
     ("GET", "/api/v1/projects/{project_id}/jobs"): ({ADMIN, ENGINEER}, {}),
     ("GET", "/api/v1/jobs/{job_id}"): ({ADMIN, ENGINEER}, {}),

@@ -31,6 +31,7 @@ DATA_DEPENDENT = {
     "POST /api/v1/projects/{project_id}/annotations",
     "PUT /api/v1/projects/{project_id}/gold",
     "POST /api/v1/projects/{project_id}/import/labelstudio",
+    "POST /api/v1/projects/{project_id}/import/coco",
     "POST /api/v1/projects/{project_id}/predict",
     "PUT /api/v1/projects/{project_id}/schedules",
 }
