@@ -41,6 +41,7 @@ class BoxedImage:
     format: str
     boxes: list[dict[str, Any]]
     gold_boxes: list[dict[str, Any]] | None
+    weak: bool  # the consensus boxes are weak (GET .../consensus/weak says why)
     label_count: int
     annotations: list[ExportedAnnotation]
 
@@ -60,6 +61,7 @@ def _read_batch(
             Image.format,
             Image.consensus_boxes,
             Image.gold_boxes,
+            Image.consensus_tie,
             Image.label_count,
         )
         .where(Image.project_id == project_id, Image.consensus_boxes.is_not(None), Image.id > after)
@@ -77,6 +79,7 @@ def _read_batch(
             format=row.format,
             boxes=row.consensus_boxes,
             gold_boxes=row.gold_boxes,
+            weak=row.consensus_tie,
             label_count=row.label_count,
             annotations=by_image.get(row.id, []),
         )
@@ -107,6 +110,7 @@ def box_json_item(image: BoxedImage) -> dict[str, Any]:
         "width": image.width,
         "height": image.height,
         "boxes": image.boxes,
+        "weak": image.weak,
         "label_count": image.label_count,
         "gold": image.gold_boxes is not None,
         "annotations": [

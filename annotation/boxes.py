@@ -231,6 +231,7 @@ class Weak(enum.StrEnum):
     class_tie = "class_tie"  # a box whose class vote is tied
     low_iou = "low_iou"  # a box whose annotators' outlines agree little (mean IoU below WEAK_IOU)
     half_drawn = "half_drawn"  # a box drawn by exactly half the annotators (with two, one drew it and one did not)
+    merge_vote = "merge_vote"  # a box that reaches the quorum only with votes of boxes drawn around it and a neighbour
 
 
 @dataclass(frozen=True)
@@ -288,14 +289,22 @@ def _cluster(order: list[Hashable], boxes: Mapping[Hashable, Sequence[Box]], iou
 def _merges(
     clusters: list[Cluster], boxes: Mapping[Hashable, Sequence[Box]], iou_threshold: float
 ) -> dict[Hashable, set[int]]:
-    """{annotator: indices of their boxes that outline two or more of the others' objects as one}."""
+    """{annotator: indices of their boxes that outline two or more of the others' objects as one}.
+
+    A box another annotator drew too (IoU at least ``TIGHT_IOU``) is no merge: two people saw one
+    object there, and the clusters settle who is right by quorum.
+    """
     found: dict[Hashable, set[int]] = {}
     for annotator, mine in boxes.items():
         others = [[box for k, box in cluster if k != annotator] for cluster in clusters]
         outlines = [_outline(_fuse(members)) for members in others if members]
-        merged = merge_boxes(mine, outlines, iou_threshold=iou_threshold)
+        merged = set(merge_boxes(mine, outlines, iou_threshold=iou_threshold))
+        theirs = [box for k, drawn in boxes.items() if k != annotator for box in drawn]
+        if merged and theirs:
+            shared = iou_matrix([mine[i] for i in sorted(merged)], theirs).max(axis=1) >= TIGHT_IOU
+            merged -= {i for i, drawn_too in zip(sorted(merged), shared, strict=True) if drawn_too}
         if merged:
-            found[annotator] = set(merged)
+            found[annotator] = merged
     return found
 
 
@@ -389,6 +398,8 @@ def consensus_boxes(
         result.append(ConsensusBox(box, [k for k, _ in given], [c for _, c in given], merged_by, agreement, tie))
         if support == quorum < len(order):
             weak.add(Weak.at_quorum)
+        if len(cluster) < quorum:
+            weak.add(Weak.merge_vote)
         if tie:
             weak.add(Weak.class_tie)
         if agreement < weak_iou:

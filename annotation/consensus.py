@@ -25,7 +25,7 @@ import numpy as np
 from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session
 
-from annotation.boxes import Box, BoxConsensus, ClassPicker, Weak, consensus_boxes
+from annotation.boxes import Box, BoxConsensus, ClassPicker, consensus_boxes
 from annotation.crowd import Crowd, excluded_annotators, load_crowd
 from annotation.dawid_skene import DawidSkeneFit, dawid_skene, one_coin, posterior_from_skills
 from annotation.queue import annotator_members, labels_wanted, place_in_queue
@@ -226,8 +226,8 @@ def image_box_consensus(
     project's quorum and IoU threshold; classes by ``pick_class`` (the fitted skills), else by vote."""
     settings = settings or project_settings(project)
     quorum = min(settings.box_quorum, len(answers)) if settings.box_quorum and answers else None
-    return consensus_boxes(
-        {annotator: [Box(**box) for box in boxes] for annotator, boxes in answers.items()},
+    return consensus_boxes(  # annotators by id: the same answers give the same boxes whatever order rows come in
+        {annotator: [Box(**box) for box in answers[annotator]] for annotator in sorted(answers)},
         quorum=quorum,
         iou_threshold=settings.iou_threshold,
         label_order=project.labels,
@@ -271,21 +271,28 @@ def _settle_boxes(
 ) -> None:
     """Set a detection image's current boxes from its counted annotators' answers, or its gold boxes.
 
-    Once the image has every answer it asked for, a weak consensus (a box drawn by just a quorum or
-    by exactly half of them, a tied class, outlines that agree little) asks for one more, as a tie
-    does in classification, up to ``review_max_labels``. Then the image takes its place in the queue.
+    A weak consensus (a box drawn by just a quorum or by exactly half of them, a tied class, outlines
+    that agree little, a box kept only by votes of boxes around it and a neighbour) is marked with
+    ``consensus_tie``; once the image has every answer it asked for, it asks for one more, as a tie
+    does in classification, up to ``review_max_labels``; so does an image whose answers all stopped
+    counting (their annotators were excluded). Then the image takes its place in the queue.
     """
     image.consensus_label, image.consensus_tie, image.consensus_posterior = None, False, None
     image.consensus_boxes = None
+    weak = False
     if image.gold_boxes is not None:
         image.consensus_boxes, image.consensus_posterior = image.gold_boxes, 1.0
+    elif len(answers) == 1 and pick_class is None:  # one annotator's boxes are the consensus, as drawn
+        image.consensus_boxes = [dict(box) for box in next(iter(answers.values()))]
     elif answers:
         result = image_box_consensus(project, answers, settings, pick_class)
         image.consensus_boxes = [asdict(c.box) for c in result.boxes]
-        image.consensus_tie = Weak.class_tie in result.weak
-        has_all = image.label_count >= labels_wanted(image, annotators=annotators)
-        if settings.auto_review and has_all and result.weak and image.label_count < settings.review_max_labels:
-            image.labels_needed, image.review_reason = image.label_count + 1, WEAK_BOXES
+        image.consensus_tie = weak = bool(result.weak)
+    else:
+        image.consensus_tie = weak = image.label_count > 0  # answered, but no answer counts
+    has_all = image.label_count >= labels_wanted(image, annotators=annotators)
+    if settings.auto_review and has_all and weak and image.label_count < settings.review_max_labels:
+        image.labels_needed, image.review_reason = image.label_count + 1, WEAK_BOXES
     place_in_queue(image, annotators=annotators)
 
 
@@ -589,47 +596,38 @@ def weak_consensus(
 @dataclass(frozen=True)
 class WeakBoxes:
     image: Image
-    weak: list[Weak]  # why the consensus is weak
+    weak: list[str]  # why the consensus is weak: Weak values, or no_counted_answer
     answers: dict[int, list[dict[str, Any]]]  # each counted annotator's current boxes
-
-
-WEAK_SCAN_BATCH = 500
 
 
 def weak_box_consensus(session: Session, *, project: Project, after: int | None, limit: int) -> list[WeakBoxes]:
     """Detection images automatic review gave up on: all answers in, consensus boxes still weak, each with the
-    reasons and the answers behind it. Weakness is not stored, so images answered by two or more are read in
-    batches and their consensus recomputed until ``limit`` weak ones are found."""
-    settings = project_settings(project)
+    reasons (recomputed) and the answers behind it."""
+    query = select(Image).where(
+        Image.project_id == project.id,
+        Image.gold_boxes.is_(None),
+        Image.label_count > 0,
+        Image.queue_tier.is_(None),
+        Image.consensus_tie,
+    )
+    if after is not None:
+        query = query.where(Image.id > after)
+    images = list(session.scalars(query.order_by(Image.id).limit(limit)))
     excluded = excluded_annotators(session, project_id=project.id)
-    found: list[WeakBoxes] = []
-    while len(found) < limit:
-        query = select(Image).where(
-            Image.project_id == project.id,
-            Image.gold_boxes.is_(None),
-            Image.label_count >= 2,
-            Image.queue_tier.is_(None),
+    answers: dict[int, dict[int, list[dict[str, Any]]]] = defaultdict(dict)
+    for image_id, annotator_id, boxes in session.execute(
+        select(Annotation.image_id, Annotation.annotator_id, Annotation.boxes).where(
+            Annotation.image_id.in_([image.id for image in images]), Annotation.is_current
         )
-        if after is not None:
-            query = query.where(Image.id > after)
-        images = list(session.scalars(query.order_by(Image.id).limit(WEAK_SCAN_BATCH)))
-        if not images:
-            break
-        answers: dict[int, dict[int, list[dict[str, Any]]]] = defaultdict(dict)
-        for image_id, annotator_id, boxes in session.execute(
-            select(Annotation.image_id, Annotation.annotator_id, Annotation.boxes).where(
-                Annotation.image_id.in_([image.id for image in images]), Annotation.is_current
-            )
-        ):
-            if annotator_id not in excluded:
-                answers[image_id][annotator_id] = boxes or []
-        picker = _box_picker(session, project=project, annotator_ids=sorted({a for b in answers.values() for a in b}))
-        for image in images:
-            mine = answers.get(image.id, {})
-            weak = image_box_consensus(project, mine, settings, picker).weak if len(mine) >= 2 else []
-            if weak:
-                found.append(WeakBoxes(image, weak, mine))
-                if len(found) == limit:
-                    break
-        after = images[-1].id
-    return found
+    ):
+        if annotator_id not in excluded:
+            answers[image_id][annotator_id] = boxes or []
+    settings = project_settings(project)
+    picker = _box_picker(session, project=project, annotator_ids=sorted({a for b in answers.values() for a in b}))
+    weak = {
+        image.id: [str(reason) for reason in image_box_consensus(project, answers[image.id], settings, picker).weak]
+        if answers[image.id]
+        else ["no_counted_answer"]
+        for image in images
+    }
+    return [WeakBoxes(image, weak[image.id], answers[image.id]) for image in images]

@@ -147,6 +147,13 @@ def _rectangles(annotation: dict[str, Any], target: Target, labels: Sequence[str
             raise TaskRejected(
                 "rotated_box", f"a box is rotated by {str(rotation)[:20]} degrees: labelwheel boxes are axis-aligned"
             )
+        turned = result.get("image_rotation", 0)
+        if not finite_number(turned) or turned % 360 != 0:
+            raise TaskRejected(
+                "rotated_box",
+                f"a box was drawn on the image turned by {str(turned)[:20]} degrees in Label Studio: its coordinates "
+                "are in the turned frame; label on the unturned image, or turn the file itself",
+            )
         chosen = value.get("rectanglelabels")
         if not isinstance(chosen, list) or len(chosen) != 1 or not isinstance(chosen[0], str):
             raise TaskRejected(

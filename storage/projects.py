@@ -358,9 +358,9 @@ def require_classification(project: Project, *, feature: str) -> None:
     if project.task_type is TaskType.detection:
         raise InvalidInput(
             f"{feature} works on classification projects only; project {project.id} is a detection project, "
-            "where labeling, gold questions, review, overlap, box agreement, and box exports and imports (COCO, "
-            "YOLO, Label Studio) work, and the current boxes are read from GET .../labels (consensus boxes and "
-            "training come later)",
+            "where labeling, gold questions, review, overlap, consensus boxes, box agreement and scorecards, and "
+            "box exports and imports (COCO, YOLO, Label Studio) work, and the current boxes are read from "
+            "GET .../labels (detection training comes with issue 14)",
             code="not_for_detection",
         )
 

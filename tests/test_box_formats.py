@@ -226,8 +226,9 @@ def test_a_labelstudio_export_of_boxes_round_trips_and_bad_regions_are_refused_p
     )
 
     # Edited tasks: each unusable region refuses its task, and the rest of the import goes on.
-    edited = [copy.deepcopy(by_id[ids["two.png"]]) for _ in range(4)]
+    edited = [copy.deepcopy(by_id[ids["two.png"]]) for _ in range(5)]
     edited[0]["annotations"][0]["result"][0]["value"]["rotation"] = 30
+    edited[4]["annotations"][0]["result"][0]["image_rotation"] = 90  # drawn on the image turned in Label Studio
     edited[1]["annotations"][0]["result"][0]["original_width"] = 400
     edited[2]["annotations"][0]["result"][0]["type"] = "polygonlabels"
     edited[3]["annotations"][0]["result"] = [
@@ -241,6 +242,7 @@ def test_a_labelstudio_export_of_boxes_round_trips_and_bad_regions_are_refused_p
         1: "size_mismatch",
         2: "unsupported_region",
         3: "no_boxes",
+        4: "rotated_box",
     }
     assert refused.json()["annotations_imported"] == 0
 

@@ -196,6 +196,17 @@ def test_a_merge_box_votes_for_the_objects_inside_it_but_does_not_shape_them():
     result = consensus_boxes({"a": [LEFT, RIGHT], "b": [LEFT, RIGHT, stray], "c": [AROUND]})
     assert [c.box for c in result.boxes] == [LEFT, RIGHT] and result.dropped == 1
     assert [c.merged_by for c in result.boxes] == [["c"], ["c"]]
+    # RIGHT is kept only thanks to the merge box's vote: one person split, one merged, nobody can tell.
+    assert Weak.merge_vote in consensus_boxes({"a": [LEFT, RIGHT], "c": [AROUND]}).weak
+
+
+def test_a_box_two_annotators_drew_is_no_merge():
+    # One splits what the two others outline as one object: the majority's box stands.
+    nearly = Box("cat", 10.5, 10, 40, 22)
+    result = consensus_boxes({"a": [LEFT, RIGHT], "b": [AROUND], "c": [nearly]})
+    assert len(result.boxes) == 1 and result.boxes[0].merged_by == []
+    assert result.boxes[0].box == Box("cat", 10.25, 10, 40, 22) and result.boxes[0].annotators == ["b", "c"]
+    assert (result.weak, result.dropped) == ([Weak.at_quorum], 2)  # the split halves: one annotator's each
 
 
 def test_scorecard_counts_each_kind_of_mistake():

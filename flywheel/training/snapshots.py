@@ -12,9 +12,9 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, true
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from storage.blobs import BlobStore
 from storage.models import DatasetSnapshot, Image, Project, Split, TaskType
@@ -38,10 +38,16 @@ class BoxItem:
 
 def build_snapshot(session: Session, blobs: BlobStore, *, project: Project) -> DatasetSnapshot:
     """Freeze the project's consensus-labeled images now (an existing identical snapshot is reused)."""
-    answer = Image.consensus_boxes if project.task_type is TaskType.detection else Image.consensus_label
+    answer: InstrumentedAttribute[Any]
+    if project.task_type is TaskType.detection:
+        # Weak consensus boxes that asked for another answer are not settled: left out until it comes, or until
+        # review has asked all it may (then they are as settled as they get, and listed as weak for an admin).
+        answer, settled = Image.consensus_boxes, ~(Image.consensus_tie & (Image.label_count < Image.labels_needed))
+    else:
+        answer, settled = Image.consensus_label, true()
     found = session.execute(
         select(Image.id, Image.sha256, answer, Image.split)
-        .where(Image.project_id == project.id, answer.is_not(None))
+        .where(Image.project_id == project.id, answer.is_not(None), settled)
         .order_by(Image.id)
     ).all()
     rows = [(image_id, sha, value, Split(split)) for image_id, sha, value, split in found if value is not None]

@@ -272,7 +272,7 @@ def weak(
                 WeakBoxImageRead(
                     image_id=w.image.id,
                     boxes=None if w.image.consensus_boxes is None else [BoxRead(**b) for b in w.image.consensus_boxes],
-                    reasons=[str(reason) for reason in w.weak],
+                    reasons=w.weak,
                     label_count=w.image.label_count,
                     answers=[
                         AnswerBoxesRead(annotator_id=a, boxes=[BoxRead(**b) for b in boxes])

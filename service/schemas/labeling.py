@@ -165,7 +165,10 @@ class CurrentLabel(BaseModel):
         description="Detection projects: the current boxes ([]: no objects): the gold boxes, else the consensus of "
         "the counted annotators' boxes (null in classification projects)."
     )
-    tie: bool = Field(description="Several labels had the most votes; the first in the label set won.")
+    tie: bool = Field(
+        description="Classification: several labels had the most votes; the first in the label set won. Detection: "
+        "the consensus boxes are weak (GET .../consensus/weak says why once review has asked all it may)."
+    )
     label_count: int = Field(description="Current labels from distinct annotators.")
     labels_needed: int = Field(
         description="The labels the image asked for (overlap, review); it waits for at most as many as the "

@@ -291,7 +291,9 @@ class WeakBoxImageRead(BaseModel):
     boxes: list[BoxRead] | None = Field(description="The current consensus boxes.")
     reasons: list[str] = Field(
         description="at_quorum (a box drawn by just the quorum), half_drawn (by exactly half the annotators), "
-        "class_tie (a box's class vote tied), low_iou (a box's outlines agree little)."
+        "class_tie (a box's class vote tied), low_iou (a box's outlines agree little), merge_vote (a box kept only "
+        "with votes of boxes drawn around it and a neighbour), no_counted_answer (every answer's annotator is "
+        "excluded)."
     )
     label_count: int
     answers: list[AnswerBoxesRead] = Field(description="Each counted annotator's current boxes.")
