@@ -78,7 +78,7 @@ def test_boxes_are_validated_clipped_stored_replayed_and_corrected(client, admin
 
     # Within 1 px of the border a box is clipped and stored clipped; a leased task works as in classification.
     task = client.get(f"{path}/tasks/next", headers=annotator.headers).json()
-    assert task["prelabel"] is None and (task["width"], task["height"]) == (40, 30)
+    assert task["prelabel"] is None and task["prelabel_boxes"] is None and (task["width"], task["height"]) == (40, 30)
     overshoot = [box(x=-0.5, y=22.0, w=10.0, h=8.75), box(label="person", x=30.0, y=0.0, w=10.5, h=30.0)]
     stored = submit(client, project, annotator, task["image_id"], overshoot, key="k1", duration_ms=900)
     assert stored.status_code == 201, stored.text
@@ -218,6 +218,8 @@ def test_boxes_are_checked_against_the_upright_image(client, admin, annotator):
     (image,) = client.post(f"/api/v1/projects/{project['id']}/images", files=files, headers=admin.headers).json()[
         "files"
     ]
+    task = client.get(f"/api/v1/projects/{project['id']}/tasks/next", headers=annotator.headers).json()
+    assert (task["width"], task["height"]) == (20, 60)  # the frame the labeling page draws boxes in
     tall = submit(client, project, annotator, image["image_id"], [box(x=0, y=0, w=20, h=60)])
     assert tall.status_code == 201, tall.text
     wide = submit(client, project, annotator, image["image_id"], [box(x=0, y=0, w=60, h=20)])

@@ -242,7 +242,7 @@ def test_gold_questions_are_served_and_scored_per_annotator(client, admin, team,
         assert task["image_id"] == gold_id
         assert set(task) == {
             "image_id", "project_id", "content_url", "thumbnail_url", "width", "height",
-            "lease_expires_at", "review_reason", "prelabel",
+            "lease_expires_at", "review_reason", "prelabel", "prelabel_boxes",
         }  # fmt: skip
         assert submit(client, project, annotator, gold_id, answer).status_code == 201
         assert next_task(client, project, annotator).json()["image_id"] != gold_id  # each gold once

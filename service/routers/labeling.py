@@ -70,13 +70,14 @@ def next_(
         return Response(status_code=status.HTTP_204_NO_CONTENT)
     image = task.image
     prelabel = prelabel_for(session, runtime.predictor, task=task)
+    width, height = image.upright_size
     return TaskRead(
         image_id=image.id,
         project_id=project.id,
         content_url=f"/api/v1/images/{image.id}/content",
         thumbnail_url=f"/api/v1/images/{image.id}/thumbnail",
-        width=image.width,
-        height=image.height,
+        width=width,
+        height=height,
         lease_expires_at=task.lease_expires_at,
         review_reason=task.review_reason,
         prelabel=PreLabelRead(**vars(prelabel)) if prelabel else None,

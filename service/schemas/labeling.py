@@ -41,16 +41,36 @@ class PreLabelRead(BaseModel):
     model_version: str = Field(description="The model that made the suggestion.")
 
 
+class ScoredBoxRead(BoxRead):
+    score: float = Field(description="The detector's confidence in the box, 0 to 1.")
+
+
+class PreLabelBoxesRead(BaseModel):
+    boxes: list[ScoredBoxRead] = Field(description="The detected objects, in pixels of the upright image.")
+    model_version: str = Field(description="The detector that found them.")
+
+
 class TaskRead(BaseModel):
     image_id: int
     project_id: int
     content_url: str = Field(description="The original image (send the token).")
     thumbnail_url: str = Field(description="A small upright PNG of it (send the token).")
-    width: int
-    height: int
+    width: int = Field(
+        description="Width of the upright image (EXIF orientation applied, as a browser shows it), in pixels: the "
+        "frame of an answer's boxes. A photo turned a quarter by its orientation has the image's stored `width` "
+        "and `height` swapped here."
+    )
+    height: int = Field(description="Height of the upright image, in pixels.")
     lease_expires_at: datetime = Field(description="Submit before this; afterwards the image may go to someone else.")
     review_reason: str | None = Field(description="Why this image was sent back for another look, if it was.")
-    prelabel: PreLabelRead | None = Field(description="The newest model's answer, when a model exists.")
+    prelabel: PreLabelRead | None = Field(
+        description="Classification projects: the newest model's answer, when a model exists."
+    )
+    prelabel_boxes: PreLabelBoxesRead | None = Field(
+        default=None,
+        description="Detection projects: a detection model's boxes, for the annotator to accept or edit. Filled by "
+        "detection models once detection training exists (issue 14); null until then.",
+    )
 
 
 class AnnotationCreate(RequestModel):

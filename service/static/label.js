@@ -1,4 +1,5 @@
-// The labeling page: sign in with an API token, then label, skip and correct images from the keyboard.
+// The labeling page: sign in with an API token, then label, skip and correct images from the keyboard; in a
+// detection project, draw the boxes (label-boxes.js) and submit them.
 "use strict";
 
 const TOKEN_KEY = "labelwheel.token";
@@ -11,8 +12,10 @@ const $ = (id) => document.getElementById(id);
 const state = {
   token: localStorage.getItem(TOKEN_KEY),
   shortcuts: new Map(), // key -> label name
+  detection: false, // a detection project: answers are boxes drawn in `editor`
+  editor: null,
   current: null, // the leased task: the API's task plus `blob` and `shownAt`
-  last: null, // the task labeled last, with its `label`: what undo brings back
+  last: null, // the task labeled last, with its answer (`label` or `boxes`): what undo brings back
   correcting: false, // the screen shows `last`; the next label corrects it
   pending: null, // a submission whose request failed: a retry reuses its Idempotency-Key
   onScreen: null,
@@ -90,9 +93,23 @@ function start() {
     const project = await (await api("GET", PROJECT)).json();
     $("project-name").textContent = project.name;
     document.title = `${project.name} · labelwheel`;
+    setMode(project);
     renderLabels(project.labels, project.settings.hotkeys ?? {});
     await Promise.all([loadNext(), refreshProgress()]);
   });
+}
+
+function setMode(project) {
+  state.detection = project.task_type === "detection";
+  if (state.detection && !state.editor) {
+    const parts = { stage: $("stage"), image: $("image"), overlay: $("overlay") };
+    state.editor = new BoxEditor({ ...parts, onChange: renderBoxes });
+  }
+  state.editor?.setLabels(project.labels);
+  $("stage").classList.toggle("boxes", state.detection);
+  for (const id of ["box-tools", "box-keys", "fit"]) $(id).hidden = !state.detection;
+  $("label-keys").hidden = state.detection;
+  $("undo").setAttribute("aria-keyshortcuts", state.detection ? "u" : "u Backspace"); // Backspace deletes a box
 }
 
 // Each label's key: the project's `hotkeys` setting first; then a label named by one free character gets that
@@ -126,7 +143,7 @@ function renderLabels(names, hotkeys) {
     const text = document.createElement("span");
     text.textContent = name;
     button.append(kbd, " ", text);
-    button.addEventListener("click", () => submit(name));
+    button.addEventListener("click", () => (state.detection ? state.editor.setLabel(name) : submit({ label: name })));
     return button;
   });
   $("labels").replaceChildren(...buttons);
@@ -176,27 +193,46 @@ async function render() {
   const image = $("image");
   image.hidden = task === null;
   $("done").hidden = task !== null;
-  if (task && task !== state.onScreen) {
+  const fresh = task !== state.onScreen;
+  if (task && fresh) {
     if (state.imageUrl) URL.revokeObjectURL(state.imageUrl);
     state.imageUrl = URL.createObjectURL(task.blob);
     image.src = state.imageUrl;
     image.alt = `Image ${task.image_id}`;
     await image.decode().catch(() => {}); // an undecodable file can still be labeled or skipped
-    fitImage();
+    if (!state.detection) fitImage();
     task.shownAt = performance.now();
   }
   state.onScreen = task;
   image.dataset.imageId = task ? task.image_id : "";
-  $("caption").textContent = task ? `Image #${task.image_id} · ${task.width}×${task.height} px` : "";
 
   const reason = task?.review_reason;
   $("review-banner").hidden = !reason;
   $("review-banner").textContent = reason ? `Sent back for review: ${reason}` : "";
   $("undo-banner").hidden = !state.correcting;
-  $("undo-banner").textContent = state.correcting
-    ? `Correcting image #${task.image_id}: you chose “${task.label}”. Pick the right label, or press Esc to go back.`
-    : "";
+  $("undo-banner").textContent = state.correcting ? correctionNote(task) : "";
 
+  // The box editor fits a new image once the banners above the stage are in place: it does not move afterwards.
+  if (state.detection && fresh) state.editor.show(task);
+  if (state.detection) renderBoxes();
+  else showSuggestion(task);
+  $("skip").disabled = state.correcting || !state.current;
+  $("undo").disabled = !state.last;
+}
+
+const count = (n, one, many) => `${n} ${n === 1 ? one : many}`;
+
+function correctionNote(task) {
+  const correcting = `Correcting image #${task.image_id}`;
+  if (!state.detection) {
+    return `${correcting}: you chose “${task.label}”. Pick the right label, or press Esc to go back.`;
+  }
+  const answer = task.boxes.length ? count(task.boxes.length, "box", "boxes") : "no objects";
+  return `${correcting}: you submitted ${answer}. Fix the boxes and press Enter, or press Esc to go back.`;
+}
+
+function showSuggestion(task) {
+  $("caption").textContent = task ? `Image #${task.image_id} · ${task.width}×${task.height} px` : "";
   const prelabel = task?.prelabel;
   $("suggestion").hidden = !prelabel;
   $("suggestion").textContent = prelabel
@@ -210,8 +246,40 @@ async function render() {
     if (suggested) button.setAttribute("aria-describedby", "suggestion");
     else button.removeAttribute("aria-describedby");
   }
-  $("skip").disabled = state.correcting || !state.current;
-  $("undo").disabled = !state.last;
+}
+
+// The box list, the class of the next box and the detector's suggestions, after every change in the editor.
+function renderBoxes() {
+  const task = state.onScreen;
+  const editor = state.editor;
+  const zoom = Math.round(editor.view.scale * 100);
+  $("caption").textContent = task ? `Image #${task.image_id} · ${task.width}×${task.height} px · zoom ${zoom}%` : "";
+  $("box-count").textContent = task ? `(${editor.boxes.length})` : "";
+  $("box-list").replaceChildren(
+    ...editor.boxes.map((box, i) => {
+      const item = document.createElement("li");
+      const button = document.createElement("button");
+      button.type = "button";
+      button.textContent = box.suggested ? `${box.label} · suggested ${Math.round(box.score * 100)}%` : box.label;
+      button.classList.toggle("selected", i === editor.selected);
+      button.classList.toggle("suggested", Boolean(box.suggested));
+      button.addEventListener("click", () => editor.select(i));
+      item.append(button);
+      return item;
+    }),
+  );
+  for (const button of $("labels").children) {
+    button.classList.toggle("current", button.dataset.label === editor.label);
+  }
+  const suggestions = editor.suggestions();
+  const prelabel = task?.prelabel_boxes;
+  $("suggestion").hidden = !suggestions;
+  $("suggestion").textContent = suggestions
+    ? `Model suggests ${count(suggestions, "box", "boxes")}: Ctrl+A accepts all`
+    : "";
+  $("suggestion").title = prelabel ? `model ${prelabel.model_version}` : "";
+  $("accept-all").hidden = !suggestions;
+  $("submit-boxes").disabled = $("no-objects").disabled = !task;
 }
 
 // Tiny images are enlarged with visible pixels; smooth scaling only blurs what the annotator must judge.
@@ -222,15 +290,18 @@ function fitImage() {
   image.classList.toggle("pixelated", scale >= 2);
 }
 
-function submit(label) {
+// `answer` is {label} or, in a detection project, {boxes}.
+function submit(answer) {
   return act(async () => {
     const task = state.correcting ? state.last : state.current;
     if (!task) return;
-    if (state.pending?.image_id !== task.image_id || state.pending?.label !== label) {
+    const sent = JSON.stringify(answer);
+    if (state.pending?.image_id !== task.image_id || state.pending.sent !== sent) {
       const duration_ms = Math.round(performance.now() - task.shownAt);
-      state.pending = { image_id: task.image_id, label, duration_ms, key: newIdempotencyKey() };
+      state.pending = { image_id: task.image_id, sent, duration_ms, key: newIdempotencyKey() };
     }
-    const { key, ...body } = state.pending;
+    const { image_id, duration_ms, key } = state.pending;
+    const body = { image_id, ...answer, duration_ms };
     try {
       await api("POST", `${PROJECT}/annotations`, { body, headers: { "Idempotency-Key": key } });
     } catch (error) {
@@ -243,7 +314,7 @@ function submit(label) {
       return;
     }
     state.pending = null;
-    state.last = { ...task, label };
+    state.last = { ...task, ...answer };
     await Promise.all([advance(), refreshProgress()]);
   });
 }
@@ -275,17 +346,58 @@ function undo() {
   });
 }
 
-document.addEventListener("keydown", (event) => {
-  if ($("workspace").hidden || event.ctrlKey || event.metaKey || event.altKey || event.repeat) return;
+// Enter submits the boxes drawn. Suggestions still dashed must be accepted or deleted first, so that Enter on a
+// pre-labeled image never answers "no objects" by mistake.
+function submitBoxes() {
+  const left = state.editor.suggestions();
+  if (!left) return submit({ boxes: state.editor.answer() });
+  const boxes = count(left, "suggested box is", "suggested boxes are");
+  showMessage(`${boxes} not accepted yet: accept all with Ctrl+A, or select and delete the wrong ones.`, "info");
+}
+
+function labelKey(event) {
+  if (event.ctrlKey || event.metaKey) return false;
   const key = event.key.length === 1 ? event.key.toLowerCase() : event.key;
-  if (state.shortcuts.has(event.key)) submit(state.shortcuts.get(event.key)); // a label bound to "A" is Shift+a
+  if (state.shortcuts.has(event.key)) submit({ label: state.shortcuts.get(event.key) }); // "A" is Shift+a
   else if (key === "s") skip();
   else if (key === "u" || key === "Backspace") undo();
   else if (key === "Escape" && state.correcting) undo();
-  else if (state.shortcuts.has(key)) submit(state.shortcuts.get(key));
-  else return;
-  event.preventDefault();
+  else if (state.shortcuts.has(key)) submit({ label: state.shortcuts.get(key) });
+  else return false;
+  return true;
+}
+
+// Label keys set the class of the selected box and of the next ones; Backspace deletes a box here.
+function boxKey(event) {
+  const editor = state.editor;
+  const key = event.key.length === 1 ? event.key.toLowerCase() : event.key;
+  if (event.ctrlKey || event.metaKey) {
+    if (key === "z") editor.undo();
+    else if (key === "a") editor.acceptAll();
+    else return false;
+  } else if (key === " ") editor.setPanKey(true);
+  else if (state.shortcuts.has(event.key)) editor.setLabel(state.shortcuts.get(event.key));
+  else if (key === "Enter") submitBoxes();
+  else if (key === "Delete" || key === "Backspace") editor.deleteSelected();
+  else if (key === "Escape") {
+    if (!editor.deselect() && state.correcting) undo();
+  } else if (key === "s") skip();
+  else if (key === "u") undo();
+  else if (state.shortcuts.has(key)) editor.setLabel(state.shortcuts.get(key));
+  else return false;
+  return true;
+}
+
+document.addEventListener("keydown", (event) => {
+  if ($("workspace").hidden || event.altKey || event.repeat) return;
+  if (state.detection ? boxKey(event) : labelKey(event)) event.preventDefault();
 });
+document.addEventListener("keyup", (event) => {
+  if (!state.detection || event.key !== " ") return;
+  state.editor.setPanKey(false);
+  event.preventDefault(); // a focused button would take Space as a click
+});
+window.addEventListener("blur", () => state.editor?.setPanKey(false));
 
 $("sign-in-form").addEventListener("submit", (event) => {
   event.preventDefault();
@@ -301,7 +413,13 @@ $("sign-out").addEventListener("click", (event) => {
 $("skip").addEventListener("click", skip);
 $("undo").addEventListener("click", undo);
 $("check-again").addEventListener("click", () => act(loadNext));
-window.addEventListener("resize", fitImage);
+$("submit-boxes").addEventListener("click", submitBoxes);
+$("no-objects").addEventListener("click", () => submit({ boxes: [] }));
+$("accept-all").addEventListener("click", () => state.editor.acceptAll());
+$("fit").addEventListener("click", () => state.editor.fit());
+window.addEventListener("resize", () => {
+  if (!state.detection) fitImage(); // the box editor follows its stage itself
+});
 
 if (state.token) start();
 else signOut("");
