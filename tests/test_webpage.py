@@ -32,6 +32,8 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+# The suite runs one test process per core beside the server and Chromium: a slow moment is not a failure.
+expect.set_options(timeout=20_000)
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 
 
@@ -184,7 +186,7 @@ def test_an_annotator_labels_skips_and_corrects_with_the_keyboard(server, tmp_pa
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 800})
-            page.set_default_timeout(10_000)
+            page.set_default_timeout(30_000)
             page.on("pageerror", lambda error: problems.append(str(error)))
             page.on("console", lambda message: note_console_error(message, problems))
             page.goto(f"{server.base}/label/{project_id}")
@@ -329,7 +331,7 @@ def scene(i: int) -> bytes:
 
 def new_page(browser: Browser, problems: list[str]) -> Page:
     page = browser.new_page(viewport={"width": 1280, "height": 800})
-    page.set_default_timeout(10_000)
+    page.set_default_timeout(30_000)
     page.on("pageerror", lambda error: problems.append(str(error)))
     page.on("console", lambda message: note_console_error(message, problems))
     return page
