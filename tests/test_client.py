@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import os
 import shutil
 import threading
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -108,6 +111,10 @@ def test_a_pulled_onnx_model_answers_as_predict_from_the_metadata_in_its_file(se
 
     with served.client() as client:
         answers = client.predict(name, files)
+        assert [(m.id, m.status) for m in client.models(name)] == [(served.champion_id, "champion")]
+        with Image.open(files[0]) as image:
+            in_memory = client.predict(name, [image, np.asarray(image)])  # a PIL image, an array: sent as PNG
+    assert [a.probabilities for a in in_memory] == [answers[0].probabilities] * 2
     assert {a.model_version for a in answers} == {meta["labelwheel.model_version"]}
     assert [a.label for a in answers] == [labels[i] for i in local.argmax(axis=1)]
     remote = np.array([[a.probabilities[label] for label in labels] for a in answers])
@@ -141,15 +148,23 @@ def test_an_interrupted_dataset_pull_resumes_and_fetches_only_what_is_missing_or
 
         pulled = client.pull_dataset(snapshot.id, folder)
         images = {image.id: image for image in client.images(served.project["id"])}
+        current = {label.image_id: label.label for label in client.labels(served.project["id"])}
+        archive = httpx.get(
+            f"{served.base}/api/v1/snapshots/{snapshot.id}/archive",
+            headers={"Authorization": f"Bearer {served.engineer}"},
+        )
     assert (pulled.images, pulled.fetched) == (150, 110 + 2)
     assert pulled.labels == [str(d) for d in range(10)]
     with (folder / "labels.csv").open() as manifest:
         rows = list(csv.DictReader(manifest))
-    assert len(rows) == 150
+    assert len(rows) == 150 and {int(row["image_id"]) for row in rows} == set(current)
+    with zipfile.ZipFile(io.BytesIO(archive.content)) as unzipped:  # what any zip tool reads, from its directory
+        assert unzipped.testzip() is None
+        assert unzipped.namelist() == ["snapshot.json", "labels.csv", *(row["file_name"] for row in rows)]
     for row in rows:
         image = images[int(row["image_id"])]
         split, label, _ = row["file_name"].split("/")
-        assert (split, label, row["label"]) == (image.split.value, served.truth[image.id], served.truth[image.id])
+        assert (split, label, row["label"]) == (image.split.value, current[image.id], served.truth[image.id])
         assert hashlib.sha256((folder / row["file_name"]).read_bytes()).hexdigest() == image.sha256
     from torchvision.datasets import ImageFolder
 
@@ -235,6 +250,19 @@ def test_errors_carry_the_api_code_and_message(served, tmp_path):
             client.pull_dataset(snapshot.id, tmp_path / "boxes")
         assert (detection.value.status, detection.value.code) == (422, "not_for_detection")
         assert "imagefolder, csv" in detection.value.message
+
+        # Nothing runs jobs in this server: one started stays queued until cancelled.
+        queued = client.start_job(served.project["id"], "mine")
+        assert queued.status == "queued"
+        assert client.cancel_job(queued.id).status == "cancelled"
+        seen = []
+        assert client.wait(queued.id, on_progress=seen.append).status == "cancelled" and len(seen) == 1
+        with pytest.raises(ApiError) as finished:
+            client.cancel_job(queued.id)
+        assert finished.value.status == 409
+        assert client.agreement(served.project["id"]).reason is not None  # no overlap in this project
+        cards = client.scorecards(served.project["id"])
+        assert [card.name for card in cards.annotators] == ["ann"] and cards.annotators[0].labels == 150
     with Client(f"http://127.0.0.1:{free_port()}", "token", retries=2, backoff=0.01) as lost:
         with pytest.raises(ApiError) as unreachable:
             lost.me()
