@@ -12,11 +12,12 @@ process alone, SQLite, local files):
   streamed zip) and the client, each checked against its sha256, plus ``labels.csv``; files/s and its ratio to the
   copy (target >= 0.5);
 * **predict**: 1,000 of the images in requests of 100, by ``Client.predict`` (file paths) and by httpx posting the
-  same files to ``/predict`` (raw); images/s and the client's ratio to raw (target >= 0.9).
+  same files to ``/predict`` (raw), request by request in pairs; images/s from the median request, and the
+  client's ratio to raw (target >= 0.9).
 
-Rounds alternate the order (copy then pull, pull then copy; raw then client, client then raw), each step starting
-after an ``os.sync()`` so that none pays for the writes of the one before, and medians are reported. Everything
-lives in a temporary directory, removed at the end.
+Rounds alternate the order (copy then pull, pull then copy; in each predict pair, raw or client first), each copy
+or pull starting after an ``os.sync()`` so that none pays for the writes of the one before; medians are reported.
+Everything lives in a temporary directory, removed at the end.
 
 Run ``./dev bench pull`` (``--quick`` for 2,000 images).
 """
@@ -155,18 +156,30 @@ def pull(base: str, snapshot_id: int, out: Path) -> int:
     return pulled.images
 
 
-def raw_predict(base: str, project_id: int, paths: list[Path]) -> None:
-    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=600) as raw:
-        for start in range(0, len(paths), PREDICT_BATCH):
-            parts = [("files", (p.name, p.read_bytes())) for p in paths[start : start + PREDICT_BATCH]]
+def predict_pairs(base: str, project_id: int, paths: list[Path]) -> tuple[list[float], list[float]]:
+    """Seconds of each request of PREDICT_BATCH images, raw and by the client, sent in pairs (alternately first) so
+    that both meet the same load; each reads its files, as a caller would."""
+    raws, clients = [], []
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    with httpx.Client(base_url=base, headers=headers, timeout=600) as raw, Client(base, ADMIN_TOKEN) as client:
+
+        def by_raw(batch: list[Path]) -> None:
+            parts = [("files", (p.name, p.read_bytes())) for p in batch]
             response = raw.post(f"/api/v1/projects/{project_id}/predict", files=parts)
             response.raise_for_status()
-            response.json()
+            assert len(response.json()["predictions"]) == len(batch)
 
+        def by_client(batch: list[Path]) -> None:
+            assert len(client.predict(project_id, batch, batch_size=PREDICT_BATCH)) == len(batch)
 
-def client_predict(base: str, project_id: int, paths: list[Path]) -> None:
-    with Client(base, ADMIN_TOKEN) as client:
-        assert len(client.predict(project_id, paths, batch_size=PREDICT_BATCH)) == len(paths)
+        for number, start in enumerate(range(0, len(paths), PREDICT_BATCH)):
+            batch = paths[start : start + PREDICT_BATCH]
+            pair = [(raws, by_raw), (clients, by_client)]
+            for times, send in pair if number % 2 else pair[::-1]:
+                started = time.perf_counter()
+                send(batch)
+                times.append(time.perf_counter() - started)
+    return raws, clients
 
 
 def verdict(ratio: float, target: float) -> str:
@@ -195,32 +208,36 @@ def main() -> None:
             "LABELWHEEL_LOG_LEVEL": "WARNING",
             "LABELWHEEL_EMBEDDED_WORKER": "false",
         }
-        copies, pulls, raws, clients = [], [], [], []
+        copies: list[float] = []
+        pulls: list[float] = []
+        raws: list[float] = []
+        clients: list[float] = []
         items = snapshot_items(data, snapshot_id)
         predict_paths = sorted((tmp / "images").iterdir())[:PREDICT_IMAGES]
         with running_server(env, tmp / "server.log") as (_, base):
-            client_predict(base, project_id, predict_paths[:PREDICT_BATCH])  # loads the model's ONNX session
+            predict_pairs(base, project_id, predict_paths[: 2 * PREDICT_BATCH])  # loads the model's ONNX session
             for round_ in range(1, args.rounds + 1):
                 steps = [
                     (copies, lambda: copy_blobs(data, items, tmp / "copy"), tmp / "copy"),
                     (pulls, lambda: pull(base, snapshot_id, tmp / "pull"), tmp / "pull"),
-                    (raws, lambda: raw_predict(base, project_id, predict_paths), None),
-                    (clients, lambda: client_predict(base, project_id, predict_paths), None),
                 ]
-                for times, work, out in steps if round_ % 2 else [steps[1], steps[0], steps[3], steps[2]]:
+                for times, work, out in steps if round_ % 2 else steps[::-1]:
                     os.sync()  # the writes of the step before are not this one's to flush
                     seconds, result = timed(work)
                     times.append(seconds)
-                    if out is not None:
-                        assert result == count, (out, result)
-                        shutil.rmtree(out)
+                    assert result == count, (out, result)
+                    shutil.rmtree(out)
+                raw_times, client_times = predict_pairs(base, project_id, predict_paths)
+                raws += raw_times
+                clients += client_times
                 print(
-                    f"round {round_}: copy {copies[-1]:.2f} s, pull {pulls[-1]:.2f} s, predict raw {raws[-1]:.2f} s, "
-                    f"client {clients[-1]:.2f} s",
+                    f"round {round_}: copy {copies[-1]:.2f} s, pull {pulls[-1]:.2f} s (ratio "
+                    f"{copies[-1] / pulls[-1]:.2f}); predict {PREDICT_IMAGES} images: raw {sum(raw_times):.2f} s, "
+                    f"client {sum(client_times):.2f} s",
                     flush=True,
                 )
     copy_rate, pull_rate = count / statistics.median(copies), count / statistics.median(pulls)
-    raw_rate, client_rate = PREDICT_IMAGES / statistics.median(raws), PREDICT_IMAGES / statistics.median(clients)
+    raw_rate, client_rate = PREDICT_BATCH / statistics.median(raws), PREDICT_BATCH / statistics.median(clients)
     print()
     print(f"{'measure':<44} {'median':>12}  ratio")
     print(f"{'copy blobs to imagefolder (floor)':<44} {copy_rate:>8,.0f} f/s")

@@ -36,8 +36,8 @@ def _here_or_there(
     context: typer.Context,
     url: Annotated[str | None, typer.Option(envvar="LABELWHEEL_URL", hidden=True)] = None,
 ) -> None:
-    """A command that works on this machine's database refuses to run while a server's URL is given: run there,
-    it would open (or create) a database here instead, and quietly."""
+    """A command that works on this machine's database refuses to run while a server's URL is given: it would open
+    (or create) a database here, not the server's, without a word."""
     command = context.invoked_subcommand
     if url and command and command not in REMOTE_COMMANDS:
         console.print(

@@ -189,9 +189,9 @@ class _Spool(io.RawIOBase):
         self._position = target
         return target
 
-    def write(self, data: Any) -> int:
+    def write(self, data: Any) -> int:  # ZipFile writes bytes
         at = self._position - self._start
-        size = len(memoryview(data).cast("B"))
+        size = len(data)
         self._buffer[at : at + size] = data
         self._position += size
         return size

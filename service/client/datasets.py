@@ -12,6 +12,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 import struct
 import zlib
 from collections.abc import Callable, Iterator
@@ -86,7 +87,8 @@ class _Pull:
         self.expected: dict[str, tuple[int, str]] = {}
         self.present: set[str] = set()
         self.fetched = 0
-        self._made: set[Path] = set()
+        self._root = str(folder)
+        self._made: set[str] = set()
         self._load_earlier()
 
     def _load_earlier(self) -> None:
@@ -140,11 +142,14 @@ class _Pull:
                     self.on_progress(len(self.present), len(self.expected))
 
     def _write(self, name: str, data: bytes) -> None:
-        path = self.folder / name
-        if path.parent not in self._made:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._made.add(path.parent)
-        path.write_bytes(data)
+        # Plain strings and one unbuffered write: per file, pathlib and a buffer cost as much as the write itself.
+        path = os.path.join(self._root, name)
+        parent = os.path.dirname(path)
+        if parent not in self._made:
+            os.makedirs(parent, exist_ok=True)
+            self._made.add(parent)
+        with open(path, "wb", buffering=0) as out:
+            out.write(data)
 
 
 def _intact(path: Path, sha256: str) -> bool:
