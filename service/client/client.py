@@ -27,7 +27,7 @@ from service.client.profiles import load_profile
 from service.schemas.images import ImageRead, ImagesPage, IngestSummary
 from service.schemas.jobs import JobRead
 from service.schemas.labeling import AnnotationRead, CurrentLabel, CurrentLabelsPage, TaskRead
-from service.schemas.models import ModelCard, ModelRead, PredictionRead, PredictResult
+from service.schemas.models import ModelCard, ModelRead, PredictionRead
 from service.schemas.projects import ProjectRead
 from service.schemas.quality import AgreementRead, BoxAgreementRead, BoxScorecardsRead, ScorecardsRead
 from service.schemas.snapshots import SnapshotRead
@@ -255,11 +255,9 @@ class Client:
         for batch in _batches(list(enumerate(images)), batch_size):
             parts = [("files", _predict_part(i, image)) for i, image in batch]  # bytes: sent again as they are
             response = self._http.request("POST", path, repeatable=True, files=parts)
-            result = PredictResult.model_validate(response.json())
-            answers.extend(
-                Prediction(**p.model_dump(), model_id=result.model_id, model_version=result.model_version)
-                for p in result.predictions
-            )
+            result = response.json()  # PredictResult, each prediction validated once, with its model
+            model = {"model_id": result["model_id"], "model_version": result["model_version"]}
+            answers.extend(Prediction.model_validate({**p, **model}) for p in result["predictions"])
         return answers
 
     # --- jobs -------------------------------------------------------------------------------------

@@ -120,9 +120,9 @@ class Http:
             time.sleep(self.backoff * 2**attempt * random.uniform(0.5, 1.0))
 
     def _unreachable(self, exc: httpx.TransportError, attempts: int) -> ApiError:
-        return ApiError(
-            None,
-            "unreachable",
-            f"no answer from {self.url} after {attempts} attempt(s) ({type(exc).__name__}: {exc}); is the server "
-            "running there, and is the URL right?",
-        )
+        what = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+            hint = "is the server running there, and is the URL right?"
+        else:  # sent, then the connection broke or timed out
+            hint = "the request may or may not have taken effect: check before sending it again"
+        return ApiError(None, "unreachable", f"no answer from {self.url} after {attempts} attempt(s) ({what}); {hint}")
