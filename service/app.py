@@ -22,6 +22,7 @@ from service.routers import (
     projects,
     quality,
     schedules,
+    snapshots,
     users,
     webpage,
 )
@@ -62,7 +63,20 @@ def create_app(settings: Settings | None = None, *, migrate: bool | None = None)
     app.state.runtime = runtime
     add_exception_handlers(app)
     app.add_middleware(RequestContextMiddleware)
-    for module in (health, users, projects, images, labeling, quality, exports, jobs, schedules, models, webpage):
+    for module in (
+        health,
+        users,
+        projects,
+        images,
+        labeling,
+        quality,
+        exports,
+        jobs,
+        schedules,
+        models,
+        snapshots,
+        webpage,
+    ):
         app.include_router(module.router)
     return app
 

@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from service.cli_remote import REMOTE_COMMANDS, login, predict, pull_app, push
 from storage.settings import Settings, SettingsError, get_settings
 
 app = typer.Typer(help="labelwheel: image labeling and data-flywheel service.", no_args_is_help=True)
@@ -28,6 +29,26 @@ app.add_typer(projects_app, name="projects")
 projects_app.add_typer(members_app, name="members")
 
 console = Console(stderr=True, soft_wrap=True)
+
+
+@app.callback()
+def _here_or_there(
+    context: typer.Context,
+    url: Annotated[str | None, typer.Option(envvar="LABELWHEEL_URL", hidden=True)] = None,
+) -> None:
+    """A command that works on this machine's database refuses to run while a server's URL is given: it would open
+    (or create) a database here, not the server's, without a word."""
+    command = context.invoked_subcommand
+    if url and command and command not in REMOTE_COMMANDS:
+        console.print(
+            f"`labelwheel {command}` works on this machine's database and files, not on a server, and a server's URL "
+            f"is given ({url}, --url or LABELWHEEL_URL): run it on the server's machine without LABELWHEEL_URL; from "
+            f"here, `labelwheel {' | '.join(sorted(REMOTE_COMMANDS))}` reach the server",
+            style="red",
+            markup=False,
+            highlight=False,
+        )
+        raise typer.Exit(2)
 
 
 def _settings() -> Settings:
@@ -492,6 +513,13 @@ def import_labelstudio(
         f"images: {summary.images_accepted} accepted, {summary.images_duplicate} duplicate, "
         f"{summary.images_rejected} rejected; {summary.users_created} users created"
     )
+
+
+# The commands that reach a server over HTTP (service/cli_remote.py); every other one works on this machine's data.
+app.command()(login)
+app.add_typer(pull_app, name="pull")
+app.command()(push)
+app.command()(predict)
 
 
 if __name__ == "__main__":

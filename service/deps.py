@@ -15,12 +15,13 @@ from flywheel.jobs.transport import Transport
 from flywheel.policy import LabelNotifier
 from flywheel.serving.inference import Predictor
 from flywheel.serving.registry import get_model
-from service.schemas.common import ImageId, JobId, ModelId, ProjectId
+from flywheel.training.snapshots import get_snapshot
+from service.schemas.common import ImageId, JobId, ModelId, ProjectId, SnapshotId
 from storage.blobs import BlobStore
 from storage.db import Database
 from storage.images import get_image
 from storage.ingest import Limits
-from storage.models import Image, Job, ModelVersion, Project, Role
+from storage.models import DatasetSnapshot, Image, Job, ModelVersion, Project, Role
 from storage.projects import get_project, require_role
 from storage.settings import Settings
 from storage.users import Principal, authenticate
@@ -165,6 +166,16 @@ def engineer_job_for_write(job_id: JobId, principal: CurrentUser, session: Sessi
 
 EngineerJob = Annotated[Job, Depends(engineer_job)]
 EngineerJobForWrite = Annotated[Job, Depends(engineer_job_for_write)]
+
+
+def engineer_snapshot(snapshot_id: SnapshotId, principal: CurrentUser, runtime: RuntimeDep) -> DatasetSnapshot:
+    with runtime.db.read_session() as session:
+        snapshot = get_snapshot(session, snapshot_id=snapshot_id)
+        _project(session, principal, snapshot.project_id, ENGINEERS)
+        return snapshot
+
+
+EngineerSnapshot = Annotated[DatasetSnapshot, Depends(engineer_snapshot)]
 
 
 def member_image(image_id: ImageId, principal: CurrentUser, runtime: RuntimeDep) -> Image:

@@ -20,6 +20,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 ENV_PREFIX = "LABELWHEEL_"
 # Variables of the test suite and the benchmarks, which share the prefix but are not settings.
 _TOOLING_PREFIXES = (f"{ENV_PREFIX}TEST_", f"{ENV_PREFIX}BENCH_")
+# The remote commands' server (service/cli_remote.py): they are no settings of this machine's service.
+_CLIENT_VARIABLES = {f"{ENV_PREFIX}URL", f"{ENV_PREFIX}TOKEN", f"{ENV_PREFIX}PROFILE"}
 _PLACEHOLDER_SECRETS = {"changeme", "change-me", "changethis", "secret", "password", "admin"}
 
 
@@ -173,7 +175,7 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
     lines = []
     for name in sorted(environ):
         upper = name.upper()  # variables are matched to settings whatever their case
-        if not upper.startswith(ENV_PREFIX) or upper.startswith(_TOOLING_PREFIXES):
+        if not upper.startswith(ENV_PREFIX) or upper.startswith(_TOOLING_PREFIXES) or upper in _CLIENT_VARIABLES:
             continue
         setting = upper.removeprefix(ENV_PREFIX)
         if setting in known:

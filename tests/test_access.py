@@ -86,6 +86,10 @@ ROUTES: dict[tuple[str, str], tuple[set[str], dict]] = {
     ("GET", "/api/v1/models/{model_id}/download"): ({ADMIN, ENGINEER}, {}),
     ("POST", "/api/v1/models/{model_id}/promote"): ({ADMIN, ENGINEER}, {}),
     ("POST", "/api/v1/projects/{project_id}/predict"): ({ADMIN, ENGINEER}, {"files": "one-png"}),
+    ("GET", "/api/v1/projects/{project_id}/snapshots"): ({ADMIN, ENGINEER}, {}),
+    ("POST", "/api/v1/projects/{project_id}/snapshots"): ({ADMIN, ENGINEER}, {}),
+    ("GET", "/api/v1/snapshots/{snapshot_id}"): ({ADMIN, ENGINEER}, {}),
+    ("GET", "/api/v1/snapshots/{snapshot_id}/archive"): ({ADMIN, ENGINEER}, {}),
 }
 
 PUBLIC = {("GET", "/health")}
@@ -134,8 +138,14 @@ def test_route_allows_and_refuses_by_role_and_membership(client, app, admin, rou
     image_id = uploaded.json()["files"][0]["image_id"]
     job = client.post(f"/api/v1/projects/{project['id']}/jobs", json={"kind": "embed"}, headers=admin.headers)
     model_id = add_model(app, project["id"])
+    snapshot = client.post(f"/api/v1/projects/{project['id']}/snapshots", headers=admin.headers)
     url = path.format(
-        project_id=project["id"], image_id=image_id, user_id=spare.id, job_id=job.json()["id"], model_id=model_id
+        project_id=project["id"],
+        image_id=image_id,
+        user_id=spare.id,
+        job_id=job.json()["id"],
+        model_id=model_id,
+        snapshot_id=snapshot.json()["id"],
     )
 
     def call(headers):
@@ -170,7 +180,7 @@ def test_route_allows_and_refuses_by_role_and_membership(client, app, admin, rou
         assert anonymous.status_code == 401, anonymous.text
         assert anonymous.json()["error"]["code"] == "missing_token"
 
-    scoped = any(f"{{{name}}}" in path for name in ("project_id", "image_id", "job_id", "model_id"))
+    scoped = any(f"{{{name}}}" in path for name in ("project_id", "image_id", "job_id", "model_id", "snapshot_id"))
     if scoped:
         response = call(outsider.headers)
         assert response.status_code == 404, f"outsider on {method} {url}: {response.text}"

@@ -19,6 +19,7 @@ from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from service.cli import app as cli_app
+from service.cli_remote import REMOTE_COMMANDS
 from service.launcher import LABELWHEEL, free_port, running_server
 from storage.db import Database
 from storage.models import Image
@@ -157,9 +158,12 @@ def test_every_command_that_takes_a_project_says_which_data_directory_it_looked_
 
 
 def commands_with_a_project_option(group=None, prefix: str = "") -> list[str]:
+    """The commands that look a project up in this machine's database (remote ones: tests/test_client.py)."""
     group = group or typer.main.get_group(cli_app)
     found = []
     for name, command in group.commands.items():
+        if not prefix and name in REMOTE_COMMANDS:
+            continue
         if hasattr(command, "commands"):
             found += commands_with_a_project_option(command, f"{prefix}{name} ")
         elif any(param.name == "project" for param in command.params):

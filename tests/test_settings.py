@@ -62,6 +62,7 @@ def test_an_unknown_variable_is_named_with_the_closest_setting(monkeypatch, capl
     monkeypatch.setenv("LABELWHEEL_ADMIN_TOKN", "a-typo-of-the-admin-token-variable")
     monkeypatch.setenv("LABELWHEEL_COLOUR", "blue")
     monkeypatch.setenv("LABELWHEEL_TEST_WHATEVER", "the test suite's own")
+    monkeypatch.setenv("LABELWHEEL_TOKEN", "the remote commands' own")
     monkeypatch.setenv("labelwheel_max_file_bytes", "1234")  # a setting in any case
     with caplog.at_level(logging.WARNING, logger="storage.settings"):
         settings = load_settings()

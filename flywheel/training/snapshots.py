@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from storage.blobs import BlobStore
+from storage.errors import NotFound
 from storage.models import DatasetSnapshot, Image, Project, Split, TaskType
 
 
@@ -72,6 +73,25 @@ def build_snapshot(session: Session, blobs: BlobStore, *, project: Project) -> D
         assert winner is not None
         return winner
     return snapshot
+
+
+def get_snapshot(session: Session, *, snapshot_id: int) -> DatasetSnapshot:
+    snapshot = session.get(DatasetSnapshot, snapshot_id)
+    if snapshot is None:
+        raise NotFound(f"snapshot {snapshot_id} not found", code="snapshot_not_found")
+    return snapshot
+
+
+def list_snapshots(session: Session, *, project_id: int, limit: int = 100) -> list[DatasetSnapshot]:
+    """The project's snapshots, newest first."""
+    return list(
+        session.scalars(
+            select(DatasetSnapshot)
+            .where(DatasetSnapshot.project_id == project_id)
+            .order_by(DatasetSnapshot.id.desc())
+            .limit(limit)
+        )
+    )
 
 
 def load_items(blobs: BlobStore, snapshot: DatasetSnapshot) -> tuple[list[str], list[Item]]:

@@ -14,6 +14,7 @@ ImageId = Annotated[int, Path(ge=1, le=MAX_ID, description="The image's id, as t
 UserId = Annotated[int, Path(ge=1, le=MAX_ID, description="The user's id.")]
 ModelId = Annotated[int, Path(ge=1, le=MAX_ID, description="The model version's id.")]
 JobId = Annotated[int, Path(ge=1, le=MAX_ID, description="The job's id.")]
+SnapshotId = Annotated[int, Path(ge=1, le=MAX_ID, description="The dataset snapshot's id (a model card names it).")]
 Limit = Annotated[int, Query(ge=1, le=1000, description="Most items in one page (1 to 1000).")]
 IdField = Annotated[int, Field(ge=1, le=MAX_ID)]
 
