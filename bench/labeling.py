@@ -305,7 +305,9 @@ def boxes_answer(rng: random.Random, *, image_id: int, width: int, height: int) 
         x, y = objects.uniform(2, width - w - 2), objects.uniform(2, height - h - 2)
         label = objects.choice(LABELS) if rng.random() > 0.1 else rng.choice(LABELS)
         dx, dy, dw, dh = (rng.uniform(-2, 2) for _ in range(4))
-        boxes.append({"label": label, "x": x + dx, "y": y + dy, "w": w + dw, "h": h + dh})
+        x0, y0 = max(x + dx, 0.0), max(y + dy, 0.0)
+        w, h = min(w + dw, width - x0), min(h + dh, height - y0)  # inside the image, as a drawn box is
+        boxes.append({"label": label, "x": x0, "y": y0, "w": w, "h": h})
     return boxes
 
 
