@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -27,7 +27,7 @@ from annotation.imports import (
     finite_number,
     ingest_files,
     read_json_file,
-    store_tasks,
+    store_parsed,
 )
 from annotation.labelstudio_tasks import reference_names
 from storage.blobs import BlobStore
@@ -194,17 +194,15 @@ def import_coco(
     shas = (i["sha256"] for i in coco.images if isinstance(i, dict) and _SHA256.match(str(i.get("sha256"))))
     files = MatchedFiles(results, existing_images(db, project_id=project_id, sha256s=shas))
 
-    def parsed() -> Iterator[ImportTask]:
-        for index, raw in enumerate(coco.images):
-            task = _parse_image(index, raw, coco, labels, files, summary, annotator=annotator)
-            if task is not None:
-                yield task
-            if on_tasks:
-                on_tasks(1)
-
-    store_tasks(db, project_id=project_id, tasks=parsed(), summary=summary)
-    summary.unreferenced_files = files.unreferenced()
-    return summary
+    return store_parsed(
+        db,
+        project_id=project_id,
+        items=coco.images,
+        parse=lambda index, raw: _parse_image(index, raw, coco, labels, files, summary, annotator=annotator),
+        files=files,
+        summary=summary,
+        on_tasks=on_tasks,
+    )
 
 
 def import_coco_upload(

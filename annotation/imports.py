@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
@@ -437,6 +437,32 @@ def _store_batch(
             summary.gold_set += 1
     session.flush()
     requeue_for_team(session, project_id=project.id)  # its annotators joined the project
+
+
+def store_parsed(
+    db: Database,
+    *,
+    project_id: int,
+    items: Sequence[Any],
+    parse: Callable[[int, Any], ImportTask | None],
+    files: MatchedFiles,
+    summary: ImportSummary,
+    on_tasks: Callable[[int], None] | None = None,
+) -> ImportSummary:
+    """Parse each item of the other tool's file (``parse(index, item)``: None when refused, its problem in the
+    summary), store the tasks in batches, and note the uploaded files no task referred to."""
+
+    def parsed() -> Iterator[ImportTask]:
+        for index, raw in enumerate(items):
+            task = parse(index, raw)
+            if task is not None:
+                yield task
+            if on_tasks:
+                on_tasks(1)
+
+    store_tasks(db, project_id=project_id, tasks=parsed(), summary=summary)
+    summary.unreferenced_files = files.unreferenced()
+    return summary
 
 
 def store_tasks(db: Database, *, project_id: int, tasks: Iterable[ImportTask], summary: ImportSummary) -> None:

@@ -11,7 +11,7 @@ nothing.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import IO, Any
 
 from annotation.imports import (
@@ -21,7 +21,7 @@ from annotation.imports import (
     TaskRejected,
     existing_images,
     ingest_files,
-    store_tasks,
+    store_parsed,
 )
 from annotation.labelstudio_tasks import (
     Target,
@@ -53,7 +53,7 @@ def import_labelstudio(
     on_tasks: Callable[[int], None] | None = None,
 ) -> ImportSummary:
     """Ingest the image files, then store each task's answers as imported annotations, a batch at a time
-    (``annotation.imports.store_tasks``)."""
+    (``annotation.imports.store_parsed``)."""
     summary = ImportSummary(tasks=len(tasks))
     with db.session() as session:
         project = session.get_one(Project, project_id)
@@ -76,17 +76,15 @@ def import_labelstudio(
     shas = (sha for task in tasks if isinstance(task, dict) and (sha := meta_sha256(task)))
     files = MatchedFiles(results, existing_images(db, project_id=project_id, sha256s=shas))
 
-    def parsed() -> Iterator[ImportTask]:
-        for index, raw in enumerate(tasks):
-            task = _parse_task(index, raw, target, labels, files, summary, detection=detection)
-            if task is not None:
-                yield task
-            if on_tasks:
-                on_tasks(1)
-
-    store_tasks(db, project_id=project_id, tasks=parsed(), summary=summary)
-    summary.unreferenced_files = files.unreferenced()
-    return summary
+    return store_parsed(
+        db,
+        project_id=project_id,
+        items=tasks,
+        parse=lambda index, raw: _parse_task(index, raw, target, labels, files, summary, detection=detection),
+        files=files,
+        summary=summary,
+        on_tasks=on_tasks,
+    )
 
 
 def _parse_task(
