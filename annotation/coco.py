@@ -20,12 +20,17 @@ SPOOL_BYTES = 8 * 1024 * 1024  # annotations wait in memory up to this size, the
 COPY_CHUNK = 1024 * 1024
 
 
-def coco_chunks(batches: Iterable[list[BoxedImage]], *, labels: Sequence[str]) -> Iterator[str]:
+def coco_chunks(
+    batches: Iterable[list[BoxedImage]],
+    *,
+    labels: Sequence[str],
+    description: str = "current boxes exported by labelwheel",
+) -> Iterator[str]:
     """The COCO document in pieces: the head, the images a batch at a time, then the spooled annotations."""
     category = {label: k for k, label in enumerate(labels, start=1)}
     head = {
         "info": {
-            "description": "current boxes exported by labelwheel",
+            "description": description,
             "date_created": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
         },
         "licenses": [],

@@ -58,12 +58,14 @@ def yolo_lines(image: BoxedImage, labels: Sequence[str]) -> str:
     )
 
 
-def data_yaml(labels: Sequence[str]) -> str:
+def data_yaml(labels: Sequence[str], *, train: str = "train.txt", val: str = "val.txt") -> str:
+    """Ultralytics' dataset file; ``train`` and ``val`` are lists of image files or folders of images, relative to
+    it. ``val`` is labelwheel's test split."""
     # JSON strings are YAML scalars: any label, quotes and colons included, reads back as itself.
     return (
-        "# YOLO labels of the current boxes, exported by labelwheel: labels/<sha256>.txt per image, the images\n"
-        "# under images/<sha256>.<ext>; val.txt is labelwheel's test split.\n"
-        f"train: train.txt\nval: val.txt\nnc: {len(labels)}\nnames: {dumps(list(labels))}\n"
+        "# YOLO labels exported by labelwheel; each image's labels/.../<name>.txt sits where Ultralytics looks for\n"
+        "# it; val is labelwheel's test split. Boxes are in the upright image (EXIF orientation applied).\n"
+        f"train: {train}\nval: {val}\nnc: {len(labels)}\nnames: {dumps(list(labels))}\n"
     )
 
 

@@ -129,8 +129,13 @@ def pull_dataset(
         str, typer.Option(help="A snapshot id; champion: the one the champion was trained on; new: the labels now.")
     ] = "champion",
     format: Annotated[
-        str, typer.Option("--format", help="imagefolder (train/<label>/, test/<label>/) or csv (images/).")
-    ] = "imagefolder",
+        str | None,
+        typer.Option(
+            "--format",
+            help="Classification: imagefolder (train/<label>/, test/<label>/; the default) or csv (images/). "
+            "Detection: coco (train/, test/, annotations/; the default) or yolo (images/, labels/, data.yaml).",
+        ),
+    ] = None,
     url: Url = None,
     token: Token = None,
     profile: ProfileName = "default",
@@ -155,8 +160,8 @@ def pull_dataset(
         with _bar("pulling") as progress:
             pulled = client.pull_dataset(snapshot_id, out, format=format, on_progress=_advance(progress, "pull"))
     typer.echo(
-        f"snapshot {snapshot_id}: {pulled.images} images in {pulled.folder} ({pulled.fetched} downloaded now), "
-        f"labels in {pulled.folder / 'labels.csv'}"
+        f"snapshot {snapshot_id} as {pulled.format}: {pulled.images} images in {pulled.folder} ({pulled.fetched} "
+        f"downloaded now), labels in {pulled.folder / 'labels.csv'}"
     )
 
 

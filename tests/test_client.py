@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import threading
+import uuid
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
+import yaml
 from PIL import Image, ImageOps
 from typer.testing import CliRunner
 
@@ -29,6 +31,7 @@ from service.client import ApiError, Client
 from service.launcher import free_port, running_server
 from tests import imagefactory as img
 from tests.digits import digits
+from tests.test_detection import LABELS, box
 
 CLIENT_VARIABLES = ("LABELWHEEL_URL", "LABELWHEEL_TOKEN", "LABELWHEEL_PROFILE")
 
@@ -193,7 +196,7 @@ def test_an_interrupted_dataset_pull_resumes_and_fetches_only_what_is_missing_or
         tmp_path,
     )
     assert again.exit_code == 0, again.output
-    assert f"snapshot {snapshot.id}: 150 images" in again.stdout
+    assert f"snapshot {snapshot.id} as csv: 150 images" in again.stdout
     assert len(list((tmp_path / "flat" / "images").iterdir())) == 150
     other = cli(
         [
@@ -203,6 +206,8 @@ def test_an_interrupted_dataset_pull_resumes_and_fetches_only_what_is_missing_or
             served.project["name"],
             "--snapshot",
             str(snapshot.id),
+            "--format",
+            "imagefolder",
             "--out",
             str(tmp_path / "flat"),
             "--url",
@@ -213,6 +218,115 @@ def test_an_interrupted_dataset_pull_resumes_and_fetches_only_what_is_missing_or
         tmp_path,
     )
     assert other.exit_code == 1 and f"holds snapshot {snapshot.id} as csv" in other.stderr
+
+
+def test_a_detection_snapshot_pulls_as_coco_and_as_yolo_with_the_boxes_as_drawn(served, tmp_path):
+    """Boxes drawn through the API come back on the upright image in both layouts, read by pycocotools and as
+    Ultralytics' files; a pull stopped early, with an annotation file lost since, resumes."""
+    drawn = {
+        "two.png": [box(x=1.5, y=2.25, w=10.5, h=8.0), box(label="person", x=20.0, y=0.0, w=19.75, h=29.5)],
+        "empty.png": [],
+        "turned.jpg": [box(label="person", x=2.0, y=35.0, w=15.0, h=24.0)],  # 60x20 stored, 20x60 upright
+    }
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "two.png").write_bytes(img.png(40, 30, color=(1, 50, 90)))
+    (photos / "empty.png").write_bytes(img.png(40, 30, color=(2, 50, 90)))
+    (photos / "turned.jpg").write_bytes(img.jpeg_with_orientation(6, size=(60, 20)))
+    admin_headers = {"Authorization": f"Bearer {served.admin}"}
+    with served.client(served.admin) as admin:
+        project = admin.create_project(
+            f"boxes-{uuid.uuid4().hex[:6]}", LABELS, task_type="detection", settings={"gold_rate": 0, "overlap_rate": 0}
+        )
+        person = httpx.post(
+            f"{served.base}/api/v1/users",
+            json={"name": f"drawer-{project.id}", "role": "annotator"},
+            headers=admin_headers,
+        ).json()
+        added = httpx.post(
+            f"{served.base}/api/v1/projects/{project.id}/members", json={"user_id": person["id"]}, headers=admin_headers
+        )
+        assert added.status_code == 201, added.text
+        uploaded = admin.upload(project, [photos])
+        name_of = {Path(f.name).name: f.image_id for f in uploaded.files}
+        with served.client(person["token"]) as annotator:
+            while (task := annotator.next_task(project.id)) is not None:
+                (name,) = [n for n, image_id in name_of.items() if image_id == task.image_id]
+                annotator.annotate(project.id, task.image_id, boxes=drawn[name])
+        snapshot = admin.create_snapshot(project)
+        assert snapshot.item_count == 3
+
+        with pytest.raises(ApiError) as refused:
+            admin.pull_dataset(snapshot.id, tmp_path / "folders", format="imagefolder")
+        assert (refused.value.status, refused.value.code) == (422, "format_not_for_project")
+        assert "its archive formats are coco and yolo, not imagefolder" in refused.value.message
+
+        def stop_after_1(done: int, total: int) -> None:
+            if done == 1:
+                raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            admin.pull_dataset(snapshot.id, tmp_path / "coco", on_progress=stop_after_1)
+        about = json.loads((tmp_path / "coco" / "snapshot.json").read_text())
+        assert about["annotation_files"] == ["annotations/train.json", "annotations/test.json"]
+        (tmp_path / "coco" / "annotations" / "test.json").unlink()
+        coco = admin.pull_dataset(snapshot.id, tmp_path / "coco")
+        yolo = admin.pull_dataset(snapshot.id, tmp_path / "yolo", format="yolo")
+    assert (coco.format, coco.images, coco.fetched, coco.labels) == ("coco", 3, 2, LABELS)
+    assert (yolo.format, yolo.images, yolo.fetched) == ("yolo", 3, 3)
+
+    from pycocotools.coco import COCO
+
+    expected = {
+        name_of[name]: sorted((b["label"], b["x"], b["y"], b["w"], b["h"]) for b in boxes)
+        for name, boxes in drawn.items()
+    }
+    found, sizes = {}, {}
+    for split in ("train", "test"):
+        document = COCO(str(tmp_path / "coco" / "annotations" / f"{split}.json"))
+        names = {c["id"]: c["name"] for c in document.loadCats(document.getCatIds())}
+        assert list(names.values()) == LABELS
+        for picture in document.loadImgs(document.getImgIds()):
+            stored = tmp_path / "coco" / split / picture["file_name"]
+            assert hashlib.sha256(stored.read_bytes()).hexdigest() == picture["sha256"]
+            with Image.open(stored) as image:
+                assert ImageOps.exif_transpose(image).size == (picture["width"], picture["height"])
+            sizes[picture["id"]] = (picture["width"], picture["height"])
+            anns = document.loadAnns(document.getAnnIds(imgIds=[picture["id"]]))
+            found[picture["id"]] = sorted((names[a["category_id"]], *a["bbox"]) for a in anns)
+    assert found == expected and sizes[name_of["turned.jpg"]] == (20, 60)
+
+    data = yaml.safe_load((tmp_path / "yolo" / "data.yaml").read_text())
+    assert (data["train"], data["val"], data["nc"], data["names"]) == ("images/train", "images/test", 2, LABELS)
+    with (tmp_path / "yolo" / "labels.csv").open() as manifest:
+        rows = list(csv.DictReader(manifest))
+    for row in rows:
+        image_id, (width, height) = int(row["image_id"]), sizes[int(row["image_id"])]
+        picture = tmp_path / "yolo" / row["file_name"]
+        assert hashlib.sha256(picture.read_bytes()).hexdigest() == row["sha256"]
+        label_file = tmp_path / "yolo" / "labels" / row["split"] / f"{picture.stem}.txt"
+        lines = [line.split() for line in label_file.read_text().splitlines()]
+        assert int(row["boxes"]) == len(lines) == len(expected[image_id])
+        back = sorted(
+            (
+                LABELS[int(k)],
+                (float(cx) - float(w) / 2) * width,
+                (float(cy) - float(h) / 2) * height,
+                float(w) * width,
+                float(h) * height,
+            )
+            for k, cx, cy, w, h in lines
+        )
+        for got, want in zip(back, expected[image_id], strict=True):
+            assert got[0] == want[0] and got[1:] == pytest.approx(want[1:], abs=1e-3)
+
+    classes = cli(
+        ["pull", "dataset", "--project", served.project["name"], "--format", "coco", "--out", str(tmp_path / "no")],
+        tmp_path,
+        LABELWHEEL_URL=served.base,
+        LABELWHEEL_TOKEN=served.engineer,
+    )
+    assert classes.exit_code == 1 and "its archive formats are imagefolder and csv, not coco" in classes.stderr
 
 
 def test_push_saved_profiles_and_which_commands_reach_a_server(served, tmp_path):
@@ -245,12 +359,6 @@ def test_errors_carry_the_api_code_and_message(served, tmp_path):
         with pytest.raises(ApiError) as missing:
             client.snapshot(999_999)
         assert (missing.value.status, missing.value.code) == (404, "snapshot_not_found")
-        boxes = client.create_project("boxes", ["car", "person"], task_type="detection")
-        snapshot = client.create_snapshot(boxes)
-        with pytest.raises(ApiError) as detection:
-            client.pull_dataset(snapshot.id, tmp_path / "boxes")
-        assert (detection.value.status, detection.value.code) == (422, "not_for_detection")
-        assert "imagefolder, csv" in detection.value.message
 
         # Nothing runs jobs in this server: one started stays queued until cancelled.
         queued = client.start_job(served.project["id"], "mine")

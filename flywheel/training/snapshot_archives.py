@@ -1,11 +1,17 @@
 """A dataset snapshot as a download: its images and labels in one zip, streamed, laid out for training code.
 
-``imagefolder``: ``train/<label>/<image id>.<ext>`` and ``test/<label>/...`` by the snapshot's fixed split, the
-layout torchvision's ``ImageFolder`` and Hugging Face's ``imagefolder`` read; ``csv``: ``images/<image id>.<ext>``.
-Both begin with ``snapshot.json`` (the snapshot, its label order and the format) and ``labels.csv`` (``file_name,
-image_id,sha256,split,label``), so whoever reads the stream knows each image's sha256 before its bytes arrive.
-Images follow in image id order, stored as they are (they are compressed already); ``after`` leaves out those up to
-an id, which is how an interrupted download resumes without fetching again what it has.
+Classification: ``imagefolder``: ``train/<label>/<image id>.<ext>`` and ``test/<label>/...`` by the snapshot's fixed
+split, the layout torchvision's ``ImageFolder`` and Hugging Face's ``imagefolder`` read; ``csv``:
+``images/<image id>.<ext>``. Detection: ``coco``: ``train/<image id>.<ext>`` and ``test/...`` with
+``annotations/train.json`` and ``annotations/test.json`` (what pycocotools and torchvision's ``CocoDetection``
+read); ``yolo``: ``images/<split>/<image id>.<ext>`` with ``labels/<split>/<image id>.txt`` and ``data.yaml`` (the
+Ultralytics layout). Boxes are in pixels of the upright image (EXIF orientation applied), as they were drawn.
+
+Every archive begins with ``snapshot.json`` (the snapshot, its label order, the format and the annotation files
+that follow) and ``labels.csv`` (``file_name,image_id,sha256,split`` and the label, or the number of boxes), so
+whoever reads the stream knows each image's sha256 before its bytes arrive; then the annotation files of the
+detection formats. Images follow in image id order, stored as they are (they are compressed already); ``after``
+leaves out those up to an id, which is how an interrupted download resumes without fetching again what it has.
 """
 
 from __future__ import annotations
@@ -22,14 +28,17 @@ from urllib.parse import quote
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from annotation.box_exports import BoxedImage
+from annotation.coco import coco_chunks
 from annotation.csv_cells import CsvWriter
-from flywheel.training.snapshots import load_items
+from annotation.yolo import data_yaml, yolo_lines
+from flywheel.training.snapshots import load_box_items, load_items
 from storage.blobs import BlobStore
 from storage.errors import InvalidInput
-from storage.models import DatasetSnapshot, Image, Project, TaskType
+from storage.models import DatasetSnapshot, Image, Project, TaskType, upright_size
 
 EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "BMP": "bmp", "TIFF": "tif", "GIF": "gif"}
-CSV_COLUMNS = ("file_name", "image_id", "sha256", "split", "label")
+CSV_COLUMNS = ("file_name", "image_id", "sha256", "split")  # then "label", or "boxes" (how many) for detection
 FORMAT_BATCH = 1000
 # Hand the stream a chunk this large, or after this many images: each chunk is one hop between the server's
 # threads, and small ones let other requests in between.
@@ -42,6 +51,14 @@ _UNSAFE = '%/\\:*?"<>|'
 class ArchiveFormat(StrEnum):
     imagefolder = "imagefolder"
     csv = "csv"
+    coco = "coco"
+    yolo = "yolo"
+
+
+FORMATS = {
+    TaskType.classification: (ArchiveFormat.imagefolder, ArchiveFormat.csv),
+    TaskType.detection: (ArchiveFormat.coco, ArchiveFormat.yolo),
+}  # the first of each is the default
 
 
 @dataclass(frozen=True)
@@ -52,11 +69,20 @@ class ArchiveEntry:
 
 
 @dataclass(frozen=True)
+class _Picture:
+    """What the archive needs of an image row: its file extension and upright size."""
+
+    extension: str
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
 class ArchivePlan:
     """Everything the archive holds, decided before its first byte is sent (a refusal is then still a 4xx)."""
 
     filename: str
-    header: list[tuple[str, bytes]]  # snapshot.json, labels.csv
+    header: list[tuple[str, bytes]]  # snapshot.json, labels.csv, then a detection format's annotation files
     images: list[ArchiveEntry]  # those after ``after``, by image id
     modified: tuple[int, int, int, int, int, int]
 
@@ -73,45 +99,102 @@ def plan_archive(
     blobs: BlobStore,
     *,
     snapshot: DatasetSnapshot,
-    fmt: ArchiveFormat,
+    fmt: ArchiveFormat | None = None,
     after: int | None = None,
 ) -> ArchivePlan:
+    """The archive of ``snapshot`` in ``fmt`` (by default the first format of the project's task type)."""
     project = session.get_one(Project, snapshot.project_id)
-    if project.task_type is TaskType.detection:
+    fits = FORMATS[project.task_type]
+    fmt = fmt or fits[0]
+    if fmt not in fits:
         raise InvalidInput(
-            f"snapshot {snapshot.id} is of a detection project: its archive formats (COCO, YOLO) are not available "
-            f"yet; the archive formats that exist ({', '.join(ArchiveFormat)}) hold one label per image",
-            code="not_for_detection",
+            f"snapshot {snapshot.id} is of a {project.task_type.value} project: its archive formats are "
+            f"{' and '.join(fits)}, not {fmt.value}",
+            code="format_not_for_project",
         )
+    files = _detection_files if project.task_type is TaskType.detection else _classification_files
+    labels, rows, annotation_files = files(session, blobs, snapshot, fmt)
+    about = {
+        "id": snapshot.id,
+        "project_id": snapshot.project_id,
+        "task_type": project.task_type.value,
+        "content_sha256": snapshot.content_sha256,
+        "item_count": snapshot.item_count,
+        "labels": labels,
+        "format": fmt.value,
+        "annotation_files": [name for name, _ in annotation_files],
+        "created_at": snapshot.created_at.isoformat(),
+        "stats": snapshot.stats,
+    }
+    if project.task_type is TaskType.detection:
+        about["boxes"] = "x, y, w, h in pixels of the upright image: apply the EXIF orientation before using them"
+    columns = (*CSV_COLUMNS, "boxes" if project.task_type is TaskType.detection else "label")
+    created = snapshot.created_at
+    return ArchivePlan(
+        filename=f"labelwheel-project{snapshot.project_id}-snapshot{snapshot.id}-{fmt.value}.zip",
+        header=[("snapshot.json", _json(about)), ("labels.csv", _csv(columns, rows)), *annotation_files],
+        images=[ArchiveEntry(row[0], row[1], row[2]) for row in rows if after is None or row[1] > after],
+        modified=(max(created.year, 1980), created.month, created.day, created.hour, created.minute, created.second),
+    )
+
+
+def _classification_files(
+    session: Session, blobs: BlobStore, snapshot: DatasetSnapshot, fmt: ArchiveFormat
+) -> tuple[list[str], list[tuple[Any, ...]], list[tuple[str, bytes]]]:
+    """The manifest rows of a classification snapshot: its label is in each image's path or in labels.csv."""
     labels, items = load_items(blobs, snapshot)
-    extensions = _extensions(session, [item.image_id for item in items])
-    rows, images = [], []
+    pictures = _pictures(session, [item.image_id for item in items])
+    rows = []
     for item in items:
-        extension = extensions[item.image_id]
+        extension = pictures[item.image_id].extension
         if fmt is ArchiveFormat.imagefolder:
             name = f"{item.split.value}/{folder_name(item.label)}/{item.image_id}.{extension}"
         else:
             name = f"images/{item.image_id}.{extension}"
         rows.append((name, item.image_id, item.sha256, item.split.value, item.label))
-        if after is None or item.image_id > after:
-            images.append(ArchiveEntry(name, item.image_id, item.sha256))
-    about = {
-        "id": snapshot.id,
-        "project_id": snapshot.project_id,
-        "content_sha256": snapshot.content_sha256,
-        "item_count": snapshot.item_count,
-        "labels": labels,
-        "format": fmt.value,
-        "created_at": snapshot.created_at.isoformat(),
-        "stats": snapshot.stats,
-    }
-    created = snapshot.created_at
-    return ArchivePlan(
-        filename=f"labelwheel-project{snapshot.project_id}-snapshot{snapshot.id}-{fmt.value}.zip",
-        header=[("snapshot.json", _json(about)), ("labels.csv", _csv(rows))],
-        images=images,
-        modified=(max(created.year, 1980), created.month, created.day, created.hour, created.minute, created.second),
-    )
+    return labels, rows, []
+
+
+def _detection_files(
+    session: Session, blobs: BlobStore, snapshot: DatasetSnapshot, fmt: ArchiveFormat
+) -> tuple[list[str], list[tuple[Any, ...]], list[tuple[str, bytes]]]:
+    """The manifest rows and the annotation files of a detection snapshot, written by the same code as the
+    project's COCO and YOLO exports."""
+    labels, items = load_box_items(blobs, snapshot)
+    pictures = _pictures(session, [item.image_id for item in items])
+    rows: list[tuple[Any, ...]] = []
+    files: list[tuple[str, bytes]] = []
+    by_split: dict[str, list[BoxedImage]] = {"train": [], "test": []}
+    for item in items:
+        picture, split = pictures[item.image_id], item.split.value
+        stem = f"{item.image_id}.{picture.extension}"
+        name = f"{split}/{stem}" if fmt is ArchiveFormat.coco else f"images/{split}/{stem}"
+        rows.append((name, item.image_id, item.sha256, split, len(item.boxes)))
+        boxed = BoxedImage(
+            item.image_id,
+            item.sha256,
+            stem,  # COCO's file_name: relative to the split's folder
+            split,
+            picture.width,
+            picture.height,
+            format=picture.extension,
+            boxes=item.boxes,
+            gold_boxes=None,
+            weak=False,
+            label_count=0,
+            annotations=[],
+        )
+        by_split[split].append(boxed)
+        if fmt is ArchiveFormat.yolo:
+            files.append((f"labels/{split}/{item.image_id}.txt", yolo_lines(boxed, labels).encode()))
+    if fmt is ArchiveFormat.coco:
+        for split, images in by_split.items():
+            about = f"snapshot {snapshot.id}, {split} split, exported by labelwheel"
+            document = "".join(coco_chunks([images], labels=labels, description=about))
+            files.append((f"annotations/{split}.json", document.encode()))
+    else:
+        files.append(("data.yaml", data_yaml(labels, train="images/train", val="images/test").encode()))
+    return labels, rows, files
 
 
 def archive_chunks(blobs: BlobStore, plan: ArchivePlan) -> Iterator[bytes]:
@@ -134,12 +217,15 @@ def archive_chunks(blobs: BlobStore, plan: ArchivePlan) -> Iterator[bytes]:
     yield spool.take()
 
 
-def _extensions(session: Session, image_ids: list[int]) -> dict[int, str]:
-    found: dict[int, str] = {}
+def _pictures(session: Session, image_ids: list[int]) -> dict[int, _Picture]:
+    found: dict[int, _Picture] = {}
     for start in range(0, len(image_ids), FORMAT_BATCH):
         batch = image_ids[start : start + FORMAT_BATCH]
-        rows = session.execute(select(Image.id, Image.format).where(Image.id.in_(batch)))
-        found.update({image_id: EXTENSIONS.get(fmt, "bin") for image_id, fmt in rows})
+        rows = session.execute(
+            select(Image.id, Image.format, Image.width, Image.height, Image.exif_orientation).where(Image.id.in_(batch))
+        )
+        for image_id, fmt, width, height, orientation in rows:
+            found[image_id] = _Picture(EXTENSIONS.get(fmt, "bin"), *upright_size(width, height, orientation))
     return found
 
 
@@ -153,10 +239,10 @@ def _json(value: Any) -> bytes:
     return json.dumps(value, ensure_ascii=False, indent=2).encode()
 
 
-def _csv(rows: list[tuple[Any, ...]]) -> bytes:
+def _csv(columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> bytes:
     text = io.StringIO()
     writer = CsvWriter(text)
-    writer.writerow(CSV_COLUMNS)
+    writer.writerow(columns)
     writer.writerows(rows)
     return text.getvalue().encode()
 

@@ -322,13 +322,14 @@ class Client:
         snapshot_id: int,
         folder: str | Path,
         *,
-        format: str = "imagefolder",
+        format: str | None = None,
         on_progress: Progress | None = None,
     ) -> PulledDataset:
-        """Download a snapshot's images and labels into ``folder``: ``imagefolder`` (``train/<label>/``,
-        ``test/<label>/``) or ``csv`` (``images/``), with ``labels.csv`` and ``snapshot.json``. Every image is
-        checked against its sha256; pulling again into the same folder fetches only what is missing or damaged.
-        ``on_progress(done, total)`` sees each image."""
+        """Download a snapshot's images and labels into ``folder``, with ``labels.csv`` and ``snapshot.json``:
+        classification as ``imagefolder`` (``train/<label>/``, ``test/<label>/``; the default) or ``csv``
+        (``images/``), detection as ``coco`` (``train/``, ``test/``, ``annotations/``; the default) or ``yolo``
+        (``images/``, ``labels/``, ``data.yaml``). Every image is checked against its sha256; pulling again into
+        the same folder fetches only what is missing or damaged. ``on_progress(done, total)`` sees each image."""
         return pull_snapshot(
             self._http, snapshot_id=snapshot_id, folder=Path(folder), fmt=format, on_progress=on_progress
         )

@@ -1,9 +1,10 @@
 """Pulling a dataset snapshot into a folder: the server's zip read as it streams, each image checked against its
 sha256 before it is written, and a pull that stopped (a broken connection, Ctrl-C) resumed where it stopped.
 
-The archive begins with ``snapshot.json`` and ``labels.csv`` (every file's name and sha256), then the images in
-image id order; a resumed pull checks the files already in the folder against ``labels.csv`` and asks the server
-only for the images after the last id it has in a row.
+The archive begins with ``snapshot.json`` and ``labels.csv`` (every image file's name and sha256), then a detection
+format's annotation files (which ``snapshot.json`` names; they come with every stream), then the images in image id
+order; a resumed pull checks the files already in the folder against ``labels.csv`` and asks the server only for
+the images after the last id it has in a row.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import json
 import os
 import struct
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
@@ -39,7 +40,7 @@ Progress = Callable[[int, int], None]
 class PulledDataset:
     folder: Path
     snapshot_id: int
-    format: str
+    format: str  # as asked, or the server's default for the project: imagefolder, or coco for detection
     labels: list[str]  # the project's label order when the snapshot was made (a model's class indices)
     images: int  # in the folder, all verified
     fetched: int  # downloaded by this pull; the others were there already
@@ -50,13 +51,13 @@ class BrokenArchive(Exception):
 
 
 def pull_snapshot(
-    http: Http, *, snapshot_id: int, folder: Path, fmt: str, on_progress: Progress | None = None
+    http: Http, *, snapshot_id: int, folder: Path, fmt: str | None, on_progress: Progress | None = None
 ) -> PulledDataset:
     pull = _Pull(http, snapshot_id, folder, fmt, on_progress)
     for attempt in range(http.retries + 1):
+        if pull.complete():
+            break
         after = pull.resume_after()
-        if pull.expected and after is None:
-            break  # complete
         try:
             pull.receive(after)
             break
@@ -74,17 +75,20 @@ def pull_snapshot(
     if missing:
         raise ApiError(None, "download_incomplete", f"the archive of snapshot {snapshot_id} lacked {missing} images")
     about = json.loads((folder / ABOUT).read_text())
-    return PulledDataset(folder, snapshot_id, fmt, about["labels"], len(pull.expected), pull.fetched)
+    return PulledDataset(folder, snapshot_id, about["format"], about["labels"], len(pull.expected), pull.fetched)
 
 
 class _Pull:
     """One pull into a folder: what ``labels.csv`` promises (file name: image id, sha256), which of those files
-    are there intact, and how many this pull wrote."""
+    are there intact, the annotation files ``snapshot.json`` names, and how many images this pull wrote."""
 
-    def __init__(self, http: Http, snapshot_id: int, folder: Path, fmt: str, on_progress: Progress | None) -> None:
+    def __init__(
+        self, http: Http, snapshot_id: int, folder: Path, fmt: str | None, on_progress: Progress | None
+    ) -> None:
         self.http, self.snapshot_id, self.folder, self.fmt = http, snapshot_id, folder, fmt
         self.on_progress = on_progress
         self.expected: dict[str, tuple[int, str]] = {}
+        self.annotation_files: set[str] = set()
         self.present: set[str] = set()
         self.fetched = 0
         self._root = str(folder)
@@ -102,31 +106,45 @@ class _Pull:
                 )
             return
         about = json.loads(about_path.read_text())
-        if (about.get("id"), about.get("format")) != (self.snapshot_id, self.fmt):
+        if about.get("id") != self.snapshot_id or self.fmt not in (None, about.get("format")):
             raise FileExistsError(
                 f"{self.folder} holds snapshot {about.get('id')} as {about.get('format')}; pull snapshot "
-                f"{self.snapshot_id} as {self.fmt} into another folder"
+                f"{self.snapshot_id} as {self.fmt or 'its default format'} into another folder"
             )
+        self.fmt = about["format"]
+        self.annotation_files = _annotation_files(about)
         manifest = self.folder / MANIFEST
         if manifest.exists():  # else the earlier pull stopped before it arrived
             self.expected = _read_manifest(manifest.read_bytes())
         self.present = {name for name, (_, sha256) in self.expected.items() if _intact(self.folder / name, sha256)}
 
+    def complete(self) -> bool:
+        return (
+            bool(self.expected)
+            and len(self.present) == len(self.expected)
+            and all((self.folder / name).is_file() for name in self.annotation_files)
+        )
+
     def resume_after(self) -> int | None:
-        """The archive resumes after the largest image id below which every image is present; None when there is
-        nothing to resume from (a fresh pull, or every image is present)."""
+        """The archive resumes after the largest image id below which every image is present (the annotation
+        files come with it again); None for the whole archive (a fresh pull)."""
+        if not self.expected:
+            return None
         missing = [image_id for name, (image_id, _) in self.expected.items() if name not in self.present]
-        return min(missing) - 1 if missing else None
+        return min(missing) - 1 if missing else max(image_id for image_id, _ in self.expected.values())
 
     def receive(self, after: int | None) -> None:
         """Read one archive stream into the folder."""
-        params: dict[str, Any] = {"format": self.fmt} if after is None else {"format": self.fmt, "after": after}
+        params = {name: value for name, value in (("format", self.fmt), ("after", after)) if value is not None}
         path = f"/api/v1/snapshots/{self.snapshot_id}/archive"
         with self.http.stream("GET", path, params=params) as response:
             stream = io.BufferedReader(_ChunkReader(response.iter_bytes()), READ_BUFFER)
             for name, data in zip_entries(stream):
-                if name in (ABOUT, MANIFEST):
-                    if name == MANIFEST:
+                if name in (ABOUT, MANIFEST) or name in self.annotation_files:
+                    if name == ABOUT:
+                        about = json.loads(data)
+                        self.fmt, self.annotation_files = about["format"], _annotation_files(about)
+                    elif name == MANIFEST:
                         self.expected.update(_read_manifest(data))
                     self._write(name, data)
                     continue
@@ -162,11 +180,22 @@ def _intact(path: Path, sha256: str) -> bool:
 def _read_manifest(data: bytes) -> dict[str, tuple[int, str]]:
     rows = csv.DictReader(io.StringIO(data.decode()))
     expected = {row["file_name"]: (int(row["image_id"]), row["sha256"]) for row in rows}
-    for name in expected:
-        path = PurePosixPath(name)
-        if path.is_absolute() or ".." in path.parts or "\\" in name:
-            raise BrokenArchive(f"{MANIFEST} names a file outside the folder: {name!r}")
+    _check_inside(expected, MANIFEST)
     return expected
+
+
+def _annotation_files(about: dict[str, Any]) -> set[str]:
+    names = set(about.get("annotation_files", []))
+    _check_inside(names, ABOUT)
+    return names
+
+
+def _check_inside(names: Iterable[str], listed_in: str) -> None:
+    """Each name must be a relative path inside the folder (and not one of the pull's own files)."""
+    for name in names:
+        path = PurePosixPath(name)
+        if path.is_absolute() or ".." in path.parts or "\\" in name or name in (ABOUT, MANIFEST):
+            raise BrokenArchive(f"{listed_in} names a file outside the folder: {name!r}")
 
 
 def zip_entries(stream: IO[bytes]) -> Iterator[tuple[str, bytes]]:

@@ -57,16 +57,22 @@ def archive(
     session: ReadSessionDep,
     runtime: RuntimeDep,
     format: Annotated[
-        ArchiveFormat,
-        Query(description="imagefolder: train/<label>/ and test/<label>/ folders; csv: one images/ folder."),
-    ] = ArchiveFormat.imagefolder,
+        ArchiveFormat | None,
+        Query(
+            description="Classification: imagefolder (train/<label>/ and test/<label>/ folders; the default) or csv "
+            "(one images/ folder). Detection: coco (train/, test/ and annotations/; the default) or yolo "
+            "(images/, labels/ and data.yaml)."
+        ),
+    ] = None,
     after: Annotated[
         int | None, Query(ge=0, le=MAX_ID, description="Leave out the images up to this id (to resume a download).")
     ] = None,
 ) -> StreamingResponse:
     """The snapshot's images exactly as uploaded and its labels, as the training code of your choice reads them:
-    `snapshot.json` (the snapshot and its label order), `labels.csv` (`file_name,image_id,sha256,split,label`), then
-    the images by id, `train/` and `test/` by the fixed split. Classification projects only for now."""
+    `snapshot.json` (the snapshot, its label order and the annotation files that follow), `labels.csv`
+    (`file_name,image_id,sha256,split` and `label`, or `boxes`: how many), a detection format's annotation files,
+    then the images by id, split into train and test by the snapshot's fixed split. Boxes are in pixels of the
+    upright image (EXIF orientation applied)."""
     plan = plan_archive(session, runtime.blobs, snapshot=snapshot, fmt=format, after=after)
     return StreamingResponse(
         archive_chunks(runtime.blobs, plan),
