@@ -46,7 +46,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool | None = None)
         blobs=blobs,
         transport=transport,
         notifier=LabelNotifier(transport),
-        predictor=Predictor(blobs),
+        predictor=Predictor(blobs, retry_seconds=settings.model_retry_seconds),
     )
 
     app = FastAPI(

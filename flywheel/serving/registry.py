@@ -85,6 +85,27 @@ def serving_model(session: Session, *, project_id: int) -> ModelVersion | None:
     return refreshed or best
 
 
+def serving_candidates(session: Session, *, project_id: int, earlier: int = 2) -> list[ModelVersion]:
+    """Who answers, in order, when the one before cannot (its files are missing or broken): the serving model, the
+    champion it refreshes, then the champions it replaced, newest first, up to ``earlier`` of them."""
+    best = champion(session, project_id=project_id)
+    if best is None:
+        return []
+    serving = serving_model(session, project_id=project_id)
+    found = [serving] if serving is not None and serving.id != best.id else []
+    found.append(best)
+    model = best
+    for _ in range(earlier):
+        promotions = (model.decision or {}).get("promotions", [])
+        replaced = promotions[-1].get("replaced") if promotions else None
+        before = session.get(ModelVersion, replaced) if replaced is not None else None
+        if before is None or before in found:
+            break
+        found.append(before)
+        model = before
+    return found
+
+
 def prune_refreshed_heads(
     session: Session, blobs: BlobStore, *, project_id: int, keep: int, grace_seconds: float
 ) -> list[int]:

@@ -80,7 +80,14 @@ def next_(
         height=height,
         lease_expires_at=task.lease_expires_at,
         review_reason=task.review_reason,
-        prelabel=PreLabelRead(**vars(prelabel)) if prelabel else None,
+        prelabel=PreLabelRead(
+            label=prelabel.label,
+            confidence=prelabel.confidence,
+            model_version=prelabel.model_version,
+            fallback=prelabel.fallback is not None,
+        )
+        if prelabel
+        else None,
     )
 
 

@@ -1,13 +1,15 @@
 from __future__ import annotations
 
+import time
 from enum import StrEnum
 from typing import Annotated
 
-from fastapi import APIRouter, File, Query, UploadFile
+from fastapi import APIRouter, BackgroundTasks, File, Query, UploadFile
 from fastapi.responses import JSONResponse, Response
 
 from flywheel.policy import make_champion, start_export
 from flywheel.serving.inference import model_version
+from flywheel.serving.prediction_log import predicted_inputs, record_predictions
 from flywheel.serving.registry import DownloadFormat, FilesPending, champion, list_models, model_card, model_file
 from service.deps import (
     CurrentUser,
@@ -22,6 +24,7 @@ from service.schemas.common import ERROR_RESPONSES
 from service.schemas.models import ModelCard, ModelRead, PredictionRead, PredictResult, PromoteRequest
 from storage.errors import NotFound
 from storage.models import ModelKind, ModelVersion
+from storage.projects import project_settings
 
 router = APIRouter(prefix="/api/v1", tags=["models"], responses=ERROR_RESPONSES)
 
@@ -128,19 +131,35 @@ def predict(
     project: EngineerProject,
     session: ReadSessionDep,
     runtime: RuntimeDep,
+    background: BackgroundTasks,
     files: Annotated[list[UploadFile], File(description="Images; repeat the field for several.")],
 ) -> PredictResult:
-    """Runs the serving model on uploaded images (checked like any upload, not stored) and returns each one's
-    label, confidence and probability per label, with the model version that answered."""
+    """Runs the serving model on uploaded images (checked like any upload) and returns each one's label,
+    confidence and probability per label, with the model version that answered. When the serving model's files
+    are missing or broken an older model answers and says so (`fallback`). After the answer, each prediction is
+    logged and, by the project's `monitoring.capture` setting, its image stored into the pool for labeling."""
     uploads = [(f.filename or "upload", f.file) for f in files]
-    model, answers = runtime.predictor.predict(session, project_id=project.id, uploads=uploads, limits=runtime.limits)
+    started = time.perf_counter()
+    served = runtime.predictor.predict(session, project_id=project.id, uploads=uploads, limits=runtime.limits)
+    latency_ms = (time.perf_counter() - started) * 1000
+    inputs = predicted_inputs(runtime.blobs, project_settings(project).monitoring, uploads, served)
+    background.add_task(
+        record_predictions,
+        runtime.db,
+        runtime.blobs,
+        runtime.limits,
+        project_id=project.id,
+        served=served,
+        inputs=inputs,
+        latency_ms=latency_ms,
+    )
     return PredictResult(
-        model_id=model.id,
-        model_version=model_version(model),
+        model_id=served.model.id,
+        model_version=model_version(served.model),
+        fallback=served.fallback is not None,
+        fallback_reason=served.fallback,
         predictions=[
-            PredictionRead(
-                filename=upload.filename or "", label=a.label, confidence=a.confidence, probabilities=a.probabilities
-            )
-            for upload, a in zip(files, answers, strict=True)
+            PredictionRead(filename=item.name, label=a.label, confidence=a.confidence, probabilities=a.probabilities)
+            for item, a in zip(inputs, served.answers, strict=True)
         ],
     )

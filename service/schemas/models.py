@@ -53,6 +53,10 @@ class PredictionRead(BaseModel):
 class PredictResult(BaseModel):
     model_id: int
     model_version: str = Field(description="The version every prediction names, e.g. model-12.")
+    fallback: bool = Field(
+        default=False, description="True when an older model answered because the serving model cannot."
+    )
+    fallback_reason: str | None = Field(default=None, description="Why the models before it could not answer.")
     predictions: list[PredictionRead]
 
 

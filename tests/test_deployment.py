@@ -1,0 +1,156 @@
+"""After deployment, through the HTTP API on the shared trained project: every /predict answer is logged with its
+embedding, low-confidence production images flow into the pool once, a broken store never fails a prediction, and
+a champion whose files are broken hands over to the champion before it, saying so, until its files are back."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from service.app import create_app
+from storage.models import Image, ImageSource, ModelVersion, PredictionLog
+from storage.settings import load_settings
+from tests.digits import digits
+from tests.jobs import run
+
+
+def predict(trained, files: list[tuple[str, bytes]], client=None):
+    response = (client or trained.client).post(
+        f"/api/v1/projects/{trained.project['id']}/predict",
+        files=[("files", file) for file in files],
+        headers=trained.engineer.headers,
+    )
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def monitoring(trained, **settings) -> None:
+    patched = trained.client.patch(
+        f"/api/v1/projects/{trained.project['id']}/settings",
+        json={"settings": {"monitoring": settings}},
+        headers=trained.admin.headers,
+    )
+    assert patched.status_code == 200, patched.text
+
+
+def logged(trained) -> list[PredictionLog]:
+    with trained.app.state.runtime.db.read_session() as session:
+        return list(session.scalars(select(PredictionLog).order_by(PredictionLog.id)))
+
+
+def production_images(trained) -> dict[str, int]:
+    with trained.app.state.runtime.db.read_session() as session:
+        rows = session.execute(select(Image.sha256, Image.id).where(Image.source == ImageSource.production))
+        return dict(rows.all())
+
+
+def unseen(count: int) -> list[tuple[str, bytes]]:
+    """Digits the project never uploaded (it holds the first 300)."""
+    pngs, _ = digits()
+    return [(f"prod-{i}.png", pngs[i]) for i in range(400, 400 + count)]
+
+
+def test_answers_are_logged_and_low_confidence_production_images_reach_the_pool_once(trained):
+    files = unseen(12)
+    first = predict(trained, files)  # capture is off by default: logged only
+    rows = logged(trained)
+    assert len(rows) == 12 and production_images(trained) == {}
+    assert {r.model_id for r in rows} == {first["model_id"]} and not any(r.fallback for r in rows)
+    assert [r.label for r in rows] == [p["label"] for p in first["predictions"]]
+    assert len({len(r.embedding) for r in rows}) == 1 and len(rows[0].embedding) >= 4 * 16  # float32, one width
+
+    confidences = sorted(p["confidence"] for p in first["predictions"])
+    threshold = (confidences[5] + confidences[6]) / 2  # the 6 least confident are captured
+    monitoring(trained, capture="low_confidence", capture_below=threshold)
+    again = predict(trained, files)
+    low = {name for (name, _), p in zip(files, again["predictions"], strict=True) if p["confidence"] < threshold}
+    assert len(low) == 6
+    captured = production_images(trained)
+    assert len(captured) == 6
+    with trained.app.state.runtime.db.read_session() as session:
+        names = set(session.scalars(select(Image.original_name).where(Image.id.in_(captured.values()))))
+    assert names == low
+    newest = logged(trained)[12:]
+    assert {r.image_id for r in newest if r.image_id is not None} == set(captured.values())
+
+    predict(trained, files)  # the same images again: deduplicated, nothing more in the pool
+    assert production_images(trained) == captured and len(logged(trained)) == 36
+
+    # A captured image waits in the labeling queue as an uploaded one does (mining ranks both alike).
+    with trained.app.state.runtime.db.read_session() as session:
+        waiting = session.execute(
+            select(Image.source, Image.queue_tier, Image.labels_needed).where(Image.label_count == 0)
+        ).all()
+    assert {source for source, *_ in waiting if source is ImageSource.production} == {ImageSource.production}
+    assert len({(tier, needed) for _, tier, needed in waiting}) == 1 and waiting[0][2] >= 1
+
+
+def test_a_broken_store_never_fails_a_prediction_it_is_logged_and_counted(trained, caplog):
+    monitoring(trained, capture="all")
+    predict(trained, unseen(1))  # loads the model while the store works
+    blobs = trained.app.state.runtime.settings.data_dir / "blobs"
+    shutil.move(blobs, blobs.with_name("blobs-away"))
+    blobs.write_text("not a folder: every write into the store fails")
+    try:
+        with caplog.at_level(logging.ERROR, logger="flywheel.serving.prediction_log"):
+            answer = predict(trained, unseen(3)[1:])
+    finally:
+        blobs.unlink()
+        shutil.move(blobs.with_name("blobs-away"), blobs)
+    assert len(answer["predictions"]) == 2 and not answer["fallback"]
+    assert len(logged(trained)) == 3 and len(production_images(trained)) == 1
+    assert "capture" in caplog.text
+    metrics = trained.client.get("/metrics", headers=trained.admin.headers).text
+    assert 'labelwheel_prediction_log_failures_total{stage="capture"}' in metrics
+
+
+def test_a_champion_with_broken_files_hands_over_to_the_one_before_until_they_are_back(trained, tmp_path, caplog):
+    project_id, engineer = trained.project["id"], trained.engineer.headers
+    patched = trained.client.patch(
+        f"/api/v1/projects/{project_id}/settings",
+        json={"settings": {"training": {"epochs": 1, "average_epochs": 0}}},
+        headers=trained.admin.headers,
+    )
+    assert patched.status_code == 200, patched.text
+    job = trained.client.post(
+        f"/api/v1/projects/{project_id}/jobs", json={"kind": "train", "params": {"force": True}}, headers=engineer
+    ).json()
+    run(trained.app, job["id"])
+    second = trained.client.get(f"/api/v1/jobs/{job['id']}", headers=engineer).json()["result"]["model_id"]
+    promoted = trained.client.post(f"/api/v1/models/{second}/promote", json={"reason": "test"}, headers=engineer)
+    assert promoted.status_code == 200, promoted.text
+
+    settings = trained.app.state.runtime.settings
+    app = create_app(
+        load_settings(data_dir=settings.data_dir, database_url=settings.resolved_database_url, model_retry_seconds=0),
+        migrate=False,
+    )
+    client = TestClient(app)
+    with app.state.runtime.db.read_session() as session:
+        onnx = session.get_one(ModelVersion, second).onnx_sha256
+    stored = app.state.runtime.blobs.read_bytes(onnx)
+    path = app.state.runtime.blobs.path(onnx)
+    path.write_bytes(b"not an onnx model")
+
+    with caplog.at_level(logging.ERROR, logger="flywheel.serving.inference"):
+        answer = predict(trained, unseen(2), client)
+    assert (answer["model_id"], answer["fallback"]) == (trained.champion_id, True)
+    assert f"model {second} cannot answer" in answer["fallback_reason"]
+    assert f"model {second} cannot answer" in caplog.text
+    health = client.get("/health")
+    assert health.status_code == 200 and health.json()["status"] == "degraded"
+    assert f"model {second}" in health.json()["fallback"][str(project_id)]
+    task = client.get(f"/api/v1/projects/{project_id}/tasks/next", headers=trained.annotator.headers).json()
+    assert task["prelabel"]["model_version"] == f"model-{trained.champion_id}" and task["prelabel"]["fallback"]
+    with app.state.runtime.db.read_session() as session:
+        fallback_rows = session.scalar(select(func.count()).where(PredictionLog.fallback.is_(True)))
+    assert fallback_rows == 2
+
+    path.write_bytes(stored)  # the files are back: the champion answers again and health recovers
+    answer = predict(trained, unseen(1), client)
+    assert (answer["model_id"], answer["fallback"]) == (second, False)
+    assert client.get("/health").json()["status"] == "ok"
+    app.state.runtime.db.dispose()
