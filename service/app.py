@@ -19,6 +19,7 @@ from service.routers import (
     jobs,
     labeling,
     models,
+    monitoring,
     projects,
     quality,
     schedules,
@@ -74,6 +75,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool | None = None)
         jobs,
         schedules,
         models,
+        monitoring,
         snapshots,
         webpage,
     ):

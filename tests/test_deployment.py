@@ -4,10 +4,13 @@ a champion whose files are broken hands over to the champion before it, saying s
 
 from __future__ import annotations
 
+import io
 import logging
 import shutil
 
+import numpy as np
 from fastapi.testclient import TestClient
+from PIL import Image as PILImage
 from sqlalchemy import func, select
 
 from service.app import create_app
@@ -154,3 +157,58 @@ def test_a_champion_with_broken_files_hands_over_to_the_one_before_until_they_ar
     assert (answer["model_id"], answer["fallback"]) == (second, False)
     assert client.get("/health").json()["status"] == "ok"
     app.state.runtime.db.dispose()
+
+
+def shifted(data: bytes, factor: float) -> bytes:
+    """A digit with its brightness scaled (0.5: halved), as a camera with another exposure would see it."""
+    with PILImage.open(io.BytesIO(data)) as image:
+        pixels = np.asarray(image, dtype=np.float32) * factor
+    out = io.BytesIO()
+    PILImage.fromarray(pixels.clip(0, 255).astype(np.uint8), mode="L").save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_a_drift_job_tells_a_shifted_window_from_an_unshifted_one(trained):
+    project_id, engineer = trained.project["id"], trained.engineer.headers
+
+    def job(kind: str) -> dict:
+        created = trained.client.post(f"/api/v1/projects/{project_id}/jobs", json={"kind": kind}, headers=engineer)
+        assert created.status_code == 201, created.text
+        run(trained.app, created.json()["id"])
+        return trained.client.get(f"/api/v1/jobs/{created.json()['id']}", headers=engineer).json()
+
+    too_early = job("drift")
+    assert too_early["status"] == "failed" and "logged predictions" in too_early["error"]
+    assert job("embed")["status"] == "succeeded"  # the champion's embeddings of its training images
+    monitoring(trained, drift_window=70, capture="all")
+    # Production sends images like the project's own: its unlabeled ones (load_digits is ordered by writer, so
+    # digits past the 300 uploaded come from other people: a real shift the domain classifier sees).
+    rt = trained.app.state.runtime
+    with rt.db.read_session() as session:
+        unlabeled = session.scalars(select(Image.sha256).where(Image.label_count == 0).order_by(Image.id)).all()
+    pool = [rt.blobs.read_bytes(sha256) for sha256 in unlabeled]
+    predict(trained, [(f"same-{i}.png", data) for i, data in enumerate(pool[::2])])  # writers alike on both sides
+    calm = job("drift")
+    assert calm["status"] == "succeeded", calm
+    predict(trained, [(f"dim-{i}.png", shifted(data, 0.5)) for i, data in enumerate(pool[1::2])])
+    dim = job("drift")
+    assert dim["status"] == "succeeded", dim
+
+    series = trained.client.get(f"/api/v1/projects/{project_id}/drift", headers=engineer).json()
+    first, second = series["points"]
+    assert (first["status"], second["status"]) == ("ok", "drift")
+    assert first["domain_auc"] < 0.55 < second["domain_auc"] and second["mmd_p"] < 0.01 < first["mmd_p"]
+    assert first["predictions"] == second["predictions"] == 70 and first["reference"] >= 50
+    assert dim["result"]["drift_point_id"] == second["id"]
+    drifted = series["most_drifted"]
+    assert len(drifted) == 12 and all(item["thumbnail_url"] for item in drifted)
+    with trained.app.state.runtime.db.read_session() as session:
+        names = set(session.scalars(select(Image.original_name).where(Image.id.in_([d["image_id"] for d in drifted]))))
+    assert sum(name.startswith("dim-") for name in names) >= 10  # the shifted ones, mostly
+    thumbnail = trained.client.get(drifted[0]["thumbnail_url"], headers=engineer)
+    assert thumbnail.status_code == 200
+
+    nightly = trained.client.put(
+        f"/api/v1/projects/{project_id}/schedules", json={"drift": "0 * * * *"}, headers=engineer
+    )
+    assert nightly.status_code == 200 and [s["kind"] for s in nightly.json()] == ["drift"], nightly.text
