@@ -467,6 +467,10 @@ class ModelVersion(CreatedAt, Base):
     promoted_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     # A refreshed head that stopped serving loses its files after a grace period; its row stays for lineage.
     files_pruned_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # After deployment: "shadow" (predicts on a copy of live traffic, never answers) or "canary" (answers
+    # ``traffic_share`` of the requests); NULL for neither.
+    deployment: Mapped[str | None] = mapped_column(String(16))
+    traffic_share: Mapped[float | None] = mapped_column(Float)
 
     __table_args__ = (
         Index("ix_model_versions_project_id_id", "project_id", "id"),
@@ -549,6 +553,8 @@ class PredictionLog(Base):
     confidence: Mapped[float | None] = mapped_column(Float)
     boxes: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON(none_as_null=True))
     latency_ms: Mapped[float] = mapped_column(Float)  # the request's model time, shared by its images
+    request_id: Mapped[str] = mapped_column(String(32))  # pairs a shadow's answer with the one sent
+    role: Mapped[str] = mapped_column(String(16), default="served")  # served (sent back) or shadow (logged only)
     embedding: Mapped[bytes | None] = mapped_column(LargeBinary)
     # The pool image with these bytes: captured by this answer, or in the project already.
     image_id: Mapped[int | None] = mapped_column(ForeignKey("images.id", ondelete="SET NULL"))

@@ -1,4 +1,4 @@
-"""After deployment: the log of /predict answers and the drift series
+"""After deployment: the log of /predict answers, the drift series, shadow and canary models
 
 Revision ID: 0010_monitoring
 Revises: 0009_boxes
@@ -34,6 +34,8 @@ def upgrade() -> None:
         sa.Column("confidence", sa.Float(), nullable=True),
         sa.Column("boxes", sa.JSON(none_as_null=True), nullable=True),
         sa.Column("latency_ms", sa.Float(), nullable=False),
+        sa.Column("request_id", sa.String(length=32), nullable=False),
+        sa.Column("role", sa.String(length=16), nullable=False),
         sa.Column("embedding", sa.LargeBinary(), nullable=True),
         sa.Column("image_id", sa.Integer(), nullable=True),
         sa.ForeignKeyConstraint(
@@ -81,9 +83,14 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_drift_points")),
     )
     op.create_index("ix_drift_points_project_id_id", "drift_points", ["project_id", "id"])
+    op.add_column("model_versions", sa.Column("deployment", sa.String(length=16), nullable=True))
+    op.add_column("model_versions", sa.Column("traffic_share", sa.Float(), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("model_versions") as batch:
+        batch.drop_column("traffic_share")
+        batch.drop_column("deployment")
     op.drop_index("ix_drift_points_project_id_id", "drift_points")
     op.drop_table("drift_points")
     op.drop_index("ix_prediction_logs_project_id_id", "prediction_logs")
