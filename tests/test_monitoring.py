@@ -110,7 +110,8 @@ def test_a_broken_store_never_fails_a_prediction_it_is_logged_and_counted(traine
     assert 'labelwheel_prediction_log_failures_total{stage="capture"}' in metrics
 
 
-def test_a_champion_with_broken_files_hands_over_to_the_one_before_until_they_are_back(trained, tmp_path, caplog):
+def second_model(trained) -> int:
+    """A second full model of the project, trained for one epoch (not promoted)."""
     project_id, engineer = trained.project["id"], trained.engineer.headers
     patched = trained.client.patch(
         f"/api/v1/projects/{project_id}/settings",
@@ -122,7 +123,12 @@ def test_a_champion_with_broken_files_hands_over_to_the_one_before_until_they_ar
         f"/api/v1/projects/{project_id}/jobs", json={"kind": "train", "params": {"force": True}}, headers=engineer
     ).json()
     run(trained.app, job["id"])
-    second = trained.client.get(f"/api/v1/jobs/{job['id']}", headers=engineer).json()["result"]["model_id"]
+    return trained.client.get(f"/api/v1/jobs/{job['id']}", headers=engineer).json()["result"]["model_id"]
+
+
+def test_a_champion_with_broken_files_hands_over_to_the_one_before_until_they_are_back(trained, tmp_path, caplog):
+    project_id, engineer = trained.project["id"], trained.engineer.headers
+    second = second_model(trained)
     promoted = trained.client.post(f"/api/v1/models/{second}/promote", json={"reason": "test"}, headers=engineer)
     assert promoted.status_code == 200, promoted.text
 
@@ -212,3 +218,59 @@ def test_a_drift_job_tells_a_shifted_window_from_an_unshifted_one(trained):
         f"/api/v1/projects/{project_id}/schedules", json={"drift": "0 * * * *"}, headers=engineer
     )
     assert nightly.status_code == 200 and [s["kind"] for s in nightly.json()] == ["drift"], nightly.text
+
+
+def test_shadow_and_canary_models_meet_the_same_traffic_and_are_compared_then_promoted(trained):
+    project_id, engineer = trained.project["id"], trained.engineer.headers
+    challenger = second_model(trained)
+    url = f"/api/v1/models/{challenger}/deployment"
+    refused = trained.client.put(
+        f"/api/v1/models/{trained.champion_id}/deployment", json={"mode": "shadow"}, headers=engineer
+    )
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "model_not_deployable"
+    no_share = trained.client.put(url, json={"mode": "canary"}, headers=engineer)
+    assert no_share.status_code == 422
+
+    monitoring(trained, capture="all")
+    shadow = trained.client.put(url, json={"mode": "shadow"}, headers=engineer)
+    assert shadow.status_code == 200 and shadow.json()["deployment"] == "shadow"
+    pngs, truth = digits()
+    files = [(f"live-{i}.png", pngs[i]) for i in range(400, 420)]
+    answers = predict(trained, files)
+    assert answers["model_id"] == trained.champion_id  # a shadow never answers
+    rows = logged(trained)
+    assert sorted((r.role, r.model_id) for r in rows) == sorted(
+        [("served", trained.champion_id)] * 20 + [("shadow", challenger)] * 20
+    )
+
+    canary = trained.client.put(url, json={"mode": "canary", "share": 1.0}, headers=engineer)
+    assert canary.status_code == 200 and canary.json()["traffic_share"] == 1.0
+    answered = predict(trained, [(f"more-{i}.png", pngs[i]) for i in range(420, 440)])
+    assert answered["model_id"] == challenger  # all of the traffic: its share is 1
+
+    # People label the captured images: accuracy on them, both models, with the promotion's paired test.
+    with trained.app.state.runtime.db.read_session() as session:
+        captured = dict(
+            session.execute(select(Image.original_name, Image.id).where(Image.source == ImageSource.production)).all()
+        )
+    assert len(captured) == 40
+    for name, image_id in captured.items():
+        index = int(name.split("-")[1].split(".")[0])
+        stored = trained.client.post(
+            f"/api/v1/projects/{project_id}/annotations",
+            json={"image_id": image_id, "label": str(truth[index])},
+            headers=trained.annotator.headers,
+        )
+        assert stored.status_code == 201, stored.text
+    (compared,) = trained.client.get(f"/api/v1/projects/{project_id}/deployments", headers=engineer).json()
+    assert (compared["model_id"], compared["deployment"], compared["compared"]) == (challenger, "canary", 40)
+    assert compared["labeled"] == 40 and 0 <= compared["agreement"] <= 1
+    assert compared["accuracy"] is not None and compared["serving_accuracy"] is not None
+    assert 0 < compared["p_value"] <= 1 and compared["verdict"]
+    assert compared["latency_ms"] > 0 and compared["serving_latency_ms"] > 0
+
+    promoted = trained.client.post(
+        f"/api/v1/models/{challenger}/promote", json={"reason": "canary held up"}, headers=engineer
+    )
+    assert promoted.status_code == 200
+    assert trained.client.get(f"/api/v1/projects/{project_id}/deployments", headers=engineer).json() == []

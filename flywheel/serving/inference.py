@@ -159,9 +159,16 @@ class Predictor:
         return candidates
 
     def predict(
-        self, session: Session, *, project_id: int, uploads: Sequence[tuple[str, IO[bytes]]], limits: Limits
+        self,
+        session: Session,
+        *,
+        project_id: int,
+        uploads: Sequence[tuple[str, IO[bytes]]],
+        limits: Limits,
+        first: ModelVersion | None = None,
     ) -> Served:
-        """Answers for uploaded images, with the model that gave them.
+        """Answers for uploaded images, with the model that gave them: ``first`` (a canary) if given and able,
+        else the first of ``serving_candidates`` able to.
 
         A model is checked first (Conflict when the project has none), then the files (``decode_uploads``: their
         errors are the caller's, whichever model answers); images are decoded one at a time, at the model's input
@@ -169,17 +176,17 @@ class Predictor:
         """
         problems: list[str] = []
         arrays: dict[int, np.ndarray] = {}  # by input size: a fallback model may take another
-        for model in self._candidates(session, project_id):
+        line = self._candidates(session, project_id)
+        if first is not None:
+            line = [first, *(model for model in line if model.id != first.id)]
+        for model in line:
             try:
                 backbone, (weight, bias) = self._ready(session, model)
             except Exception as exc:  # missing or broken files: the next model answers
                 problems.append(self._failed(project_id, model, exc))
                 continue
             if model.input_size not in arrays:
-                for _, stream in uploads:
-                    stream.seek(0)
-                images = decode_uploads(uploads, limits=limits, size=model.input_size)
-                arrays[model.input_size] = np.stack([to_array(image, model.input_size) for image in images])
+                arrays[model.input_size] = _arrays(uploads, limits, model.input_size)
             try:
                 embeddings = self._embed(backbone, arrays[model.input_size])
                 probabilities = head_probabilities(embeddings, weight, bias)
@@ -192,6 +199,16 @@ class Predictor:
             f"no model of project {project_id} can answer: {'; '.join(problems)}; restore the files or promote "
             "another model"
         )
+
+    def predict_with(
+        self, session: Session, *, model: ModelVersion, uploads: Sequence[tuple[str, IO[bytes]]], limits: Limits
+    ) -> Served:
+        """``model``'s answers alone, without fallback: what a shadow model (or the champion beside a canary)
+        would have said."""
+        backbone, (weight, bias) = self._ready(session, model)
+        embeddings = self._embed(backbone, _arrays(uploads, limits, model.input_size))
+        answers = [_answer(row, model.labels) for row in head_probabilities(embeddings, weight, bias)]
+        return Served(model, backbone, answers, embeddings)
 
     def prelabel(self, session: Session, *, image: Image) -> tuple[ModelVersion, Answer, str | None] | None:
         """The answer for a stored image of the first model in line that can give one (from the image's cached
@@ -218,6 +235,12 @@ class Predictor:
 
 class _Broken(Exception):
     """A model that failed less than ``retry_seconds`` ago: skipped without trying its files again."""
+
+
+def _arrays(uploads: Sequence[tuple[str, IO[bytes]]], limits: Limits, size: int) -> np.ndarray:
+    for _, stream in uploads:
+        stream.seek(0)
+    return np.stack([to_array(image, size) for image in decode_uploads(uploads, limits=limits, size=size)])
 
 
 def _answer(row: np.ndarray, labels: list[str]) -> Answer:

@@ -13,6 +13,7 @@ import logging
 import shutil
 import time
 from collections.abc import Iterable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -21,11 +22,11 @@ from typing import IO
 from prometheus_client import Counter
 from sqlalchemy import delete, select
 
-from flywheel.serving.inference import Answer, Served
+from flywheel.serving.inference import Answer, Predictor, Served
 from storage.blobs import BlobStore
 from storage.db import Database
 from storage.ingest import Candidate, Ingestor, Limits, Outcome, file_opener
-from storage.models import Image, ImageSource, PredictionLog, Project, utcnow
+from storage.models import Image, ImageSource, ModelVersion, PredictionLog, Project, utcnow
 from storage.projects import MonitoringSettings, project_settings
 
 PRUNE_EVERY_SECONDS = 60.0
@@ -44,33 +45,45 @@ _pruned_at: dict[int, float] = {}  # project id: when this process last deleted 
 class PredictedInput:
     name: str
     sha256: str
-    staged: Path | None = None  # a copy of the file to capture (the request's files go once the answer is sent)
+    # A copy of the file, for capture or for shadow models (the request's files go once the answer is sent).
+    staged: Path | None = None
+    capture: bool = False
+
+
+def input_hashes(uploads: Sequence[tuple[str, IO[bytes]]]) -> list[str]:
+    return [_sha256(stream) for _, stream in uploads]
 
 
 def predicted_inputs(
-    blobs: BlobStore, settings: MonitoringSettings, uploads: Sequence[tuple[str, IO[bytes]]], served: Served
+    blobs: BlobStore,
+    settings: MonitoringSettings,
+    uploads: Sequence[tuple[str, IO[bytes]]],
+    hashes: list[str],
+    served: Served,
+    *,
+    for_shadows: bool,
 ) -> list[PredictedInput]:
-    """Each upload's hash; the files to capture copied into a staging folder that ``record_predictions`` removes."""
-    hashes = [_sha256(stream) for _, stream in uploads]
-    chosen = [
-        i
-        for i, (sha256, answer) in enumerate(zip(hashes, served.answers, strict=True))
-        if wanted(settings, sha256, answer)
-    ]
+    """Each upload with its hash; those to capture (or all of them, for shadow models) copied into a staging folder
+    that ``record_predictions`` removes."""
+    captured = [wanted(settings, sha256, answer) for sha256, answer in zip(hashes, served.answers, strict=True)]
+    keep = [i for i, capture in enumerate(captured) if capture or for_shadows]
     staged: dict[int, Path] = {}
-    if chosen:
+    if keep:
         try:
-            folder = blobs.make_staging_dir("capture-")
-            for i in chosen:
+            folder = blobs.make_staging_dir("predicted-")
+            for i in keep:
                 staged[i] = folder / f"{i}"
                 uploads[i][1].seek(0)
                 with staged[i].open("wb") as out:
                     shutil.copyfileobj(uploads[i][1], out, COPY_CHUNK)
-        except Exception:  # a full disk, a store that refuses: the answer goes out, without the capture
+        except Exception:  # a full disk, a store that refuses: the answer goes out, without capture or shadows
             FAILURES.labels("capture").inc()
-            log.exception("project %s: the production images to capture could not be staged", served.model.project_id)
+            log.exception("project %s: the predicted images could not be staged", served.model.project_id)
             staged = {}
-    return [PredictedInput(name, hashes[i], staged.get(i)) for i, (name, _) in enumerate(uploads)]
+    return [
+        PredictedInput(name, hashes[i], staged.get(i), captured[i] and i in staged)
+        for i, (name, _) in enumerate(uploads)
+    ]
 
 
 def wanted(settings: MonitoringSettings, sha256: str, answer: Answer) -> bool:
@@ -86,19 +99,25 @@ def record_predictions(
     db: Database,
     blobs: BlobStore,
     limits: Limits,
+    predictor: Predictor,
     *,
     project_id: int,
     served: Served,
     inputs: list[PredictedInput],
     latency_ms: float,
+    request_id: str,
+    shadows: list[int],
 ) -> None:
-    """Capture the staged inputs and log each answer (``monitoring.log_days``); never raises."""
+    """Capture the inputs chosen for it, log each answer (``monitoring.log_days``) and run the shadow models on a
+    copy of the request; never raises."""
     try:
         with db.read_session() as session:
             log_days = project_settings(session.get_one(Project, project_id)).monitoring.log_days
         in_pool = _capture(db, blobs, limits, project_id, inputs)
         if log_days > 0:
-            _log(db, project_id, served, inputs, in_pool, latency_ms / max(len(inputs), 1))
+            _log(db, project_id, served, inputs, in_pool, latency_ms, request_id, "served")
+            for model_id in shadows:
+                _shadow(db, limits, predictor, project_id, model_id, inputs, in_pool, request_id)
             _prune(db, project_id, log_days)
     except Exception:  # the answer has been sent: what fails here is logged and counted, not returned
         FAILURES.labels("log").inc()
@@ -109,11 +128,37 @@ def record_predictions(
             shutil.rmtree(folder, ignore_errors=True)
 
 
+def _shadow(
+    db: Database,
+    limits: Limits,
+    predictor: Predictor,
+    project_id: int,
+    model_id: int,
+    inputs: list[PredictedInput],
+    in_pool: dict[str, int],
+    request_id: str,
+) -> None:
+    """One shadow model's answers on the request's inputs, logged beside the answers sent."""
+    if any(item.staged is None for item in inputs):
+        return  # not staged (the store refused): nothing to predict on
+    try:
+        with db.read_session() as session, ExitStack() as files:
+            model = session.get_one(ModelVersion, model_id)
+            uploads = [(item.name, files.enter_context(item.staged.open("rb"))) for item in inputs if item.staged]
+            started = time.perf_counter()
+            answers = predictor.predict_with(session, model=model, uploads=uploads, limits=limits)
+            latency_ms = (time.perf_counter() - started) * 1000
+        _log(db, project_id, answers, inputs, in_pool, latency_ms, request_id, "shadow")
+    except Exception:
+        FAILURES.labels("shadow").inc()
+        log.exception("project %s: shadow model %s failed on a request; the answers were sent", project_id, model_id)
+
+
 def _capture(
     db: Database, blobs: BlobStore, limits: Limits, project_id: int, inputs: list[PredictedInput]
 ) -> dict[str, int]:
     """The pool image id of each input that is in the pool now: captured by this call or there already."""
-    chosen = [item for item in inputs if item.staged is not None]
+    chosen = [item for item in inputs if item.capture]
     if chosen:
         try:
             results = Ingestor(db=db, blobs=blobs, limits=limits, workers=1).ingest(project_id, _candidates(chosen))
@@ -155,7 +200,11 @@ def _log(
     inputs: list[PredictedInput],
     in_pool: dict[str, int],
     latency_ms: float,
+    request_id: str,
+    role: str,
 ) -> None:
+    """One row per input; ``latency_ms`` is the request's model time, shared by its inputs."""
+    per_input = latency_ms / max(len(inputs), 1)
     with db.session() as session:
         session.add_all(
             PredictionLog(
@@ -166,9 +215,11 @@ def _log(
                 input_sha256=item.sha256,
                 label=answer.label,
                 confidence=answer.confidence,
-                latency_ms=latency_ms,
+                latency_ms=per_input,
                 embedding=embedding.astype("float32").tobytes(),
                 image_id=in_pool.get(item.sha256),
+                request_id=request_id,
+                role=role,
             )
             for item, answer, embedding in zip(inputs, served.answers, served.embeddings, strict=True)
         )

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from enum import StrEnum
 from typing import Annotated
 
@@ -9,8 +10,9 @@ from fastapi.responses import JSONResponse, Response
 
 from flywheel.policy import make_champion, start_export
 from flywheel.serving.inference import model_version
-from flywheel.serving.prediction_log import predicted_inputs, record_predictions
+from flywheel.serving.prediction_log import input_hashes, predicted_inputs, record_predictions
 from flywheel.serving.registry import DownloadFormat, FilesPending, champion, list_models, model_card, model_file
+from flywheel.serving.traffic import canary_for, shadows_for
 from service.deps import (
     CurrentUser,
     EngineerModel,
@@ -139,19 +141,30 @@ def predict(
     are missing or broken an older model answers and says so (`fallback`). After the answer, each prediction is
     logged and, by the project's `monitoring.capture` setting, its image stored into the pool for labeling."""
     uploads = [(f.filename or "upload", f.file) for f in files]
+    hashes = input_hashes(uploads)
     started = time.perf_counter()
-    served = runtime.predictor.predict(session, project_id=project.id, uploads=uploads, limits=runtime.limits)
+    served = runtime.predictor.predict(
+        session,
+        project_id=project.id,
+        uploads=uploads,
+        limits=runtime.limits,
+        first=canary_for(session, project_id=project.id, hashes=hashes),
+    )
     latency_ms = (time.perf_counter() - started) * 1000
-    inputs = predicted_inputs(runtime.blobs, project_settings(project).monitoring, uploads, served)
+    shadows = shadows_for(session, project_id=project.id, answered_by=served.model)
+    settings = project_settings(project).monitoring
     background.add_task(
         record_predictions,
         runtime.db,
         runtime.blobs,
         runtime.limits,
+        runtime.predictor,
         project_id=project.id,
         served=served,
-        inputs=inputs,
+        inputs=predicted_inputs(runtime.blobs, settings, uploads, hashes, served, for_shadows=bool(shadows)),
         latency_ms=latency_ms,
+        request_id=uuid.uuid4().hex,
+        shadows=shadows,
     )
     return PredictResult(
         model_id=served.model.id,
@@ -159,7 +172,7 @@ def predict(
         fallback=served.fallback is not None,
         fallback_reason=served.fallback,
         predictions=[
-            PredictionRead(filename=item.name, label=a.label, confidence=a.confidence, probabilities=a.probabilities)
-            for item, a in zip(inputs, served.answers, strict=True)
+            PredictionRead(filename=name, label=a.label, confidence=a.confidence, probabilities=a.probabilities)
+            for (name, _), a in zip(uploads, served.answers, strict=True)
         ],
     )

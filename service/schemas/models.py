@@ -32,6 +32,10 @@ class ModelRead(BaseModel):
     job_id: int | None = Field(description="The job that trained it.")
     seed: int
     test_accuracy: float | None = Field(default=None, description="Accuracy on the test split of its snapshot.")
+    deployment: str | None = Field(
+        default=None, description="shadow or canary (PUT /models/{id}/deployment); null for neither."
+    )
+    traffic_share: float | None = Field(default=None, description="A canary's share of /predict requests.")
     created_at: datetime
     finished_at: datetime | None
     files_pruned_at: datetime | None = Field(
