@@ -146,10 +146,11 @@ def submit(
     )
     if not result.replayed:
         after_commit(session, lambda: runtime.notifier.labels_changed(project.id))  # the flywheel decides, not us
-    answer: AnnotationRead | AnnotationAndNext = AnnotationRead.model_validate(result.annotation)
+    stored = AnnotationRead.model_validate(result.annotation)
+    answer: AnnotationRead | AnnotationAndNext = stored
     if and_next:
         task = next_task(session, principal=principal, project=project)
-        answer = AnnotationAndNext(annotation=answer, next_task=_task_read(session, runtime, task) if task else None)
+        answer = AnnotationAndNext(annotation=stored, next_task=_task_read(session, runtime, task) if task else None)
     payload = answer.model_dump(mode="json")
     return JSONResponse(payload, status_code=status.HTTP_200_OK if result.replayed else status.HTTP_201_CREATED)
 
