@@ -42,7 +42,7 @@ ADMIN_TOKEN = "deployment-test-admin-token-0123456789"
 ANNOTATORS = 16
 IMAGES = 160
 THINK_SECONDS = 0.02  # between an answer and the next label, so labeling lasts while the first training runs
-TRAINING = {"min_new_labels": 40, "epochs": 3, "patience": 3}
+TRAINING = {"min_new_labels": 40, "epochs": 6, "patience": 6}  # long enough to be killed mid-job
 FINISHED = (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
 
 

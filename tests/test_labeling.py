@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import httpx
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import event, select, update
 
 from storage.models import Annotation, Assignment, AssignmentStatus, Image, Prediction, Role, utcnow
 from tests import imagefactory as img
@@ -191,6 +192,25 @@ def test_a_refused_round_trip_stores_nothing_and_leases_nothing(client, admin, t
     assert [a.image_id for a in live_leases(app, team[0])] == [image_id]  # the task still held, nothing more
     last = submit(client, project, team[0], image_id, "cat", and_next=True).json()["next_task"]
     assert submit(client, project, team[0], last["image_id"], "cat", and_next=True).json()["next_task"] is None
+
+
+def test_one_round_trip_costs_fewer_statements_than_next_then_submit(client, admin, team, app):
+    project, _ = setup_project(client, admin, team, images=6)
+    statements: list[str] = []
+    event.listen(app.state.runtime.db.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+
+    def counted(call) -> tuple[httpx.Response, int]:
+        statements.clear()
+        return call(), len(statements)
+
+    task, for_next = counted(lambda: next_task(client, project, team[0]))
+    image_id = task.json()["image_id"]
+    answer, for_submit = counted(lambda: submit(client, project, team[0], image_id, "cat", key=f"two-{image_id}"))
+    assert answer.status_code == 201
+    image_id = next_task(client, project, team[0]).json()["image_id"]
+    both, for_one_trip = counted(lambda: submit(client, project, team[0], image_id, "cat", key="one", and_next=True))
+    assert both.status_code == 201 and both.json()["next_task"] is not None
+    assert for_one_trip < for_next + for_submit, (for_one_trip, for_next, for_submit)
 
 
 def test_a_correction_supersedes_and_history_is_kept(client, admin, team, engineer):
