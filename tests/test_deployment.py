@@ -75,14 +75,17 @@ def deployment(tmp_path: Path, database_url: str, redis_url: str, s3_endpoint: s
     }
     migrated = subprocess.run([LABELWHEEL, "db", "upgrade"], env=env, capture_output=True, text=True)
     assert migrated.returncode == 0, migrated.stderr
-    with ExitStack() as stack, ThreadPoolExecutor(2) as starting:
-        workers = [start_worker(env) for _ in range(2)]  # seconds of imports: they start while the APIs do
+    with ExitStack() as stack:
+        with ThreadPoolExecutor(2) as starting:  # both at once: each takes seconds of imports
+            started = [
+                starting.submit(stack.enter_context, running_server(env, tmp_path / f"api{i}.log")) for i in range(2)
+            ]
+            apis = [f.result() for f in started]
+        # Then the workers (their lanes are "down" in /health while they start, which the APIs' start waits out).
+        workers = [start_worker(env) for _ in range(2)]
         for worker in workers:
             stack.callback(stop_worker, worker)
-        started = [
-            starting.submit(stack.enter_context, running_server(env, tmp_path / f"api{i}.log")) for i in range(2)
-        ]
-        yield Deployment(database_url, bucket, s3_endpoint, [f.result() for f in started], workers)
+        yield Deployment(database_url, bucket, s3_endpoint, apis, workers)
 
 
 @dataclass
