@@ -42,7 +42,8 @@ ADMIN_TOKEN = "deployment-test-admin-token-0123456789"
 ANNOTATORS = 16
 IMAGES = 160
 THINK_SECONDS = 0.02  # between an answer and the next label, so labeling lasts while the first training runs
-TRAINING = {"min_new_labels": 40, "epochs": 6, "patience": 6}  # long enough to be killed mid-job
+# Six short epochs: long enough to be killed mid-job, cheap enough for the suite.
+TRAINING = {"min_new_labels": 40, "epochs": 6, "patience": 6, "min_epoch_images": 256}
 FINISHED = (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
 
 
