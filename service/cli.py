@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from service.cli_labelstudio import labelstudio_app
 from service.cli_remote import REMOTE_COMMANDS, login, predict, pull_app, push
 from storage.settings import Settings, SettingsError, get_settings
 
@@ -27,6 +28,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(users_app, name="users")
 app.add_typer(projects_app, name="projects")
 projects_app.add_typer(members_app, name="members")
+app.add_typer(labelstudio_app, name="labelstudio")
 
 console = Console(stderr=True, soft_wrap=True)
 
