@@ -213,7 +213,7 @@ def _register(ls: LabelStudio, done: Connected, *, ls_project_id: int, secret: s
     auth = {"auth_method": "BASIC_AUTH", "basic_auth_user": BASIC_AUTH_USER, "basic_auth_pass": secret}
     ours = [m for m in ls.ml.list(project=ls_project_id) if (m.url or "").rstrip("/") == done.backend_url]
     if ours:
-        backend = ls.ml.update(id=ours[0].id, url=done.backend_url, **auth)  # type: ignore[arg-type]
+        backend = ls.ml.update(id=ours[0].id, project=ls_project_id, url=done.backend_url, **auth)  # type: ignore[arg-type]
     else:
         backend = ls.ml.create(project=ls_project_id, url=done.backend_url, title="labelwheel", **auth)  # type: ignore[arg-type]
     done.ml_backend_id = backend.id
