@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from label_studio_sdk import LabelStudio
+from label_studio_sdk.types import PredictionRequest
 from sqlalchemy import select
 
 from annotation.imports import ImportSummary, ImportTask, TaskRejected, store_tasks
@@ -31,6 +32,7 @@ from storage.projects import create_project
 from storage.users import find_user
 
 TASK_BATCH = 100
+PUSH_BATCH = 500
 WEBHOOK_ACTIONS = ["ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED"]
 
 
@@ -267,6 +269,7 @@ def push_predictions(backend: Backend, *, project_id: int, ls: LabelStudio | Non
     ls_project = ls.projects.get(id=link.ls_project_id)
     target = target_from_config(ls_project.label_config or "", list(project.labels))
     pushed: list[tuple[int, float]] = []
+    requests: list[PredictionRequest] = []
     for (task, image), answer in zip(changed, answers, strict=True):
         score = priority_score(image.queue_tier, image.priority)
         result = {
@@ -276,8 +279,10 @@ def push_predictions(backend: Backend, *, project_id: int, ls: LabelStudio | Non
             "value": {"choices": [answer.label]},
             "score": answer.confidence,
         }
-        ls.predictions.create(task=task.ls_task_id, result=[result], score=score, model_version=version)
+        requests.append(PredictionRequest(task=task.ls_task_id, result=[result], score=score, model_version=version))
         pushed.append((task.ls_task_id, score))
+    for start in range(0, len(requests), PUSH_BATCH):  # one request per batch, not one per task
+        ls.projects.import_predictions(id=link.ls_project_id, request=requests[start : start + PUSH_BATCH])
     with backend.db.session() as session:
         for ls_task_id, score in pushed:
             row = session.get_one(LabelStudioTask, (project_id, ls_task_id))
