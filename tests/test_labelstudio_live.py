@@ -84,7 +84,6 @@ def test_a_label_studio_project_labeled_by_its_users_trains_labelwheel_and_shows
     from label_studio_sdk import LabelStudio
 
     ls = LabelStudio(base_url=label_studio.url, api_key=server.TOKEN)
-    print("T start", time.monotonic())  # noqa: T201
     auth = {"Authorization": f"Token {server.TOKEN}"}
     training = {**FAST_TRAINING, "auto_train": False}
     project = make_project(
@@ -113,7 +112,6 @@ def test_a_label_studio_project_labeled_by_its_users_trains_labelwheel_and_shows
         foreign = ls.tasks.create(project=ls_project.id, data={"image": elsewhere.url + "/x.png"})
         monkeypatch.setenv("LABELWHEEL_DATA_DIR", str(settings.data_dir))
         monkeypatch.setenv("LABELWHEEL_DATABASE_URL", settings.database_url)
-        print("T ls setup", time.monotonic())  # noqa: T201
         get_settings.cache_clear()
         command = ["labelstudio", "connect", "--url", label_studio.url, "--api-key", server.TOKEN,
                    "--ls-project", str(ls_project.id), "--project", "digits", "--backend-url", labelwheel]  # fmt: skip
@@ -139,9 +137,7 @@ def test_a_label_studio_project_labeled_by_its_users_trains_labelwheel_and_shows
         assert {name for _, name in current()} == {f"ls-{p.id}" for p in people}
 
         # Labeling in Label Studio reaches labelwheel through the webhook, as each user's own labels.
-        print("T connect done", time.monotonic())  # noqa: T201
         made = [label(task.id, people[k % 2].id) for k, task in enumerate(tasks[10:45])]
-        print("T labeled", time.monotonic())  # noqa: T201
         wait_for(lambda: len(current()) == 45, "45 labels in labelwheel")
         changed = ls.annotations.update(id=made[0].id, result=[{"from_name": "digit", "to_name": "img",
                                         "type": "choices", "value": {"choices": ["9"]}}])  # fmt: skip
@@ -150,19 +146,16 @@ def test_a_label_studio_project_labeled_by_its_users_trains_labelwheel_and_shows
         stored = current()
         assert sum(1 for label_ in stored.values() if label_ == "9") >= 1 and changed.id == made[0].id
 
-        print("T webhooks done", time.monotonic())  # noqa: T201
         created = client.post(f"/api/v1/projects/{pid}/jobs", json={"kind": "train"}, headers=admin.headers).json()
         run(app, created["id"])
         trained = client.get(f"/api/v1/jobs/{created['id']}", headers=admin.headers).json()
         assert trained["status"] == "succeeded" and trained["result"]["promoted"], trained
         version = f"model-{trained['result']['model_id']}"
-        print("T trained", time.monotonic())  # noqa: T201
         mine = client.post(f"/api/v1/projects/{pid}/jobs", json={"kind": "mine"}, headers=admin.headers).json()
         run(app, mine["id"])
         mined = client.get(f"/api/v1/jobs/{mine['id']}", headers=admin.headers).json()
         assert mined["result"]["labelstudio"] == {"pushed": 60, "model_version": version}, mined
 
-        print("T mined", time.monotonic())  # noqa: T201
         # Label Studio now holds labelwheel's predictions, and its sort by prediction score starts where
         # labelwheel's queue does.
         unlabeled = [t.id for t in tasks[45:]]
@@ -180,7 +173,6 @@ def test_a_label_studio_project_labeled_by_its_users_trains_labelwheel_and_shows
 
         # Label Studio asking itself (its "retrieve predictions" action calls /predict): a new task is predicted,
         # the task on another host is answered with an error and nothing is fetched from there.
-        print("T checked", time.monotonic())  # noqa: T201
         late = ls.tasks.create(project=ls_project.id, data={"image": tasks[50].data["image"]})
         action = httpx.post(
             f"{label_studio.url}/api/dm/actions?id=retrieve_tasks_predictions&project={ls_project.id}",
@@ -192,5 +184,3 @@ def test_a_label_studio_project_labeled_by_its_users_trains_labelwheel_and_shows
         asked = wait_for(lambda: list(ls.predictions.list(task=late.id)), "Label Studio's own prediction")
         assert asked[0].model_version == version and asked[0].result[0]["value"]["choices"][0] in DIGIT_LABELS
         assert elsewhere.requests == []
-
-    print("T end", time.monotonic())  # noqa: T201
