@@ -128,6 +128,7 @@ def test_webhook_events_become_annotations_of_label_studio_users_and_start_train
         assert bad.status_code == 201  # answered at once; the unknown label is refused in the background
 
         def current() -> list[tuple[int, str, str]]:
+            app.state.labelstudio_events.drain(30)  # events are applied after the answer, in order
             rows = client.get(f"/api/v1/projects/{pid}/annotations", headers=admin.headers).json()["items"]
             names = {u["id"]: u["name"] for u in client.get("/api/v1/users", headers=admin.headers).json()}
             return sorted((r["image_id"], names[r["annotator_id"]], r["label"]) for r in rows if r["is_current"])
@@ -147,6 +148,7 @@ def test_webhook_events_become_annotations_of_label_studio_users_and_start_train
         assert (
             client.post(hook, json={"action": "START_TRAINING", "project": {"id": 7}}, headers=auth).status_code == 201
         )
+        app.state.labelstudio_events.drain(30)
         jobs = client.get(f"/api/v1/projects/{pid}/jobs", headers=admin.headers).json()
         assert [(j["kind"], j["params"]["trigger"]) for j in jobs] == [("train", "labelstudio")]
         assert client.post(f"/labelstudio/{pid}/setup", json={"schema": CONFIG}, headers=auth).json() == {

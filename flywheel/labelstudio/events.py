@@ -10,6 +10,8 @@ the import's own checks, so an update replaces the user's answer and a repeated 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from annotation.annotations import withdraw_answer
@@ -29,6 +31,30 @@ ANNOTATION_EVENTS = frozenset({"ANNOTATION_CREATED", "ANNOTATION_UPDATED"})
 DELETE_EVENTS = frozenset({"ANNOTATION_DELETED", "ANNOTATIONS_DELETED"})
 # What the reference backend answers 201 to; any other event gets 200 "Unknown event".
 HANDLED = ANNOTATION_EVENTS | DELETE_EVENTS | {"START_TRAINING"}
+
+
+class EventQueue:
+    """Applies events one at a time, in arrival order, on a thread of its own, so the webhook's answer never waits
+    for an event's work (nor, on a kept-alive connection, for the previous event's). Events still queued when the
+    process stops are lost: Label Studio's export, read again by ``labelwheel labelstudio connect``, fills the gap.
+    """
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="labelstudio-events")
+
+    def submit(self, work: Callable[[], None]) -> None:
+        self._pool.submit(self._run, work)
+
+    @staticmethod
+    def _run(work: Callable[[], None]) -> None:
+        try:
+            work()
+        except Exception:  # one event's failure must not stop the ones after it
+            log.exception("a Label Studio event failed")
+
+    def drain(self, timeout: float | None = None) -> None:
+        """Wait until every event submitted so far is applied."""
+        self._pool.submit(lambda: None).result(timeout)
 
 
 def apply_event(backend: Backend, transport: Transport, *, project_id: int, payload: dict[str, Any]) -> bool:

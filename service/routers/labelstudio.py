@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, BackgroundTasks, Body, Depends, Request, status
+from fastapi import APIRouter, Body, Depends, Request, status
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 
@@ -81,28 +81,32 @@ def predict(project_id: LinkedProject, body: PredictRequest, runtime: RuntimeDep
     return {"results": results}
 
 
-def _apply(runtime: Runtime, project_id: int, payload: dict[str, Any]) -> None:
-    if apply_event(_backend(runtime), runtime.transport, project_id=project_id, payload=payload):
-        runtime.notifier.labels_changed(project_id)
+def _apply(request: Request, project_id: int, payload: dict[str, Any]) -> None:
+    """Apply the event after the answer, in arrival order (``EventQueue``); the flywheel hears of new labels."""
+    runtime: Runtime = request.app.state.runtime
+
+    def work() -> None:
+        if apply_event(_backend(runtime), runtime.transport, project_id=project_id, payload=payload):
+            runtime.notifier.labels_changed(project_id)
+
+    request.app.state.labelstudio_events.submit(work)
 
 
 @router.post(BASE + "/webhook", summary="Label Studio's events: annotations, deletions, Start Training")
-def webhook(
-    project_id: LinkedProject, payload: Annotated[dict[str, Any], Body()], runtime: RuntimeDep, tasks: BackgroundTasks
-) -> JSONResponse:
+def webhook(project_id: LinkedProject, payload: Annotated[dict[str, Any], Body()], request: Request) -> JSONResponse:
     """Answers at once (Label Studio waits inside its annotator's request) and applies the event after the answer:
     201 `{status: ok}` for annotation events and START_TRAINING, 200 `{status: Unknown event}` otherwise."""
     action = payload.get("action")
     if action not in HANDLED:
         return JSONResponse({"status": "Unknown event"}, status_code=200)
-    tasks.add_task(_apply, runtime, project_id, payload)
+    _apply(request, project_id, payload)
     return JSONResponse({"result": {"action": action}, "status": "ok"}, status_code=201)
 
 
 @router.post(BASE + "/train", status_code=status.HTTP_201_CREATED, summary="Legacy: start a training")
-def train(project_id: LinkedProject, _: TrainRequest, runtime: RuntimeDep, tasks: BackgroundTasks) -> dict[str, Any]:
+def train(project_id: LinkedProject, _: TrainRequest, request: Request) -> dict[str, Any]:
     """The legacy call sends every annotation; labelwheel has them from the webhook already and starts a training."""
-    tasks.add_task(_apply, runtime, project_id, {"action": "START_TRAINING"})
+    _apply(request, project_id, {"action": "START_TRAINING"})
     return {"result": {"action": "START_TRAINING"}, "status": "ok"}
 
 
