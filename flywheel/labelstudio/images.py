@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -31,6 +32,7 @@ from storage.ingest import Candidate, Ingestor, Limits, Outcome
 from storage.models import ImageSource, LabelStudioTask
 
 FETCH_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
+FETCHERS = 4  # images fetched at once from Label Studio
 
 
 @dataclass(frozen=True)
@@ -141,12 +143,21 @@ def task_images(
             found[k] = exc
     if to_fetch:
         candidates: dict[int, Candidate] = {}
-        with httpx.Client(follow_redirects=False, timeout=FETCH_TIMEOUT, trust_env=False) as client:
-            for k, url in to_fetch.items():
-                try:
-                    data = _fetch(client, source, url, limits)
-                except TaskRejected as exc:
-                    found[k] = exc
+
+        def fetch(item: tuple[int, str]) -> tuple[int, str, bytes | TaskRejected]:
+            k, url = item
+            try:
+                return k, url, _fetch(client, source, url, limits)
+            except TaskRejected as exc:
+                return k, url, exc
+
+        with (
+            httpx.Client(follow_redirects=False, timeout=FETCH_TIMEOUT, trust_env=False) as client,
+            ThreadPoolExecutor(FETCHERS) as pool,
+        ):
+            for k, url, data in pool.map(fetch, to_fetch.items()):
+                if isinstance(data, TaskRejected):
+                    found[k] = data
                     continue
                 name = PurePosixPath(unquote(urlsplit(url).path)).name or f"task-{tasks[k]['id']}"
                 candidates[k] = Candidate(name=name, source=ImageSource.label_studio, open=_opener(data))
