@@ -10,7 +10,9 @@ remembered with its image, so it is never fetched twice while its reference stay
 
 from __future__ import annotations
 
+import functools
 import io
+import ssl
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
@@ -88,6 +90,13 @@ def _fetch(client: httpx.Client, source: Source, url: str, limits: Limits) -> by
         raise TaskRejected("image_fetch_failed", f"the task's image could not be fetched: {exc}"[:300]) from None
 
 
+@functools.cache
+def _tls() -> ssl.SSLContext:
+    """One TLS context for every fetch (the system's CAs): making one loads them, a good part of a small fetch's
+    time."""
+    return ssl.create_default_context()
+
+
 def _opener(data: bytes) -> Any:
     def open_bytes() -> AbstractContextManager[IO[bytes]]:
         return io.BytesIO(data)
@@ -152,7 +161,7 @@ def task_images(
                 return k, url, exc
 
         with (
-            httpx.Client(follow_redirects=False, timeout=FETCH_TIMEOUT, trust_env=False) as client,
+            httpx.Client(follow_redirects=False, timeout=FETCH_TIMEOUT, trust_env=False, verify=_tls()) as client,
             ThreadPoolExecutor(FETCHERS) as pool,
         ):
             for k, url, data in pool.map(fetch, to_fetch.items()):
