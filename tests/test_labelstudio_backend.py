@@ -91,6 +91,9 @@ def test_predict_answers_each_task_in_order_with_the_queue_priority_and_fetches_
 
         missing = client.post(base + "/predict", json={"tasks": tasks}, headers=auth)
         assert missing.status_code == 422 and "label_config" in missing.json()["error"]["message"]
+        odd = [{"id": 2**70, "data": {"picture": "/a.png"}}, {"id": 5}, {"id": True, "data": {}}]
+        answered_odd = client.post(base + "/predict", json={"tasks": odd, "label_config": CONFIG}, headers=auth)
+        assert [r["error"]["code"] for r in answered_odd.json()["results"]] == ["invalid_task"] * 3
         versions = client.get(base + "/versions", headers=auth).json()["versions"]
         assert version["model_version"] in versions
         status = client.get(f"/api/v1/projects/{pid}/labelstudio", headers=admin.headers).json()
@@ -167,7 +170,8 @@ def test_a_link_needs_a_plain_server_url_and_a_config_that_maps(client, admin):
             f"/api/v1/projects/{pid}/labelstudio", json={"url": url, "access_token": "t"}, headers=admin.headers
         )
         assert refused.status_code == 422 and refused.json()["error"]["code"] == "invalid_url", url
-    assert client.get(f"/api/v1/projects/{pid}/labelstudio", headers=admin.headers).status_code == 404
+    unconnected = client.get(f"/api/v1/projects/{pid}/labelstudio", headers=admin.headers)
+    assert unconnected.status_code == 409 and unconnected.json()["error"]["code"] == "not_connected"
     secret = connect(client, admin, pid, "http://127.0.0.1:9")["basic_auth_password"]
     polygon = (
         '<View><Image name="i" value="$image"/><PolygonLabels name="p" toName="i"><Label value="cat"/>'

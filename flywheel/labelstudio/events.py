@@ -20,7 +20,7 @@ from annotation.labelstudio_tasks import Target, task_answers
 from flywheel.jobs.rows import create_job
 from flywheel.jobs.transport import Transport
 from flywheel.labelstudio.backend import Backend, project_target
-from flywheel.labelstudio.images import Source, task_images
+from flywheel.labelstudio.images import Source, task_images, valid_id
 from flywheel.labelstudio.links import get_link
 from storage.errors import LabelwheelError
 from storage.models import JobKind, LabelStudioAnnotation, Project, TaskType
@@ -83,7 +83,7 @@ def apply_event(backend: Backend, transport: Transport, *, project_id: int, payl
 def store_annotation(backend: Backend, *, project_id: int, payload: dict[str, Any]) -> bool:
     """Store the event's annotation as its user's answer on the task's image (fetched once from Label Studio)."""
     task, annotation = payload.get("task"), payload.get("annotation")
-    if not isinstance(task, dict) or not isinstance(annotation, dict) or not isinstance(annotation.get("id"), int):
+    if not isinstance(task, dict) or not isinstance(annotation, dict) or not valid_id(annotation.get("id")):
         log.warning("Label Studio annotation event for project %s without a task or an annotation id", project_id)
         return False
     config = payload.get("project", {}).get("label_config") if isinstance(payload.get("project"), dict) else None
@@ -133,7 +133,7 @@ def delete_annotations(backend: Backend, *, project_id: int, payload: dict[str, 
     listed = payload.get("annotations")
     if not isinstance(listed, list):
         listed = [payload.get("annotation")]
-    ids = [item["id"] for item in listed if isinstance(item, dict) and isinstance(item.get("id"), int)]
+    ids = [item["id"] for item in listed if isinstance(item, dict) and valid_id(item.get("id"))]
     changed = False
     with backend.db.session() as session:
         project = session.get_one(Project, project_id)

@@ -37,6 +37,11 @@ FETCH_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
 FETCHERS = 4  # images fetched at once from Label Studio
 
 
+def valid_id(value: Any) -> bool:
+    """A Label Studio id as the tables hold them (64-bit)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**63
+
+
 @dataclass(frozen=True)
 class Source:
     """Where a project's images may come from: the Label Studio origin, and its API token."""
@@ -118,8 +123,8 @@ def task_images(
     found: list[int | TaskRejected | None] = [None] * len(tasks)
     references: list[str | None] = [None] * len(tasks)
     for k, task in enumerate(tasks):
-        if not isinstance(task, dict) or not isinstance(task.get("id"), int) or not isinstance(task.get("data"), dict):
-            found[k] = TaskRejected("invalid_task", "a task needs an integer id and a data object")
+        if not isinstance(task, dict) or not valid_id(task.get("id")) or not isinstance(task.get("data"), dict):
+            found[k] = TaskRejected("invalid_task", "a task needs a positive integer id and a data object")
             continue
         reference = image_reference(task, target)
         if reference is None:

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from storage.errors import InvalidInput, NotFound
+from storage.errors import Conflict, InvalidInput
 from storage.models import LabelStudioAnnotation, LabelStudioLink, LabelStudioTask, Project
 from storage.users import hash_token
 
@@ -49,7 +49,7 @@ def origin_of(url: str) -> str:
 def get_link(session: Session, *, project_id: int) -> LabelStudioLink:
     link = session.get(LabelStudioLink, project_id)
     if link is None:
-        raise NotFound(
+        raise Conflict(
             f"project {project_id} is not connected to Label Studio: run `labelwheel labelstudio connect` or PUT "
             f"/api/v1/projects/{project_id}/labelstudio",
             code="not_connected",
