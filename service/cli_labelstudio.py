@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
+from service.cli_places import where_it_looked
 from storage.settings import Settings, SettingsError, get_settings
 
 if TYPE_CHECKING:
@@ -41,10 +42,12 @@ def _errors(url: str) -> Iterator[None]:
     import httpx
     from label_studio_sdk.core.api_error import ApiError
 
-    from storage.errors import LabelwheelError
+    from storage.errors import LabelwheelError, NotFound
 
     try:
         yield
+    except NotFound as exc:
+        raise _fail(f"{exc.message} {where_it_looked(_settings())}") from None
     except LabelwheelError as exc:
         raise _fail(exc.message) from None
     except ApiError as exc:
