@@ -179,3 +179,24 @@ def test_a_link_needs_a_plain_server_url_and_a_config_that_maps(client, admin):
     )
     answer = client.post(f"/labelstudio/{pid}/setup", json={"schema": polygon}, headers=basic(secret))
     assert answer.status_code == 422 and "Choices" in answer.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("config", "why"),
+    [
+        ('<View><Image name="i" value="$image"/><Choices name="c" toName="i" choice="multiple">'
+         '<Choice value="a"/></Choices></View>', 'choice="multiple"'),
+        ('<View><Image name="i" value="$image"/><Choices name="c" toName="i"><Choice value="a"/></Choices>'
+         '<Choices name="d" toName="i"><Choice value="b"/></Choices></View>', "several Choices"),
+        ('<View><Image name="i" value="$image"/><RectangleLabels name="r" toName="i"><Label value="a"/>'
+         "</RectangleLabels></View>", "<Choices"),
+        ("<View><Text name=", "not a valid Label Studio config"),
+    ],
+)  # fmt: skip
+def test_connect_refuses_a_config_it_cannot_map_and_says_why(config, why):
+    from flywheel.labelstudio.connect import config_labels
+    from storage.errors import InvalidInput
+
+    with pytest.raises(InvalidInput, match=why):
+        config_labels(config)
+    assert config_labels(CONFIG) == [str(d) for d in range(10)]
