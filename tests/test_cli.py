@@ -149,8 +149,11 @@ def test_every_command_that_takes_a_project_says_which_data_directory_it_looked_
         "users create": ["users", "create", "dave"],
         "projects members add": ["projects", "members", "add", "dave"],
         "projects members list": ["projects", "members", "list"],
+        "labelstudio status": ["labelstudio", "status"],
+        "labelstudio push": ["labelstudio", "push"],
     }
-    assert set(commands) == set(commands_with_a_project_option())
+    # `labelstudio connect` creates the project it is given when there is none.
+    assert set(commands) | {"labelstudio connect"} == set(commands_with_a_project_option())
     env = {"LABELWHEEL_DATA_DIR": str(data_dir), "LABELWHEEL_DATABASE_URL": ""}  # the embedded default
     for args in commands.values():
         result = cli([*args, "--project", "nope"], env)
