@@ -217,6 +217,25 @@ def submit_annotation(
     return Submitted(annotation, replayed=False)
 
 
+def withdraw_answer(session: Session, *, project: Project, image_id: int, annotator_id: int) -> bool:
+    """Take back an annotator's current answer (deleted in the tool it came from): it stays in the history, no
+    longer current, and the image's count, consensus and queue place follow. False when there was none."""
+    image = project_image(session, project=project, image_id=image_id, lock=True)
+    current = session.scalar(
+        select(Annotation).where(
+            Annotation.image_id == image.id, Annotation.annotator_id == annotator_id, Annotation.is_current
+        )
+    )
+    if current is None:
+        return False
+    current.is_current = False
+    image.label_count = max(image.label_count - 1, 0)
+    session.flush()
+    refresh_consensus(session, project=project, image=image)
+    session.flush()
+    return True
+
+
 def visible_annotator(principal: Principal, requested: int | None) -> int | None:
     """Annotators see only their own labels (overlapped images get independent ones); others see all."""
     if principal.role is Role.annotator:

@@ -7,6 +7,7 @@ import gc
 from fastapi import FastAPI
 
 from flywheel.jobs.transport import get_transport
+from flywheel.labelstudio.events import EventQueue
 from flywheel.policy import LabelNotifier
 from flywheel.serving.inference import Predictor
 from service.deps import Runtime
@@ -18,6 +19,7 @@ from service.routers import (
     images,
     jobs,
     labeling,
+    labelstudio,
     models,
     monitoring,
     projects,
@@ -62,6 +64,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool | None = None)
         swagger_ui_oauth2_redirect_url=None,
     )
     app.state.runtime = runtime
+    app.state.labelstudio_events = EventQueue()  # Label Studio's webhook events, applied after the answer
     add_exception_handlers(app)
     app.add_middleware(RequestContextMiddleware)
     for module in (
@@ -70,6 +73,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool | None = None)
         projects,
         images,
         labeling,
+        labelstudio,
         quality,
         exports,
         jobs,

@@ -15,6 +15,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from service.cli_labelstudio import labelstudio_app
+from service.cli_places import where_it_looked
 from service.cli_remote import REMOTE_COMMANDS, login, predict, pull_app, push
 from storage.settings import Settings, SettingsError, get_settings
 
@@ -27,6 +29,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(users_app, name="users")
 app.add_typer(projects_app, name="projects")
 projects_app.add_typer(members_app, name="members")
+app.add_typer(labelstudio_app, name="labelstudio")
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -63,16 +66,6 @@ def _error(message: str) -> None:
     console.print(message, style="red", markup=False, highlight=False)
 
 
-def _where(settings: Settings) -> str:
-    """Where a command looked: a name that is "not found" most often lives in another data directory."""
-    if settings.database_url:
-        from sqlalchemy.engine import make_url
-
-        url = make_url(settings.database_url).render_as_string(hide_password=True)
-        return f"in the database {url} (LABELWHEEL_DATABASE_URL)"
-    return f"in the data directory {settings.data_dir.resolve()} (LABELWHEEL_DATA_DIR)"
-
-
 @contextmanager
 def _exit_on_error(settings: Settings) -> Iterator[None]:
     """End the command with the message of a domain error (exit 1); "not found" also says where it looked."""
@@ -81,7 +74,7 @@ def _exit_on_error(settings: Settings) -> Iterator[None]:
     try:
         yield
     except LabelwheelError as exc:
-        _error(f"{exc.message} {_where(settings)}" if isinstance(exc, NotFound) else exc.message)
+        _error(f"{exc.message} {where_it_looked(settings)}" if isinstance(exc, NotFound) else exc.message)
         raise typer.Exit(1) from None
 
 

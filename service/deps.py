@@ -43,7 +43,8 @@ class Runtime:
         return Limits.from_settings(self.settings)
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
+    # async: FastAPI runs a plain def dependency in its thread pool, a hop that every request would pay for this.
     return request.app.state.runtime
 
 

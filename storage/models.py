@@ -586,3 +586,49 @@ class DriftPoint(Base):
     most_drifted: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
 
     __table_args__ = (Index("ix_drift_points_project_id_id", "project_id", "id"),)
+
+
+class LabelStudioLink(CreatedAt, Base):
+    """A project served to a Label Studio project as its ML backend (``flywheel.labelstudio``).
+
+    Images are fetched only from ``url``; Label Studio calls the backend with HTTP basic auth whose password is a
+    per-project secret, stored as its sha256 like API tokens.
+    """
+
+    __tablename__ = "labelstudio_links"
+
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
+    url: Mapped[str] = mapped_column(String(500))  # scheme://host[:port], nothing else
+    # Label Studio's API token: sent back to Label Studio to read task images and push predictions.
+    access_token: Mapped[str] = mapped_column(String(200))
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    ls_project_id: Mapped[int | None] = mapped_column(Integer)
+    pushed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class LabelStudioTask(Base):
+    """A Label Studio task whose image was fetched: the image it is, so it is never fetched twice, and the score
+    last pushed to Label Studio with a prediction, so only changed priorities are pushed again."""
+
+    __tablename__ = "labelstudio_tasks"
+
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
+    ls_task_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    reference: Mapped[str] = mapped_column(String(2000))  # data.image as Label Studio sent it
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    pushed_score: Mapped[float | None] = mapped_column(Float)
+    pushed_model: Mapped[str | None] = mapped_column(String(100))
+
+    __table_args__ = (Index("ix_labelstudio_tasks_image_id", "image_id"),)
+
+
+class LabelStudioAnnotation(Base):
+    """A Label Studio annotation stored through a webhook: whose answer on which image, so that its deletion
+    (``ANNOTATIONS_DELETED`` carries only ids) withdraws the right one."""
+
+    __tablename__ = "labelstudio_annotations"
+
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
+    ls_annotation_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    annotator_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))

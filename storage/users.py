@@ -136,15 +136,16 @@ def ensure_admin(session: Session, *, token: str | None, name: str = "admin") ->
     Without it, a first start creates the admin with a random token; later starts return None.
     """
     user = find_user(session, name=name)
-    if token is not None:
-        if user is None:
-            create_user(session, name=name, role=Role.admin, token=token)
+    no_admin = user is None and session.scalar(select(User.id).where(User.role == Role.admin).limit(1)) is None
+    if user is None and (token is not None or no_admin):
+        try:
+            _, made = create_user(session, name=name, role=Role.admin, token=token)
+        except Conflict:  # API replicas starting together: another one made it a moment ago
+            user = find_user(session, name=name)
         else:
-            user.role = Role.admin
-            user.token_hash = hash_token(token)
-            session.flush()
-        return None
-    if user is not None or session.scalar(select(User.id).where(User.role == Role.admin).limit(1)):
-        return None
-    _, new = create_user(session, name=name, role=Role.admin)
-    return new
+            return None if token is not None else made
+    if token is not None and user is not None:
+        user.role = Role.admin
+        user.token_hash = hash_token(token)
+        session.flush()
+    return None

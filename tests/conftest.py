@@ -10,6 +10,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -22,6 +26,7 @@ from filelock import FileLock
 from sqlalchemy import create_engine, make_url, text
 
 from service.app import create_app
+from service.launcher import free_port
 from storage.migrate import upgrade
 from storage.models import Base, Role
 from storage.settings import Settings, load_settings
@@ -216,3 +221,49 @@ def trained(trained_template: tuple[Path, dict], tmp_path: Path) -> Iterator[Tra
     app = create_app(_embedded(root), migrate=False)
     yield Trained(app=app, client=TestClient(app), **made)
     app.state.runtime.db.dispose()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory) -> Iterator[str]:
+    """moto's S3 server as a separate process on a loopback port: a real HTTP S3 API, no patched client."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("moto") / "server.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=out
+        )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                unavailable("s3", f"moto server did not start: {log.read_text()[-500:]}")
+            time.sleep(0.1)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+
+
+@pytest.fixture
+def redis_url(worker_id):
+    """A Redis database of this test process's own (xdist workers gw0, gw1, ... get 1, 2, ...), emptied."""
+    import redis
+
+    db = 1 + (int(worker_id.removeprefix("gw")) if worker_id.startswith("gw") else 0) % 15
+    connection = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db)
+    try:
+        connection.ping()
+    except redis.RedisError as exc:
+        unavailable("redis", f"{REDIS_HOST}:{REDIS_PORT}: {exc}")
+    connection.flushdb()
+    yield f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}"
+    connection.flushdb()
+    connection.close()

@@ -93,6 +93,23 @@ ROUTES: dict[tuple[str, str], tuple[set[str], dict]] = {
     ("GET", "/api/v1/projects/{project_id}/drift"): ({ADMIN, ENGINEER}, {}),
     ("GET", "/api/v1/projects/{project_id}/deployments"): ({ADMIN, ENGINEER}, {}),
     ("PUT", "/api/v1/models/{model_id}/deployment"): ({ADMIN, ENGINEER}, {"json": {"mode": None}}),
+    ("PUT", "/api/v1/projects/{project_id}/labelstudio"): (
+        {ADMIN},
+        {"json": {"url": "http://127.0.0.1:9", "access_token": "t"}},
+    ),
+    ("GET", "/api/v1/projects/{project_id}/labelstudio"): ({ADMIN}, {}),
+}
+
+# Label Studio's ML-backend protocol: basic auth with the project's secret, never an API token.
+BACKEND_ROUTES = {
+    ("GET", "/labelstudio/{project_id}"): {},
+    ("GET", "/labelstudio/{project_id}/health"): {},
+    ("POST", "/labelstudio/{project_id}/setup"): {"json": {"project": "1.1"}},
+    ("POST", "/labelstudio/{project_id}/predict"): {"json": {"tasks": [], "label_config": "<View/>"}},
+    ("POST", "/labelstudio/{project_id}/webhook"): {"json": {"action": "PROJECT_UPDATED"}},
+    ("POST", "/labelstudio/{project_id}/train"): {"json": {}},
+    ("GET", "/labelstudio/{project_id}/versions"): {},
+    ("GET", "/labelstudio/{project_id}/metrics"): {},
 }
 
 PUBLIC = {("GET", "/health")}
@@ -123,7 +140,32 @@ def test_the_access_table_covers_every_route_in_the_api(app):
         for method in item
         if method in {"get", "post", "put", "patch", "delete"}
     }
-    assert operations == set(ROUTES)
+    assert operations == set(ROUTES) | set(BACKEND_ROUTES)
+
+
+@pytest.mark.parametrize("route", sorted(BACKEND_ROUTES), ids=lambda r: f"{r[0]} {r[1]}")
+def test_backend_routes_take_the_project_secret_and_no_token(client, admin, route):
+    method, path = route
+    project = make_project(client, admin)
+    other = make_project(client, admin)
+    link = {"url": "http://127.0.0.1:9", "access_token": "t"}
+    secret = client.put(f"/api/v1/projects/{project['id']}/labelstudio", json=link, headers=admin.headers).json()
+    other_secret = client.put(f"/api/v1/projects/{other['id']}/labelstudio", json=link, headers=admin.headers).json()
+    url = path.format(project_id=project["id"])
+
+    def call(auth=None, headers=None):
+        return client.request(method, url, auth=auth, headers=headers, **BACKEND_ROUTES[route])
+
+    for refused in (
+        call(),
+        call(headers=admin.headers),
+        call(auth=("labelstudio", "wrong")),
+        call(auth=("labelstudio", other_secret["basic_auth_password"])),
+        client.request(method, path.format(project_id=99999), auth=("labelstudio", "x"), **BACKEND_ROUTES[route]),
+    ):
+        assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_backend_auth"
+    allowed = call(auth=("labelstudio", secret["basic_auth_password"]))
+    assert allowed.status_code < 500 and allowed.status_code not in {401, 403, 404}, allowed.text
 
 
 @pytest.mark.parametrize("route", sorted(ROUTES), ids=lambda r: f"{r[0]} {r[1]}")

@@ -6,54 +6,24 @@ import hashlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.launcher import free_port
 from storage.blobs import BlobStore, LocalBlobStore, StagedBlob, open_blob_store, sha256_file
 from storage.errors import NotFound, StorageUnavailable
 from storage.settings import load_settings
 from tests import imagefactory as img
-from tests.conftest import unavailable
 from tests.factories import make_project, make_user
 
 S3_KEYS = {"access_key_id": "testing", "secret_access_key": "testing"}
-
-
-@pytest.fixture(scope="session")
-def s3_endpoint(tmp_path_factory) -> Iterator[str]:
-    """moto's S3 server as a separate process on a loopback port: a real HTTP S3 API, no patched client."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("moto") / "server.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=out
-        )
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                unavailable("s3", f"moto server did not start: {log.read_text()[-500:]}")
-            time.sleep(0.1)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 def new_bucket(endpoint: str) -> str:

@@ -8,6 +8,8 @@ import re
 import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +26,7 @@ from service.launcher import LABELWHEEL, free_port, running_server
 from storage.db import Database
 from storage.models import Image
 from storage.settings import get_settings
+from storage.users import authenticate, ensure_admin
 from tests import imagefactory as img
 from tests.factories import make_project
 
@@ -146,8 +149,11 @@ def test_every_command_that_takes_a_project_says_which_data_directory_it_looked_
         "users create": ["users", "create", "dave"],
         "projects members add": ["projects", "members", "add", "dave"],
         "projects members list": ["projects", "members", "list"],
+        "labelstudio status": ["labelstudio", "status"],
+        "labelstudio push": ["labelstudio", "push"],
     }
-    assert set(commands) == set(commands_with_a_project_option())
+    # `labelstudio connect` creates the project it is given when there is none.
+    assert set(commands) | {"labelstudio connect"} == set(commands_with_a_project_option())
     env = {"LABELWHEEL_DATA_DIR": str(data_dir), "LABELWHEEL_DATABASE_URL": ""}  # the embedded default
     for args in commands.values():
         result = cli([*args, "--project", "nope"], env)
@@ -240,3 +246,32 @@ def test_serve_with_several_worker_processes_and_the_admin_token_from_the_enviro
             )
             assert created.status_code == 201
         assert len(httpx.get(f"{base}/api/v1/projects", headers=headers).json()) == 6
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_api_replicas_starting_together_agree_on_the_admin_of_the_environment(database_url):
+    """Two replicas with LABELWHEEL_ADMIN_TOKEN start at once: the one whose insert of the admin meets the other's
+    row takes that row over instead of failing its start."""
+    token = "replica-admin-token-0123456789"
+    first, second = Database(database_url), Database(database_url)
+    inserted, answers = threading.Event(), []
+
+    def starting_second() -> None:
+        inserted.wait()
+        with second.session() as session:  # sees no admin yet; its insert waits for the first's transaction
+            answers.append(ensure_admin(session, token=token))
+
+    thread = threading.Thread(target=starting_second)
+    thread.start()
+    try:
+        with first.session() as session:
+            assert ensure_admin(session, token=token) is None
+            inserted.set()
+            time.sleep(0.5)
+        thread.join(timeout=30)
+        with first.read_session() as session:
+            assert authenticate(session, token=token).role.value == "admin"
+    finally:
+        first.dispose()
+        second.dispose()
+    assert answers == [None], "the second replica failed to start"

@@ -383,8 +383,9 @@ def test_a_pull_whose_stream_keeps_breaking_is_retried_then_says_how_far_it_got(
     with served.client(served.admin, retries=1, backoff=0.01) as client:
         project = client.create_project("three", ["a", "b"])
         uploaded = client.upload(project, [_png(tmp_path / f"{i}.png", i) for i in range(3)])
-        for result in uploaded.files:
-            client.annotate(project, result.image_id, label="a")
+        task = client.next_task(project)
+        while task is not None:  # one round trip per label
+            task = client.annotate_and_next(project, task.image_id, label="a").next_task
         snapshot = client.create_snapshot(project)
         assert snapshot.item_count == 3
         gone = uploaded.files[1].sha256

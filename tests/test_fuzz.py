@@ -34,6 +34,7 @@ DATA_DEPENDENT = {
     "POST /api/v1/projects/{project_id}/import/coco",
     "POST /api/v1/projects/{project_id}/predict",
     "PUT /api/v1/projects/{project_id}/schedules",
+    "PUT /api/v1/projects/{project_id}/labelstudio",
 }
 
 

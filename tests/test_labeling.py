@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import httpx
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import event, select, update
 
-from storage.models import Annotation, Assignment, Image, Prediction, Role, utcnow
+from storage.models import Annotation, Assignment, AssignmentStatus, Image, Prediction, Role, utcnow
 from tests import imagefactory as img
 from tests.factories import make_project, make_user
 
@@ -33,10 +34,11 @@ def next_task(client, project, account):
     return client.get(f"/api/v1/projects/{project['id']}/tasks/next", headers=account.headers)
 
 
-def submit(client, project, account, image_id, label, key=None, **extra):
+def submit(client, project, account, image_id, label, key=None, *, and_next=False, **extra):
     headers = {**account.headers, **({"Idempotency-Key": key} if key else {})}
     body = {"image_id": image_id, "label": label, **extra}
-    return client.post(f"/api/v1/projects/{project['id']}/annotations", json=body, headers=headers)
+    params = {"next": "true"} if and_next else {}
+    return client.post(f"/api/v1/projects/{project['id']}/annotations", json=body, headers=headers, params=params)
 
 
 def label_all(client, project, account, label="cat"):
@@ -129,6 +131,86 @@ def test_idempotent_retries_store_one_row(client, admin, team, app):
     assert different.status_code == 422
     assert different.json()["error"]["code"] == "idempotency_key_reused"
     assert len(rows(app, Annotation)) == 1
+
+
+def live_leases(app, annotator):
+    return rows(
+        app,
+        Assignment,
+        Assignment.annotator_id == annotator.id,
+        Assignment.status == AssignmentStatus.leased,
+        Assignment.expires_at > utcnow(),
+    )
+
+
+def test_one_round_trip_per_label_serves_the_queue_in_the_order_of_two_calls(client, admin, team, app):
+    project, image_ids = setup_project(client, admin, team, images=6, settings={"overlap_rate": 1.0, "overlap_k": 2})
+    two_calls = label_all(client, project, team[0])
+    task = next_task(client, project, team[1]).json()
+    one_call = []
+    while task is not None:
+        one_call.append(task["image_id"])
+        answer = submit(client, project, team[1], task["image_id"], "cat", and_next=True)
+        assert answer.status_code == 201, answer.text
+        body = answer.json()
+        assert set(body) == {"annotation", "next_task"}
+        assert (body["annotation"]["image_id"], body["annotation"]["label"]) == (one_call[-1], "cat")
+        task = body["next_task"]
+        if task is not None:  # leased already: asking the two-call way returns the same task
+            assert next_task(client, project, team[1]).json() == task
+            assert [a.image_id for a in live_leases(app, team[1])] == [task["image_id"]]
+    assert one_call == two_calls and sorted(one_call) == sorted(image_ids)
+    assert next_task(client, project, team[1]).status_code == 204
+    assert len(rows(app, Annotation, Annotation.annotator_id == team[1].id)) == 6
+    assert next_task(client, project, team[2]).status_code == 204  # every image has its two (agreeing) labels
+
+
+def test_a_retried_round_trip_stores_once_and_never_holds_two_leases(client, admin, team, app):
+    project, _ = setup_project(client, admin, team, images=4)
+    image_id = next_task(client, project, team[0]).json()["image_id"]
+    first = submit(client, project, team[0], image_id, "cat", key="k1", and_next=True)
+    again = submit(client, project, team[0], image_id, "cat", key="k1", and_next=True)
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.json() == first.json()  # the same annotation and the same next task
+    held = first.json()["next_task"]["image_id"]
+    assert [a.image_id for a in live_leases(app, team[0])] == [held]
+    # The held lease ends before the retry arrives: the retry leases a fresh task, still only one.
+    with app.state.runtime.db.session() as session:
+        session.execute(update(Assignment).values(expires_at=utcnow() - timedelta(seconds=1)))
+    late = submit(client, project, team[0], image_id, "cat", key="k1", and_next=True)
+    assert late.status_code == 200 and late.json()["annotation"] == first.json()["annotation"]
+    assert [a.image_id for a in live_leases(app, team[0])] == [late.json()["next_task"]["image_id"]]
+    assert len(rows(app, Annotation)) == 1
+
+
+def test_a_refused_round_trip_stores_nothing_and_leases_nothing(client, admin, team, app):
+    project, _ = setup_project(client, admin, team, images=2)
+    image_id = next_task(client, project, team[0]).json()["image_id"]
+    refused = submit(client, project, team[0], image_id, "zebra", and_next=True)
+    assert refused.status_code == 422 and refused.json()["error"]["code"] == "unknown_label"
+    assert rows(app, Annotation) == []
+    assert [a.image_id for a in live_leases(app, team[0])] == [image_id]  # the task still held, nothing more
+    last = submit(client, project, team[0], image_id, "cat", and_next=True).json()["next_task"]
+    assert submit(client, project, team[0], last["image_id"], "cat", and_next=True).json()["next_task"] is None
+
+
+def test_one_round_trip_costs_fewer_statements_than_next_then_submit(client, admin, team, app):
+    project, _ = setup_project(client, admin, team, images=6)
+    statements: list[str] = []
+    event.listen(app.state.runtime.db.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+
+    def counted(call) -> tuple[httpx.Response, int]:
+        statements.clear()
+        return call(), len(statements)
+
+    task, for_next = counted(lambda: next_task(client, project, team[0]))
+    image_id = task.json()["image_id"]
+    answer, for_submit = counted(lambda: submit(client, project, team[0], image_id, "cat", key=f"two-{image_id}"))
+    assert answer.status_code == 201
+    image_id = next_task(client, project, team[0]).json()["image_id"]
+    both, for_one_trip = counted(lambda: submit(client, project, team[0], image_id, "cat", key="one", and_next=True))
+    assert both.status_code == 201 and both.json()["next_task"] is not None
+    assert for_one_trip < for_next + for_submit, (for_one_trip, for_next, for_submit)
 
 
 def test_a_correction_supersedes_and_history_is_kept(client, admin, team, engineer):

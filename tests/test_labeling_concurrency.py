@@ -1,6 +1,7 @@
 """16 annotators labeling one project at once against a real server: nothing lost, doubled or over-leased.
 
-Each annotator is a thread with its own HTTP client doing next + submit until the queue answers 204.
+Each annotator is a thread with its own HTTP client doing next + submit until the queue answers 204; half of
+them label in one round trip (``POST .../annotations?next=true``, the answer bringing the next task).
 Some submissions are retried with the same Idempotency-Key (one after the other, or two sent at
 once from two connections), and some tasks are skipped. A skipped image goes back to the pool, but
 annotators who already heard 204 have stopped asking, so a short sequential sweep afterwards lets
@@ -141,64 +142,97 @@ def _set_up(admin: httpx.Client) -> tuple[int, list[Annotator]]:
     return project, annotators
 
 
-def _submit(client: httpx.Client, project: int, body: dict, key: str | None, record: Record) -> httpx.Response:
+def _submit(
+    client: httpx.Client, project: int, body: dict, key: str | None, record: Record, one_trip: bool
+) -> httpx.Response:
     headers = {"Idempotency-Key": key} if key else {}
-    response = client.post(f"/api/v1/projects/{project}/annotations", json=body, headers=headers)
+    params = {"next": "true"} if one_trip else {}
+    response = client.post(f"/api/v1/projects/{project}/annotations", json=body, headers=headers, params=params)
     record.status("submit", response)
     return _expect(response, 200, 201)
 
 
 def _send(
-    client: httpx.Client, twin: httpx.Client, project: int, body: dict, rng: random.Random, record: Record
+    client: httpx.Client,
+    twin: httpx.Client,
+    project: int,
+    body: dict,
+    rng: random.Random,
+    record: Record,
+    one_trip: bool,
 ) -> list[httpx.Response]:
     """Submit once (most with an Idempotency-Key), or twice with one key: a retry after the answer, or a race."""
     key = uuid.uuid4().hex if rng.random() < KEYED_RATE else None
     roll = rng.random()
+    send = (project, body, key, record, one_trip)
     if key is None or roll >= RETRY_RATE:
-        return [_submit(client, project, body, key, record)]
+        return [_submit(client, *send)]
     if roll < RETRY_RATE / 2:
-        return [_submit(client, project, body, key, record), _submit(client, project, body, key, record)]
+        return [_submit(client, *send), _submit(client, *send)]
     with ThreadPoolExecutor(2) as pool:
-        racing = [pool.submit(_submit, c, project, body, key, record) for c in (client, twin)]
+        racing = [pool.submit(_submit, c, *send) for c in (client, twin)]
         return [f.result() for f in racing]
 
 
 def _label_until_204(
-    server: Server, project: int, annotator: Annotator, record: Record, *, seed: int, skip_rate: float
+    server: Server,
+    project: int,
+    annotator: Annotator,
+    record: Record,
+    *,
+    seed: int,
+    skip_rate: float,
+    one_trip: bool = False,
 ) -> int:
-    """Take tasks until the queue answers 204; return how many were served."""
+    """Take tasks until the queue answers 204 (or, in one round trip per label, an answer brings no next task);
+    return how many were served."""
     rng = random.Random(seed)
     served = 0
+    task: dict | None = None  # the task the last answer brought, in one round trip
     with _client(server.base, annotator.token) as client, _client(server.base, annotator.token) as twin:
         while True:
-            task = client.get(f"/api/v1/projects/{project}/tasks/next")
-            record.status("next", task)
-            if _expect(task, 200, 204).status_code == 204:
-                return served
+            if task is None:
+                response = client.get(f"/api/v1/projects/{project}/tasks/next")
+                record.status("next", response)
+                if _expect(response, 200, 204).status_code == 204:
+                    return served
+                task = response.json()
             served += 1
             live_from = time.perf_counter()
-            image_id = task.json()["image_id"]
+            image_id = task["image_id"]
             if rng.random() < skip_rate:
                 live_until = time.perf_counter()
                 skipped = client.post(f"/api/v1/projects/{project}/tasks/{image_id}/skip")
                 record.status("skip", skipped)
                 _expect(skipped, 204)
                 record.add(Lease(image_id, annotator.id, live_from, live_until, skipped=True))
+                task = None
                 continue
             body = {"image_id": image_id, "label": rng.choice(LABELS), "duration_ms": rng.randrange(100, 5000)}
             live_until = time.perf_counter()
-            responses = _send(client, twin, project, body, rng, record)
+            responses = _send(client, twin, project, body, rng, record, one_trip)
             record.add(Lease(image_id, annotator.id, live_from, live_until, skipped=False))
             key = responses[0].request.headers.get("Idempotency-Key")
-            for response in responses:
-                record.add(Ack(response.json()["id"], image_id, annotator.id, body["label"], response.status_code, key))
+            answers = [r.json() for r in responses]
+            for response, answer in zip(responses, answers, strict=True):
+                stored = answer["annotation"] if one_trip else answer
+                record.add(Ack(stored["id"], image_id, annotator.id, body["label"], response.status_code, key))
+            if one_trip:
+                # A retry, or a race, of one request brings the same next task: never a second lease.
+                nexts = {None if a["next_task"] is None else a["next_task"]["image_id"] for a in answers}
+                assert len(nexts) == 1, f"one request answered with different next tasks: {nexts}"
+                task = answers[0]["next_task"]
+                if task is None:
+                    return served
+            else:
+                task = None
 
 
 def _run(server: Server, project: int, annotators: list[Annotator], record: Record) -> tuple[int, int]:
     """All annotators at once, then sequential sweeps; return tasks served in each part."""
     with ThreadPoolExecutor(len(annotators)) as pool:
         futures = [
-            pool.submit(_label_until_204, server, project, a, record, seed=i, skip_rate=SKIP_RATE)
+            pool.submit(_label_until_204, server, project, a, record, seed=i, skip_rate=SKIP_RATE, one_trip=i % 2 == 1)
             for i, a in enumerate(annotators)
         ]
         concurrent = sum(f.result() for f in futures)

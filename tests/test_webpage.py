@@ -9,6 +9,7 @@ import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -164,7 +165,9 @@ def shown_image(page: Page) -> int:
 
 def press(page: Page, key: str, *, posts_to: str, status: int) -> httpx.Headers:
     """Press a shortcut, wait for its POST and for the page to settle; the request's headers come back."""
-    with page.expect_response(lambda r: r.request.method == "POST" and r.url.endswith(posts_to)) as answer:
+    with page.expect_response(
+        lambda r: r.request.method == "POST" and urlsplit(r.url).path.endswith(posts_to)
+    ) as answer:
         page.keyboard.press(key)
     assert answer.value.status == status, answer.value.text()
     expect(page.locator("#workspace")).to_have_attribute("aria-busy", "false")
@@ -252,7 +255,7 @@ def test_an_annotator_labels_skips_and_corrects_with_the_keyboard(server, tmp_pa
                 dropped.append(route.request.headers["idempotency-key"])
                 route.abort()
 
-            page.route("**/annotations", drop, times=1)
+            page.route("**/annotations?next=true", drop, times=1)
             page.keyboard.press("2")
             expect(page.locator("#message")).to_contain_text("Could not reach the server")
             expect(page.locator("#workspace")).to_have_attribute("aria-busy", "false")
@@ -271,9 +274,12 @@ def test_an_annotator_labels_skips_and_corrects_with_the_keyboard(server, tmp_pa
                 button = page.get_by_role("button", name=f"{key} {name}", exact=True)
                 expect(button).to_have_attribute("aria-keyshortcuts", key)
             shown_image(page)
-            with page.expect_response(lambda r: r.request.method == "POST" and r.url.endswith("/annotations")) as sent:
-                page.keyboard.press("7")
-            assert sent.value.status == 201 and sent.value.json()["label"] == "7"
+            with page.expect_response(
+                lambda r: r.request.method == "POST" and r.url.endswith("/annotations?next=true")
+            ) as sent:
+                page.keyboard.press("7")  # one round trip: the answer brings the next task, here none
+            assert sent.value.status == 201 and sent.value.json()["annotation"]["label"] == "7"
+            assert sent.value.json()["next_task"] is None
             expect(page.locator("#done-title")).to_have_text("All done — nothing left to label")
 
             docs = browser.new_page(viewport={"width": 1280, "height": 800})
@@ -450,12 +456,13 @@ def test_an_annotator_draws_edits_and_submits_boxes_at_two_zoom_levels(server):
             expect(boxes).to_have_count(2)
             drawn[second] = [near, far]
 
-            def suggest(route: Route) -> None:  # no detector yet (issue 14): its answer is added to the task
-                task = route.fetch()
+            def suggest(route: Route) -> None:  # no detector yet (issue 14): its answer is added to the next task
+                answer = route.fetch()
                 prelabel = {"boxes": suggested, "model_version": "detector-1"}
-                route.fulfill(response=task, json=task.json() | {"prelabel_boxes": prelabel})
+                task = answer.json()["next_task"] | {"prelabel_boxes": prelabel}
+                route.fulfill(response=answer, json=answer.json() | {"next_task": task})
 
-            page.route("**/tasks/next", suggest, times=1)
+            page.route("**/annotations?next=true", suggest, times=1)
             press(page, "Enter", posts_to="/annotations", status=201)
 
             # A detector's boxes are dashed with their scores, and must be accepted before Enter submits them.
@@ -472,9 +479,11 @@ def test_an_annotator_draws_edits_and_submits_boxes_at_two_zoom_levels(server):
             press(page, "Enter", posts_to="/annotations", status=201)
 
             fourth = shown_image(page)
-            with page.expect_response(lambda r: r.request.method == "POST" and r.url.endswith("/annotations")) as sent:
+            with page.expect_response(
+                lambda r: r.request.method == "POST" and r.url.endswith("/annotations?next=true")
+            ) as sent:
                 page.get_by_role("button", name="No objects").click()
-            assert sent.value.status == 201 and sent.value.json()["boxes"] == []
+            assert sent.value.status == 201 and sent.value.json()["annotation"]["boxes"] == []
             expect(page.locator("#done")).to_be_visible()
             expect(page.locator("#workspace")).to_have_attribute("aria-busy", "false")
 

@@ -15,7 +15,6 @@ import pytest
 
 from service.launcher import LABELWHEEL, running_server
 from storage.models import Role
-from tests.conftest import unavailable
 from tests.digits import digit_project, label_digits
 from tests.factories import Account
 
@@ -23,7 +22,6 @@ pytestmark = pytest.mark.slow
 
 ADMIN_TOKEN = "worker-test-admin-token-0123456789"
 FINISHED = ("succeeded", "failed", "cancelled")
-REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 
 
 @pytest.fixture
@@ -158,23 +156,6 @@ def stop_worker(process: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
     if process.poll() is None:
         os.killpg(process.pid, sig)
         process.wait(timeout=30)
-
-
-@pytest.fixture
-def redis_url(worker_id):
-    """A Redis database of this test process's own (xdist workers gw0, gw1, ... get 1, 2, ...), emptied."""
-    import redis
-
-    db = 1 + (int(worker_id.removeprefix("gw")) if worker_id.startswith("gw") else 0) % 15
-    connection = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db)
-    try:
-        connection.ping()
-    except redis.RedisError as exc:
-        unavailable("redis", f"{REDIS_HOST}:{REDIS_PORT}: {exc}")
-    connection.flushdb()
-    yield f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}"
-    connection.flushdb()
-    connection.close()
 
 
 @pytest.mark.parametrize("database_url", ["postgres"], indirect=True)

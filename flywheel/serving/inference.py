@@ -200,6 +200,35 @@ class Predictor:
             "another model"
         )
 
+    def predict_stored(self, session: Session, *, model: ModelVersion, images: Sequence[Image]) -> list[Answer]:
+        """The model's answers for stored images, in order: cached embeddings where the backbone has them, the
+        others decoded from the blob store and embedded in batches."""
+        backbone, (weight, bias) = self._parts(session, model)
+        ids = [image.id for image in images]
+        cached = dict(
+            session.execute(
+                select(Embedding.image_id, Embedding.vector).where(
+                    Embedding.model_id == backbone.id, Embedding.image_id.in_(ids)
+                )
+            ).all()
+        )
+        missing = [image for image in images if image.id not in cached]
+        if missing:
+            arrays = []
+            for image in missing:
+                with self._blobs.open(image.sha256) as stream, PILImage.open(stream) as decoded:
+                    arrays.append(to_array(decoded, model.input_size))
+            computed = self._embed(backbone, np.stack(arrays))
+            fresh = {image.id: row for image, row in zip(missing, computed, strict=True)}
+        else:
+            fresh = {}
+        embeddings = (
+            np.stack([fresh[i] if i in fresh else np.frombuffer(cached[i], dtype=np.float32) for i in ids])
+            if ids
+            else np.zeros((0, weight.shape[1]), dtype=np.float32)
+        )
+        return [_answer(row, model.labels) for row in head_probabilities(embeddings, weight, bias)]
+
     def predict_with(
         self, session: Session, *, model: ModelVersion, uploads: Sequence[tuple[str, IO[bytes]]], limits: Limits
     ) -> Served:

@@ -10,6 +10,7 @@ scores back in chunks and keeps only a shortlist, so memory does not grow with t
 from __future__ import annotations
 
 import heapq
+import logging
 import math
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -23,8 +24,10 @@ from sqlalchemy.orm import Session
 
 from annotation.curation import send_for_review
 from flywheel.jobs.runner import JobContext, JobFailed
+from flywheel.labelstudio.backend import Backend
+from flywheel.labelstudio.connect import push_predictions
 from flywheel.serving.heads import head_probabilities, read_head
-from flywheel.serving.inference import model_version
+from flywheel.serving.inference import Predictor, model_version
 from flywheel.serving.preprocess import to_array
 from flywheel.serving.registry import serving_model
 from flywheel.training.artefacts import embed_and_predict, full_network
@@ -33,15 +36,28 @@ from flywheel.training.strategies import Pool, RandomSampling, get_strategy, sho
 from storage.blobs import BlobStore
 from storage.db import Database, insert_new
 from storage.errors import NotFound
-from storage.ingest import shuffled_priority
-from storage.models import Embedding, Image, ModelKind, ModelVersion, Prediction, Project, QueueTier, Split
+from storage.ingest import Limits, shuffled_priority
+from storage.models import (
+    Embedding,
+    Image,
+    LabelStudioLink,
+    ModelKind,
+    ModelVersion,
+    Prediction,
+    Project,
+    QueueTier,
+    Split,
+)
 from storage.projects import MiningSettings, project_settings
+from storage.settings import Settings
 
 SCORE_BATCH = 256
 READ_CHUNK = 5000
 MISSING_SHOWN = 100
 FIRST = 1.0  # mined images get priorities above this; unmined ones keep their shuffled place in [0, 1)
 RELABEL_PREFIX = "relabel: "
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -445,4 +461,21 @@ def mine(
 
 
 def run_mining(ctx: JobContext) -> dict[str, Any]:
-    return mine(ctx.db, ctx.blobs, project_id=ctx.project_id, on_progress=ctx.progress)
+    summary = mine(ctx.db, ctx.blobs, project_id=ctx.project_id, on_progress=ctx.progress)
+    pushed = push_after_mining(ctx.db, ctx.blobs, settings=ctx.settings, project_id=ctx.project_id)
+    return {**summary, **({"labelstudio": pushed} if pushed else {})}
+
+
+def push_after_mining(db: Database, blobs: BlobStore, *, settings: Settings, project_id: int) -> dict[str, Any] | None:
+    """A project connected to Label Studio gets fresh predictions there for the tasks whose priority changed, so
+    its sort by prediction score follows this pass. A failure to reach Label Studio is noted, not a failed pass."""
+    with db.read_session() as session:
+        if session.get(LabelStudioLink, project_id) is None:
+            return None
+    backend = Backend(db=db, blobs=blobs, limits=Limits.from_settings(settings), predictor=Predictor(blobs))
+    try:
+        pushed = push_predictions(backend, project_id=project_id)
+    except Exception as exc:  # Label Studio down or refusing: mining itself succeeded, the next pass pushes again
+        log.warning("could not push predictions of project %s to Label Studio: %s", project_id, exc)
+        return {"pushed": 0, "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+    return {"pushed": pushed.tasks, "model_version": pushed.model_version}

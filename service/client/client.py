@@ -26,7 +26,7 @@ from service.client.http import ApiError, Http
 from service.client.profiles import load_profile
 from service.schemas.images import ImageRead, ImagesPage, IngestSummary
 from service.schemas.jobs import JobRead
-from service.schemas.labeling import AnnotationRead, CurrentLabel, CurrentLabelsPage, TaskRead
+from service.schemas.labeling import AnnotationAndNext, AnnotationRead, CurrentLabel, CurrentLabelsPage, TaskRead
 from service.schemas.models import ModelCard, ModelRead, PredictionRead
 from service.schemas.projects import ProjectRead
 from service.schemas.quality import AgreementRead, BoxAgreementRead, BoxScorecardsRead, ScorecardsRead
@@ -197,6 +197,27 @@ class Client:
             headers={"Idempotency-Key": uuid.uuid4().hex},
         )
         return AnnotationRead.model_validate(response.json())
+
+    def annotate_and_next(
+        self,
+        project: ProjectRef,
+        image_id: int,
+        *,
+        label: str | None = None,
+        boxes: list[dict[str, Any]] | None = None,
+        duration_ms: int | None = None,
+    ) -> AnnotationAndNext:
+        """``annotate`` and ``next_task`` in one round trip: the stored answer and your next task (None: none left).
+        A retry gets the task you hold then, never a second lease."""
+        body = {"image_id": image_id, "label": label, "boxes": boxes, "duration_ms": duration_ms}
+        response = self._http.request(
+            "POST",
+            f"/api/v1/projects/{self._project_id(project)}/annotations?next=true",
+            repeatable=True,
+            json={name: value for name, value in body.items() if value is not None},
+            headers={"Idempotency-Key": uuid.uuid4().hex},
+        )
+        return AnnotationAndNext.model_validate(response.json())
 
     # --- models -----------------------------------------------------------------------------------
 

@@ -4,12 +4,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response, status
 from fastapi.responses import JSONResponse
+from sqlalchemy.orm import Session
 
 from annotation.annotations import list_annotations, project_image, submit_annotation, visible_annotator
 from annotation.box_answers import DrawnBox
 from annotation.curation import gold_scores, send_for_review, set_gold
 from annotation.labels import current_labels
-from annotation.queue import next_task, progress, skip_task
+from annotation.queue import Task, next_task, progress, skip_task
 from flywheel.serving.prelabels import prelabel_for
 from service.deps import (
     AdminProjectForWrite,
@@ -19,12 +20,14 @@ from service.deps import (
     MemberProject,
     MemberProjectForWrite,
     ReadSessionDep,
+    Runtime,
     RuntimeDep,
     SessionDep,
 )
 from service.schemas.common import ERROR_RESPONSES, MAX_ID, ImageId, Limit
 from service.schemas.images import ImageRead
 from service.schemas.labeling import (
+    AnnotationAndNext,
     AnnotationCreate,
     AnnotationRead,
     AnnotationsPage,
@@ -45,6 +48,30 @@ from storage.db import after_commit
 
 def _boxes(given: list[BoxCreate] | None) -> list[DrawnBox] | None:
     return None if given is None else [DrawnBox(**b.model_dump()) for b in given]
+
+
+def _task_read(session: Session, runtime: Runtime, task: Task) -> TaskRead:
+    image = task.image
+    prelabel = prelabel_for(session, runtime.predictor, task=task)
+    width, height = image.upright_size
+    return TaskRead(
+        image_id=image.id,
+        project_id=image.project_id,
+        content_url=f"/api/v1/images/{image.id}/content",
+        thumbnail_url=f"/api/v1/images/{image.id}/thumbnail",
+        width=width,
+        height=height,
+        lease_expires_at=task.lease_expires_at,
+        review_reason=task.review_reason,
+        prelabel=PreLabelRead(
+            label=prelabel.label,
+            confidence=prelabel.confidence,
+            model_version=prelabel.model_version,
+            fallback=prelabel.fallback is not None,
+        )
+        if prelabel
+        else None,
+    )
 
 
 router = APIRouter(prefix="/api/v1/projects/{project_id}", tags=["labeling"], responses=ERROR_RESPONSES)
@@ -68,27 +95,7 @@ def next_(
     task = next_task(session, principal=principal, project=project)
     if task is None:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
-    image = task.image
-    prelabel = prelabel_for(session, runtime.predictor, task=task)
-    width, height = image.upright_size
-    return TaskRead(
-        image_id=image.id,
-        project_id=project.id,
-        content_url=f"/api/v1/images/{image.id}/content",
-        thumbnail_url=f"/api/v1/images/{image.id}/thumbnail",
-        width=width,
-        height=height,
-        lease_expires_at=task.lease_expires_at,
-        review_reason=task.review_reason,
-        prelabel=PreLabelRead(
-            label=prelabel.label,
-            confidence=prelabel.confidence,
-            model_version=prelabel.model_version,
-            fallback=prelabel.fallback is not None,
-        )
-        if prelabel
-        else None,
-    )
+    return _task_read(session, runtime, task)
 
 
 @router.post(
@@ -103,7 +110,8 @@ def skip(project: MemberProjectForWrite, image_id: ImageId, session: SessionDep,
     "/annotations",
     status_code=status.HTTP_201_CREATED,
     summary="Submit a label, or boxes in a detection project (a second answer by you for the image is a correction)",
-    responses={200: {"model": AnnotationRead, "description": "A replay of an earlier request with this key."}},
+    response_model=AnnotationRead | AnnotationAndNext,
+    responses={200: {"model": AnnotationRead | AnnotationAndNext, "description": "A replay of an earlier request."}},
 )
 def submit(
     project: MemberProjectForWrite,
@@ -114,13 +122,25 @@ def submit(
     idempotency_key: Annotated[
         str | None, Header(max_length=200, description="Retries with the same key store the label once.")
     ] = None,
+    and_next: Annotated[
+        bool,
+        Query(
+            alias="next",
+            description="Also lease your next task and answer `{annotation, next_task}`: one round trip per label.",
+        ),
+    ] = False,
 ) -> JSONResponse:
     """Stores your answer for an image (a lease is not required): `label` in a classification project, `boxes` in a
     detection project (`[]`: no objects), each box checked against the image and named by its index when refused.
     A second answer from you for the same image is a correction: a new row that supersedes the old. With an
     `Idempotency-Key` header a retried request stores the answer once and gets the first answer again (200); another
     body with the same key is a 422. A late submission for an image that got all its labels from others meanwhile is
-    a 409 and stores nothing."""
+    a 409 and stores nothing.
+
+    With `next=true` the answer also carries your next task, leased in the same transaction: what `GET
+    .../tasks/next` would answer right after (`next_task` null where it would answer 204). A retry with the same
+    `Idempotency-Key` gets the same annotation and the task you hold then (the same one, unless its lease ended: then
+    a fresh one), so you never hold two leases."""
     result = submit_annotation(
         session,
         principal=principal,
@@ -133,7 +153,12 @@ def submit(
     )
     if not result.replayed:
         after_commit(session, lambda: runtime.notifier.labels_changed(project.id))  # the flywheel decides, not us
-    payload = AnnotationRead.model_validate(result.annotation).model_dump(mode="json")
+    stored = AnnotationRead.model_validate(result.annotation)
+    answer: AnnotationRead | AnnotationAndNext = stored
+    if and_next:
+        task = next_task(session, principal=principal, project=project)
+        answer = AnnotationAndNext(annotation=stored, next_task=_task_read(session, runtime, task) if task else None)
+    payload = answer.model_dump(mode="json")
     return JSONResponse(payload, status_code=status.HTTP_200_OK if result.replayed else status.HTTP_201_CREATED)
 
 

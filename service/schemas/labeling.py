@@ -111,6 +111,13 @@ class AnnotationRead(BaseModel):
     created_at: datetime
 
 
+class AnnotationAndNext(BaseModel):
+    """One round trip per label: the stored answer and the next task, as ``GET .../tasks/next`` would answer."""
+
+    annotation: AnnotationRead
+    next_task: TaskRead | None = Field(description="Your next task (leased now, or the one you hold); null: none left.")
+
+
 class AnnotationsPage(BaseModel):
     items: list[AnnotationRead]
     next_after: int | None = Field(description="Pass it as `after` for the next page; null on the last page.")

@@ -169,14 +169,14 @@ async function refreshProgress() {
 
 async function loadNext() {
   const response = await api("GET", `${PROJECT}/tasks/next`);
-  if (response.status === 204) {
-    state.current = null;
-  } else {
-    const task = await response.json();
-    // <img src> cannot send the Authorization header, so the bytes come through fetch.
-    task.blob = await (await api("GET", task.content_url)).blob();
-    state.current = task;
-  }
+  await show(response.status === 204 ? null : await response.json());
+}
+
+// A task as the API leased it (null: nothing left for you) becomes the current one.
+async function show(task) {
+  // <img src> cannot send the Authorization header, so the bytes come through fetch.
+  if (task) task.blob = await (await api("GET", task.content_url)).blob();
+  state.current = task;
   await render();
 }
 
@@ -302,8 +302,12 @@ function submit(answer) {
     }
     const { image_id, duration_ms, key } = state.pending;
     const body = { image_id, ...answer, duration_ms };
+    // One round trip per label: the answer brings the next task. A correction goes back to the held task instead.
+    const andNext = !state.correcting;
+    let stored;
     try {
-      await api("POST", `${PROJECT}/annotations`, { body, headers: { "Idempotency-Key": key } });
+      const path = `${PROJECT}/annotations${andNext ? "?next=true" : ""}`;
+      stored = await (await api("POST", path, { body, headers: { "Idempotency-Key": key } })).json();
     } catch (error) {
       // A network error or a 5xx stored nothing: pressing the key again retries with the same key.
       if (!(error instanceof ApiError) || error.status >= 500) throw error;
@@ -315,7 +319,7 @@ function submit(answer) {
     }
     state.pending = null;
     state.last = { ...task, ...answer };
-    await Promise.all([advance(), refreshProgress()]);
+    await Promise.all([andNext ? show(stored.next_task) : advance(), refreshProgress()]);
   });
 }
 

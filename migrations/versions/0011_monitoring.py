@@ -1,7 +1,7 @@
 """After deployment: the log of /predict answers, the drift series, shadow and canary models
 
-Revision ID: 0010_monitoring
-Revises: 0009_boxes
+Revision ID: 0011_monitoring
+Revises: 0010_labelstudio_backend
 Create Date: 2026-11-30 11:30:00
 
 ``images.source`` and ``jobs.kind`` are VARCHAR(32) without CHECK constraints: the new values ``production`` and
@@ -14,8 +14,8 @@ import sqlalchemy as sa
 from alembic import op
 
 
-revision: str = "0010_monitoring"
-down_revision: str | None = "0009_boxes"
+revision: str = "0011_monitoring"
+down_revision: str | None = "0010_labelstudio_backend"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
