@@ -39,6 +39,7 @@ class PreLabel:
     label: str
     confidence: float
     model_version: str
+    fallback: str | None = None  # why the serving model did not give it, when an older one did
 
 
 @dataclass(frozen=True)

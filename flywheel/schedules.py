@@ -23,7 +23,7 @@ from storage.models import Job, JobKind, JobStatus, Project, Schedule, utcnow
 
 logger = logging.getLogger(__name__)
 
-SCHEDULABLE = (JobKind.mine, JobKind.train, JobKind.label_quality)
+SCHEDULABLE = (JobKind.mine, JobKind.train, JobKind.label_quality, JobKind.drift)
 ALIASES = frozenset({"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"})
 FIELDS = "minute hour day-of-month month day-of-week"
 

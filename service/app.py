@@ -21,6 +21,7 @@ from service.routers import (
     labeling,
     labelstudio,
     models,
+    monitoring,
     projects,
     quality,
     schedules,
@@ -48,7 +49,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool | None = None)
         blobs=blobs,
         transport=transport,
         notifier=LabelNotifier(transport),
-        predictor=Predictor(blobs),
+        predictor=Predictor(blobs, retry_seconds=settings.model_retry_seconds),
     )
 
     app = FastAPI(
@@ -78,6 +79,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool | None = None)
         jobs,
         schedules,
         models,
+        monitoring,
         snapshots,
         webpage,
     ):

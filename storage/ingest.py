@@ -204,7 +204,7 @@ def expand_upload(name: str, fileobj: IO[bytes], *, limits: Limits, source: Imag
         )
 
 
-def _file_opener(path: Path) -> Callable[[], AbstractContextManager[IO[bytes]]]:
+def file_opener(path: Path) -> Callable[[], AbstractContextManager[IO[bytes]]]:
     return lambda: path.open("rb")
 
 
@@ -215,7 +215,7 @@ def candidates_from_folder(root: Path) -> list[Candidate]:
         Candidate(
             name=str(path.relative_to(root)),
             source=ImageSource.folder,
-            open=_file_opener(path),
+            open=file_opener(path),
             declared_size=path.stat().st_size,
         )
         for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))

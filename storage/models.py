@@ -97,6 +97,7 @@ class ImageSource(enum.StrEnum):
     zip = "zip"
     folder = "folder"
     label_studio = "label_studio"
+    production = "production"  # captured from /predict traffic (project setting monitoring.capture)
 
 
 class QueueTier(enum.IntEnum):
@@ -380,6 +381,7 @@ class JobKind(enum.StrEnum):
     label_quality = "label_quality"
     mine = "mine"
     export = "export"  # the ONNX file of a refreshed model, made after it already serves
+    drift = "drift"  # compare a window of logged predictions with the champion's training images
 
 
 class Job(CreatedAt, Base):
@@ -465,6 +467,10 @@ class ModelVersion(CreatedAt, Base):
     promoted_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     # A refreshed head that stopped serving loses its files after a grace period; its row stays for lineage.
     files_pruned_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # After deployment: "shadow" (predicts on a copy of live traffic, never answers) or "canary" (answers
+    # ``traffic_share`` of the requests); NULL for neither.
+    deployment: Mapped[str | None] = mapped_column(String(16))
+    traffic_share: Mapped[float | None] = mapped_column(Float)
 
     __table_args__ = (
         Index("ix_model_versions_project_id_id", "project_id", "id"),
@@ -528,6 +534,58 @@ class WorkerLane(Base):
     restarts: Mapped[int] = mapped_column(Integer, default=0)
     last_exit: Mapped[str | None] = mapped_column(String(500))
     last_exit_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class PredictionLog(Base):
+    """One ``/predict`` answer, kept ``monitoring.log_days``: what the drift job compares with the training images,
+    and the trace of what production saw. ``embedding`` comes from ``backbone_id``'s backbone (float32 bytes)."""
+
+    __tablename__ = "prediction_logs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    model_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id", ondelete="SET NULL"))
+    backbone_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id", ondelete="SET NULL"))
+    fallback: Mapped[bool] = mapped_column(Boolean, default=False)
+    input_sha256: Mapped[str] = mapped_column(String(64))
+    label: Mapped[str | None] = mapped_column(String(100))
+    confidence: Mapped[float | None] = mapped_column(Float)
+    boxes: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON(none_as_null=True))
+    latency_ms: Mapped[float] = mapped_column(Float)  # the request's model time, shared by its images
+    request_id: Mapped[str] = mapped_column(String(32))  # pairs a shadow's answer with the one sent
+    role: Mapped[str] = mapped_column(String(16), default="served")  # served (sent back) or shadow (logged only)
+    embedding: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # The pool image with these bytes: captured by this answer, or in the project already.
+    image_id: Mapped[int | None] = mapped_column(ForeignKey("images.id", ondelete="SET NULL"))
+
+    __table_args__ = (Index("ix_prediction_logs_project_id_id", "project_id", "id"),)
+
+
+class DriftPoint(Base):
+    """One window of logged predictions compared with the champion's training images: a point of the drift
+    series (``GET .../drift``)."""
+
+    __tablename__ = "drift_points"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    champion_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id", ondelete="SET NULL"))
+    window_start: Mapped[datetime] = mapped_column(UTCDateTime())
+    window_end: Mapped[datetime] = mapped_column(UTCDateTime())
+    predictions: Mapped[int] = mapped_column(Integer)
+    reference: Mapped[int] = mapped_column(Integer)  # training images compared with
+    status: Mapped[str] = mapped_column(String(16))  # ok or drift
+    domain_auc: Mapped[float] = mapped_column(Float)
+    mmd: Mapped[float] = mapped_column(Float)
+    mmd_p: Mapped[float] = mapped_column(Float)
+    label_chi2_p: Mapped[float | None] = mapped_column(Float)
+    # The most drifted inputs: [{log_id, input_sha256, image_id, score}], by the domain classifier's score.
+    most_drifted: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+
+    __table_args__ = (Index("ix_drift_points_project_id_id", "project_id", "id"),)
 
 
 class LabelStudioLink(CreatedAt, Base):

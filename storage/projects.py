@@ -141,6 +141,37 @@ class MiningSettings(BaseModel):
     )
 
 
+class MonitoringSettings(BaseModel):
+    """What happens to ``/predict`` traffic after the answer: the log, capture into the pool, and drift checks."""
+
+    model_config = ConfigDict(extra="forbid")
+    log_days: int = Field(
+        default=30,
+        ge=0,
+        le=3650,
+        description="Keep each /predict answer in the prediction log this many days; 0: none.",
+    )
+    capture: Literal["none", "low_confidence", "all"] = Field(
+        default="none",
+        description="Store predicted images into the pool (source production) for labeling: none, those below "
+        "capture_below confidence, or all; a sample of them by capture_rate.",
+    )
+    capture_below: float = Field(default=0.6, ge=0, le=1, description="low_confidence: the top probability below this.")
+    capture_rate: float = Field(default=1.0, ge=0, le=1, description="The share of the qualifying images stored.")
+    drift_window: int = Field(
+        default=200, ge=20, le=100_000, description="A drift check compares the newest this many logged predictions ..."
+    )
+    drift_window_hours: float | None = Field(
+        default=None, gt=0, le=24 * 365, description="... or, when set, those of the last this many hours."
+    )
+    drift_auc: float = Field(
+        default=0.55, ge=0.5, le=1, description="Drift when the domain classifier's ROC AUC is above this ..."
+    )
+    drift_p: float = Field(
+        default=0.01, gt=0, le=0.5, description="... or the MMD permutation test's p-value is below this."
+    )
+
+
 class ProjectSettings(BaseModel):
     """Per-project settings; unknown keys are refused so a typo never passes silently."""
 
@@ -198,6 +229,7 @@ class ProjectSettings(BaseModel):
     )
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     mining: MiningSettings = Field(default_factory=MiningSettings)
+    monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
 
     @field_validator("hotkeys")
     @classmethod

@@ -62,6 +62,12 @@ class Settings(BaseSettings):
         default=256_000_000, gt=0, description="Most pixels one /predict request may decode, all images together."
     )
     thumbnail_size: int = Field(default=256, ge=16, le=2048)
+    model_retry_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="A serving model whose files failed to load is tried again after this long (an older model "
+        "answers meanwhile).",
+    )
 
     queue_url: str = Field(
         default="", description="redis://HOST:PORT/DB for workers on other machines; empty means a SQLite queue."

@@ -90,6 +90,9 @@ ROUTES: dict[tuple[str, str], tuple[set[str], dict]] = {
     ("POST", "/api/v1/projects/{project_id}/snapshots"): ({ADMIN, ENGINEER}, {}),
     ("GET", "/api/v1/snapshots/{snapshot_id}"): ({ADMIN, ENGINEER}, {}),
     ("GET", "/api/v1/snapshots/{snapshot_id}/archive"): ({ADMIN, ENGINEER}, {}),
+    ("GET", "/api/v1/projects/{project_id}/drift"): ({ADMIN, ENGINEER}, {}),
+    ("GET", "/api/v1/projects/{project_id}/deployments"): ({ADMIN, ENGINEER}, {}),
+    ("PUT", "/api/v1/models/{model_id}/deployment"): ({ADMIN, ENGINEER}, {"json": {"mode": None}}),
     ("PUT", "/api/v1/projects/{project_id}/labelstudio"): (
         {ADMIN},
         {"json": {"url": "http://127.0.0.1:9", "access_token": "t"}},

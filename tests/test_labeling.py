@@ -369,7 +369,7 @@ def test_the_newest_model_prediction_is_the_prelabel(client, admin, team, app):
         session.add(Prediction(image_id=image_ids[0], model_version="v1", label="cat", confidence=0.6))
         session.add(Prediction(image_id=image_ids[0], model_version="v2", label="dog", confidence=0.93))
     task = next_task(client, project, team[0]).json()
-    assert task["prelabel"] == {"label": "dog", "confidence": 0.93, "model_version": "v2"}
+    assert task["prelabel"] == {"label": "dog", "confidence": 0.93, "model_version": "v2", "fallback": False}
 
 
 def test_progress_counts_for_the_page(client, admin, team):

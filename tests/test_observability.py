@@ -25,6 +25,7 @@ def test_health_needs_no_token_and_reports_each_dependency(client):
         "status": "ok",
         "checks": {"database": "ok", "blob_store": "ok"},
         "lanes": {"fast": {"status": "absent", "consumers": []}, "slow": {"status": "absent", "consumers": []}},
+        "fallback": {},
     }
 
 

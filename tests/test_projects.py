@@ -14,7 +14,7 @@ def test_create_and_read_a_project_with_its_ordered_labels(client, admin):
     project = created.json()
     assert project["name"] == "pets"
     assert project["labels"] == ["zebra", "cat", "ant"]
-    settings = {k: v for k, v in project["settings"].items() if k not in ("training", "mining")}
+    settings = {k: v for k, v in project["settings"].items() if k not in ("training", "mining", "monitoring")}
     assert settings == {
         "overlap_rate": 0.25, "overlap_k": 3, "lease_minutes": 10, "gold_rate": 0.05,
         "auto_review": True, "review_posterior": 0.7, "review_max_labels": 5, "max_boxes": 500, "iou_threshold": 0.5,
@@ -22,6 +22,7 @@ def test_create_and_read_a_project_with_its_ordered_labels(client, admin):
     }  # fmt: skip
     assert project["settings"]["training"]["min_new_labels"] == 50
     assert project["settings"]["mining"]["strategy"] == "margin_kcenter"
+    assert project["settings"]["monitoring"]["capture"] == "none"  # production images stay out unless asked for
     assert project["task_type"] == "classification"
     read = client.get(f"/api/v1/projects/{project['id']}", headers=admin.headers).json()
     assert read == project
@@ -80,7 +81,7 @@ def test_settings_can_be_changed_and_are_validated(client, admin):
     project = make_project(client, admin)
     url = f"/api/v1/projects/{project['id']}/settings"
     changed = client.patch(url, json={"settings": {"overlap_k": 5}}, headers=admin.headers)
-    settings = {k: v for k, v in changed.json()["settings"].items() if k not in ("training", "mining")}
+    settings = {k: v for k, v in changed.json()["settings"].items() if k not in ("training", "mining", "monitoring")}
     assert settings == {
         "overlap_rate": 0.1, "overlap_k": 5, "lease_minutes": 10, "gold_rate": 0.05,
         "auto_review": True, "review_posterior": 0.7, "review_max_labels": 5, "max_boxes": 500, "iou_threshold": 0.5,

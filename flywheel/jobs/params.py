@@ -48,6 +48,10 @@ class MineParams(JobParams):
     """None: a pass follows the project's ``mining`` settings."""
 
 
+class DriftParams(JobParams):
+    """None: a drift check follows the project's ``monitoring`` settings."""
+
+
 class LabelQualityParams(JobParams):
     folds: int = Field(default=5, ge=FOLDS_RANGE[0], le=FOLDS_RANGE[1], description="Cross-validation folds.")
     filter_by: FilterBy = Field(default="prune_by_class", description="cleanlab's rule for the flagged set.")
@@ -66,6 +70,7 @@ PARAMS: dict[JobKind, type[JobParams]] = {
     JobKind.embed: EmbedParams,
     JobKind.label_quality: LabelQualityParams,
     JobKind.mine: MineParams,
+    JobKind.drift: DriftParams,
 }
 
 P = TypeVar("P", bound=JobParams)

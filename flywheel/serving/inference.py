@@ -5,11 +5,18 @@ way: the backbone's ONNX file gives an image's embedding (or the embedding is al
 the serving model's head turns it into probabilities. Images go through the same ``to_array`` and
 ``normalize`` as in training; an uploaded image over three times the input size is reduced as it is
 decoded (``storage.imagecheck.decode_for_model``), so huge uploads cost one decoded image of memory.
+
+A model whose files are missing or broken does not stop predictions: the next of ``serving_candidates`` (the
+champion, then the champions before it) answers, the answer says so (``fallback``), the failure is logged once and
+``/health`` reports it until the serving model answers again. A broken model is tried again after
+``retry_seconds`` (``LABELWHEEL_MODEL_RETRY_SECONDS``: its files may have been restored).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,14 +30,16 @@ from sqlalchemy.orm import Session
 
 from flywheel.serving.heads import head_probabilities, read_head
 from flywheel.serving.preprocess import normalize, to_array
-from flywheel.serving.registry import serving_model
+from flywheel.serving.registry import serving_candidates
 from storage.blobs import BlobStore
-from storage.errors import Conflict
+from storage.errors import Conflict, LabelwheelError, StorageUnavailable
 from storage.ingest import Limits, decode_uploads
 from storage.models import Embedding, Image, ModelKind, ModelVersion
 
 CACHED_SESSIONS = 4
 BATCH = 64
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -40,6 +49,22 @@ class Answer:
     probabilities: dict[str, float]
 
 
+@dataclass(frozen=True)
+class Served:
+    """Answers, the model that gave them and the backbone whose embeddings (one row per answer) they rest on;
+    ``fallback`` says why the serving model did not answer, when it did not."""
+
+    model: ModelVersion
+    backbone: ModelVersion
+    answers: list[Answer]
+    embeddings: np.ndarray
+    fallback: str | None = None
+
+
+class ModelUnavailable(StorageUnavailable):
+    code = "model_unavailable"
+
+
 def model_version(model: ModelVersion) -> str:
     return f"model-{model.id}"
 
@@ -47,10 +72,18 @@ def model_version(model: ModelVersion) -> str:
 class Predictor:
     """Keeps a few onnxruntime sessions (one thread each, so predictions leave the API its CPU share)."""
 
-    def __init__(self, blobs: BlobStore) -> None:
+    def __init__(self, blobs: BlobStore, *, retry_seconds: float = 30.0) -> None:
         self._blobs = blobs
+        self._retry_seconds = retry_seconds
         self._sessions: OrderedDict[str, ort.InferenceSession] = OrderedDict()
         self._lock = threading.Lock()
+        self._broken: dict[int, tuple[str, float]] = {}  # model id: (why, when)
+        self._falling_back: dict[int, str] = {}  # project id: why its serving model does not answer
+
+    def falling_back(self) -> dict[int, str]:
+        """Projects answered by a fallback model now, and why (``/health``)."""
+        with self._lock:
+            return dict(self._falling_back)
 
     def _session(self, onnx_sha256: str) -> ort.InferenceSession:
         with self._lock:
@@ -86,25 +119,86 @@ class Predictor:
         ]
         return np.concatenate(out)
 
-    def predict(
-        self, session: Session, *, project_id: int, uploads: Sequence[tuple[str, IO[bytes]]], limits: Limits
-    ) -> tuple[ModelVersion, list[Answer]]:
-        """Answers for uploaded images, with the model that gave them.
+    def _ready(self, session: Session, model: ModelVersion) -> tuple[ModelVersion, tuple[np.ndarray, np.ndarray]]:
+        """The model's backbone (its ONNX session loaded) and head; raises when either cannot be used."""
+        with self._lock:
+            broken = self._broken.get(model.id)
+        if broken is not None and time.monotonic() - broken[1] < self._retry_seconds:
+            raise _Broken(broken[0])
+        backbone, head = self._parts(session, model)
+        assert backbone.onnx_sha256 is not None
+        self._session(backbone.onnx_sha256)
+        return backbone, head
 
-        The model is checked first (Conflict when the project has none, or its files are not made yet), then
-        the files (``decode_uploads``); images are decoded one at a time, at the model's input size.
-        """
-        model = serving_model(session, project_id=project_id)
-        if model is None:
+    def _failed(self, project_id: int, model: ModelVersion, exc: Exception) -> str:
+        why = str(exc) if isinstance(exc, LabelwheelError | _Broken) else f"{type(exc).__name__}: {exc}"
+        note = f"model {model.id} cannot answer ({why})"
+        with self._lock:
+            known = self._broken.get(model.id)
+            self._broken[model.id] = (why, known[1] if isinstance(exc, _Broken) and known else time.monotonic())
+        if not isinstance(exc, _Broken):
+            log.error("project %s: %s; the next model in line answers", project_id, note)
+        return note
+
+    def _answered(self, project_id: int, model: ModelVersion, problems: list[str]) -> str | None:
+        with self._lock:
+            self._broken.pop(model.id, None)
+            if problems:
+                self._falling_back[project_id] = "; ".join(problems)
+            else:
+                self._falling_back.pop(project_id, None)
+        return "; ".join(problems) or None
+
+    def _candidates(self, session: Session, project_id: int) -> list[ModelVersion]:
+        candidates = serving_candidates(session, project_id=project_id)
+        if not candidates:
             raise Conflict(
                 f"project {project_id} has no model yet: once enough images are labeled a training starts by itself",
                 code="no_model",
             )
-        backbone, (weight, bias) = self._parts(session, model)
-        images = decode_uploads(uploads, limits=limits, size=model.input_size)
-        arrays = np.stack([to_array(image, model.input_size) for image in images])
-        probabilities = head_probabilities(self._embed(backbone, arrays), weight, bias)
-        return model, [_answer(row, model.labels) for row in probabilities]
+        return candidates
+
+    def predict(
+        self,
+        session: Session,
+        *,
+        project_id: int,
+        uploads: Sequence[tuple[str, IO[bytes]]],
+        limits: Limits,
+        first: ModelVersion | None = None,
+    ) -> Served:
+        """Answers for uploaded images, with the model that gave them: ``first`` (a canary) if given and able,
+        else the first of ``serving_candidates`` able to.
+
+        A model is checked first (Conflict when the project has none), then the files (``decode_uploads``: their
+        errors are the caller's, whichever model answers); images are decoded one at a time, at the model's input
+        size. A model that cannot load or run hands over to the next in line.
+        """
+        problems: list[str] = []
+        arrays: dict[int, np.ndarray] = {}  # by input size: a fallback model may take another
+        line = self._candidates(session, project_id)
+        if first is not None:
+            line = [first, *(model for model in line if model.id != first.id)]
+        for model in line:
+            try:
+                backbone, (weight, bias) = self._ready(session, model)
+            except Exception as exc:  # missing or broken files: the next model answers
+                problems.append(self._failed(project_id, model, exc))
+                continue
+            if model.input_size not in arrays:
+                arrays[model.input_size] = _arrays(uploads, limits, model.input_size)
+            try:
+                embeddings = self._embed(backbone, arrays[model.input_size])
+                probabilities = head_probabilities(embeddings, weight, bias)
+            except Exception as exc:  # a model that loads but fails to run
+                problems.append(self._failed(project_id, model, exc))
+                continue
+            answers = [_answer(row, model.labels) for row in probabilities]
+            return Served(model, backbone, answers, embeddings, self._answered(project_id, model, problems))
+        raise ModelUnavailable(
+            f"no model of project {project_id} can answer: {'; '.join(problems)}; restore the files or promote "
+            "another model"
+        )
 
     def predict_stored(self, session: Session, *, model: ModelVersion, images: Sequence[Image]) -> list[Answer]:
         """The model's answers for stored images, in order: cached embeddings where the backbone has them, the
@@ -135,24 +229,47 @@ class Predictor:
         )
         return [_answer(row, model.labels) for row in head_probabilities(embeddings, weight, bias)]
 
-    def prelabel(self, session: Session, *, image: Image) -> tuple[ModelVersion, Answer] | None:
-        """The serving model's answer for a stored image: from its cached embedding when there is one."""
-        model = serving_model(session, project_id=image.project_id)
-        if model is None:
-            return None
-        try:
-            backbone, (weight, bias) = self._parts(session, model)
-        except Conflict:  # a pre-label is a hint: without one the task is still served
-            return None
-        vector = session.scalar(
-            select(Embedding.vector).where(Embedding.model_id == backbone.id, Embedding.image_id == image.id)
-        )
-        if vector is not None:
-            embedding = np.frombuffer(vector, dtype=np.float32)[None, :]
-        else:
-            with self._blobs.open(image.sha256) as stream, PILImage.open(stream) as decoded:
-                embedding = self._embed(backbone, to_array(decoded, model.input_size)[None])
-        return model, _answer(head_probabilities(embedding, weight, bias)[0], model.labels)
+    def predict_with(
+        self, session: Session, *, model: ModelVersion, uploads: Sequence[tuple[str, IO[bytes]]], limits: Limits
+    ) -> Served:
+        """``model``'s answers alone, without fallback: what a shadow model (or the champion beside a canary)
+        would have said."""
+        backbone, (weight, bias) = self._ready(session, model)
+        embeddings = self._embed(backbone, _arrays(uploads, limits, model.input_size))
+        answers = [_answer(row, model.labels) for row in head_probabilities(embeddings, weight, bias)]
+        return Served(model, backbone, answers, embeddings)
+
+    def prelabel(self, session: Session, *, image: Image) -> tuple[ModelVersion, Answer, str | None] | None:
+        """The answer for a stored image of the first model in line that can give one (from the image's cached
+        embedding when there is one), and why the models before it could not; None without any."""
+        problems: list[str] = []
+        for model in serving_candidates(session, project_id=image.project_id):
+            try:
+                backbone, (weight, bias) = self._ready(session, model)
+            except Exception as exc:  # a pre-label is a hint: the next model gives it, or the task goes without
+                problems.append(self._failed(image.project_id, model, exc))
+                continue
+            vector = session.scalar(
+                select(Embedding.vector).where(Embedding.model_id == backbone.id, Embedding.image_id == image.id)
+            )
+            if vector is not None:
+                embedding = np.frombuffer(vector, dtype=np.float32)[None, :]
+            else:
+                with self._blobs.open(image.sha256) as stream, PILImage.open(stream) as decoded:
+                    embedding = self._embed(backbone, to_array(decoded, model.input_size)[None])
+            answer = _answer(head_probabilities(embedding, weight, bias)[0], model.labels)
+            return model, answer, self._answered(image.project_id, model, problems)
+        return None
+
+
+class _Broken(Exception):
+    """A model that failed less than ``retry_seconds`` ago: skipped without trying its files again."""
+
+
+def _arrays(uploads: Sequence[tuple[str, IO[bytes]]], limits: Limits, size: int) -> np.ndarray:
+    for _, stream in uploads:
+        stream.seek(0)
+    return np.stack([to_array(image, size) for image in decode_uploads(uploads, limits=limits, size=size)])
 
 
 def _answer(row: np.ndarray, labels: list[str]) -> Answer:

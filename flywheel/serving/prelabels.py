@@ -14,5 +14,5 @@ def prelabel_for(session: Session, predictor: Predictor, *, task: Task) -> PreLa
     live = predictor.prelabel(session, image=task.image)
     if live is None:
         return task.prelabel
-    model, answer = live
-    return PreLabel(label=answer.label, confidence=answer.confidence, model_version=model_version(model))
+    model, answer, fallback = live
+    return PreLabel(answer.label, answer.confidence, model_version(model), fallback)

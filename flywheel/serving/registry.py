@@ -85,6 +85,27 @@ def serving_model(session: Session, *, project_id: int) -> ModelVersion | None:
     return refreshed or best
 
 
+def serving_candidates(session: Session, *, project_id: int, earlier: int = 2) -> list[ModelVersion]:
+    """Who answers, in order, when the one before cannot (its files are missing or broken): the serving model, the
+    champion it refreshes, then the champions it replaced, newest first, up to ``earlier`` of them."""
+    best = champion(session, project_id=project_id)
+    if best is None:
+        return []
+    serving = serving_model(session, project_id=project_id)
+    found = [serving] if serving is not None and serving.id != best.id else []
+    found.append(best)
+    model = best
+    for _ in range(earlier):
+        promotions = (model.decision or {}).get("promotions", [])
+        replaced = promotions[-1].get("replaced") if promotions else None
+        before = session.get(ModelVersion, replaced) if replaced is not None else None
+        if before is None or before in found:
+            break
+        found.append(before)
+        model = before
+    return found
+
+
 def prune_refreshed_heads(
     session: Session, blobs: BlobStore, *, project_id: int, keep: int, grace_seconds: float
 ) -> list[int]:
@@ -124,6 +145,52 @@ def prune_refreshed_heads(
     return [m.id for m in doomed]
 
 
+class Deployment(StrEnum):
+    shadow = "shadow"  # predicts on a copy of live traffic after the answer; logged, never returned
+    canary = "canary"  # answers ``traffic_share`` of the requests
+
+
+def deploy(session: Session, *, model: ModelVersion, mode: Deployment | None, share: float | None) -> ModelVersion:
+    """Put a finished full model in shadow or canary (one canary per project), or take it out (``mode`` None)."""
+    if mode is not None:
+        if model.kind != ModelKind.full or model.status not in (ModelStatus.candidate, ModelStatus.retired):
+            raise Conflict(
+                f"model {model.id} is a {model.kind.value} model, {model.status.value}: only a finished full model "
+                "that is not the champion can be a shadow or a canary",
+                code="model_not_deployable",
+            )
+        if model.onnx_sha256 is None or model.head_sha256 is None:
+            raise Conflict(f"model {model.id} has no ONNX file to serve with", code="model_not_ready")
+        if mode is Deployment.canary:
+            other = session.scalars(
+                select(ModelVersion).where(
+                    ModelVersion.project_id == model.project_id,
+                    ModelVersion.deployment == Deployment.canary.value,
+                    ModelVersion.id != model.id,
+                )
+            ).first()
+            if other is not None:
+                raise Conflict(
+                    f"model {other.id} is the project's canary already: take it out first (deployment null)",
+                    code="canary_exists",
+                )
+    model.deployment = mode.value if mode is not None else None
+    model.traffic_share = share if mode is Deployment.canary else None
+    session.flush()
+    return model
+
+
+def deployed(session: Session, *, project_id: int) -> list[ModelVersion]:
+    """The project's shadow and canary models."""
+    return list(
+        session.scalars(
+            select(ModelVersion)
+            .where(ModelVersion.project_id == project_id, ModelVersion.deployment.is_not(None))
+            .order_by(ModelVersion.id)
+        )
+    )
+
+
 def promote(session: Session, *, model: ModelVersion, by_user: int | None, reason: str) -> ModelVersion:
     """Make ``model`` the project's champion (also an older one: a rollback); the old champion retires."""
     if model.kind != ModelKind.full:
@@ -140,6 +207,7 @@ def promote(session: Session, *, model: ModelVersion, by_user: int | None, reaso
         current.status = ModelStatus.retired
         session.flush()  # the one-champion index must never see two
     model.status, model.promoted_at, model.promoted_by = ModelStatus.champion, utcnow(), by_user
+    model.deployment = model.traffic_share = None  # promoted from shadow or canary: it serves all traffic now
     history = list((model.decision or {}).get("promotions", []))
     history.append(
         {"at": utcnow().isoformat(), "by_user": by_user, "reason": reason, "replaced": current and current.id}

@@ -4,6 +4,7 @@ processes do: the worker, once, before it forks its lanes, and ``labelwheel mine
 from __future__ import annotations
 
 from flywheel.jobs.runner import Handlers
+from flywheel.monitoring.drift import run_drift
 from flywheel.training.label_quality import label_quality_job
 from flywheel.training.mining import run_mining
 from flywheel.training.refresh import run_embedding, run_export, run_refresh
@@ -17,4 +18,5 @@ HANDLERS: Handlers = {
     JobKind.export: run_export,
     JobKind.label_quality: label_quality_job,
     JobKind.mine: run_mining,
+    JobKind.drift: run_drift,
 }

@@ -22,8 +22,9 @@ router = APIRouter(tags=["operations"])
 )
 def health(runtime: RuntimeDep) -> JSONResponse:
     """Answers 200 with `{"status": "ok", "checks": {...}}` when the database and the blob store both answer, else
-    503 with `"degraded"` and the failing check's error type. Needs no token, for load balancers and container
-    health checks."""
+    503 with `"degraded"` and the failing check's error type. A project whose serving model cannot answer (an
+    older one does meanwhile) makes the status `degraded` with a 200, naming the project and why in `fallback`.
+    Needs no token, for load balancers and container health checks."""
     checks = {}
     for name, probe in (("database", runtime.db.ping), ("blob_store", runtime.blobs.check)):
         try:
@@ -39,11 +40,14 @@ def health(runtime: RuntimeDep) -> JSONResponse:
         except Exception as exc:  # e.g. a PostgreSQL schema not upgraded yet (`labelwheel db upgrade`)
             checks["job_lanes"] = f"failing: {type(exc).__name__}"
     healthy = all(v == "ok" for v in checks.values()) and all(lane.status != LaneStatus.down for lane in lanes)
+    fallback = runtime.predictor.falling_back()
     body = HealthRead(
-        status="ok" if healthy else "degraded",
+        status="ok" if healthy and not fallback else "degraded",
         checks=checks,
         lanes={lane.lane: LaneRead.model_validate(asdict(lane)) for lane in lanes},
+        fallback=fallback,
     )
+    # A model answering in place of a broken one is degraded service, not an outage: load balancers keep sending.
     return JSONResponse(body.model_dump(mode="json"), 200 if healthy else 503)
 
 

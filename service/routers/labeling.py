@@ -63,7 +63,14 @@ def _task_read(session: Session, runtime: Runtime, task: Task) -> TaskRead:
         height=height,
         lease_expires_at=task.lease_expires_at,
         review_reason=task.review_reason,
-        prelabel=PreLabelRead(**vars(prelabel)) if prelabel else None,
+        prelabel=PreLabelRead(
+            label=prelabel.label,
+            confidence=prelabel.confidence,
+            model_version=prelabel.model_version,
+            fallback=prelabel.fallback is not None,
+        )
+        if prelabel
+        else None,
     )
 
 

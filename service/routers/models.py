@@ -1,14 +1,18 @@
 from __future__ import annotations
 
+import time
+import uuid
 from enum import StrEnum
 from typing import Annotated
 
-from fastapi import APIRouter, File, Query, UploadFile
+from fastapi import APIRouter, BackgroundTasks, File, Query, UploadFile
 from fastapi.responses import JSONResponse, Response
 
 from flywheel.policy import make_champion, start_export
 from flywheel.serving.inference import model_version
+from flywheel.serving.prediction_log import input_hashes, predicted_inputs, record_predictions
 from flywheel.serving.registry import DownloadFormat, FilesPending, champion, list_models, model_card, model_file
+from flywheel.serving.traffic import canary_for, shadows_for
 from service.deps import (
     CurrentUser,
     EngineerModel,
@@ -22,6 +26,7 @@ from service.schemas.common import ERROR_RESPONSES
 from service.schemas.models import ModelCard, ModelRead, PredictionRead, PredictResult, PromoteRequest
 from storage.errors import NotFound
 from storage.models import ModelKind, ModelVersion
+from storage.projects import project_settings
 
 router = APIRouter(prefix="/api/v1", tags=["models"], responses=ERROR_RESPONSES)
 
@@ -128,19 +133,46 @@ def predict(
     project: EngineerProject,
     session: ReadSessionDep,
     runtime: RuntimeDep,
+    background: BackgroundTasks,
     files: Annotated[list[UploadFile], File(description="Images; repeat the field for several.")],
 ) -> PredictResult:
-    """Runs the serving model on uploaded images (checked like any upload, not stored) and returns each one's
-    label, confidence and probability per label, with the model version that answered."""
+    """Runs the serving model on uploaded images (checked like any upload) and returns each one's label,
+    confidence and probability per label, with the model version that answered. When the serving model's files
+    are missing or broken an older model answers and says so (`fallback`). After the answer, each prediction is
+    logged and, by the project's `monitoring.capture` setting, its image stored into the pool for labeling."""
     uploads = [(f.filename or "upload", f.file) for f in files]
-    model, answers = runtime.predictor.predict(session, project_id=project.id, uploads=uploads, limits=runtime.limits)
+    hashes = input_hashes(uploads)
+    started = time.perf_counter()
+    served = runtime.predictor.predict(
+        session,
+        project_id=project.id,
+        uploads=uploads,
+        limits=runtime.limits,
+        first=canary_for(session, project_id=project.id, hashes=hashes),
+    )
+    latency_ms = (time.perf_counter() - started) * 1000
+    shadows = shadows_for(session, project_id=project.id, answered_by=served.model)
+    settings = project_settings(project).monitoring
+    background.add_task(
+        record_predictions,
+        runtime.db,
+        runtime.blobs,
+        runtime.limits,
+        runtime.predictor,
+        project_id=project.id,
+        served=served,
+        inputs=predicted_inputs(runtime.blobs, settings, uploads, hashes, served, for_shadows=bool(shadows)),
+        latency_ms=latency_ms,
+        request_id=uuid.uuid4().hex,
+        shadows=shadows,
+    )
     return PredictResult(
-        model_id=model.id,
-        model_version=model_version(model),
+        model_id=served.model.id,
+        model_version=model_version(served.model),
+        fallback=served.fallback is not None,
+        fallback_reason=served.fallback,
         predictions=[
-            PredictionRead(
-                filename=upload.filename or "", label=a.label, confidence=a.confidence, probabilities=a.probabilities
-            )
-            for upload, a in zip(files, answers, strict=True)
+            PredictionRead(filename=name, label=a.label, confidence=a.confidence, probabilities=a.probabilities)
+            for (name, _), a in zip(uploads, served.answers, strict=True)
         ],
     )

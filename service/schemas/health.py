@@ -31,3 +31,8 @@ class HealthRead(BaseModel):
     status: Literal["ok", "degraded"]
     checks: dict[str, str] = Field(description="`ok` or `failing: <error type>` per store")
     lanes: dict[str, LaneRead] = Field(description="each job lane; empty when the database cannot be read")
+    fallback: dict[int, str] = Field(
+        default_factory=dict,
+        description="Projects whose serving model cannot answer, by id, and why: an older model answers their "
+        "predictions meanwhile (status `degraded`, still HTTP 200).",
+    )

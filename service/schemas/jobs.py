@@ -5,7 +5,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from flywheel.jobs.params import EmbedParams, LabelQualityParams, MineParams, RefreshParams, TrainParams
+from flywheel.jobs.params import (
+    DriftParams,
+    EmbedParams,
+    LabelQualityParams,
+    MineParams,
+    RefreshParams,
+    TrainParams,
+)
 from service.schemas.common import RequestModel
 from storage.models import JobKind, JobStatus
 
@@ -37,9 +44,14 @@ class MineJobCreate(RequestModel):
     params: MineParams = Field(default_factory=MineParams, description=PARAMS_DESCRIPTION)
 
 
+class DriftJobCreate(RequestModel):
+    kind: Literal["drift"]
+    params: DriftParams = Field(default_factory=DriftParams, description=PARAMS_DESCRIPTION)
+
+
 # One request shape per kind a person may start (flywheel/jobs/params.PARAMS), told apart by ``kind``.
 JobCreate = Annotated[
-    TrainJobCreate | RefreshJobCreate | EmbedJobCreate | LabelQualityJobCreate | MineJobCreate,
+    TrainJobCreate | RefreshJobCreate | EmbedJobCreate | LabelQualityJobCreate | MineJobCreate | DriftJobCreate,
     Field(discriminator="kind"),
 ]
 

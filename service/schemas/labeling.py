@@ -39,6 +39,9 @@ class PreLabelRead(BaseModel):
     label: str
     confidence: float = Field(description="The model's probability for `label`, 0 to 1.")
     model_version: str = Field(description="The model that made the suggestion.")
+    fallback: bool = Field(
+        default=False, description="True when an older model made it because the serving model cannot answer."
+    )
 
 
 class ScoredBoxRead(BoxRead):

@@ -32,6 +32,10 @@ class ModelRead(BaseModel):
     job_id: int | None = Field(description="The job that trained it.")
     seed: int
     test_accuracy: float | None = Field(default=None, description="Accuracy on the test split of its snapshot.")
+    deployment: str | None = Field(
+        default=None, description="shadow or canary (PUT /models/{id}/deployment); null for neither."
+    )
+    traffic_share: float | None = Field(default=None, description="A canary's share of /predict requests.")
     created_at: datetime
     finished_at: datetime | None
     files_pruned_at: datetime | None = Field(
@@ -53,6 +57,10 @@ class PredictionRead(BaseModel):
 class PredictResult(BaseModel):
     model_id: int
     model_version: str = Field(description="The version every prediction names, e.g. model-12.")
+    fallback: bool = Field(
+        default=False, description="True when an older model answered because the serving model cannot."
+    )
+    fallback_reason: str | None = Field(default=None, description="Why the models before it could not answer.")
     predictions: list[PredictionRead]
 
 

@@ -16,6 +16,7 @@ class SchedulesSet(RequestModel):
     mine: str | None = Field(default=None, max_length=100, description=CRON, examples=["0 * * * *"])
     train: str | None = Field(default=None, max_length=100, description=CRON, examples=["30 2 * * *"])
     label_quality: str | None = Field(default=None, max_length=100, description=CRON, examples=["0 3 * * 1"])
+    drift: str | None = Field(default=None, max_length=100, description=CRON, examples=["0 * * * *"])
 
 
 class ScheduleRead(BaseModel):
