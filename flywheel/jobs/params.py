@@ -52,6 +52,15 @@ class DriftParams(JobParams):
     """None: a drift check follows the project's ``monitoring`` settings."""
 
 
+class DistillParams(JobParams):
+    """None: the champion teaches a student made by the project's ``distillation`` settings."""
+
+
+class QuantizeParams(JobParams):
+    model_id: int = Field(ge=1, description="The model whose ONNX file becomes int8.")
+    calibration_images: int = Field(default=200, ge=16, le=10_000, description="Project images to calibrate on.")
+
+
 class LabelQualityParams(JobParams):
     folds: int = Field(default=5, ge=FOLDS_RANGE[0], le=FOLDS_RANGE[1], description="Cross-validation folds.")
     filter_by: FilterBy = Field(default="prune_by_class", description="cleanlab's rule for the flagged set.")
@@ -71,6 +80,8 @@ PARAMS: dict[JobKind, type[JobParams]] = {
     JobKind.label_quality: LabelQualityParams,
     JobKind.mine: MineParams,
     JobKind.drift: DriftParams,
+    JobKind.distill: DistillParams,
+    JobKind.quantize: QuantizeParams,
 }
 
 P = TypeVar("P", bound=JobParams)
