@@ -20,6 +20,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
 from sqlalchemy import select
 from torch import nn
 
@@ -220,10 +221,11 @@ def soft_labels(probabilities: np.ndarray, temperature: float) -> np.ndarray:
 def int8_onnx(float_bytes: bytes, calibration: np.ndarray) -> bytes:
     """A static int8 (QDQ, per-channel weights) form of an ONNX file, calibrated on normalized NCHW images."""
     with tempfile.TemporaryDirectory(prefix="labelwheel-int8-") as folder:
-        original, quantized = Path(folder) / "float.onnx", Path(folder) / "int8.onnx"
+        original, prepared, quantized = (Path(folder) / name for name in ("float.onnx", "prepared.onnx", "int8.onnx"))
         original.write_bytes(float_bytes)
+        quant_pre_process(str(original), str(prepared))  # shapes inferred and graph optimized, as onnxruntime advises
         quantize_static(
-            str(original),
+            str(prepared),
             str(quantized),
             _Calibration(calibration),
             quant_format=QuantFormat.QDQ,
