@@ -382,6 +382,8 @@ class JobKind(enum.StrEnum):
     mine = "mine"
     export = "export"  # the ONNX file of a refreshed model, made after it already serves
     drift = "drift"  # compare a window of logged predictions with the champion's training images
+    distill = "distill"  # train a small student on the champion's soft labels
+    quantize = "quantize"  # an int8 ONNX file of a model
 
 
 class Job(CreatedAt, Base):

@@ -141,6 +141,23 @@ class MiningSettings(BaseModel):
     )
 
 
+class DistillationSettings(BaseModel):
+    """The student a ``distill`` job trains on the champion's soft labels, for small or fast deployments."""
+
+    model_config = ConfigDict(extra="forbid")
+    architecture: Literal["small_cnn", "resnet18", "mobilenet_v3_small"] = Field(
+        default="small_cnn", description="The student's architecture."
+    )
+    input_size: int | None = Field(
+        default=None, ge=8, le=512, description="The student's input side; default: half the teacher's (at least 8)."
+    )
+    epochs: int = Field(default=20, ge=1, le=1000)
+    temperature: float = Field(default=2.0, gt=0, le=20, description="Softens the teacher's probabilities.")
+    batch_size: int = Field(default=64, ge=1, le=4096)
+    learning_rate: float = Field(default=3e-3, gt=0, le=1)
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+
+
 class MonitoringSettings(BaseModel):
     """What happens to ``/predict`` traffic after the answer: the log, capture into the pool, and drift checks."""
 
@@ -230,6 +247,7 @@ class ProjectSettings(BaseModel):
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     mining: MiningSettings = Field(default_factory=MiningSettings)
     monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
+    distillation: DistillationSettings = Field(default_factory=DistillationSettings)
 
     @field_validator("hotkeys")
     @classmethod

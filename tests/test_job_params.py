@@ -55,10 +55,12 @@ def test_bad_params_are_a_422_naming_the_param_and_nothing_is_stored(client, adm
 def test_every_kind_a_person_may_start_is_accepted_with_its_params_recorded(client, admin, engineer):
     project = make_project(client, admin, engineer)
     url = f"/api/v1/projects/{project['id']}/jobs"
+    required = {"quantize": {"model_id": 1}}  # which model to quantize has no default
     for kind in PARAMS:
-        created = client.post(url, json={"kind": kind}, headers=engineer.headers)
+        created = client.post(url, json={"kind": kind, "params": required.get(kind, {})}, headers=engineer.headers)
         assert created.status_code == 201, created.text
-        assert {k: v for k, v in created.json()["params"].items() if k != "labeled"} == {"trigger": "manual"}
+        recorded = {k: v for k, v in created.json()["params"].items() if k != "labeled"}
+        assert recorded == {"trigger": "manual", **required.get(kind, {})}
     body = {"kind": "label_quality", "params": {"folds": 3, "epochs": 30, "filter_by": "both"}}
     created = client.post(url, json=body, headers=engineer.headers)
     assert created.json()["params"] == {"folds": 3, "epochs": 30, "filter_by": "both", "trigger": "manual"}

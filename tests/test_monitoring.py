@@ -274,3 +274,47 @@ def test_shadow_and_canary_models_meet_the_same_traffic_and_are_compared_then_pr
     )
     assert promoted.status_code == 200
     assert trained.client.get(f"/api/v1/projects/{project_id}/deployments", headers=engineer).json() == []
+
+
+def test_a_distilled_student_and_an_int8_model_are_registered_with_lineage_and_serve(trained):
+    project_id, engineer = trained.project["id"], trained.engineer.headers
+    patched = trained.client.patch(
+        f"/api/v1/projects/{project_id}/settings",
+        json={"settings": {"distillation": {"epochs": 3, "input_size": 8}}},
+        headers=trained.admin.headers,
+    )
+    assert patched.status_code == 200, patched.text
+
+    def job(kind: str, params: dict | None = None) -> dict:
+        created = trained.client.post(
+            f"/api/v1/projects/{project_id}/jobs", json={"kind": kind, "params": params or {}}, headers=engineer
+        )
+        assert created.status_code == 201, created.text
+        run(trained.app, created.json()["id"])
+        done = trained.client.get(f"/api/v1/jobs/{created.json()['id']}", headers=engineer).json()
+        assert done["status"] == "succeeded", done
+        return trained.client.get(f"/api/v1/models/{done['result']['model_id']}", headers=engineer).json()
+
+    student = job("distill")
+    assert (student["parent_id"], student["input"]["size"], student["status"]) == (trained.champion_id, 8, "candidate")
+    assert student["hyperparameters"]["distilled_from"] == trained.champion_id
+    metrics = student["metrics"]
+    assert metrics["distilled_on"] > 150  # labeled and unlabeled images alike, the test split left out
+    assert metrics["test_accuracy"] > 0.3 and metrics["teacher_test_accuracy"] > 0.5  # chance is 0.1
+    assert metrics["latency_ms_per_image"] > 0 and metrics["teacher_latency_ms_per_image"] > 0
+
+    int8 = job("quantize", {"model_id": trained.champion_id, "calibration_images": 64})
+    assert int8["parent_id"] == trained.champion_id and int8["hyperparameters"]["int8"] is True
+    assert int8["metrics"]["agreement_with_float"] >= 0.9
+    assert int8["metrics"]["onnx_bytes"] < int8["metrics"]["float_onnx_bytes"]
+
+    pngs, _ = digits()
+    for model in (student, int8):
+        onnx = trained.client.get(f"/api/v1/models/{model['id']}/download", params={"format": "onnx"}, headers=engineer)
+        assert onnx.status_code == 200 and len(onnx.content) > 1000
+        promoted = trained.client.post(
+            f"/api/v1/models/{model['id']}/promote", json={"reason": "edge"}, headers=engineer
+        )
+        assert promoted.status_code == 200, promoted.text
+        answer = predict(trained, [("edge.png", pngs[500])])
+        assert answer["model_id"] == model["id"] and not answer["fallback"]

@@ -14,7 +14,9 @@ def test_create_and_read_a_project_with_its_ordered_labels(client, admin):
     project = created.json()
     assert project["name"] == "pets"
     assert project["labels"] == ["zebra", "cat", "ant"]
-    settings = {k: v for k, v in project["settings"].items() if k not in ("training", "mining", "monitoring")}
+    settings = {
+        k: v for k, v in project["settings"].items() if k not in ("training", "mining", "monitoring", "distillation")
+    }
     assert settings == {
         "overlap_rate": 0.25, "overlap_k": 3, "lease_minutes": 10, "gold_rate": 0.05,
         "auto_review": True, "review_posterior": 0.7, "review_max_labels": 5, "max_boxes": 500, "iou_threshold": 0.5,
@@ -81,7 +83,11 @@ def test_settings_can_be_changed_and_are_validated(client, admin):
     project = make_project(client, admin)
     url = f"/api/v1/projects/{project['id']}/settings"
     changed = client.patch(url, json={"settings": {"overlap_k": 5}}, headers=admin.headers)
-    settings = {k: v for k, v in changed.json()["settings"].items() if k not in ("training", "mining", "monitoring")}
+    settings = {
+        k: v
+        for k, v in changed.json()["settings"].items()
+        if k not in ("training", "mining", "monitoring", "distillation")
+    }
     assert settings == {
         "overlap_rate": 0.1, "overlap_k": 5, "lease_minutes": 10, "gold_rate": 0.05,
         "auto_review": True, "review_posterior": 0.7, "review_max_labels": 5, "max_boxes": 500, "iou_threshold": 0.5,

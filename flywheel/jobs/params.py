@@ -9,9 +9,9 @@ an older version) is held to the same bounds. The keys the flywheel adds itself 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from annotation.label_issues import FilterBy
 from storage.errors import InvalidInput
@@ -19,6 +19,14 @@ from storage.models import JobKind
 
 FOLDS_RANGE = (2, 20)
 EPOCHS_RANGE = (1, 1000)  # per fold, so at most 20,000 epochs for one job
+
+
+def _whole_number(value: Any) -> Any:
+    """JSON has one number type: 3.0 is the whole number 3 (JSON Schema's "integer"), 3.5 and "3" are not."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+Whole = Annotated[int, BeforeValidator(_whole_number)]
 
 
 class JobParams(BaseModel):
@@ -52,10 +60,19 @@ class DriftParams(JobParams):
     """None: a drift check follows the project's ``monitoring`` settings."""
 
 
+class DistillParams(JobParams):
+    """None: the champion teaches a student made by the project's ``distillation`` settings."""
+
+
+class QuantizeParams(JobParams):
+    model_id: Whole = Field(ge=1, description="The model whose ONNX file becomes int8.")
+    calibration_images: Whole = Field(default=200, ge=16, le=10_000, description="Project images to calibrate on.")
+
+
 class LabelQualityParams(JobParams):
-    folds: int = Field(default=5, ge=FOLDS_RANGE[0], le=FOLDS_RANGE[1], description="Cross-validation folds.")
+    folds: Whole = Field(default=5, ge=FOLDS_RANGE[0], le=FOLDS_RANGE[1], description="Cross-validation folds.")
     filter_by: FilterBy = Field(default="prune_by_class", description="cleanlab's rule for the flagged set.")
-    epochs: int | None = Field(
+    epochs: Whole | None = Field(
         default=None,
         ge=EPOCHS_RANGE[0],
         le=EPOCHS_RANGE[1],
@@ -71,6 +88,8 @@ PARAMS: dict[JobKind, type[JobParams]] = {
     JobKind.label_quality: LabelQualityParams,
     JobKind.mine: MineParams,
     JobKind.drift: DriftParams,
+    JobKind.distill: DistillParams,
+    JobKind.quantize: QuantizeParams,
 }
 
 P = TypeVar("P", bound=JobParams)

@@ -133,6 +133,8 @@ class Predictor:
     def _failed(self, project_id: int, model: ModelVersion, exc: Exception) -> str:
         why = str(exc) if isinstance(exc, LabelwheelError | _Broken) else f"{type(exc).__name__}: {exc}"
         note = f"model {model.id} cannot answer ({why})"
+        if isinstance(exc, Conflict):  # files not made yet: nothing is broken, the next model answers meanwhile
+            return note
         with self._lock:
             known = self._broken.get(model.id)
             self._broken[model.id] = (why, known[1] if isinstance(exc, _Broken) and known else time.monotonic())
@@ -175,6 +177,7 @@ class Predictor:
         size. A model that cannot load or run hands over to the next in line.
         """
         problems: list[str] = []
+        not_ready: Conflict | None = None
         arrays: dict[int, np.ndarray] = {}  # by input size: a fallback model may take another
         line = self._candidates(session, project_id)
         if first is not None:
@@ -184,6 +187,7 @@ class Predictor:
                 backbone, (weight, bias) = self._ready(session, model)
             except Exception as exc:  # missing or broken files: the next model answers
                 problems.append(self._failed(project_id, model, exc))
+                not_ready = not_ready or (exc if isinstance(exc, Conflict) else None)
                 continue
             if model.input_size not in arrays:
                 arrays[model.input_size] = _arrays(uploads, limits, model.input_size)
@@ -195,6 +199,8 @@ class Predictor:
                 continue
             answers = [_answer(row, model.labels) for row in probabilities]
             return Served(model, backbone, answers, embeddings, self._answered(project_id, model, problems))
+        if not_ready is not None and len(problems) == 1:
+            raise not_ready  # the only model's files are on their way: a 409 that says to try again shortly
         raise ModelUnavailable(
             f"no model of project {project_id} can answer: {'; '.join(problems)}; restore the files or promote "
             "another model"

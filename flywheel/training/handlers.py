@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from flywheel.jobs.runner import Handlers
 from flywheel.monitoring.drift import run_drift
+from flywheel.training.compression import run_distill, run_quantize
 from flywheel.training.label_quality import label_quality_job
 from flywheel.training.mining import run_mining
 from flywheel.training.refresh import run_embedding, run_export, run_refresh
@@ -19,4 +20,6 @@ HANDLERS: Handlers = {
     JobKind.label_quality: label_quality_job,
     JobKind.mine: run_mining,
     JobKind.drift: run_drift,
+    JobKind.distill: run_distill,
+    JobKind.quantize: run_quantize,
 }

@@ -6,10 +6,12 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from flywheel.jobs.params import (
+    DistillParams,
     DriftParams,
     EmbedParams,
     LabelQualityParams,
     MineParams,
+    QuantizeParams,
     RefreshParams,
     TrainParams,
 )
@@ -49,9 +51,26 @@ class DriftJobCreate(RequestModel):
     params: DriftParams = Field(default_factory=DriftParams, description=PARAMS_DESCRIPTION)
 
 
+class DistillJobCreate(RequestModel):
+    kind: Literal["distill"]
+    params: DistillParams = Field(default_factory=DistillParams, description=PARAMS_DESCRIPTION)
+
+
+class QuantizeJobCreate(RequestModel):
+    kind: Literal["quantize"]
+    params: QuantizeParams = Field(description=PARAMS_DESCRIPTION)
+
+
 # One request shape per kind a person may start (flywheel/jobs/params.PARAMS), told apart by ``kind``.
 JobCreate = Annotated[
-    TrainJobCreate | RefreshJobCreate | EmbedJobCreate | LabelQualityJobCreate | MineJobCreate | DriftJobCreate,
+    TrainJobCreate
+    | RefreshJobCreate
+    | EmbedJobCreate
+    | LabelQualityJobCreate
+    | MineJobCreate
+    | DriftJobCreate
+    | DistillJobCreate
+    | QuantizeJobCreate,
     Field(discriminator="kind"),
 ]
 
