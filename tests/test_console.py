@@ -29,6 +29,7 @@ from storage.models import (
     Schedule,
     User,
 )
+from tests import imagefactory as img
 from tests.conftest import unavailable
 from tests.digits import digit_project, label_digits
 from tests.factories import make_project, make_user
@@ -142,10 +143,15 @@ def crowd(trained) -> dict[str, object]:
     """Two more annotators on the trained project: one relabels 30 of the labeled images (every fourth wrong), the
     other labels the ties this makes and fresh images; then a quick label_quality job."""
     client, admin, pid = trained.client, trained.admin, trained.project["id"]
-    sloppy, careful = make_user(trained.app, "sloppy", Role.annotator), make_user(trained.app, "careful", Role.annotator)
+    sloppy, careful = (
+        make_user(trained.app, "sloppy", Role.annotator),
+        make_user(trained.app, "careful", Role.annotator),
+    )
     for user in (sloppy, careful):
         client.post(f"/api/v1/projects/{pid}/members", json={"user_id": user.id}, headers=admin.headers)
-    labeled = [item["image_id"] for item in client.get(f"/api/v1/projects/{pid}/labels", headers=admin.headers).json()["items"]]
+    labeled = [
+        item["image_id"] for item in client.get(f"/api/v1/projects/{pid}/labels", headers=admin.headers).json()["items"]
+    ]
     again = labeled[:30]
     sent = client.post(
         f"/api/v1/projects/{pid}/review", json={"image_ids": again, "reason": "second opinion"}, headers=admin.headers
@@ -157,7 +163,9 @@ def crowd(trained) -> dict[str, object]:
         image_id = client.get(f"/api/v1/projects/{pid}/tasks/next", headers=careful.headers).json()["image_id"]
         digit = int(trained.truth[image_id]) + (2 if image_id in again[::4] else 0)
         answer = {"image_id": image_id, "label": str(digit % 10)}
-        assert client.post(f"/api/v1/projects/{pid}/annotations", json=answer, headers=careful.headers).status_code == 201
+        assert (
+            client.post(f"/api/v1/projects/{pid}/annotations", json=answer, headers=careful.headers).status_code == 201
+        )
     # Dawid-Skene trusts the first annotator enough to settle even the three-way ties with a posterior above 0.99:
     # an admin asking for near certainty sees them (and others) listed as weak.
     strict = {"settings": {"review_posterior": 0.9995}}
@@ -169,6 +177,27 @@ def crowd(trained) -> dict[str, object]:
     ).json()
     assert run(trained.app, job["id"]) == JobStatus.succeeded
     return {"sloppy": sloppy, "careful": careful}
+
+
+def detection_project(trained) -> tuple[int, list[int]]:
+    """A detection project where one of two annotators misses the person beside each car: weak consensus boxes."""
+    client, admin = trained.client, trained.admin
+    pair = [make_user(trained.app, name, Role.annotator) for name in ("spotter", "misser")]
+    settings = {"gold_rate": 0.0, "overlap_rate": 1.0, "overlap_k": 2}
+    project = make_project(client, admin, *pair, labels=["car", "person"], task_type="detection", settings=settings)
+    files = [("files", (f"{i}.png", img.png(64, 48, color=(i, 80, 20)))) for i in range(3)]
+    uploaded = client.post(f"/api/v1/projects/{project['id']}/images", files=files, headers=admin.headers)
+    images = [f["image_id"] for f in uploaded.json()["files"]]
+    car, person = (
+        {"label": "car", "x": 4, "y": 10, "w": 20, "h": 20},
+        {"label": "person", "x": 30, "y": 8, "w": 12, "h": 30},
+    )
+    for image_id in images:
+        for annotator, boxes in zip(pair, ([car, person], [car]), strict=True):
+            body = {"image_id": image_id, "boxes": boxes}
+            sent = client.post(f"/api/v1/projects/{project['id']}/annotations", json=body, headers=annotator.headers)
+            assert sent.status_code == 201, sent.text
+    return project["id"], images
 
 
 def open_page(page: Page, base: str, path: str, shots: Path, name: str) -> None:
@@ -255,6 +284,15 @@ def test_an_admin_walks_every_page_and_steers_the_flywheel(trained):
                 page.locator('#promote-form input[name="reason"]').fill("try the short training")
                 page.locator("#promote-form button").click()
                 done(page, f"Model {second_id} is the champion now")
+            page.goto(f"{base}/projects/{pid}/models?model={second_id}")
+            wrong = second.metrics["wrong_test_images"]
+            expect(page.locator("#errors .tile")).to_have_count(len(wrong))
+            if wrong:  # a cell of the confusion matrix shows its images
+                given, predicted = wrong[0]["label"], wrong[0]["predicted"]
+                page.locator(f'table.heat td[data-given="{given}"][data-predicted="{predicted}"]').click()
+                cell = [w for w in wrong if (w["label"], w["predicted"]) == (given, predicted)]
+                expect(page.locator("#errors .tile")).to_have_count(len(cell))
+                page.screenshot(path=SCREENSHOTS / "models-errors.png", full_page=True)
             page.goto(f"{base}/projects/{pid}/models?model={trained.champion_id}")
             expect(page.locator("#promote-form button")).to_have_text(f"Roll back to #{trained.champion_id}")
             page.locator('#promote-form input[name="reason"]').fill("the first one was better")
@@ -278,7 +316,9 @@ def test_an_admin_walks_every_page_and_steers_the_flywheel(trained):
             done(page, "sloppy's labels are left out of consensus")
             expect(page.locator(f'tr[data-annotator="{sloppy.id}"]')).to_contain_text("(excluded)")
             with db.session() as session:
-                exclusion = session.scalar(select(AnnotatorExclusion).where(AnnotatorExclusion.annotator_id == sloppy.id))
+                exclusion = session.scalar(
+                    select(AnnotatorExclusion).where(AnnotatorExclusion.annotator_id == sloppy.id)
+                )
                 assert exclusion.reason == "careless" and exclusion.revoked_at is None
             page.locator(f'tr[data-annotator="{sloppy.id}"]').get_by_role("button", name="Include").click()
             done(page, "sloppy's labels count again")
@@ -332,8 +372,13 @@ def test_an_admin_walks_every_page_and_steers_the_flywheel(trained):
             rotated = page.locator("#token-shown .token").text_content()
             me = trained.client.get("/api/v1/users/me", headers={"Authorization": f"Bearer {rotated}"})
             assert me.json()["name"] == "newbie"
-            assert trained.client.get("/api/v1/users/me", headers={"Authorization": f"Bearer {first_token}"}).status_code == 401
-            tasks = trained.client.get(f"/api/v1/projects/{pid}/tasks/next", headers={"Authorization": f"Bearer {rotated}"})
+            assert (
+                trained.client.get("/api/v1/users/me", headers={"Authorization": f"Bearer {first_token}"}).status_code
+                == 401
+            )
+            tasks = trained.client.get(
+                f"/api/v1/projects/{pid}/tasks/next", headers={"Authorization": f"Bearer {rotated}"}
+            )
             assert tasks.status_code == 200  # a member of the project
             page.locator("#setting-overlap_rate").fill("2")
             page.locator("#settings-form button[type=submit]").click()
@@ -346,6 +391,21 @@ def test_an_admin_walks_every_page_and_steers_the_flywheel(trained):
             settings = trained.client.get(f"/api/v1/projects/{pid}", headers=trained.admin.headers).json()["settings"]
             assert settings["overlap_rate"] == 0.25 and settings["training"]["epochs"] == 7
             assert settings["training"]["input_size"] == 16  # unchanged fields are not sent
+            assert settings["training"]["augmentation"]["hflip"] is None  # "default" stays null
+
+            # A detection project: boxes drawn on the weak images' thumbnails, box agreement figures.
+            detection, boxed = detection_project(trained)
+            open_page(page, base, f"/projects/{detection}/quality", SCREENSHOTS, "quality-detection")
+            expect(page.locator('tr[data-figure="recall"]')).to_contain_text("0.500")
+            expect(page.locator('tr[data-figure="precision"]')).to_contain_text("1.000")
+            tiles = page.locator("section", has_text="Weak consensus").locator(".tile")
+            expect(tiles).to_have_count(len(boxed))
+            expect(tiles.first.locator("svg rect")).to_have_count(1)  # the consensus keeps the car
+            expect(page.locator("tr[data-annotator]")).to_have_count(2)
+            tiles.first.get_by_role("button", name="These boxes are right").click()
+            done(page, "boxes are gold now")
+            with db.session() as session:
+                assert [b["label"] for b in session.get(Image, boxed[0]).gold_boxes] == ["car"]
         finally:
             browser.close()
     assert problems == []

@@ -68,7 +68,7 @@ function columnChart(points, { label }) {
 
 // The learning curve: metric against labels; the champion ringed, promotions by hand and rollbacks annotated.
 function curveChart(points, { onPick }) {
-  const width = 720, height = 300, left = 44, right = 16, top = 16, bottom = 40;
+  const width = 720, height = 300, left = 44, right = 24, top = 30, bottom = 40;
   const shown = points.filter((p) => p.value !== null && p.labels !== null);
   const chart = s("svg", { viewBox: `0 0 ${width} ${height}`, class: "chart", role: "img",
     "aria-label": "Learning curve: test metric against labels" });
@@ -104,7 +104,9 @@ function curveChart(points, { onPick }) {
     if (byHand.length) {
       const last = byHand[byHand.length - 1];
       const word = last.replaced !== null && last.replaced > point.model_id ? "rollback" : "promoted by hand";
-      chart.append(s("text", { class: "note", x: cx + 8, y: cy - 10 }, word));
+      const anchor = cx > width / 2 ? "end" : "start";
+      chart.append(s("text", { class: "note", x: cx + (anchor === "end" ? -10 : 10), y: cy - 12, "text-anchor": anchor },
+        word));
     }
   }
   return chart;

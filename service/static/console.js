@@ -532,7 +532,9 @@ async function settingsForm() {
     const types = (property.anyOf ?? [property]).map((t) => t.type);
     let input;
     if (target.enum) input = select(["", ...target.enum], value ?? "");
-    else if (types.includes("boolean")) input = h("input", { type: "checkbox", checked: Boolean(value) });
+    else if (types.includes("boolean") && types.includes("null")) {
+      input = select(["default", "true", "false"], value === null || value === undefined ? "default" : String(value));
+    } else if (types.includes("boolean")) input = h("input", { type: "checkbox", checked: Boolean(value) });
     else if (types.includes("object")) input = h("input", { value: JSON.stringify(value ?? {}) });
     else input = h("input", { value: value ?? "", size: 10 });
     input.id = `setting-${key.join("-")}`;
@@ -550,6 +552,7 @@ async function settingsForm() {
     for (const { key, input, types, original } of inputs) {
       let value;
       if (input.type === "checkbox") value = input.checked;
+      else if (types.includes("boolean")) value = input.value === "default" ? null : input.value === "true";
       else if (input.value === "" && types.includes("null")) value = null;
       else if (types.includes("object")) value = JSON.parse(input.value || "{}");
       else if (types.includes("integer") || types.includes("number")) value = input.value === "" ? null : Number(input.value);
