@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, literal_column, select
 from sqlalchemy.orm import Session
 
 from storage.models import Annotation, Image, Project, QueueTier, TaskType, User, utcnow
@@ -35,10 +35,11 @@ class QueuedImage:
 def image_states(session: Session, *, project_id: int) -> dict[str, Any]:
     """Images by queue state and split: ``unlabeled`` (no label yet), ``overlap`` and ``review`` (labeled, waiting for
     more), ``done``, and ``split`` counts."""
+    labeled = Image.label_count > literal_column("0")  # inline: PostgreSQL groups by the same text it selects
     rows = session.execute(
-        select(Image.queue_tier, Image.split, Image.label_count > 0, func.count())
+        select(Image.queue_tier, Image.split, labeled, func.count())
         .where(Image.project_id == project_id)
-        .group_by(Image.queue_tier, Image.split, Image.label_count > 0)
+        .group_by(Image.queue_tier, Image.split, labeled)
     ).all()
     states = {"total": 0, "unlabeled": 0, "overlap": 0, "review": 0, "done": 0}
     split = {"train": 0, "test": 0}

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import pytest
 import uvicorn
 from playwright.sync_api import Page, expect, sync_playwright
@@ -55,7 +54,8 @@ def test_the_console_pages_are_served_under_the_pages_policy(client, app):
 
 @pytest.mark.postgres
 def test_overview_counts_images_by_state_labels_per_class_day_and_annotator(app, client, admin, annotator):
-    project, truth = digit_project(client, admin, annotator, count=30)
+    second = make_user(app, "ann2", Role.annotator)  # review needs an annotator who has not labeled the image
+    project, truth = digit_project(client, admin, annotator, second, count=30)
     pid = project["id"]
     label_digits(client, project, annotator, truth, 12)
     labeled = client.get(f"/api/v1/projects/{pid}/labels", headers=admin.headers).json()["items"]
@@ -64,7 +64,7 @@ def test_overview_counts_images_by_state_labels_per_class_day_and_annotator(app,
         json={"image_ids": [labeled[0]["image_id"]], "reason": "look again"},
         headers=admin.headers,
     )
-    assert review.status_code == 200, review.text
+    assert review.json()["queued"] == [labeled[0]["image_id"]], review.text
 
     figures = client.get(f"/api/v1/projects/{pid}/overview", headers=admin.headers)
     assert figures.status_code == 200, figures.text
