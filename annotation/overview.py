@@ -35,7 +35,8 @@ class QueuedImage:
 def image_states(session: Session, *, project_id: int) -> dict[str, Any]:
     """Images by queue state and split: ``unlabeled`` (no label yet), ``overlap`` and ``review`` (labeled, waiting for
     more), ``done``, and ``split`` counts."""
-    labeled = Image.label_count > literal_column("0")  # inline: PostgreSQL groups by the same text it selects
+    # Inlined: PostgreSQL groups by an expression only when it is the same text as the selected one.
+    labeled = Image.label_count > literal_column("0")
     rows = session.execute(
         select(Image.queue_tier, Image.split, labeled, func.count())
         .where(Image.project_id == project_id)
@@ -43,14 +44,14 @@ def image_states(session: Session, *, project_id: int) -> dict[str, Any]:
     ).all()
     states = {"total": 0, "unlabeled": 0, "overlap": 0, "review": 0, "done": 0}
     split = {"train": 0, "test": 0}
-    for tier, image_split, labeled, count in rows:
+    for tier, image_split, has_labels, count in rows:
         states["total"] += count
         split[image_split.value] += count
         if tier is None:
             states["done"] += count
         elif tier == QueueTier.review:
             states["review"] += count
-        elif labeled:
+        elif has_labels:
             states["overlap"] += count
         else:
             states["unlabeled"] += count
