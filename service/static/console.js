@@ -132,10 +132,17 @@ async function home() {
       open = h("a", { href: `/label/${project.id}` }, "Label");
     } else {
       open = h("a", { href: `/projects/${project.id}/overview` }, "Open");
-      const champion = await api("GET", `/api/v1/projects/${project.id}/models/champion`).catch(() => null);
-      const metric = champion && Object.entries(champion.metrics ?? {}).find(([name, v]) =>
-        typeof v === "number" && /^(test_accuracy|map)/i.test(name));
-      headline = metric ? `${metric[0]} ${num(metric[1])} (model ${champion.id})` : "no model yet";
+      // The versions' list, not the champion's card: the card also computes the human reference, which reads
+      // every test label of the project.
+      const versions = await api("GET", `/api/v1/projects/${project.id}/models`);
+      const champion = versions.find((v) => v.status === "champion");
+      if (!champion) headline = "no model yet";
+      else if (champion.test_accuracy !== null) headline = `test_accuracy ${num(champion.test_accuracy)} (model ${champion.id})`;
+      else {
+        const card = await api("GET", `/api/v1/models/${champion.id}`); // a detector: whatever its card leads with
+        const metric = Object.entries(card.metrics ?? {}).find(([name, v]) => typeof v === "number" && /^map/i.test(name));
+        headline = metric ? `${metric[0]} ${num(metric[1])} (model ${champion.id})` : `model ${champion.id}`;
+      }
     }
     return h("tr", { "data-project": project.id }, h("td", {}, open), h("td", {}, project.name),
       h("td", {}, project.task_type), h("td", {}, bar(done), `${progress.done} of ${progress.images} done`),
@@ -183,7 +190,8 @@ async function overview() {
 // ---- Models ----
 
 async function models() {
-  const [versions, curve] = await Promise.all([api("GET", `${P()}/models`), api("GET", `${P()}/learning-curve`)]);
+  const curve = await api("GET", `${P()}/learning-curve`); // every trained version, oldest first
+  const versions = [...curve].reverse().map((point) => ({ id: point.model_id, status: point.status }));
   const championRow = versions.find((v) => v.status === "champion");
   const chosen = Number(new URLSearchParams(location.search).get("model")) || championRow?.id;
   const shown = chosen ? await api("GET", `/api/v1/models/${chosen}`) : null;
