@@ -22,6 +22,7 @@ from storage.models import (
     JobKind,
     JobStatus,
     LabelIssue,
+    ModelKind,
     ModelStatus,
     ModelVersion,
     Role,
@@ -119,6 +120,22 @@ def test_the_learning_curve_holds_each_version_with_labels_metric_and_decision(t
     assert point["metric"] == "test_accuracy" and point["value"] == card["metrics"]["test_accuracy"]
     assert point["baseline"] == card["metrics"]["baseline_accuracy"]
     assert point["reason"] == card["decision"]["reason"] and point["promotions"] == card["decision"]["promotions"]
+
+
+@pytest.mark.postgres
+def test_the_learning_curve_reads_a_detectors_metric_and_an_unevaluated_version(app, client, admin):
+    """JSON fields read by each dialect: a detector's mAP as its headline, a version still training without one."""
+    project = make_project(client, admin)
+    with app.state.runtime.db.session() as session:
+        base = {"project_id": project["id"], "kind": ModelKind.full, "architecture": "x", "input_size": 8, "labels": []}
+        decision = {"promote": True, "rule": "not worse", "reason": "r", "p_value": 0.25, "promotions": [{"at": "t"}]}
+        session.add(ModelVersion(**base, status=ModelStatus.candidate, metrics={"map50": 0.75}, decision=decision))
+        session.add(ModelVersion(**base, status=ModelStatus.training))
+    curve = client.get(f"/api/v1/projects/{project['id']}/learning-curve", headers=admin.headers).json()
+    assert [(p["metric"], p["value"], p["promoted"], p["p_value"], p["promotions"]) for p in curve] == [
+        ("map50", 0.75, True, 0.25, [{"at": "t"}]),
+        (None, None, False, None, []),
+    ]
 
 
 @contextmanager

@@ -10,45 +10,54 @@ from sqlalchemy.orm import Session
 
 from storage.models import DatasetSnapshot, ModelKind, ModelVersion
 
-# The metric a version is judged by: a classifier's accuracy, else the first a detector's card carries.
+# The metric a version is judged by: a classifier's accuracy, else the first of these a detector's card carries.
 HEADLINE_METRICS = ("test_accuracy", "map50", "map", "mAP@.5", "mAP")
-
-
-def headline_metric(metrics: dict[str, Any] | None) -> tuple[str | None, float | None]:
-    """(name, value) of the metric a version's card leads with; (None, None) before it was evaluated."""
-    for name in HEADLINE_METRICS:
-        if isinstance((metrics or {}).get(name), int | float):
-            return name, float(metrics[name])  # type: ignore[index]
-    return None, None
 
 
 def learning_curve(session: Session, *, project_id: int) -> list[dict[str, Any]]:
     """Trained versions, oldest first: labels in their snapshot, headline metric, baseline, status, the automatic
-    decision (rule, reason, McNemar p-value) and every promotion with who, why and which champion it replaced."""
+    decision (rule, reason, McNemar p-value) and every promotion with who, why and which champion it replaced.
+
+    Only these fields are read out of the metrics and decision JSON (by the database), never the whole blobs, whose
+    confusion matrices, training histories and misclassified images make 200 versions slow to load."""
+    metrics, decision = ModelVersion.metrics, ModelVersion.decision
     rows = session.execute(
-        select(ModelVersion, DatasetSnapshot.item_count)
+        select(
+            ModelVersion.id,
+            ModelVersion.status,
+            ModelVersion.created_at,
+            DatasetSnapshot.item_count,
+            metrics["baseline_accuracy"].as_float(),
+            decision["promote"].as_boolean(),
+            decision["rule"].as_string(),
+            decision["reason"].as_string(),
+            decision["p_value"].as_float(),
+            decision["promotions"].as_json(),
+            *(metrics[name].as_float() for name in HEADLINE_METRICS),
+        )
         .outerjoin(DatasetSnapshot, DatasetSnapshot.id == ModelVersion.snapshot_id)
         .where(ModelVersion.project_id == project_id, ModelVersion.kind == ModelKind.full)
         .order_by(ModelVersion.id)
     ).all()
     points = []
-    for model, labels in rows:
-        metrics, decision = model.metrics or {}, model.decision or {}
-        metric, value = headline_metric(metrics)
+    for model_id, status, created_at, labels, baseline, promoted, rule, reason, p_value, promotions, *values in rows:
+        metric, value = next(
+            ((name, v) for name, v in zip(HEADLINE_METRICS, values, strict=True) if v is not None), (None, None)
+        )
         points.append(
             {
-                "model_id": model.id,
-                "status": model.status.value,
-                "created_at": model.created_at,
+                "model_id": model_id,
+                "status": status.value,
+                "created_at": created_at,
                 "labels": labels,
                 "metric": metric,
                 "value": value,
-                "baseline": metrics.get("baseline_accuracy"),
-                "promoted": bool(decision.get("promote")),
-                "rule": decision.get("rule"),
-                "reason": decision.get("reason"),
-                "p_value": decision.get("p_value"),
-                "promotions": decision.get("promotions", []),
+                "baseline": baseline,
+                "promoted": bool(promoted),
+                "rule": rule,
+                "reason": reason,
+                "p_value": p_value,
+                "promotions": promotions or [],
             }
         )
     return points
