@@ -276,6 +276,10 @@ def test_an_admin_walks_every_page_and_steers_the_flywheel(trained):
             open_page(page, base, f"/projects/{pid}/models", SCREENSHOTS, "models")
             expect(page.locator(f'circle[data-model="{trained.champion_id}"]')).to_have_count(1)
             expect(page.locator("table.heat tbody tr")).to_have_count(10)
+            with page.expect_download() as download:
+                page.locator(f'tr[data-model="{trained.champion_id}"] button', has_text="onnx").click()
+            onnx = Path(download.value.path()).read_bytes()
+            assert download.value.suggested_filename.endswith(".onnx") and len(onnx) > 1000
             page.locator("summary", has_text="Retrain from here").click()
             page.locator('#retrain-form input[name="epochs"]').fill("2")
             with page.expect_response(lambda r: r.url.endswith("/jobs") and r.request.method == "POST") as started:
