@@ -280,6 +280,7 @@ def test_an_admin_walks_every_page_and_steers_the_flywheel(trained):
                 page.locator(f'tr[data-model="{trained.champion_id}"] button', has_text="onnx").click()
             onnx = Path(download.value.path()).read_bytes()
             assert download.value.suggested_filename.endswith(".onnx") and len(onnx) > 1000
+            done(page, "Downloaded")
             page.locator("summary", has_text="Retrain from here").click()
             page.locator('#retrain-form input[name="epochs"]').fill("2")
             with page.expect_response(lambda r: r.url.endswith("/jobs") and r.request.method == "POST") as started:

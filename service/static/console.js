@@ -226,14 +226,14 @@ async function models() {
 }
 
 function downloads(modelId) {
-  return ["onnx", "weights", "card"].map((format) => h("button", { type: "button", onclick: () => quietly(async () => {
+  return ["onnx", "weights", "card"].map((format) => h("button", { type: "button", onclick: () => act(async () => {
     const response = await api("GET", `/api/v1/models/${modelId}/download?format=${format}`, { raw: true });
     if (response.status === 202) return `The files are being made (${(await response.json()).message}); try again.`;
     const name = /filename="([^"]+)"/.exec(response.headers.get("Content-Disposition") ?? "")?.[1] ?? format;
     const link = h("a", { href: URL.createObjectURL(await response.blob()), download: name });
     link.click();
     return `Downloaded ${name}`;
-  }) }, format));
+  }, { redraw: false }).catch(() => {}) }, format));
 }
 
 function versionCards(model, versions) {
