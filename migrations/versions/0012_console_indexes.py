@@ -1,7 +1,7 @@
 """Console: covering indexes for the overview's counts
 
-Revision ID: 0011_console_indexes
-Revises: 0010_labelstudio_backend
+Revision ID: 0012_console_indexes
+Revises: 0011_monitoring
 Create Date: 2026-11-30 11:30:00
 
 Images by queue state and split, current labels per class and split, answers per annotator and per day: each count
@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = "0011_console_indexes"
-down_revision: str | None = "0010_labelstudio_backend"
+revision: str = "0012_console_indexes"
+down_revision: str | None = "0011_monitoring"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
