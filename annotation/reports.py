@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from annotation.agreement import NO_OVERLAP, Agreement, agreement, without_figures
@@ -37,25 +37,43 @@ class HumanReference:
     reason: str | None
 
 
+@dataclass(frozen=True)
+class _Label:
+    image_id: int
+    annotator_id: int
+    label: str | None
+    consensus_label: str | None
+    gold_label: str | None
+
+
 def _human_reference(session: Session, *, project_id: int) -> HumanReference:
     """Each annotator's accuracy against the consensus label on test images, the reference the model is
     scored against. Only images with a gold answer or two usable labels count: on an image one person
     labeled alone, their label *is* the consensus."""
     excluded = excluded_annotators(session, project_id=project_id)
-    columns = (Annotation.image_id, Annotation.annotator_id, Annotation.label, Image.consensus_label, Image.gold_label)
-    rows = [
-        row
-        for row in session.execute(
-            select(*columns)
-            .join(Image, Image.id == Annotation.image_id)
-            .where(
-                Annotation.project_id == project_id,
-                Annotation.is_current,
+    # Only test images with a gold answer or two annotators (label_count) can count: those first, then their
+    # labels, so a model card reads a few hundred labels rather than all of a large project's (bench/console.py).
+    candidates = {
+        image.id: image
+        for image in session.execute(
+            select(Image.id, Image.consensus_label, Image.gold_label).where(
+                Image.project_id == project_id,
                 Image.split == Split.test,
                 Image.consensus_label.is_not(None),
+                or_(Image.label_count >= 2, Image.gold_label.is_not(None)),
             )
         )
-        if row.annotator_id not in excluded
+    }
+    ids = list(candidates)
+    rows = [
+        _Label(image_id, annotator_id, label, candidates[image_id].consensus_label, candidates[image_id].gold_label)
+        for start in range(0, len(ids), 500)
+        for image_id, annotator_id, label in session.execute(
+            select(Annotation.image_id, Annotation.annotator_id, Annotation.label).where(
+                Annotation.image_id.in_(ids[start : start + 500]), Annotation.is_current
+            )
+        )
+        if annotator_id not in excluded
     ]
     per_image = Counter(r.image_id for r in rows)
     checked = [r for r in rows if r.gold_label is not None or per_image[r.image_id] >= 2]

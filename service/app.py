@@ -22,6 +22,7 @@ from service.routers import (
     labelstudio,
     models,
     monitoring,
+    overview,
     projects,
     quality,
     schedules,
@@ -80,6 +81,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool | None = None)
         schedules,
         models,
         monitoring,
+        overview,
         snapshots,
         webpage,
     ):

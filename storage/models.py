@@ -207,6 +207,9 @@ class Image(CreatedAt, Base):
         Index("ix_images_project_id_id", "project_id", "id"),
         Index("ix_images_queue", "project_id", "queue_tier", "priority", "id"),
         Index("ix_images_gold", "project_id", "gold_label"),
+        # The console's counts read these alone, never the rows (annotation/overview.py).
+        Index("ix_images_states", "project_id", "queue_tier", "split", "label_count"),
+        Index("ix_images_consensus", "project_id", "consensus_label", "split"),
     )
 
     @property
@@ -272,6 +275,8 @@ class Annotation(CreatedAt, Base):
         Index("ix_annotations_project_id_id", "project_id", "id"),
         Index("ix_annotations_image_id", "image_id", "is_current"),
         Index("ix_annotations_annotator", "annotator_id", "project_id"),
+        Index("ix_annotations_current", "project_id", "is_current", "annotator_id"),
+        Index("ix_annotations_created", "project_id", "created_at"),
         UniqueConstraint("annotator_id", "idempotency_key", name="uq_annotations_annotator_id_idempotency_key"),
     )
 

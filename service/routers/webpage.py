@@ -3,6 +3,7 @@ a CDN, so both work without internet); all their data comes from the API."""
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 
 from fastapi import APIRouter
@@ -12,6 +13,15 @@ from service.schemas.common import ProjectId
 from storage.errors import NotFound
 
 router = APIRouter(include_in_schema=False)
+
+
+class ConsolePage(StrEnum):
+    overview = "overview"
+    models = "models"
+    quality = "quality"
+    mining = "mining"
+    people = "people"
+
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 # Swagger UI: swagger-ui-dist 5.35.0 from npm, its bundle, stylesheet, icon and licence files unchanged.
@@ -35,6 +45,22 @@ PAGE_HEADERS = {
 def label_page(project_id: ProjectId) -> FileResponse:
     headers = {"Content-Security-Policy": CSP.format(images="blob:"), **PAGE_HEADERS}
     return FileResponse(STATIC / "label.html", media_type="text/html", headers=headers)
+
+
+@router.get("/")
+def console_home() -> FileResponse:
+    return _console()
+
+
+@router.get("/projects/{project_id}/{page}")
+def console_page(project_id: ProjectId, page: ConsolePage) -> FileResponse:
+    return _console()
+
+
+def _console() -> FileResponse:
+    """The console: one page whose script draws the view its path names, from the API with the token."""
+    headers = {"Content-Security-Policy": CSP.format(images="blob:"), **PAGE_HEADERS}
+    return FileResponse(STATIC / "console.html", media_type="text/html", headers=headers)
 
 
 @router.get("/docs")
