@@ -61,6 +61,7 @@ def _backend(runtime: Runtime) -> protocol.Backend:
 @router.get(BASE, summary="As /health (the reference backend answers / too)")
 @router.get(BASE + "/", include_in_schema=False)
 def health(_: LinkedProject) -> dict[str, str]:
+    """Label Studio's "Validate and save" calls this with the project's secret; `UP` means it was accepted."""
     return {"status": "UP", "model_class": "labelwheel"}
 
 
@@ -112,11 +113,13 @@ def train(project_id: LinkedProject, _: TrainRequest, request: Request) -> dict[
 
 @router.get(BASE + "/versions", summary="The project's model versions, newest first")
 def versions(project_id: LinkedProject, runtime: RuntimeDep) -> dict[str, Any]:
+    """`{versions: [...]}`: the `model-<id>` names Label Studio offers in its model version menu."""
     return protocol.versions(_backend(runtime), project_id=project_id)
 
 
 @router.get(BASE + "/metrics", summary="As the reference backend: {}")
 def metrics(_: LinkedProject) -> dict[str, Any]:
+    """Empty, as the reference backend's: a model's metrics are on its card (`GET /api/v1/models/{id}`)."""
     return {}
 
 
@@ -150,5 +153,7 @@ def connect(
 
 @router.get("/api/v1/projects/{project_id}/labelstudio", summary="The project's Label Studio link and sync (admin)")
 def link_status(project: AdminProject, session: ReadSessionDep, request: Request) -> LabelStudioLinkRead:
+    """The linked Label Studio URL (never its token or the secret), the backend URL to paste into Label Studio,
+    and how many of its tasks and annotations labelwheel holds."""
     link = get_link(session, project_id=project.id)
     return LabelStudioLinkRead(**_read(request, link, link_counts(session, project_id=project.id)))
