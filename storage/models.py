@@ -566,7 +566,10 @@ class PredictionLog(Base):
     # The pool image with these bytes: captured by this answer, or in the project already.
     image_id: Mapped[int | None] = mapped_column(ForeignKey("images.id", ondelete="SET NULL"))
 
-    __table_args__ = (Index("ix_prediction_logs_project_id_id", "project_id", "id"),)
+    __table_args__ = (
+        Index("ix_prediction_logs_project_id_id", "project_id", "id"),
+        Index("ix_prediction_logs_project_id_created_at", "project_id", "created_at"),
+    )
 
 
 class DriftPoint(Base):

@@ -92,6 +92,7 @@ ROUTES: dict[tuple[str, str], tuple[set[str], dict]] = {
     ("GET", "/api/v1/snapshots/{snapshot_id}/archive"): ({ADMIN, ENGINEER}, {}),
     ("GET", "/api/v1/projects/{project_id}/drift"): ({ADMIN, ENGINEER}, {}),
     ("GET", "/api/v1/projects/{project_id}/deployments"): ({ADMIN, ENGINEER}, {}),
+    ("GET", "/api/v1/projects/{project_id}/predictions/per-day"): ({ADMIN, ENGINEER}, {}),
     ("PUT", "/api/v1/models/{model_id}/deployment"): ({ADMIN, ENGINEER}, {"json": {"mode": None}}),
     ("PUT", "/api/v1/projects/{project_id}/labelstudio"): (
         {ADMIN},

@@ -31,7 +31,7 @@ from storage.models import (
 )
 from tests import imagefactory as img
 from tests.conftest import unavailable
-from tests.digits import digit_project, label_digits
+from tests.digits import digit_project, digits, label_digits
 from tests.factories import make_project, make_user
 from tests.jobs import run
 from tests.test_webpage import CHROMIUM, CHROMIUM_ARGS, note_console_error
@@ -428,6 +428,33 @@ def test_an_admin_walks_every_page_and_steers_the_flywheel(trained):
             done(page, "boxes are gold now")
             with db.session() as session:
                 assert [b["label"] for b in session.get(Image, boxed[0]).gold_boxes] == ["car"]
+
+            # Monitoring: the rolled-back version as a shadow, live predictions and a drift check, then promoted
+            # from the page.
+            engineer = trained.engineer.headers
+            shadow = trained.client.put(
+                f"/api/v1/models/{second_id}/deployment", json={"mode": "shadow"}, headers=engineer
+            )
+            assert shadow.status_code == 200, shadow.text
+            pngs, _ = digits()
+            live_files = [("files", (f"live-{i}.png", pngs[i])) for i in range(400, 430)]
+            sent = trained.client.post(f"/api/v1/projects/{pid}/predict", files=live_files, headers=engineer)
+            assert sent.status_code == 200, sent.text
+            for kind in ("embed", "drift"):
+                job = trained.client.post(f"/api/v1/projects/{pid}/jobs", json={"kind": kind}, headers=engineer).json()
+                assert run(trained.app, job["id"]) == JobStatus.succeeded
+            open_page(page, base, f"/projects/{pid}/monitoring", SCREENSHOTS, "monitoring")
+            expect(page.locator("tr[data-status]")).to_have_count(1)
+            row = page.locator(f'tr[data-model="{second_id}"]')
+            expect(row).to_contain_text("shadow")
+            expect(row.locator("td").nth(3)).to_have_text("30")  # inputs both answered
+            page.locator("#check-drift").click()
+            done(page, "Drift check")
+            row.get_by_role("button", name="Promote").click()
+            done(page, f"Model #{second_id} is the champion")
+            with db.session() as session:
+                promoted = session.get(ModelVersion, second_id)
+                assert promoted.status == ModelStatus.champion and promoted.deployment is None
         finally:
             browser.close()
     assert problems == []

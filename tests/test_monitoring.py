@@ -262,6 +262,8 @@ def test_shadow_and_canary_models_meet_the_same_traffic_and_are_compared_then_pr
             headers=trained.annotator.headers,
         )
         assert stored.status_code == 201, stored.text
+    per_day = trained.client.get(f"/api/v1/projects/{project_id}/predictions/per-day", headers=engineer).json()
+    assert [(d["served"], d["fallback"], d["shadow"]) for d in per_day] == [(40, 0, 40)]  # all of it today
     (compared,) = trained.client.get(f"/api/v1/projects/{project_id}/deployments", headers=engineer).json()
     assert (compared["model_id"], compared["deployment"], compared["compared"]) == (challenger, "canary", 40)
     assert compared["labeled"] == 40 and 0 <= compared["agreement"] <= 1

@@ -6,11 +6,19 @@ from fastapi import APIRouter, Query
 from sqlalchemy import select
 
 from flywheel.monitoring.deployments import compare_deployed
+from flywheel.monitoring.volume import predictions_per_day
 from flywheel.serving.registry import Deployment, deploy
 from service.deps import EngineerModelForWrite, EngineerProject, ReadSessionDep, SessionDep
 from service.schemas.common import ERROR_RESPONSES
 from service.schemas.models import ModelRead
-from service.schemas.monitoring import DeploymentRead, DeploymentSet, DriftedInput, DriftPointRead, DriftRead
+from service.schemas.monitoring import (
+    DeploymentRead,
+    DeploymentSet,
+    DriftedInput,
+    DriftPointRead,
+    DriftRead,
+    PredictionDayRead,
+)
 from storage.models import DriftPoint
 
 router = APIRouter(prefix="/api/v1", tags=["monitoring"], responses=ERROR_RESPONSES)
@@ -62,3 +70,16 @@ def deployments(project: EngineerProject, session: ReadSessionDep) -> list[Deplo
     """Per model in deployment, over the logged requests both it and the serving side answered: agreement, median
     model time, and, on captured images labeled since, each one's accuracy with McNemar's test (the promotion's)."""
     return [DeploymentRead.model_validate(entry) for entry in compare_deployed(session, project_id=project.id)]
+
+
+@router.get(
+    "/projects/{project_id}/predictions/per-day",
+    summary="Logged /predict answers per UTC day: sent, fallbacks, shadow (admin, engineer)",
+)
+def per_day(
+    project: EngineerProject,
+    session: ReadSessionDep,
+    days: Annotated[int, Query(ge=1, le=366, description="How many days back, today included.")] = 30,
+) -> list[PredictionDayRead]:
+    """From the prediction log (kept `monitoring.log_days`): the days with answers, oldest first."""
+    return [PredictionDayRead.model_validate(d) for d in predictions_per_day(session, project_id=project.id, days=days)]

@@ -21,6 +21,7 @@ class ConsolePage(StrEnum):
     quality = "quality"
     mining = "mining"
     people = "people"
+    monitoring = "monitoring"
 
 
 STATIC = Path(__file__).resolve().parent.parent / "static"

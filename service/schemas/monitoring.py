@@ -68,3 +68,10 @@ class DeploymentRead(BaseModel):
     serving_accuracy: float | None
     p_value: float | None = Field(description="McNemar's exact test on the labeled inputs, as for promotion.")
     verdict: str | None = Field(description="What the promotion rule would say of it against the serving model.")
+
+
+class PredictionDayRead(BaseModel):
+    day: str = Field(description="A UTC day, YYYY-MM-DD.")
+    served: int = Field(description="Answers sent (canary answers included).")
+    fallback: int = Field(description="Of those, answers an older model gave because the serving one could not.")
+    shadow: int = Field(description="Answers of shadow models (and of the serving model beside a canary).")

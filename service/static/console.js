@@ -584,7 +584,56 @@ async function settingsForm() {
   return element;
 }
 
-const PAGES = { home, overview, models, quality, mining, people };
+// ---- Monitoring ----
+
+async function monitoring() {
+  const [drift, deployments, days] = await Promise.all([api("GET", `${P()}/drift`),
+    api("GET", `${P()}/deployments`), api("GET", `${P()}/predictions/per-day`)]);
+  const volume = table(["day", "answers sent", "of them fallbacks", "shadow answers"], days.map((d) =>
+    h("tr", {}, h("td", {}, d.day), h("td", { class: "num" }, d.served), h("td", { class: "num" }, d.fallback),
+      h("td", { class: "num" }, d.shadow))));
+  const check = h("button", { class: "primary", id: "check-drift", onclick: () => quietly(async () => {
+    const job = await api("POST", `${P()}/jobs`, { body: { kind: "drift" } });
+    return `Drift check #${job.id} started: its point joins the series when it finishes (Mining & jobs shows it).`;
+  }) }, "Check drift now");
+  const series = table(["window end", "predictions", "reference images", "domain AUC", "MMD p", "labels χ² p", "status"],
+    drift.points.map((p) => h("tr", { "data-status": p.status }, h("td", {}, when(p.window_end)),
+      h("td", { class: "num" }, p.predictions), h("td", { class: "num" }, p.reference),
+      h("td", { class: "num" }, num(p.domain_auc)), h("td", { class: "num" }, num(p.mmd_p, 4)),
+      h("td", { class: "num" }, num(p.label_chi2_p, 4)), h("td", { class: p.status === "drift" ? "error" : "" },
+        p.status))));
+  const drifted = h("div", { class: "gallery", id: "drifted" }, drift.most_drifted.map((d) =>
+    h("div", { class: "tile" }, d.image_id ? thumbnail(d.image_id) : h("span", { class: "muted" }, "not captured"),
+      h("span", {}, `production score ${num(d.score)}`))));
+  const compared = table(["model", "role", "share", "inputs compared", "agreement", "ms/image", "serving ms/image",
+    "labeled", "accuracy", "serving accuracy", "McNemar p", "verdict", ""], deployments.map((d) =>
+    h("tr", { "data-model": d.model_id }, h("td", {}, `#${d.model_id}`), h("td", {}, d.deployment),
+      h("td", { class: "num" }, d.traffic_share === null ? "–" : pct(d.traffic_share)),
+      h("td", { class: "num" }, d.compared), h("td", { class: "num" }, pct(d.agreement)),
+      h("td", { class: "num" }, num(d.latency_ms)), h("td", { class: "num" }, num(d.serving_latency_ms)),
+      h("td", { class: "num" }, d.labeled), h("td", { class: "num" }, pct(d.accuracy)),
+      h("td", { class: "num" }, pct(d.serving_accuracy)), h("td", { class: "num" }, num(d.p_value, 4)),
+      h("td", {}, d.verdict ?? "–"),
+      h("td", {}, h("button", { onclick: () => quietly(async () => {
+        await api("POST", `/api/v1/models/${d.model_id}/promote`,
+          { body: { reason: `promoted from ${d.deployment} in the console` } });
+        return `Model #${d.model_id} is the champion.`;
+      }) }, "Promote")))));
+  return [
+    card("Predictions per day (30 days)", columnChart(days.map((d) => ({ name: d.day, value: d.served })),
+      { label: "answers sent per day" }), volume),
+    card("Drift", h("p", { class: "muted" }, "Each check compares the newest logged predictions with the project's "
+      + "images the champion did not train on. AUC 0.5: indistinguishable."), check,
+    columnChart(drift.points.map((p) => ({ name: when(p.window_end), value: Number(p.domain_auc.toFixed(3)) })),
+      { label: "domain classifier AUC per check" }), series),
+    card("Most drifted inputs of the newest check", drift.most_drifted.length ? drifted
+      : h("p", { class: "muted" }, "No drift check yet.")),
+    card("Shadow and canary models", deployments.length ? compared
+      : h("p", { class: "muted" }, "No model in shadow or canary: PUT /api/v1/models/{id}/deployment.")),
+  ];
+}
+
+const PAGES = { home, overview, models, quality, mining, people, monitoring };
 
 function start() {
   $("sign-in").hidden = true;
