@@ -307,6 +307,7 @@ def test_a_distilled_student_and_an_int8_model_are_registered_with_lineage_and_s
 
     int8 = job("quantize", {"model_id": trained.champion_id, "calibration_images": 64})
     assert int8["parent_id"] == trained.champion_id and int8["hyperparameters"]["int8"] is True
+    assert len(int8["hyperparameters"]["calibration_image_ids"]) == 64
     assert int8["metrics"]["agreement_with_float"] >= 0.9
     assert int8["metrics"]["onnx_bytes"] < int8["metrics"]["float_onnx_bytes"]
 

@@ -133,14 +133,13 @@ def run_quantize(ctx: JobContext) -> dict[str, Any]:
             raise JobFailed(f"model {source.id} has no ONNX file yet (a refreshed head: download its ONNX first)")
         _, items = load_items(ctx.blobs, session.get_one(DatasetSnapshot, source.snapshot_id))
         test = [item for item in items if item.split is Split.test]
-        calibration = list(
-            session.scalars(
-                select(Image.sha256)
-                .where(Image.project_id == ctx.project_id, Image.split != Split.test)
-                .order_by(Image.id)
-                .limit(params.calibration_images)
-            )
-        )
+        calibration_rows = session.execute(
+            select(Image.id, Image.sha256)
+            .where(Image.project_id == ctx.project_id, Image.split != Split.test)
+            .order_by(Image.id)
+            .limit(params.calibration_images)
+        ).all()
+        calibration = [sha256 for _, sha256 in calibration_rows]
     ctx.progress(0.1, f"calibrating on {len(calibration)} images")
     float_bytes = ctx.blobs.read_bytes(source.onnx_sha256)
     int8_bytes = int8_onnx(float_bytes, normalize(load_arrays(ctx.blobs, calibration, size=source.input_size)))
@@ -159,7 +158,11 @@ def run_quantize(ctx: JobContext) -> dict[str, Any]:
             architecture=source.architecture,
             input_size=source.input_size,
             labels=list(source.labels),
-            hyperparameters={"quantized_from": source.id, "int8": True, "calibration_images": len(calibration)},
+            hyperparameters={
+                "quantized_from": source.id,
+                "int8": True,
+                "calibration_image_ids": [image_id for image_id, _ in calibration_rows],  # its lineage
+            },
             seed=source.seed,
             labels_through=source.labels_through,
             weights_sha256=source.weights_sha256,  # the float network: the ONNX file is its int8 form
