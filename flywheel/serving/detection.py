@@ -1,0 +1,105 @@
+"""Turning a detector's raw outputs into boxes, with numpy only (the API process never loads torch).
+
+Two kinds of detector graphs exist. ``centernet`` (the small default detector) outputs per-class centre heatmaps
+and box sizes and offsets at stride 4; peaks are found, decoded and kept by class-wise NMS here, the same code
+for evaluation in the training job and for serving. ``boxes`` (torchvision's detectors) has decoding and NMS in
+the graph and outputs boxes, scores and 1-based class indices for one image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+STRIDE = 4
+MAX_DETECTIONS = 100
+MIN_SCORE = 0.01  # what evaluation sees (mAP needs the low-scored tail); pre-labels keep far fewer
+NMS_IOU = 0.7
+
+
+@dataclass(frozen=True)
+class Detections:
+    """One image's detections in the pixels of the model's square input: (N, 4) x1, y1, x2, y2, (N,) scores,
+    (N,) class indices from 0, best first."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    classes: np.ndarray
+
+    def scaled(self, width: float, height: float, input_size: int) -> Detections:
+        """The same boxes in pixels of a ``width`` x ``height`` image (the input was it, resized to a square)."""
+        factor = np.array([width, height, width, height], dtype=np.float64) / input_size
+        return Detections(self.boxes * factor, self.scores, self.classes)
+
+    def above(self, min_score: float) -> Detections:
+        keep = self.scores >= min_score
+        return Detections(self.boxes[keep], self.scores[keep], self.classes[keep])
+
+
+def box_ious(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(N, M) IoU of (N, 4) and (M, 4) corner arrays."""
+    width = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
+    height = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
+    inter = np.clip(width, 0, None) * np.clip(height, 0, None)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-12)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, *, iou: float = NMS_IOU) -> np.ndarray:
+    """Positions kept by greedy class-wise non-maximum suppression, best score first."""
+    order = np.argsort(-scores, kind="stable")
+    kept: list[int] = []
+    suppressed = np.zeros(len(scores), dtype=bool)
+    overlaps = box_ious(boxes, boxes) if len(boxes) else np.zeros((0, 0))
+    for i in order:
+        if suppressed[i]:
+            continue
+        kept.append(int(i))
+        suppressed |= (overlaps[i] > iou) & (classes == classes[i])
+    return np.array(kept, dtype=np.int64)
+
+
+def _peaks(heatmap: np.ndarray) -> np.ndarray:
+    """Where a (K, H, W) heatmap equals the maximum of its 3x3 neighbourhood (CenterNet's max-pool NMS)."""
+    padded = np.pad(heatmap, ((0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (3, 3), axis=(1, 2))
+    return heatmap >= windows.max(axis=(-1, -2))
+
+
+def decode_centernet(
+    heatmap: np.ndarray,
+    size: np.ndarray,
+    offset: np.ndarray,
+    *,
+    max_detections: int = MAX_DETECTIONS,
+    min_score: float = MIN_SCORE,
+) -> list[Detections]:
+    """Boxes from a batch of CenterNet outputs: ``heatmap`` (N, K, H, W) sigmoid scores, ``size`` and ``offset``
+    (N, 2, H, W) in output cells (width, height; x, y). A box is a heatmap peak, its centre the cell plus the
+    offset, its size read at the peak; at most ``max_detections`` per image, class-wise NMS after."""
+    out = []
+    for heat, wh, off in zip(heatmap, size, offset, strict=True):
+        candidates = np.flatnonzero((_peaks(heat) & (heat >= min_score)).ravel())
+        scores = heat.ravel()[candidates]
+        best = candidates[np.argsort(-scores, kind="stable")[:max_detections]]
+        classes, cells = np.divmod(best, heat.shape[1] * heat.shape[2])
+        ys, xs = np.divmod(cells, heat.shape[2])
+        cx, cy = (xs + off[0, ys, xs]) * STRIDE, (ys + off[1, ys, xs]) * STRIDE
+        w, h = np.maximum(wh[0, ys, xs], 0) * STRIDE, np.maximum(wh[1, ys, xs], 0) * STRIDE
+        boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1).astype(np.float64)
+        scores = heat.ravel()[best].astype(np.float64)
+        kept = nms(boxes, scores, classes)
+        out.append(Detections(boxes[kept].reshape(-1, 4), scores[kept], classes[kept].astype(np.int64)))
+    return out
+
+
+def from_box_outputs(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray) -> Detections:
+    """A torchvision detector's outputs (its class 0 is the background) as ``Detections``."""
+    order = np.argsort(-scores, kind="stable")[:MAX_DETECTIONS]
+    return Detections(
+        boxes[order].astype(np.float64).reshape(-1, 4),
+        scores[order].astype(np.float64),
+        labels[order].astype(np.int64) - 1,
+    )
