@@ -11,11 +11,25 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import onnxruntime as ort
+
+from flywheel.serving.preprocess import normalize
 
 STRIDE = 4
 MAX_DETECTIONS = 100
 MIN_SCORE = 0.01  # what evaluation sees (mAP needs the low-scored tail); pre-labels keep far fewer
+SHOWN_SCORE = 0.3  # the boxes /predict answers and annotators are shown; per-image F1 and error analysis read these
 NMS_IOU = 0.7
+
+
+@dataclass(frozen=True)
+class ScoredBox:
+    label: str
+    x: float
+    y: float
+    w: float
+    h: float
+    score: float
 
 
 @dataclass(frozen=True)
@@ -64,8 +78,9 @@ def nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, *, iou: floa
 def _peaks(heatmap: np.ndarray) -> np.ndarray:
     """Where a (K, H, W) heatmap equals the maximum of its 3x3 neighbourhood (CenterNet's max-pool NMS)."""
     padded = np.pad(heatmap, ((0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
-    windows = np.lib.stride_tricks.sliding_window_view(padded, (3, 3), axis=(1, 2))
-    return heatmap >= windows.max(axis=(-1, -2))
+    height, width = heatmap.shape[1:]
+    shifted = [padded[:, dy : dy + height, dx : dx + width] for dy in range(3) for dx in range(3)]
+    return heatmap >= np.max(shifted, axis=0)
 
 
 def decode_centernet(
@@ -103,3 +118,48 @@ def from_box_outputs(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray) 
         scores[order].astype(np.float64),
         labels[order].astype(np.int64) - 1,
     )
+
+
+def run_detector(session: ort.InferenceSession, arrays: np.ndarray, *, batch: int = 64) -> list[Detections]:
+    """Detections of an exported detector (its kind read from the file's metadata) for prepared HxWx3 uint8
+    images, in input pixels."""
+    kind = session.get_modelmeta().custom_metadata_map.get("labelwheel.detector_outputs")
+    out: list[Detections] = []
+    if kind == "centernet":
+        for start in range(0, len(arrays), batch):
+            heat, size, offset = session.run(
+                ["heatmap", "size", "offset"], {"input": normalize(arrays[start : start + batch])}
+            )
+            out.extend(decode_centernet(heat, size, offset))
+        return out
+    if kind != "boxes":
+        raise ValueError(f"not a labelwheel detector (labelwheel.detector_outputs is {kind!r})")
+    for array in arrays:
+        image = np.ascontiguousarray(array.astype(np.float32).transpose(2, 0, 1) / 255.0)
+        boxes, scores, labels = session.run(["boxes", "scores", "labels"], {"input": image})
+        out.append(from_box_outputs(boxes, scores, labels))
+    return out
+
+
+def scored_boxes(
+    found: Detections, *, labels: list[str], width: int, height: int, input_size: int, min_score: float = SHOWN_SCORE
+) -> list[ScoredBox]:
+    """One image's detections scoring at least ``min_score`` as boxes in pixels of the upright ``width`` x
+    ``height`` image, clipped to it, best first."""
+    shown = found.above(min_score).scaled(width, height, input_size)
+    out = []
+    for (x1, y1, x2, y2), score, k in zip(shown.boxes, shown.scores, shown.classes, strict=True):
+        x1, x2 = float(np.clip(x1, 0, width)), float(np.clip(x2, 0, width))
+        y1, y2 = float(np.clip(y1, 0, height)), float(np.clip(y2, 0, height))
+        if x2 - x1 > 0 and y2 - y1 > 0:
+            out.append(
+                ScoredBox(
+                    labels[int(k)],
+                    round(x1, 2),
+                    round(y1, 2),
+                    round(x2 - x1, 2),
+                    round(y2 - y1, 2),
+                    round(float(score), 4),
+                )
+            )
+    return out

@@ -17,11 +17,11 @@ from pycocotools.cocoeval import COCOeval
 from scipy.stats import wilcoxon
 
 from annotation.boxes import assign
-from flywheel.serving.detection import Detections, box_ious
+from flywheel.serving.detection import SHOWN_SCORE, Detections, box_ious
 from flywheel.training.detection_fit import BoxTargets
 from flywheel.training.evaluation import PROMOTION_ALPHA
 
-OPERATING_SCORE = 0.3  # the boxes an annotator is shown: per-image F1 and the error analysis read these
+OPERATING_SCORE = SHOWN_SCORE  # the boxes an annotator is shown: per-image F1 and the error analysis read these
 MATCH_IOU = 0.5
 LOCALIZATION_IOU = 0.1  # a box overlapping an object of its class this much, but below MATCH_IOU, is badly placed
 BASELINE_RULE = (

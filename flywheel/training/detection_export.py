@@ -5,13 +5,14 @@ from __future__ import annotations
 import io
 import json
 import warnings
+from typing import Any, cast
 
 import numpy as np
 import onnxruntime as ort
 import torch
 from torch import nn
 
-from flywheel.serving.detection import STRIDE, Detections, box_ious, decode_centernet, from_box_outputs
+from flywheel.serving.detection import STRIDE, box_ious, run_detector
 from flywheel.serving.inference import model_version
 from flywheel.serving.preprocess import MEAN, PREPROCESSING, STD
 from flywheel.training.detectors import CenterNetSmall
@@ -79,7 +80,7 @@ def export_detector(network: nn.Module, input_size: int, *, metadata: dict[str, 
             torch.onnx.export(
                 network,
                 ([torch.rand(3, input_size, input_size)],),
-                buffer,
+                cast(Any, buffer),  # a file object works; the annotation names paths only
                 dynamo=False,
                 opset_version=17,
                 input_names=["input"],
@@ -92,28 +93,13 @@ def export_detector(network: nn.Module, input_size: int, *, metadata: dict[str, 
     return proto.SerializeToString()
 
 
-def onnx_detections(session: ort.InferenceSession, kind: str, arrays: np.ndarray) -> list[Detections]:
-    """Detections of an exported detector for prepared HxWx3 uint8 images, in input pixels."""
-    from flywheel.serving.preprocess import normalize
-
-    if kind == "centernet":
-        heat, size, offset = session.run(["heatmap", "size", "offset"], {"input": normalize(arrays)})
-        return decode_centernet(heat, size, offset)
-    out = []
-    for array in arrays:
-        image = np.ascontiguousarray(array.astype(np.float32).transpose(2, 0, 1) / 255.0)
-        boxes, scores, labels = session.run(["boxes", "scores", "labels"], {"input": image})
-        out.append(from_box_outputs(boxes, scores, labels))
-    return out
-
-
 def compare_with_torch(network: nn.Module, onnx_bytes: bytes, arrays: np.ndarray) -> dict[str, float | int]:
     """On prepared images: every box PyTorch scores at least 0.05 against the onnxruntime box of the same class that
     overlaps it most; the smallest IoU and the largest score difference, and how many boxes were compared."""
     from flywheel.training.detectors import detect
 
     session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-    ours = onnx_detections(session, graph_kind(network), arrays)
+    ours = run_detector(session, arrays)
     theirs = detect(network, to_tensor(arrays))
     worst_iou, worst_score, compared = 1.0, 0.0, 0
     for reference, exported in zip(theirs, ours, strict=True):

@@ -375,8 +375,9 @@ def _decide(
 
 def _summary(model: ModelVersion) -> dict[str, Any]:
     promoted = model.status == ModelStatus.champion
-    if (model.metrics or {}).get("task") == "detection":
-        map50, figure = model.metrics["test_map50"], model.metrics["test_map"]
+    metrics = model.metrics or {}
+    if metrics.get("task") == "detection":
+        map50, figure = metrics["test_map50"], metrics["test_map"]
         return {
             "model_id": model.id,
             "promoted": promoted,
@@ -385,7 +386,7 @@ def _summary(model: ModelVersion) -> dict[str, Any]:
             "message": f"model {model.id}: test mAP@.5 {map50:.3f}, mAP@[.5:.95] {figure:.3f}, "
             f"{'champion' if promoted else 'not promoted'}",
         }
-    accuracy = (model.metrics or {}).get("test_accuracy")
+    accuracy = metrics.get("test_accuracy")
     return {
         "model_id": model.id,
         "promoted": promoted,
