@@ -187,3 +187,30 @@ def test_box_augmentation_moves_boxes_with_the_pixels():
         ys, xs = np.nonzero(out["image"][:, :, 0] > 128)
         assert list(out["bboxes"][0]) == pytest.approx([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
         assert list(out["classes"]) == [1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("architecture", ["fasterrcnn_mobilenet_v3_large_320_fpn", "ssdlite320_mobilenet_v3_large"])
+def test_torchvision_detectors_train_detect_and_export_faithfully(architecture, tmp_path):
+    """Random init, a few steps on 96 px scenes, then the same ONNX check a training runs; and pretrained weights
+    load from a local file, never a download."""
+    from flywheel.training.detection_export import compare_with_torch, export_detector, export_is_faithful
+    from flywheel.training.detection_fit import predict_boxes, train_detector
+    from flywheel.training.detectors import build_detector
+
+    side = 96 if architecture.startswith("fasterrcnn") else 320  # SSDlite takes its own size only
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (4, side, side, 3), dtype=np.uint8)
+    targets = [BoxTargets(np.array([[10, 10, 40, 50]], np.float32), np.array([i % 2])) for i in range(4)]
+    config = TrainConfig(architecture=architecture, epochs=1, batch_size=2, min_epoch_images=4)
+    result = train_detector(config, images=images, targets=targets, num_classes=2)
+    assert np.isfinite(result.history[0]["loss"])
+    found = predict_boxes(result.model, images)
+    assert len(found) == 4 and all(d.boxes.shape[1] == 4 for d in found)
+    check = compare_with_torch(result.model, export_detector(result.model, side, metadata={}), images[:2])
+    assert export_is_faithful(check), check
+    saved = tmp_path / "weights.pt"
+    torch.save(result.model.state_dict(), saved)
+    again = build_detector(architecture, 2, input_size=side, pretrained_path=saved)
+    first = next(iter(result.model.state_dict()))
+    assert torch.equal(again.state_dict()[first], result.model.state_dict()[first])

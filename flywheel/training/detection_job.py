@@ -36,7 +36,12 @@ from flywheel.training.detection_export import (
     export_is_faithful,
 )
 from flywheel.training.detection_fit import BoxTargets, predict_boxes, train_detector
-from flywheel.training.detectors import default_detection_architecture, default_detection_input_size
+from flywheel.training.detectors import (
+    SSDLITE,
+    SSDLITE_SIZE,
+    default_detection_architecture,
+    default_detection_input_size,
+)
 from flywheel.training.fit import TrainConfig
 from flywheel.training.snapshots import BoxItem, load_box_items
 from storage.models import DatasetSnapshot, Image, ModelVersion, Project, Split
@@ -63,7 +68,11 @@ def detection_recipe(session: Session, items: list[BoxItem], settings: TrainingS
     sizes = _upright_sizes(session, [i.image_id for i in items[:2000]])
     side = int(statistics.median(max(w, h) for w, h in sizes.values()))
     architecture = settings.architecture or default_detection_architecture(side, side)
-    return architecture, settings.input_size or default_detection_input_size(architecture, side)
+    input_size = settings.input_size or default_detection_input_size(architecture, side)
+    if architecture == SSDLITE and input_size != SSDLITE_SIZE:
+        # It resizes to 320 inside; from another size its boxes come back differently in ONNX than in PyTorch.
+        raise JobFailed(f"{SSDLITE} takes {SSDLITE_SIZE} px inputs; set training.input_size to null or {SSDLITE_SIZE}")
+    return architecture, input_size
 
 
 def _upright_sizes(session: Session, image_ids: list[int]) -> dict[int, tuple[int, int]]:

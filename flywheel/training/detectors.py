@@ -20,7 +20,8 @@ from flywheel.serving.preprocess import MEAN, STD
 from flywheel.training.architectures import load_backbone
 
 CENTERNET = "centernet_small"
-TORCHVISION_DETECTORS = ("fasterrcnn_mobilenet_v3_large_320_fpn", "ssdlite320_mobilenet_v3_large")
+SSDLITE, SSDLITE_SIZE = "ssdlite320_mobilenet_v3_large", 320
+TORCHVISION_DETECTORS = ("fasterrcnn_mobilenet_v3_large_320_fpn", SSDLITE)
 DETECTION_ARCHITECTURES = (CENTERNET, *TORCHVISION_DETECTORS)
 SMALL_DETECTION_SIDE = 128
 
@@ -88,8 +89,8 @@ def build_detector(
 
         # Class 0 is torchvision's background. The input is already resized to a square: no resizing inside.
         options = {"min_size": input_size, "max_size": input_size, "image_mean": list(MEAN), "image_std": list(STD)}
-        if architecture == "ssdlite320_mobilenet_v3_large":
-            options = {"size": (input_size, input_size), "image_mean": list(MEAN), "image_std": list(STD)}
+        if architecture == SSDLITE:  # resizes to its fixed 320 px inside
+            options = {"image_mean": list(MEAN), "image_std": list(STD)}
         model = getattr(detection, architecture)(
             weights=None, weights_backbone=None, num_classes=num_classes + 1, **options
         )
