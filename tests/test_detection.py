@@ -1,6 +1,6 @@
 """Detection projects over HTTP: boxes go through the same labeling path as labels (leases, idempotency,
-corrections, skips, gold, review, overlap), are checked against the upright image, and the flywheel runs only detector trainings
-for such projects."""
+corrections, skips, gold, review, overlap), are checked against the upright image, and the flywheel runs only
+detector trainings for such projects."""
 
 from __future__ import annotations
 
