@@ -3,6 +3,8 @@ figures (pycocotools) against a baseline, exported to ONNX checked against PyTor
 
 from __future__ import annotations
 
+import pytest
+
 
 def test_a_detector_trains_in_the_job_and_its_card_shows_coco_figures_errors_and_the_decision(detector):
     client, engineer = detector.client, detector.engineer
@@ -76,3 +78,35 @@ def test_predict_answers_boxes_and_tasks_carry_box_prelabels_from_the_onnx_detec
 
     no_files = client.post(f"{path}/predict", files=[("files", ("x.png", b""))], headers=detector.engineer.headers)
     assert no_files.status_code == 422 and no_files.json()["error"]["code"] == "empty_file"
+
+
+def test_the_human_reference_of_a_detection_project_is_box_f1_against_consensus_on_test_images(app, client, admin):
+    from annotation.reports import human_reference
+    from storage.models import Role
+    from tests import imagefactory as img
+    from tests.factories import make_project, make_user
+
+    careful, sloppy = make_user(app, "careful", Role.annotator), make_user(app, "sloppy", Role.annotator)
+    settings = {"overlap_rate": 1.0, "overlap_k": 2, "gold_rate": 0.0}
+    project = make_project(
+        client, admin, careful, sloppy, labels=["car", "person"], task_type="detection", settings=settings
+    )
+    files = [("files", (f"{i}.png", img.png(40, 30, color=(i, 50, 90)))) for i in range(30)]
+    uploaded = client.post(f"/api/v1/projects/{project['id']}/images", files=files, headers=admin.headers).json()
+    path = f"/api/v1/projects/{project['id']}"
+    car = {"label": "car", "x": 2.0, "y": 2.0, "w": 12.0, "h": 10.0}
+    extra = {"label": "person", "x": 25.0, "y": 15.0, "w": 8.0, "h": 8.0}
+    with app.state.runtime.db.read_session() as session:
+        assert human_reference(session, project["id"])["reason"]  # nobody has answered yet
+    for account, boxes in ((careful, [car]), (sloppy, [car, extra])):
+        for _ in uploaded["files"]:
+            task = client.get(f"{path}/tasks/next", headers=account.headers).json()
+            body = {"image_id": task["image_id"], "boxes": boxes}
+            assert client.post(f"{path}/annotations", json=body, headers=account.headers).status_code == 201
+    with app.state.runtime.db.read_session() as session:
+        reference = human_reference(session, project["id"])
+    assert reference["reason"] is None and reference["items"] > 0  # the test split's images, about 1 in 5
+    by_name = {a["name"]: a for a in reference["annotators"]}
+    assert by_name["careful"]["f1"] == 1.0 and by_name["sloppy"]["f1"] == pytest.approx(2 / 3)
+    assert by_name["sloppy"]["boxes"] == 2 * by_name["sloppy"]["images"]
+    assert reference["pooled_f1"] == pytest.approx(2 * 2 / (3 + 2)) and reference["median_f1"] == pytest.approx(5 / 6)
