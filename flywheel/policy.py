@@ -101,9 +101,9 @@ def start_champion_jobs(session: Session, *, project_id: int, transport: Transpo
     """What a new champion sets off, in this order on the slow lane: caching its embeddings, then (project
     setting ``mining.after_promotion``) a mining pass, so the queue is ranked by the model that now serves."""
     project = session.get_one(Project, project_id)
-    if project.task_type is TaskType.detection:
-        return []  # a detector serves from its ONNX file: no embeddings to cache, no box mining yet
-    jobs = [create_job(session, project_id=project_id, kind=JobKind.embed, transport=transport)]
+    # A detector serves from its ONNX file and gives its own embeddings: nothing to cache first.
+    detection = project.task_type is TaskType.detection
+    jobs = [] if detection else [create_job(session, project_id=project_id, kind=JobKind.embed, transport=transport)]
     if project_settings(project).mining.after_promotion:
         params = {"trigger": "promotion"}
         jobs.append(create_job(session, project_id=project_id, kind=JobKind.mine, transport=transport, params=params))

@@ -110,3 +110,45 @@ def test_the_human_reference_of_a_detection_project_is_box_f1_against_consensus_
     assert by_name["careful"]["f1"] == 1.0 and by_name["sloppy"]["f1"] == pytest.approx(2 / 3)
     assert by_name["sloppy"]["boxes"] == 2 * by_name["sloppy"]["images"]
     assert reference["pooled_f1"] == pytest.approx(2 * 2 / (3 + 2)) and reference["median_f1"] == pytest.approx(5 / 6)
+
+
+def test_mining_puts_uncertain_images_first_and_sends_contradicted_boxes_back(detector):
+    from sqlalchemy import select
+
+    from storage.models import Image, Role, Split
+    from tests.factories import make_user
+    from tests.jobs import run
+
+    client, engineer, project = detector.client, detector.engineer, detector.project
+    path = f"/api/v1/projects/{project['id']}"
+    jobs = client.get(f"{path}/jobs", headers=engineer.headers).json()
+    (mine,) = [j for j in jobs if j["kind"] == "mine"]  # the promotion set it off
+    assert mine["params"] == {"trigger": "promotion"}
+    run(detector.app, mine["id"])
+    result = client.get(f"/api/v1/jobs/{mine['id']}", headers=engineer.headers).json()
+    assert result["status"] == "succeeded", result
+    mined = result["result"]
+    assert mined["scored"] == 16 and mined["strategy"] == "margin_kcenter" and mined["missing_count"] == 0
+    assert mined["chosen"] == 16 and len(set(mined["first"])) == 16
+    task = client.get(f"{path}/tasks/next", headers=detector.annotator.headers).json()
+    assert task["image_id"] == mined["first"][0]  # the strategy's first choice is served first
+
+    # An answer that leaves out a shape the detector sees goes back, with the reason, to another annotator.
+    second = make_user(detector.app, "ann2", Role.annotator)
+    added = client.post(f"{path}/members", json={"user_id": second.id}, headers=detector.admin.headers)
+    assert added.status_code == 201, added.text
+    labeled = client.get(f"{path}/labels", headers=engineer.headers).json()["items"]
+    with detector.app.state.runtime.db.read_session() as session:
+        train_ids = set(session.scalars(select(Image.id).where(Image.split == Split.train)))
+    victim = next(i for i in labeled if i["image_id"] in train_ids and len(i["boxes"]) >= 2)
+    body = {"image_id": victim["image_id"], "boxes": victim["boxes"][1:]}  # a correction: its first box dropped
+    assert client.post(f"{path}/annotations", json=body, headers=detector.annotator.headers).status_code == 201
+    again = client.post(f"{path}/jobs", json={"kind": "mine"}, headers=engineer.headers).json()
+    run(detector.app, again["id"])
+    relabels = client.get(f"/api/v1/jobs/{again['id']}", headers=engineer.headers).json()["result"]["relabel"]
+    sent = {r["image_id"]: r["reason"] for r in relabels}
+    assert victim["image_id"] in sent, relabels
+    assert sent[victim["image_id"]].startswith("relabel: the detector finds a")
+    assert "that no box marks" in sent[victim["image_id"]]
+    review = client.get(f"{path}/tasks/next", headers=second.headers).json()
+    assert review["image_id"] in sent and review["review_reason"] == sent[review["image_id"]]

@@ -28,17 +28,17 @@ logger = logging.getLogger(__name__)
 TERMINAL = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled})
 
 
-DETECTION_JOBS = frozenset({JobKind.train})
+DETECTION_JOBS = frozenset({JobKind.train, JobKind.mine})
 
 
 def require_job_for_task(project: Project, *, kind: JobKind) -> None:
-    """Detection projects train detectors; the other job kinds (refresh, embeddings, mining, label quality) work
-    on classifiers only so far."""
+    """Detection projects train detectors and mine with them; the other job kinds (refresh, embeddings, label
+    quality) work on classifiers only so far."""
     if project.task_type is TaskType.detection and kind not in DETECTION_JOBS:
         raise InvalidInput(
             f"no {kind.value} job for project {project.id}: it is a detection project, where the flywheel trains "
-            "detectors (kind train); refresh, embed, mine and label_quality work on classification projects only "
-            "for now",
+            "detectors (kind train) and mines with them (kind mine); refresh, embed and label_quality work on "
+            "classification projects only for now",
             code="not_for_detection",
         )
 

@@ -8,7 +8,7 @@ the graph and outputs boxes, scores and 1-based class indices for one image.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import onnxruntime as ort
@@ -35,20 +35,29 @@ class ScoredBox:
 @dataclass(frozen=True)
 class Detections:
     """One image's detections in the pixels of the model's square input: (N, 4) x1, y1, x2, y2, (N,) scores,
-    (N,) class indices from 0, best first."""
+    (N,) class indices from 0, best first; with a centre-point detector, (N, K) every class's score at each box's
+    centre (mining reads how sure the class is), and the image's (D,) embedding."""
 
     boxes: np.ndarray
     scores: np.ndarray
     classes: np.ndarray
+    class_scores: np.ndarray | None = None
+    embedding: np.ndarray | None = None
 
     def scaled(self, width: float, height: float, input_size: int) -> Detections:
         """The same boxes in pixels of a ``width`` x ``height`` image (the input was it, resized to a square)."""
         factor = np.array([width, height, width, height], dtype=np.float64) / input_size
-        return Detections(self.boxes * factor, self.scores, self.classes)
+        return replace(self, boxes=self.boxes * factor)
 
     def above(self, min_score: float) -> Detections:
         keep = self.scores >= min_score
-        return Detections(self.boxes[keep], self.scores[keep], self.classes[keep])
+        return replace(
+            self,
+            boxes=self.boxes[keep],
+            scores=self.scores[keep],
+            classes=self.classes[keep],
+            class_scores=None if self.class_scores is None else self.class_scores[keep],
+        )
 
 
 def box_ious(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -87,6 +96,7 @@ def decode_centernet(
     heatmap: np.ndarray,
     size: np.ndarray,
     offset: np.ndarray,
+    embedding: np.ndarray | None = None,
     *,
     max_detections: int = MAX_DETECTIONS,
     min_score: float = MIN_SCORE,
@@ -95,7 +105,8 @@ def decode_centernet(
     (N, 2, H, W) in output cells (width, height; x, y). A box is a heatmap peak, its centre the cell plus the
     offset, its size read at the peak; at most ``max_detections`` per image, class-wise NMS after."""
     out = []
-    for heat, wh, off in zip(heatmap, size, offset, strict=True):
+    embeddings = embedding if embedding is not None else [None] * len(heatmap)
+    for heat, wh, off, vector in zip(heatmap, size, offset, embeddings, strict=True):
         candidates = np.flatnonzero((_peaks(heat) & (heat >= min_score)).ravel())
         scores = heat.ravel()[candidates]
         best = candidates[np.argsort(-scores, kind="stable")[:max_detections]]
@@ -106,7 +117,16 @@ def decode_centernet(
         boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1).astype(np.float64)
         scores = heat.ravel()[best].astype(np.float64)
         kept = nms(boxes, scores, classes)
-        out.append(Detections(boxes[kept].reshape(-1, 4), scores[kept], classes[kept].astype(np.int64)))
+        every_class = heat[:, ys, xs].T.astype(np.float64)  # (M, K): each class's score at each box's centre
+        out.append(
+            Detections(
+                boxes[kept].reshape(-1, 4),
+                scores[kept],
+                classes[kept].astype(np.int64),
+                every_class[kept].reshape(-1, heat.shape[0]),
+                vector,
+            )
+        )
     return out
 
 
@@ -127,10 +147,10 @@ def run_detector(session: ort.InferenceSession, arrays: np.ndarray, *, batch: in
     out: list[Detections] = []
     if kind == "centernet":
         for start in range(0, len(arrays), batch):
-            heat, size, offset = session.run(
-                ["heatmap", "size", "offset"], {"input": normalize(arrays[start : start + batch])}
+            heat, size, offset, embedding = session.run(
+                ["heatmap", "size", "offset", "embedding"], {"input": normalize(arrays[start : start + batch])}
             )
-            out.extend(decode_centernet(heat, size, offset))
+            out.extend(decode_centernet(heat, size, offset, embedding))
         return out
     if kind != "boxes":
         raise ValueError(f"not a labelwheel detector (labelwheel.detector_outputs is {kind!r})")

@@ -33,7 +33,7 @@ def detector_metadata(model: ModelVersion, network: nn.Module) -> dict[str, str]
     kind = graph_kind(network)
     outputs = (
         "heatmap (N, K, S/4, S/4) per-class centre scores; size (N, 2, S/4, S/4) box width and height in cells of 4 "
-        "px; offset (N, 2, S/4, S/4) the centre's x, y within its cell"
+        "px; offset (N, 2, S/4, S/4) the centre's x, y within its cell; embedding (N, D) the features' mean"
         if kind == "centernet"
         else "boxes (M, 4) x1, y1, x2, y2 in input pixels; scores (M,); labels (M,) class index from 1 (0 is the "
         "background)"
@@ -65,7 +65,7 @@ def export_detector(network: nn.Module, input_size: int, *, metadata: dict[str, 
             (torch.zeros(1, 3, input_size, input_size),),
             None,
             input_names=["input"],
-            output_names=["heatmap", "size", "offset"],
+            output_names=["heatmap", "size", "offset", "embedding"],
             dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
             dynamo=True,
             verbose=False,

@@ -58,10 +58,12 @@ class CenterNetSmall(nn.Module):
         assert isinstance(last, nn.Conv2d) and last.bias is not None
         nn.init.constant_(last.bias, -2.19)  # a prior of 0.1 on every cell, as in CenterNet: a calm start
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Heatmaps, sizes, offsets, and the image's embedding (its features' mean), which mining spreads over."""
         features = self.features(x)
         # Sizes are learnt as logarithms (a box twice as big is one step away, whatever its size) and given as cells.
-        return torch.sigmoid(self.heatmap(features)), torch.exp(self.size(features).clamp(max=8)), self.offset(features)
+        size = torch.exp(self.size(features).clamp(max=8))
+        return torch.sigmoid(self.heatmap(features)), size, self.offset(features), features.mean(dim=(2, 3))
 
 
 def default_detection_architecture(width: int, height: int) -> str:
@@ -148,7 +150,7 @@ def detection_loss(
     """The training loss of a batch: ``inputs`` (N, 3, S, S) normalized, per image (M, 4) corner boxes in input
     pixels and (M,) class indices from 0."""
     if isinstance(model, CenterNetSmall):
-        heat, size, offset = model(inputs)
+        heat, size, offset, _ = model(inputs)
         target, centres, sizes, offsets = _gaussian_targets(
             boxes, classes, num_classes=num_classes, cells=heat.shape[2]
         )
@@ -183,7 +185,7 @@ def detect(model: nn.Module, inputs: torch.Tensor) -> list[Detections]:
     """Detections for a normalized batch (N, 3, S, S), in input pixels, through the decoding serving uses."""
     model.eval()
     if isinstance(model, CenterNetSmall):
-        heat, size, offset = model(inputs)
+        heat, size, offset, _ = model(inputs)
         return decode_centernet(heat.cpu().numpy(), size.cpu().numpy(), offset.cpu().numpy())
     return [
         from_box_outputs(out["boxes"].cpu().numpy(), out["scores"].cpu().numpy(), out["labels"].cpu().numpy())
