@@ -76,7 +76,9 @@ def _readable(blobs: BlobStore, sha: str) -> bool:
         return False
 
 
-def _score(db: Database, blobs: BlobStore, runner: ort.InferenceSession, model: ModelVersion, project_id: int, ctx):
+def _score(
+    db: Database, blobs: BlobStore, runner: ort.InferenceSession, model: ModelVersion, project_id: int, ctx: JobContext
+) -> tuple[dict[Split, Pool | None], list[int]]:
     """Pools of the unlabeled training and test images, scored; images whose file is unreadable are skipped."""
     pools: dict[Split, list[Pool]] = {Split.train: [], Split.test: []}
     missing: list[int] = []
@@ -180,7 +182,13 @@ def contradictions(
 
 
 def send_box_relabels(
-    db: Database, blobs: BlobStore, runner: ort.InferenceSession, model: ModelVersion, *, project_id: int, settings
+    db: Database,
+    blobs: BlobStore,
+    runner: ort.InferenceSession,
+    model: ModelVersion,
+    *,
+    project_id: int,
+    settings: MiningSettings,
 ) -> list[dict[str, Any]]:
     """Send back for review the training images resting on one answer whose boxes the detector contradicts, the
     strongest contradiction first, while no more than ``relabel_share`` x ``batch_size`` wait at once."""

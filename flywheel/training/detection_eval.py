@@ -42,20 +42,18 @@ def coco_figures(truth: list[BoxTargets], detections: list[Detections], *, label
     """COCO's mAP@[.5:.95], mAP@.5, mAP@.75, and per class AP, AP@.5 and recall at IoU 0.5, with pycocotools, over
     all images. A class with no test object has None figures (COCO's -1)."""
     images = [{"id": n + 1, "width": 1, "height": 1} for n in range(len(truth))]
+    boxes = [(n, b, c) for n, t in enumerate(truth) for b, c in zip(t.boxes, t.classes, strict=True)]
     annotations = [
         {
-            "id": len(images) + k,  # any unique id
+            "id": k + 1,
             "image_id": n + 1,
             "category_id": int(c) + 1,
             "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])],
             "area": float((b[2] - b[0]) * (b[3] - b[1])),
             "iscrowd": 0,
         }
-        for n, t in enumerate(truth)
-        for k, (b, c) in enumerate(zip(t.boxes, t.classes, strict=True))
+        for k, (n, b, c) in enumerate(boxes)
     ]
-    for k, annotation in enumerate(annotations):
-        annotation["id"] = k + 1
     results = [
         {
             "image_id": n + 1,

@@ -80,7 +80,9 @@ def _upright_sizes(session: Session, image_ids: list[int]) -> dict[int, tuple[in
     return {image.id: image.upright_size for image in images}
 
 
-def box_targets(items: list[BoxItem], sizes: dict[int, tuple[int, int]], *, labels: list[str], input_size: int):
+def box_targets(
+    items: list[BoxItem], sizes: dict[int, tuple[int, int]], *, labels: list[str], input_size: int
+) -> list[BoxTargets]:
     """Each item's boxes in pixels of the square model input (the upright image resized to it)."""
     index = {label: k for k, label in enumerate(labels)}
     out = []

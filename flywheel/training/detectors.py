@@ -124,8 +124,8 @@ def _gaussian_targets(
             centres.append((n, iy, ix))
             sizes.append((x2 - x1, y2 - y1))  # in cells
             offsets.append((cx - ix, cy - iy))
-    as_array = np.array  # an image with no boxes adds none
-    return heat, as_array(centres, np.int64).reshape(-1, 3), as_array(sizes, np.float32), as_array(offsets, np.float32)
+    centre_cells = np.array(centres, np.int64).reshape(-1, 3)  # an image with no boxes adds none
+    return heat, centre_cells, np.array(sizes, np.float32).reshape(-1, 2), np.array(offsets, np.float32).reshape(-1, 2)
 
 
 def focal_loss(predicted: torch.Tensor, target: torch.Tensor, class_weights: torch.Tensor) -> torch.Tensor:
