@@ -152,3 +152,27 @@ def test_mining_puts_uncertain_images_first_and_sends_contradicted_boxes_back(de
     assert "that no box marks" in sent[victim["image_id"]]
     review = client.get(f"{path}/tasks/next", headers=second.headers).json()
     assert review["image_id"] in sent and review["review_reason"] == sent[review["image_id"]]
+
+
+def test_a_second_detector_is_judged_against_the_champion_on_the_same_test_images(detector):
+    from tests.jobs import run
+
+    client, engineer = detector.client, detector.engineer
+    path = f"/api/v1/projects/{detector.project['id']}"
+    again = client.post(f"{path}/jobs", json={"kind": "train", "params": {"force": True}}, headers=engineer.headers)
+    assert again.status_code == 201, again.text
+    run(detector.app, again.json()["id"])
+    result = client.get(f"/api/v1/jobs/{again.json()['id']}", headers=engineer.headers).json()["result"]
+    card = client.get(f"/api/v1/models/{result['model_id']}", headers=engineer.headers).json()
+    decision = card["decision"]
+    # The same snapshot, recipe and seed make the same detector: no difference, so "not worse", and promoted.
+    assert decision["compared_with"] == "champion" and decision["champion_id"] == detector.champion_id
+    assert decision["rule"] == "not worse" and decision["promote"] and card["status"] == "champion"
+    assert decision["candidate_map50"] == decision["champion_map50"] == card["metrics"]["test_map50"]
+    assert decision["p_value"] == 1.0 and decision["statistic"] is None and "Wilcoxon" in decision["reason"]
+    old = client.get(f"/api/v1/models/{detector.champion_id}", headers=engineer.headers).json()
+    assert old["status"] == "retired"
+    rollback = client.post(
+        f"/api/v1/models/{detector.champion_id}/promote", json={"reason": "rollback"}, headers=engineer.headers
+    )
+    assert rollback.status_code == 200 and rollback.json()["status"] == "champion"
