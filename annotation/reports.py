@@ -13,9 +13,9 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from annotation.agreement import NO_OVERLAP, Agreement, agreement, without_figures
-from annotation.boxes import Box, BoxPairAgreement, pair_agreement
+from annotation.boxes import Box, BoxPairAgreement, assign, iou_matrix, pair_agreement
 from annotation.crowd import excluded_annotators, load_crowd
-from storage.models import Annotation, Image, Project, Split, User
+from storage.models import Annotation, Image, Project, Split, TaskType, User
 from storage.projects import project_settings
 
 
@@ -100,8 +100,87 @@ def _human_reference(session: Session, *, project_id: int) -> HumanReference:
 
 
 def human_reference(session: Session, project_id: int) -> dict[str, Any]:
-    """The human-level reference as plain data, for the model card."""
+    """The human-level reference as plain data, for the model card: annotators' accuracy against consensus on test
+    images, or in a detection project their box F1 against the consensus boxes."""
+    if session.get_one(Project, project_id).task_type is TaskType.detection:
+        return asdict(_box_human_reference(session, project_id=project_id))
     return asdict(_human_reference(session, project_id=project_id))
+
+
+@dataclass(frozen=True)
+class HumanBoxF1:
+    annotator_id: int
+    name: str
+    images: int
+    boxes: int  # theirs
+    reference_boxes: int  # the consensus (or gold) boxes of the same images
+    matched: int  # theirs matching one of those, same class, IoU >= 0.5, one to one
+    f1: float
+
+
+@dataclass(frozen=True)
+class BoxHumanReference:
+    items: int  # test images with gold boxes or answers from two annotators
+    pooled_f1: float | None
+    median_f1: float | None
+    annotators: list[HumanBoxF1]
+    reason: str | None
+
+
+def _matched_same_class(mine: list[Box], reference: list[Box]) -> int:
+    if not mine or not reference:
+        return 0
+    ious = iou_matrix(mine, reference)
+    ious[np.array([[a.label != b.label for b in reference] for a in mine])] = 0.0
+    return len(assign(ious, 0.5))
+
+
+def _box_human_reference(session: Session, *, project_id: int) -> BoxHumanReference:
+    """Each annotator's box F1 at IoU 0.5 (class and all) against the consensus boxes (gold boxes where set) on test
+    images answered by two annotators or gold: the detector's F1 on the card reads against this."""
+    excluded = excluded_annotators(session, project_id=project_id)
+    rows = [
+        row
+        for row in session.execute(
+            select(
+                Annotation.image_id, Annotation.annotator_id, Annotation.boxes, Image.consensus_boxes, Image.gold_boxes
+            )
+            .join(Image, Image.id == Annotation.image_id)
+            .where(
+                Annotation.project_id == project_id,
+                Annotation.is_current,
+                Image.split == Split.test,
+                Image.consensus_boxes.is_not(None),
+            )
+        )
+        if row.annotator_id not in excluded and row.boxes is not None
+    ]
+    per_image = Counter(r.image_id for r in rows)
+    checked = [r for r in rows if r.gold_boxes is not None or per_image[r.image_id] >= 2]
+    if not checked:
+        return BoxHumanReference(0, None, None, [], "no test image has gold boxes or answers from two annotators yet")
+    totals: dict[int, list[int]] = {}
+    for r in checked:
+        mine = [Box(**b) for b in r.boxes]
+        reference = [Box(**b) for b in (r.gold_boxes if r.gold_boxes is not None else r.consensus_boxes)]
+        counts = totals.setdefault(r.annotator_id, [0, 0, 0, 0])
+        counts[0] += 1
+        counts[1] += len(mine)
+        counts[2] += len(reference)
+        counts[3] += _matched_same_class(mine, reference)
+    names = dict(session.execute(select(User.id, User.name).where(User.id.in_(totals))).all())
+    annotators = [
+        HumanBoxF1(a, names.get(a, f"user {a}"), n, own, ref, hit, 2 * hit / (own + ref) if own + ref else 1.0)
+        for a, (n, own, ref, hit) in sorted(totals.items())
+    ]
+    own_all, ref_all = sum(h.boxes for h in annotators), sum(h.reference_boxes for h in annotators)
+    return BoxHumanReference(
+        items=len({r.image_id for r in checked}),
+        pooled_f1=2 * sum(h.matched for h in annotators) / (own_all + ref_all) if own_all + ref_all else 1.0,
+        median_f1=float(np.median([h.f1 for h in annotators])),
+        annotators=annotators,
+        reason=None,
+    )
 
 
 @dataclass(frozen=True)

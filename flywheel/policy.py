@@ -45,10 +45,9 @@ def start_policy_jobs(db: Database, transport: Transport, *, project_id: int) ->
         project = session.get(Project, project_id)
         if project is None:
             return started
-        if project.task_type is TaskType.detection:
-            return started  # the flywheel trains classifiers only; detection training comes in issue 14
+        detection = project.task_type is TaskType.detection
         policy = project_settings(project).training
-        if policy.auto_refresh and _refresh_due(session, project_id):
+        if policy.auto_refresh and not detection and _refresh_due(session, project_id):
             delay = _refresh_delay(session, project_id, policy.refresh_interval_seconds)
             not_before = utcnow() + timedelta(seconds=delay)
             create_job(
@@ -63,7 +62,10 @@ def start_policy_jobs(db: Database, transport: Transport, *, project_id: int) ->
         if policy.auto_train:
             labeled = (
                 session.scalar(
-                    select(func.count()).where(Image.project_id == project_id, Image.consensus_label.is_not(None))
+                    select(func.count()).where(
+                        Image.project_id == project_id,
+                        (Image.consensus_boxes if detection else Image.consensus_label).is_not(None),
+                    )
                 )
                 or 0
             )
@@ -98,8 +100,11 @@ def make_champion(
 def start_champion_jobs(session: Session, *, project_id: int, transport: Transport) -> list[Job]:
     """What a new champion sets off, in this order on the slow lane: caching its embeddings, then (project
     setting ``mining.after_promotion``) a mining pass, so the queue is ranked by the model that now serves."""
-    jobs = [create_job(session, project_id=project_id, kind=JobKind.embed, transport=transport)]
-    if project_settings(session.get_one(Project, project_id)).mining.after_promotion:
+    project = session.get_one(Project, project_id)
+    # A detector serves from its ONNX file and gives its own embeddings: nothing to cache first.
+    detection = project.task_type is TaskType.detection
+    jobs = [] if detection else [create_job(session, project_id=project_id, kind=JobKind.embed, transport=transport)]
+    if project_settings(project).mining.after_promotion:
         params = {"trigger": "promotion"}
         jobs.append(create_job(session, project_id=project_id, kind=JobKind.mine, transport=transport, params=params))
     return jobs

@@ -15,7 +15,7 @@ from croniter import croniter
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from flywheel.jobs.rows import create_job, require_classifier_project
+from flywheel.jobs.rows import create_job, require_job_for_task
 from flywheel.jobs.transport import Transport
 from storage.db import Database
 from storage.errors import InvalidInput
@@ -54,7 +54,7 @@ def set_schedules(session: Session, *, project: Project, crons: dict[JobKind, st
     """
     for kind, cron in crons.items():
         if cron is not None:
-            require_classifier_project(project, kind=kind)
+            require_job_for_task(project, kind=kind)
     now = utcnow()
     due = {kind: next_slot(cron, now) for kind, cron in crons.items() if cron is not None}  # all valid, or none set
     current = {s.kind: s for s in list_schedules(session, project_id=project.id)}

@@ -221,7 +221,7 @@ def mine(project: Annotated[str, typer.Option(help="Project name.")]) -> None:
     from flywheel.jobs.rows import create_job, get_job
     from flywheel.jobs.runner import run_job
     from flywheel.jobs.transport import get_transport
-    from flywheel.training.mining import run_mining
+    from flywheel.training.handlers import run_mine
     from storage.blobs import blob_store_from_settings
     from storage.models import JobKind, JobStatus
 
@@ -250,7 +250,7 @@ def mine(project: Annotated[str, typer.Option(help="Project name.")]) -> None:
             settings,
             transport,
             job_id=job_id,
-            handlers={JobKind.mine: run_mining},
+            handlers={JobKind.mine: run_mine},
             on_progress=lambda fraction, message: progress.update(bar, completed=fraction, description=message),
         )
     with db.read_session() as session:

@@ -191,8 +191,13 @@ def predict(
     profile: ProfileName = "default",
 ) -> None:
     """Predict with the project's serving model: one line per file, tab-separated: file, label, confidence,
-    model version."""
+    model version (a detection project: file, its boxes as "label score x y w h" separated by "; ", model
+    version)."""
     with _client(url, token, profile) as client:
         answers = client.predict(_project_id(client, project), files)
     for path, answer in zip(files, answers, strict=True):
-        typer.echo(f"{path}\t{answer.label}\t{answer.confidence:.4f}\t{answer.model_version}")
+        if answer.boxes is not None:  # a detection project: its boxes, "label score x y w h" each, ";" between
+            found = "; ".join(f"{b.label} {b.score:.4f} {b.x:g} {b.y:g} {b.w:g} {b.h:g}" for b in answer.boxes)
+            typer.echo(f"{path}\t{found}\t{answer.model_version}")
+        else:
+            typer.echo(f"{path}\t{answer.label}\t{answer.confidence:.4f}\t{answer.model_version}")

@@ -56,10 +56,29 @@ class TrainingSettings(BaseModel):
         "a stream of labels refreshes at most once per interval, a burst gives one refresh.",
     )
     min_labels: int = Field(default=20, ge=2, description="Fewest labeled training images a training accepts.")
-    architecture: Literal["small_cnn", "resnet18", "mobilenet_v3_small"] | None = Field(
-        default=None, description="Default: small_cnn for images up to 64 px, mobilenet_v3_small above."
+    architecture: (
+        Literal[
+            "small_cnn",
+            "resnet18",
+            "mobilenet_v3_small",
+            "centernet_small",
+            "fasterrcnn_mobilenet_v3_large_320_fpn",
+            "ssdlite320_mobilenet_v3_large",
+        ]
+        | None
+    ) = Field(
+        default=None,
+        description="Classification: small_cnn for images up to 64 px, mobilenet_v3_small above (or resnet18). "
+        "Detection: centernet_small up to 128 px, fasterrcnn_mobilenet_v3_large_320_fpn above (or "
+        "ssdlite320_mobilenet_v3_large).",
     )
-    input_size: int | None = Field(default=None, ge=16, le=512, description="Default: 32 for small_cnn, else 224.")
+    input_size: int | None = Field(
+        default=None,
+        ge=16,
+        le=512,
+        description="Default: 32 for small_cnn, else 224; for centernet_small the median image side rounded up to "
+        "16 (at most 128), else 320.",
+    )
     pretrained_weights: str | None = Field(
         default=None,
         pattern=r"^[A-Za-z0-9._-]+$",

@@ -267,3 +267,93 @@ def redis_url(worker_id):
     yield f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}"
     connection.flushdb()
     connection.close()
+
+
+# The shared detector: 80 tiny scenes of squares and discs (64 px), their boxes drawn through the API, one
+# training of a few seconds. Good enough to find the shapes, which pre-labels and /predict show.
+DETECTOR_TRAINING = {"epochs": 3, "min_epoch_images": 384, "batch_size": 16, "auto_train": False, "min_labels": 10}
+
+
+@dataclass
+class TrainedDetector:
+    """A detection project of 80 scenes, 64 of them answered by ``annotator`` with their true boxes, 16 left
+    unlabeled, and its first champion."""
+
+    app: FastAPI
+    client: TestClient
+    admin: Account
+    engineer: Account
+    annotator: Account
+    project: dict
+    truth: dict[int, list[dict]]
+    train_job_id: int
+    champion_id: int
+
+
+def _train_detector_template(root: Path, sqlite_template: Path) -> dict:
+    from tests.factories import make_project
+    from tests.jobs import run
+    from tests.shapes import SHAPE_LABELS, scenes
+
+    root.mkdir()
+    shutil.copyfile(sqlite_template, root / "labelwheel.db")
+    app = create_app(_embedded(root), migrate=False)
+    client = TestClient(app)
+    admin, engineer = make_user(app, "root", Role.admin), make_user(app, "eng", Role.engineer)
+    annotator = make_user(app, "ann", Role.annotator)
+    settings = {"overlap_rate": 0.0, "gold_rate": 0.0, "training": DETECTOR_TRAINING}
+    project = make_project(
+        client, admin, engineer, annotator, labels=SHAPE_LABELS, task_type="detection", settings=settings
+    )
+    drawn = scenes(80, seed=7)
+    files = [("files", (f"s{i}.png", png, "image/png")) for i, (png, _) in enumerate(drawn)]
+    uploaded = client.post(f"/api/v1/projects/{project['id']}/images", files=files, headers=admin.headers)
+    assert uploaded.status_code == 201, uploaded.text
+    truth = {f["image_id"]: boxes for f, (_, boxes) in zip(uploaded.json()["files"], drawn, strict=True)}
+    for _ in range(64):
+        task = client.get(f"/api/v1/projects/{project['id']}/tasks/next", headers=annotator.headers).json()
+        body = {"image_id": task["image_id"], "boxes": truth[task["image_id"]]}
+        answered = client.post(f"/api/v1/projects/{project['id']}/annotations", json=body, headers=annotator.headers)
+        assert answered.status_code == 201, answered.text
+    created = client.post(f"/api/v1/projects/{project['id']}/jobs", json={"kind": "train"}, headers=engineer.headers)
+    assert created.status_code == 201, created.text
+    job_id = created.json()["id"]
+    run(app, job_id)
+    done = client.get(f"/api/v1/jobs/{job_id}", headers=engineer.headers).json()
+    assert done["status"] == "succeeded" and done["result"]["promoted"], done
+    app.state.runtime.db.dispose()
+    accounts = {"admin": asdict(admin), "engineer": asdict(engineer), "annotator": asdict(annotator)}
+    truth_json = {str(k): v for k, v in truth.items()}
+    return {
+        **accounts,
+        "project": project,
+        "truth": truth_json,
+        "train_job_id": job_id,
+        "champion_id": done["result"]["model_id"],
+    }
+
+
+@pytest.fixture(scope="session")
+def detector_template(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> tuple[Path, dict]:
+    """The database and blob folder of a ``TrainedDetector``, built once per test run (as ``trained_template``)."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    root, made_file = shared / "detector", shared / "detector.json"
+    with FileLock(shared / "detector.lock"):
+        if not made_file.exists():
+            made_file.write_text(json.dumps(_train_detector_template(root, sqlite_template)))
+    made = json.loads(made_file.read_text())
+    accounts = {name: Account(**made[name]) for name in ("admin", "engineer", "annotator")}
+    truth = {int(image_id): boxes for image_id, boxes in made["truth"].items()}
+    return root, {**made, **accounts, "truth": truth}
+
+
+@pytest.fixture
+def detector(detector_template: tuple[Path, dict], tmp_path: Path) -> Iterator[TrainedDetector]:
+    """A copy of the shared detection project and its champion, the test's own to change."""
+    template, made = detector_template
+    root = tmp_path / "detector"
+    shutil.copytree(template, root)
+    app = create_app(_embedded(root), migrate=False)
+    yield TrainedDetector(app=app, client=TestClient(app), **made)
+    app.state.runtime.db.dispose()

@@ -1,13 +1,13 @@
 """Detection projects over HTTP: boxes go through the same labeling path as labels (leases, idempotency,
-corrections, skips, gold, review, overlap), are checked against the upright image, and the flywheel leaves
-such projects alone."""
+corrections, skips, gold, review, overlap), are checked against the upright image, and the flywheel runs only
+detector trainings for such projects."""
 
 from __future__ import annotations
 
 import pytest
 
 from flywheel.policy import start_policy_jobs
-from storage.models import Role
+from storage.models import JobKind, Role
 from tests import imagefactory as img
 from tests.factories import make_project, make_user
 
@@ -176,7 +176,7 @@ def test_skip_overlap_gold_and_review_work_for_boxes(client, admin):
     assert pooled["f1"] == pytest.approx(2 / 3)
 
 
-def test_classification_projects_refuse_boxes_and_the_flywheel_leaves_detection_projects_alone(
+def test_classification_projects_refuse_boxes_and_detection_projects_train_only_detectors(
     app, client, admin, annotator
 ):
     classes = make_project(client, admin, annotator, settings={"gold_rate": 0.0, "overlap_rate": 0.0})
@@ -192,16 +192,17 @@ def test_classification_projects_refuse_boxes_and_the_flywheel_leaves_detection_
     )
     assert submit(client, project, annotator, images[0], [box()]).status_code == 201
     rt = app.state.runtime
-    assert start_policy_jobs(rt.db, rt.transport, project_id=project["id"]) == []
     path = f"/api/v1/projects/{project['id']}"
-    for kind in ("train", "mine", "label_quality"):
+    for kind in ("refresh", "embed", "label_quality"):
         job = client.post(f"{path}/jobs", json={"kind": kind}, headers=admin.headers)
         assert job.status_code == 422 and job.json()["error"]["code"] == "not_for_detection"
-        assert "detection training comes in issue 14" in job.json()["error"]["message"]
+        assert "where the flywheel trains detectors (kind train)" in job.json()["error"]["message"]
     assert client.get(f"{path}/jobs", headers=admin.headers).json() == []
-    nightly = client.put(f"{path}/schedules", json={"train": "0 3 * * *"}, headers=admin.headers)
+    nightly = client.put(f"{path}/schedules", json={"label_quality": "0 3 * * *"}, headers=admin.headers)
     assert nightly.status_code == 422 and nightly.json()["error"]["code"] == "not_for_detection"
     assert client.put(f"{path}/schedules", json={}, headers=admin.headers).json() == []  # clearing stays possible
+    # The policy trains detectors as boxes arrive (never refreshes them): min_new_labels 1 starts a training.
+    assert start_policy_jobs(rt.db, rt.transport, project_id=project["id"]) == [JobKind.train]
     refused = client.get(f"{path}/export?format=csv", headers=admin.headers)
     assert refused.status_code == 422 and refused.json()["error"]["code"] == "not_for_detection"
     nothing_yet = client.get(f"{path}/agreement", headers=admin.headers).json()

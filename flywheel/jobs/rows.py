@@ -28,12 +28,17 @@ logger = logging.getLogger(__name__)
 TERMINAL = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled})
 
 
-def require_classifier_project(project: Project, *, kind: JobKind) -> None:
-    """Every job kind trains or uses an image classifier; detection models come with issue 14."""
-    if project.task_type is TaskType.detection:
+DETECTION_JOBS = frozenset({JobKind.train, JobKind.mine})
+
+
+def require_job_for_task(project: Project, *, kind: JobKind) -> None:
+    """Detection projects train detectors and mine with them; the other job kinds (refresh, embeddings, label
+    quality) work on classifiers only so far."""
+    if project.task_type is TaskType.detection and kind not in DETECTION_JOBS:
         raise InvalidInput(
-            f"no {kind.value} job for project {project.id}: it is a detection project, and the flywheel trains "
-            "classifiers only (detection training comes in issue 14); its labels are read from GET .../labels",
+            f"no {kind.value} job for project {project.id}: it is a detection project, where the flywheel trains "
+            "detectors (kind train) and mines with them (kind mine); refresh, embed and label_quality work on "
+            "classification projects only for now",
             code="not_for_detection",
         )
 
@@ -55,7 +60,7 @@ def create_job(
     A ``train`` request while another training of the project is still queued returns that job:
     labels arriving during a training schedule one follow-up, not one per label.
     """
-    require_classifier_project(session.get_one(Project, project_id), kind=kind)
+    require_job_for_task(session.get_one(Project, project_id), kind=kind)
     if kind == JobKind.train:
         _lock_project(session, project_id)
         waiting = session.scalars(

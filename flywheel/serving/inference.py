@@ -28,13 +28,14 @@ from PIL import Image as PILImage
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from flywheel.serving.detection import ScoredBox, run_detector, scored_boxes
 from flywheel.serving.heads import head_probabilities, read_head
 from flywheel.serving.preprocess import normalize, to_array
-from flywheel.serving.registry import serving_candidates
+from flywheel.serving.registry import serving_candidates, serving_model
 from storage.blobs import BlobStore
 from storage.errors import Conflict, LabelwheelError, StorageUnavailable
 from storage.ingest import Limits, decode_uploads
-from storage.models import Embedding, Image, ModelKind, ModelVersion
+from storage.models import Embedding, Image, ModelKind, ModelVersion, upright_size
 
 CACHED_SESSIONS = 4
 BATCH = 64
@@ -245,6 +246,33 @@ class Predictor:
         answers = [_answer(row, model.labels) for row in head_probabilities(embeddings, weight, bias)]
         return Served(model, backbone, answers, embeddings)
 
+    def detect(
+        self, session: Session, *, project_id: int, uploads: Sequence[tuple[str, IO[bytes]]], limits: Limits
+    ) -> tuple[ModelVersion, list[list[ScoredBox]]]:
+        """A detection project's boxes for uploaded images (in pixels of each upright image), checked and decoded
+        as ``predict`` does, with the detector that found them (the champion: detectors have no fallback yet)."""
+        model = self._candidates(session, project_id)[0]
+        if model.onnx_sha256 is None:
+            raise Conflict(f"model {model.id} has no ONNX file yet; try again shortly", code="model_not_ready")
+        arrays = _arrays(uploads, limits, model.input_size)  # every file checked here, first
+        sizes = [upright_header_size(stream) for _, stream in uploads]
+        found = run_detector(self._session(model.onnx_sha256), arrays)
+        return model, [
+            scored_boxes(d, labels=model.labels, width=w, height=h, input_size=model.input_size)
+            for d, (w, h) in zip(found, sizes, strict=True)
+        ]
+
+    def prelabel_boxes(self, session: Session, *, image: Image) -> tuple[ModelVersion, list[ScoredBox]] | None:
+        """The serving detector's boxes for a stored image; None when the project has no detector yet."""
+        model = serving_model(session, project_id=image.project_id)
+        if model is None or model.onnx_sha256 is None:
+            return None
+        with self._blobs.open(image.sha256) as stream, PILImage.open(stream) as decoded:
+            array = to_array(decoded, model.input_size)
+        (found,) = run_detector(self._session(model.onnx_sha256), array[None])
+        width, height = image.upright_size
+        return model, scored_boxes(found, labels=model.labels, width=width, height=height, input_size=model.input_size)
+
     def prelabel(self, session: Session, *, image: Image) -> tuple[ModelVersion, Answer, str | None] | None:
         """The answer for a stored image of the first model in line that can give one (from the image's cached
         embedding when there is one), and why the models before it could not; None without any."""
@@ -276,6 +304,16 @@ def _arrays(uploads: Sequence[tuple[str, IO[bytes]]], limits: Limits, size: int)
     for _, stream in uploads:
         stream.seek(0)
     return np.stack([to_array(image, size) for image in decode_uploads(uploads, limits=limits, size=size)])
+
+
+def upright_header_size(fileobj: IO[bytes]) -> tuple[int, int]:
+    """(width, height) of an already checked image file once its EXIF orientation is applied, from its header."""
+    fileobj.seek(0)
+    with PILImage.open(fileobj) as opened:
+        orientation = opened.getexif().get(0x0112)
+        width, height = opened.size
+    fileobj.seek(0)
+    return upright_size(width, height, orientation if isinstance(orientation, int) else None)
 
 
 def _answer(row: np.ndarray, labels: list[str]) -> Answer:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from annotation.queue import PreLabel, Task
+from flywheel.serving.detection import ScoredBox
 from flywheel.serving.inference import Predictor, model_version
 
 
@@ -16,3 +17,12 @@ def prelabel_for(session: Session, predictor: Predictor, *, task: Task) -> PreLa
         return task.prelabel
     model, answer, fallback = live
     return PreLabel(answer.label, answer.confidence, model_version(model), fallback)
+
+
+def prelabel_boxes_for(session: Session, predictor: Predictor, *, task: Task) -> tuple[str, list[ScoredBox]] | None:
+    """A detection task's suggested boxes: the serving detector's (model version, boxes), None before the first."""
+    live = predictor.prelabel_boxes(session, image=task.image)
+    if live is None:
+        return None
+    model, boxes = live
+    return model_version(model), boxes

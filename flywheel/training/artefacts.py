@@ -16,6 +16,7 @@ from torch import nn
 
 from flywheel.serving.heads import read_head
 from flywheel.training.architectures import build_model, head_of
+from flywheel.training.detectors import DETECTION_ARCHITECTURES, build_detector
 from flywheel.training.fit import to_tensor
 from storage.blobs import BlobStore
 from storage.models import ModelKind, ModelVersion
@@ -54,7 +55,12 @@ def head_arrays(model: nn.Module) -> tuple[np.ndarray, np.ndarray]:
 def full_network(blobs: BlobStore, weights_sha256: str) -> nn.Module:
     """A full model's network from its checkpoint, kept in memory (share it read-only: eval mode, no grad)."""
     checkpoint = read_checkpoint(blobs, weights_sha256)
-    network = build_model(checkpoint["architecture"], len(checkpoint["labels"]))
+    if checkpoint["architecture"] in DETECTION_ARCHITECTURES:
+        network = build_detector(
+            checkpoint["architecture"], len(checkpoint["labels"]), input_size=checkpoint["input_size"]
+        )
+    else:
+        network = build_model(checkpoint["architecture"], len(checkpoint["labels"]))
     network.load_state_dict(checkpoint["state_dict"])
     return network.eval()
 

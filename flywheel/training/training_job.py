@@ -20,13 +20,15 @@ from flywheel.jobs.runner import JobContext, JobFailed
 from flywheel.policy import make_champion
 from flywheel.serving.heads import head_bytes
 from flywheel.serving.registry import champion
-from flywheel.training.architectures import default_architecture, default_input_size
+from flywheel.training.architectures import ARCHITECTURES, default_architecture, default_input_size
 from flywheel.training.artefacts import checkpoint_bytes, head_arrays, load_model
 from flywheel.training.datasets import dev_split, load_arrays
+from flywheel.training.detection_job import check_detection_trainable, detection_recipe, train_detection
+from flywheel.training.detectors import DETECTION_ARCHITECTURES
 from flywheel.training.evaluation import BASELINE_RULE, Evaluation, decide_promotion, evaluate
 from flywheel.training.fit import TrainConfig, predict_proba, train
 from flywheel.training.onnx_export import ONNX_TOLERANCE, export_onnx, max_difference, onnx_metadata
-from flywheel.training.snapshots import Item, build_snapshot, load_items
+from flywheel.training.snapshots import Item, build_snapshot, load_box_items, load_items
 from storage.models import (
     Annotation,
     DatasetSnapshot,
@@ -36,6 +38,7 @@ from storage.models import (
     ModelVersion,
     Project,
     Split,
+    TaskType,
     utcnow,
 )
 from storage.projects import TrainingSettings, project_settings
@@ -63,6 +66,12 @@ def _train(ctx: JobContext, model_id: int) -> dict[str, Any]:
             return _summary(model)
         snapshot = session.get_one(DatasetSnapshot, model.snapshot_id)
         current = champion(session, project_id=ctx.project_id)
+        detection = session.get_one(Project, ctx.project_id).task_type is TaskType.detection
+    if detection:
+        made = train_detection(
+            ctx, model_id, pretrained_path=_pretrained_path(ctx, model.hyperparameters.get("pretrained_weights"))
+        )
+        return _store(ctx, model_id, current, made["metrics"], made["decision"], made["weights"], made["onnx"], None)
     labels, items = load_items(ctx.blobs, snapshot)
     config = TrainConfig(**model.hyperparameters)
     train_items = [i for i in items if i.split == Split.train]
@@ -130,6 +139,21 @@ def _train(ctx: JobContext, model_id: int) -> dict[str, Any]:
         "history": result.history,
         "onnx_max_difference": difference,
     }
+    return _store(ctx, model_id, current, metrics, decision, weights_sha, onnx_sha, head_sha)
+
+
+def _store(
+    ctx: JobContext,
+    model_id: int,
+    current: ModelVersion | None,
+    metrics: dict[str, Any],
+    decision: dict[str, Any],
+    weights_sha: str,
+    onnx_sha: str,
+    head_sha: str | None,
+) -> dict[str, Any]:
+    """Store a finished training's figures and files, and promote it when its decision says so and the champion it
+    was compared with still is one."""
     with ctx.db.session() as session:
         model = session.get_one(ModelVersion, model_id)
         model.metrics, model.decision = metrics, decision
@@ -166,14 +190,21 @@ def _start(ctx: JobContext) -> int | Skipped:
             return existing.id
         project = session.get_one(Project, ctx.project_id)
         settings = project_settings(project).training
-        update_project_consensus(session, project.id)  # Dawid-Skene over every label, then freeze
+        update_project_consensus(session, project.id)  # Dawid-Skene over every label (or box classes), then freeze
         snapshot = build_snapshot(session, ctx.blobs, project=project)
-        _, items = load_items(ctx.blobs, snapshot)
-        _check_trainable(items, settings)
-        architecture = settings.architecture or _default_architecture(session, items)
+        if project.task_type is TaskType.detection:
+            _, box_items = load_box_items(ctx.blobs, snapshot)
+            _check_architecture(settings.architecture, DETECTION_ARCHITECTURES, "a detection")
+            check_detection_trainable(box_items, settings)
+            architecture, input_size = detection_recipe(session, box_items, settings)
+        else:
+            _, items = load_items(ctx.blobs, snapshot)
+            _check_architecture(settings.architecture, ARCHITECTURES, "a classification")
+            _check_trainable(items, settings)
+            architecture = settings.architecture or _default_architecture(session, items)
+            input_size = settings.input_size or default_input_size(architecture)
         current = champion(session, project_id=project.id)
         config = train_config(settings, architecture=architecture, threads=ctx.settings.train_threads)
-        input_size = settings.input_size or default_input_size(architecture)
         same = _same_training(session, project.id, current, snapshot, config, input_size)
         if same is not None and not read_params(TrainParams, ctx.params).force:
             return Skipped(
@@ -256,6 +287,14 @@ def train_config(settings: TrainingSettings, *, architecture: str, threads: int)
     )
 
 
+def _check_architecture(name: str | None, known: tuple[str, ...], kind: str) -> None:
+    if name is not None and name not in known:
+        raise JobFailed(
+            f"training.architecture {name!r} does not fit {kind} project; use one of {', '.join(known)}, or null "
+            "for the default"
+        )
+
+
 def _check_trainable(items: list[Item], settings: TrainingSettings) -> None:
     train_items = [i for i in items if i.split == Split.train]
     classes = {i.label for i in train_items}
@@ -335,8 +374,19 @@ def _decide(
 
 
 def _summary(model: ModelVersion) -> dict[str, Any]:
-    accuracy = (model.metrics or {}).get("test_accuracy")
     promoted = model.status == ModelStatus.champion
+    metrics = model.metrics or {}
+    if metrics.get("task") == "detection":
+        map50, figure = metrics["test_map50"], metrics["test_map"]
+        return {
+            "model_id": model.id,
+            "promoted": promoted,
+            "test_map50": map50,
+            "test_map": figure,
+            "message": f"model {model.id}: test mAP@.5 {map50:.3f}, mAP@[.5:.95] {figure:.3f}, "
+            f"{'champion' if promoted else 'not promoted'}",
+        }
+    accuracy = metrics.get("test_accuracy")
     return {
         "model_id": model.id,
         "promoted": promoted,

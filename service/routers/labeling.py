@@ -11,7 +11,7 @@ from annotation.box_answers import DrawnBox
 from annotation.curation import gold_scores, send_for_review, set_gold
 from annotation.labels import current_labels
 from annotation.queue import Task, next_task, progress, skip_task
-from flywheel.serving.prelabels import prelabel_for
+from flywheel.serving.prelabels import prelabel_boxes_for, prelabel_for
 from service.deps import (
     AdminProjectForWrite,
     CurrentUser,
@@ -37,22 +37,27 @@ from service.schemas.labeling import (
     CurrentLabelsPage,
     GoldScoreRead,
     GoldSet,
+    PreLabelBoxesRead,
     PreLabelRead,
     ProgressRead,
     ReviewRequest,
     ReviewResult,
+    ScoredBoxRead,
     TaskRead,
 )
 from storage.db import after_commit
+from storage.models import TaskType
 
 
 def _boxes(given: list[BoxCreate] | None) -> list[DrawnBox] | None:
     return None if given is None else [DrawnBox(**b.model_dump()) for b in given]
 
 
-def _task_read(session: Session, runtime: Runtime, task: Task) -> TaskRead:
+def _task_read(session: Session, runtime: Runtime, task: Task, *, detection: bool) -> TaskRead:
+    """A task with its pre-label: the serving classifier's label, or in a detection project the detector's boxes."""
     image = task.image
-    prelabel = prelabel_for(session, runtime.predictor, task=task)
+    prelabel = None if detection else prelabel_for(session, runtime.predictor, task=task)
+    boxes = prelabel_boxes_for(session, runtime.predictor, task=task) if detection else None
     width, height = image.upright_size
     return TaskRead(
         image_id=image.id,
@@ -71,6 +76,8 @@ def _task_read(session: Session, runtime: Runtime, task: Task) -> TaskRead:
         )
         if prelabel
         else None,
+        prelabel_boxes=boxes
+        and PreLabelBoxesRead(model_version=boxes[0], boxes=[ScoredBoxRead(**vars(b)) for b in boxes[1]]),
     )
 
 
@@ -95,7 +102,7 @@ def next_(
     task = next_task(session, principal=principal, project=project)
     if task is None:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
-    return _task_read(session, runtime, task)
+    return _task_read(session, runtime, task, detection=project.task_type is TaskType.detection)
 
 
 @router.post(
@@ -157,7 +164,12 @@ def submit(
     answer: AnnotationRead | AnnotationAndNext = stored
     if and_next:
         task = next_task(session, principal=principal, project=project)
-        answer = AnnotationAndNext(annotation=stored, next_task=_task_read(session, runtime, task) if task else None)
+        answer = AnnotationAndNext(
+            annotation=stored,
+            next_task=_task_read(session, runtime, task, detection=project.task_type is TaskType.detection)
+            if task
+            else None,
+        )
     payload = answer.model_dump(mode="json")
     return JSONResponse(payload, status_code=status.HTTP_200_OK if result.replayed else status.HTTP_201_CREATED)
 

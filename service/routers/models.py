@@ -23,9 +23,10 @@ from service.deps import (
     SessionDep,
 )
 from service.schemas.common import ERROR_RESPONSES
+from service.schemas.labeling import ScoredBoxRead
 from service.schemas.models import ModelCard, ModelRead, PredictionRead, PredictResult, PromoteRequest
 from storage.errors import NotFound
-from storage.models import ModelKind, ModelVersion
+from storage.models import ModelKind, ModelVersion, TaskType
 from storage.projects import project_settings
 
 router = APIRouter(prefix="/api/v1", tags=["models"], responses=ERROR_RESPONSES)
@@ -139,8 +140,21 @@ def predict(
     """Runs the serving model on uploaded images (checked like any upload) and returns each one's label,
     confidence and probability per label, with the model version that answered. When the serving model's files
     are missing or broken an older model answers and says so (`fallback`). After the answer, each prediction is
-    logged and, by the project's `monitoring.capture` setting, its image stored into the pool for labeling."""
+    logged and, by the project's `monitoring.capture` setting, its image stored into the pool for labeling. In a
+    detection project each image gets its boxes with class and score instead (not logged or captured yet)."""
     uploads = [(f.filename or "upload", f.file) for f in files]
+    if project.task_type is TaskType.detection:
+        detector, found = runtime.predictor.detect(
+            session, project_id=project.id, uploads=uploads, limits=runtime.limits
+        )
+        return PredictResult(
+            model_id=detector.id,
+            model_version=model_version(detector),
+            predictions=[
+                PredictionRead(filename=name, boxes=[ScoredBoxRead(**vars(b)) for b in boxes])
+                for (name, _), boxes in zip(uploads, found, strict=True)
+            ],
+        )
     hashes = input_hashes(uploads)
     started = time.perf_counter()
     served = runtime.predictor.predict(

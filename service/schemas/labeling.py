@@ -71,8 +71,8 @@ class TaskRead(BaseModel):
     )
     prelabel_boxes: PreLabelBoxesRead | None = Field(
         default=None,
-        description="Detection projects: a detection model's boxes, for the annotator to accept or edit. Filled by "
-        "detection models once detection training exists (issue 14); null until then.",
+        description="Detection projects: the serving detector's boxes scoring at least 0.3, for the annotator to "
+        "accept or edit; null until the project has a detector.",
     )
 
 

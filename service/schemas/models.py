@@ -6,6 +6,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.schemas.common import RequestModel
+from service.schemas.labeling import ScoredBoxRead
 from storage.models import ModelKind, ModelStatus
 
 
@@ -49,9 +50,14 @@ class PromoteRequest(RequestModel):
 
 class PredictionRead(BaseModel):
     filename: str = Field(description="The uploaded file name.")
-    label: str
-    confidence: float = Field(description="The probability of `label`, 0 to 1.")
-    probabilities: dict[str, float] = Field(description="The probability of every label.")
+    label: str | None = Field(default=None, description="Classification projects: the likeliest label.")
+    confidence: float | None = Field(default=None, description="The probability of `label`, 0 to 1.")
+    probabilities: dict[str, float] | None = Field(default=None, description="The probability of every label.")
+    boxes: list[ScoredBoxRead] | None = Field(
+        default=None,
+        description="Detection projects: the objects found (score at least 0.3), in pixels of the upright image, "
+        "best first.",
+    )
 
 
 class PredictResult(BaseModel):

@@ -1,0 +1,178 @@
+"""Detectors in the flywheel: trained in the background job from a detection snapshot, evaluated with COCO's
+figures (pycocotools) against a baseline, exported to ONNX checked against PyTorch, promoted by a paired test."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def test_a_detector_trains_in_the_job_and_its_card_shows_coco_figures_errors_and_the_decision(detector):
+    client, engineer = detector.client, detector.engineer
+    job = client.get(f"/api/v1/jobs/{detector.train_job_id}", headers=engineer.headers).json()
+    assert job["result"]["model_id"] == detector.champion_id and "mAP@.5" in job["result"]["message"]
+    card = client.get(f"/api/v1/models/{detector.champion_id}", headers=engineer.headers).json()
+    assert card["status"] == "champion" and card["architecture"] == "centernet_small"
+    assert card["input"]["size"] == 64 and card["labels"] == ["square", "disc"]
+    metrics = card["metrics"]
+    assert metrics["task"] == "detection"
+    assert metrics["test_map50"] > metrics["baseline_map50"] and metrics["test_map50"] >= metrics["test_map"]
+    assert set(metrics["per_class"]) == {"square", "disc"}
+    for figures in metrics["per_class"].values():
+        assert figures["objects"] > 0 and 0 <= figures["ap"] <= figures["ap50"] <= 1 and 0 <= figures["recall"] <= 1
+    assert set(metrics["errors"]) == {"missed", "false_boxes", "wrong_class", "poor_localization"}
+    assert all(set(e) == {"image_id", *metrics["errors"]} for e in metrics["error_images"])
+    assert metrics["onnx_check"]["min_iou"] >= 0.99 and metrics["onnx_check"]["max_score_difference"] <= 1e-4
+    assert metrics["onnx_check"]["boxes_compared"] > 0
+    decision = card["decision"]
+    assert decision["promote"] and decision["compared_with"] == "baseline" and "mAP@.5" in decision["reason"]
+    assert card["snapshot"]["stats"]["boxes"]["train"] > 0 and card["seed"] == 0
+
+
+def _matched(found: list[dict], truth: list[dict], iou: float = 0.5) -> int:
+    """Truth boxes a found box of the same class overlaps at ``iou`` (greedy; the scenes' shapes never overlap)."""
+    from annotation.boxes import Box, iou_matrix
+
+    if not found or not truth:
+        return 0
+    plain = [Box(b["label"], b["x"], b["y"], b["w"], b["h"]) for b in found]
+    ious = iou_matrix([Box(**b) for b in truth], plain)
+    return sum(
+        any(ious[i, j] >= iou and found[j]["label"] == t["label"] for j in range(len(found)))
+        for i, t in enumerate(truth)
+    )
+
+
+def test_predict_answers_boxes_and_tasks_carry_box_prelabels_from_the_onnx_detector(detector):
+    from tests.shapes import scenes
+
+    client, project = detector.client, detector.project
+    path = f"/api/v1/projects/{project['id']}"
+    fresh = scenes(6, seed=99)
+    files = [("files", (f"new{i}.png", png, "image/png")) for i, (png, _) in enumerate(fresh)]
+    answer = client.post(f"{path}/predict", files=files, headers=detector.engineer.headers)
+    assert answer.status_code == 200, answer.text
+    result = answer.json()
+    assert result["model_version"] == f"model-{detector.champion_id}"
+    predictions = result["predictions"]
+    assert [p["filename"] for p in predictions] == [f"new{i}.png" for i in range(6)]
+    assert all(p["label"] is None and p["boxes"] is not None for p in predictions)
+    for p in predictions:
+        for b in p["boxes"]:
+            assert b["label"] in ("square", "disc") and 0.3 <= b["score"] <= 1
+            assert 0 <= b["x"] and b["x"] + b["w"] <= 64 and 0 <= b["y"] and b["y"] + b["h"] <= 64
+    objects = sum(len(boxes) for _, boxes in fresh)
+    found = sum(_matched(p["boxes"], boxes) for p, (_, boxes) in zip(predictions, fresh, strict=True))
+    assert found >= objects / 2, (found, objects)  # a detector of a few seconds finds most shapes
+
+    # The next task (one of the 16 unlabeled scenes) comes with the detector's boxes, in the image's pixels.
+    task = client.get(f"{path}/tasks/next", headers=detector.annotator.headers).json()
+    suggested = task["prelabel_boxes"]
+    assert task["prelabel"] is None and suggested["model_version"] == f"model-{detector.champion_id}"
+    assert all(b["score"] >= 0.3 and b["label"] in ("square", "disc") for b in suggested["boxes"])
+    by_predict = client.post(
+        f"{path}/predict",
+        files=[("files", ("t.png", client.get(task["content_url"], headers=detector.admin.headers).content))],
+        headers=detector.engineer.headers,
+    ).json()["predictions"][0]["boxes"]
+    assert suggested["boxes"] == by_predict  # one detector, one preprocessing, the same boxes
+
+    no_files = client.post(f"{path}/predict", files=[("files", ("x.png", b""))], headers=detector.engineer.headers)
+    assert no_files.status_code == 422 and no_files.json()["error"]["code"] == "empty_file"
+
+
+def test_the_human_reference_of_a_detection_project_is_box_f1_against_consensus_on_test_images(app, client, admin):
+    from annotation.reports import human_reference
+    from storage.models import Role
+    from tests import imagefactory as img
+    from tests.factories import make_project, make_user
+
+    careful, sloppy = make_user(app, "careful", Role.annotator), make_user(app, "sloppy", Role.annotator)
+    settings = {"overlap_rate": 1.0, "overlap_k": 2, "gold_rate": 0.0}
+    project = make_project(
+        client, admin, careful, sloppy, labels=["car", "person"], task_type="detection", settings=settings
+    )
+    files = [("files", (f"{i}.png", img.png(40, 30, color=(i, 50, 90)))) for i in range(30)]
+    uploaded = client.post(f"/api/v1/projects/{project['id']}/images", files=files, headers=admin.headers).json()
+    path = f"/api/v1/projects/{project['id']}"
+    car = {"label": "car", "x": 2.0, "y": 2.0, "w": 12.0, "h": 10.0}
+    extra = {"label": "person", "x": 25.0, "y": 15.0, "w": 8.0, "h": 8.0}
+    with app.state.runtime.db.read_session() as session:
+        assert human_reference(session, project["id"])["reason"]  # nobody has answered yet
+    for account, boxes in ((careful, [car]), (sloppy, [car, extra])):
+        for _ in uploaded["files"]:
+            task = client.get(f"{path}/tasks/next", headers=account.headers).json()
+            body = {"image_id": task["image_id"], "boxes": boxes}
+            assert client.post(f"{path}/annotations", json=body, headers=account.headers).status_code == 201
+    with app.state.runtime.db.read_session() as session:
+        reference = human_reference(session, project["id"])
+    assert reference["reason"] is None and reference["items"] > 0  # the test split's images, about 1 in 5
+    by_name = {a["name"]: a for a in reference["annotators"]}
+    assert by_name["careful"]["f1"] == 1.0 and by_name["sloppy"]["f1"] == pytest.approx(2 / 3)
+    assert by_name["sloppy"]["boxes"] == 2 * by_name["sloppy"]["images"]
+    assert reference["pooled_f1"] == pytest.approx(2 * 2 / (3 + 2)) and reference["median_f1"] == pytest.approx(5 / 6)
+
+
+def test_mining_puts_uncertain_images_first_and_sends_contradicted_boxes_back(detector):
+    from sqlalchemy import select
+
+    from storage.models import Image, Role, Split
+    from tests.factories import make_user
+    from tests.jobs import run
+
+    client, engineer, project = detector.client, detector.engineer, detector.project
+    path = f"/api/v1/projects/{project['id']}"
+    jobs = client.get(f"{path}/jobs", headers=engineer.headers).json()
+    (mine,) = [j for j in jobs if j["kind"] == "mine"]  # the promotion set it off
+    assert mine["params"] == {"trigger": "promotion"}
+    run(detector.app, mine["id"])
+    result = client.get(f"/api/v1/jobs/{mine['id']}", headers=engineer.headers).json()
+    assert result["status"] == "succeeded", result
+    mined = result["result"]
+    assert mined["scored"] == 16 and mined["strategy"] == "margin_kcenter" and mined["missing_count"] == 0
+    assert mined["chosen"] == 16 and len(set(mined["first"])) == 16
+    task = client.get(f"{path}/tasks/next", headers=detector.annotator.headers).json()
+    assert task["image_id"] == mined["first"][0]  # the strategy's first choice is served first
+
+    # An answer that leaves out a shape the detector sees goes back, with the reason, to another annotator.
+    second = make_user(detector.app, "ann2", Role.annotator)
+    added = client.post(f"{path}/members", json={"user_id": second.id}, headers=detector.admin.headers)
+    assert added.status_code == 201, added.text
+    labeled = client.get(f"{path}/labels", headers=engineer.headers).json()["items"]
+    with detector.app.state.runtime.db.read_session() as session:
+        train_ids = set(session.scalars(select(Image.id).where(Image.split == Split.train)))
+    victim = next(i for i in labeled if i["image_id"] in train_ids and len(i["boxes"]) >= 2)
+    body = {"image_id": victim["image_id"], "boxes": victim["boxes"][1:]}  # a correction: its first box dropped
+    assert client.post(f"{path}/annotations", json=body, headers=detector.annotator.headers).status_code == 201
+    again = client.post(f"{path}/jobs", json={"kind": "mine"}, headers=engineer.headers).json()
+    run(detector.app, again["id"])
+    relabels = client.get(f"/api/v1/jobs/{again['id']}", headers=engineer.headers).json()["result"]["relabel"]
+    sent = {r["image_id"]: r["reason"] for r in relabels}
+    assert victim["image_id"] in sent, relabels
+    assert sent[victim["image_id"]].startswith("relabel: the detector finds a")
+    assert "that no box marks" in sent[victim["image_id"]]
+    review = client.get(f"{path}/tasks/next", headers=second.headers).json()
+    assert review["image_id"] in sent and review["review_reason"] == sent[review["image_id"]]
+
+
+def test_a_second_detector_is_judged_against_the_champion_on_the_same_test_images(detector):
+    from tests.jobs import run
+
+    client, engineer = detector.client, detector.engineer
+    path = f"/api/v1/projects/{detector.project['id']}"
+    again = client.post(f"{path}/jobs", json={"kind": "train", "params": {"force": True}}, headers=engineer.headers)
+    assert again.status_code == 201, again.text
+    run(detector.app, again.json()["id"])
+    result = client.get(f"/api/v1/jobs/{again.json()['id']}", headers=engineer.headers).json()["result"]
+    card = client.get(f"/api/v1/models/{result['model_id']}", headers=engineer.headers).json()
+    decision = card["decision"]
+    # The same snapshot, recipe and seed make the same detector: no difference, so "not worse", and promoted.
+    assert decision["compared_with"] == "champion" and decision["champion_id"] == detector.champion_id
+    assert decision["rule"] == "not worse" and decision["promote"] and card["status"] == "champion"
+    assert decision["candidate_map50"] == decision["champion_map50"] == card["metrics"]["test_map50"]
+    assert decision["p_value"] == 1.0 and decision["statistic"] is None and "Wilcoxon" in decision["reason"]
+    old = client.get(f"/api/v1/models/{detector.champion_id}", headers=engineer.headers).json()
+    assert old["status"] == "retired"
+    rollback = client.post(
+        f"/api/v1/models/{detector.champion_id}/promote", json={"reason": "rollback"}, headers=engineer.headers
+    )
+    assert rollback.status_code == 200 and rollback.json()["status"] == "champion"
