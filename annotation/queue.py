@@ -170,8 +170,11 @@ def next_task(
 ) -> Task | None:
     """Lease the most useful image this annotator has not seen; None when nothing is left for them.
 
-    Calling again while a lease is held returns the same task, so a retried request never holds two.
+    Calling again while a lease is held returns the same task, so a retried request never holds two: on PostgreSQL
+    the annotator's user row is locked first, so two requests of one annotator take turns and the second sees the
+    first's lease (SQLite runs one writer at a time anyway).
     """
+    session.execute(select(User.id).where(User.id == principal.id).with_for_update())
     now = utcnow()
     held = session.execute(
         select(Assignment, Image)

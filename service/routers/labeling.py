@@ -144,7 +144,7 @@ def submit(
     body with the same key is a 422. A late submission for an image that got all its labels from others meanwhile is
     a 409 and stores nothing.
 
-    With `next=true` the answer also carries your next task, leased in the same transaction: what `GET
+    With `next=true` the answer also carries your next task, leased right after the answer is stored: what `GET
     .../tasks/next` would answer right after (`next_task` null where it would answer 204). A retry with the same
     `Idempotency-Key` gets the same annotation and the task you hold then (the same one, unless its lease ended: then
     a fresh one), so you never hold two leases."""
@@ -163,6 +163,10 @@ def submit(
     stored = AnnotationRead.model_validate(result.annotation)
     answer: AnnotationRead | AnnotationAndNext = stored
     if and_next:
+        # The answer is committed before the next lease is taken: waiting for another image's row lock while holding
+        # the answered one's (PostgreSQL) deadlocks with an annotator doing the same the other way round. Should the
+        # lease then fail, the answer stays stored (a retry replays it) but the flywheel hears of it at the next one.
+        session.commit()
         task = next_task(session, principal=principal, project=project)
         answer = AnnotationAndNext(
             annotation=stored,
