@@ -80,7 +80,7 @@ def test_labels_alone_produce_a_champion_then_a_refresh_then_a_second_model_and_
     import psutil
 
     # Training waits 3 s for labels to settle, so the first one sees all 150 labels given at once.
-    policy = {"min_new_labels": 100, "epochs": 8, "patience": 8, "debounce_seconds": 3}
+    policy = {"min_new_labels": 100, "epochs": 8, "patience": 8, "debounce_seconds": 3, "input_size": 16}
     with (
         running_server(env, tmp_path / "server.log") as (server, base),
         httpx.Client(base_url=base, timeout=30) as client,
