@@ -174,7 +174,8 @@ def next_task(
     the annotator's user row is locked first, so two requests of one annotator take turns and the second sees the
     first's lease (SQLite runs one writer at a time anyway).
     """
-    session.execute(select(User.id).where(User.id == principal.id).with_for_update())
+    # FOR NO KEY UPDATE: it does not block the foreign-key checks of inserts naming this user (FOR KEY SHARE).
+    session.execute(select(User.id).where(User.id == principal.id).with_for_update(key_share=True))
     now = utcnow()
     held = session.execute(
         select(Assignment, Image)

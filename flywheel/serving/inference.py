@@ -187,8 +187,10 @@ class Predictor:
             try:
                 backbone, (weight, bias) = self._ready(session, model)
             except Exception as exc:  # missing or broken files: the next model answers
-                problems.append(self._failed(project_id, model, exc))
-                not_ready = not_ready or (exc if isinstance(exc, Conflict) else None)
+                note = self._failed(project_id, model, exc)
+                if model is not first:  # a canary that cannot answer leaves the request to the serving line
+                    problems.append(note)
+                    not_ready = not_ready or (exc if isinstance(exc, Conflict) else None)
                 continue
             if model.input_size not in arrays:
                 arrays[model.input_size] = _arrays(uploads, limits, model.input_size)
@@ -196,7 +198,9 @@ class Predictor:
                 embeddings = self._embed(backbone, arrays[model.input_size])
                 probabilities = head_probabilities(embeddings, weight, bias)
             except Exception as exc:  # a model that loads but fails to run
-                problems.append(self._failed(project_id, model, exc))
+                note = self._failed(project_id, model, exc)
+                if model is not first:
+                    problems.append(note)
                 continue
             answers = [_answer(row, model.labels) for row in probabilities]
             return Served(model, backbone, answers, embeddings, self._answered(project_id, model, problems))
@@ -267,9 +271,15 @@ class Predictor:
         model = serving_model(session, project_id=image.project_id)
         if model is None or model.onnx_sha256 is None:
             return None
-        with self._blobs.open(image.sha256) as stream, PILImage.open(stream) as decoded:
-            array = to_array(decoded, model.input_size)
-        (found,) = run_detector(self._session(model.onnx_sha256), array[None])
+        try:
+            with self._blobs.open(image.sha256) as stream, PILImage.open(stream) as decoded:
+                array = to_array(decoded, model.input_size)
+            (found,) = run_detector(self._session(model.onnx_sha256), array[None])
+        except Exception:  # a pre-label is a hint: the task is served without one
+            log.exception(
+                "project %s: detector %s gave no pre-label for image %s", image.project_id, model.id, image.id
+            )
+            return None
         width, height = image.upright_size
         return model, scored_boxes(found, labels=model.labels, width=width, height=height, input_size=model.input_size)
 
@@ -286,12 +296,16 @@ class Predictor:
             vector = session.scalar(
                 select(Embedding.vector).where(Embedding.model_id == backbone.id, Embedding.image_id == image.id)
             )
-            if vector is not None:
-                embedding = np.frombuffer(vector, dtype=np.float32)[None, :]
-            else:
-                with self._blobs.open(image.sha256) as stream, PILImage.open(stream) as decoded:
-                    embedding = self._embed(backbone, to_array(decoded, model.input_size)[None])
-            answer = _answer(head_probabilities(embedding, weight, bias)[0], model.labels)
+            try:
+                if vector is not None:
+                    embedding = np.frombuffer(vector, dtype=np.float32)[None, :]
+                else:
+                    with self._blobs.open(image.sha256) as stream, PILImage.open(stream) as decoded:
+                        embedding = self._embed(backbone, to_array(decoded, model.input_size)[None])
+                answer = _answer(head_probabilities(embedding, weight, bias)[0], model.labels)
+            except Exception as exc:  # a model that loads but fails to run: the next one, or no pre-label
+                problems.append(self._failed(image.project_id, model, exc))
+                continue
             return model, answer, self._answered(image.project_id, model, problems)
         return None
 

@@ -92,7 +92,8 @@ def wanted(settings: MonitoringSettings, sha256: str, answer: Answer) -> bool:
         return False
     if settings.capture == "low_confidence" and answer.confidence >= settings.capture_below:
         return False
-    return int(sha256[:8], 16) / 0x1_0000_0000 < settings.capture_rate
+    # Bits no other choice uses (the split takes [:8], the queue [8:24], canary routing [:8]): independent samples.
+    return int(sha256[24:32], 16) / 0x1_0000_0000 < settings.capture_rate
 
 
 def record_predictions(

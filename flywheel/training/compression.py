@@ -78,6 +78,8 @@ def run_distill(ctx: JobContext) -> dict[str, Any]:
     accuracy = _accuracy(ctx, student, test, labels, size)
     teacher_accuracy = _accuracy(ctx, network, test, labels, teacher.input_size)
     ctx.progress(0.9, "exporting the student's ONNX file")
+    # Short write sessions around the slow part (export, checks, timings): on SQLite a write session holds the lock
+    # every annotator's submission waits for.
     with ctx.db.session() as session:
         model = ModelVersion(
             project_id=ctx.project_id,
@@ -95,15 +97,18 @@ def run_distill(ctx: JobContext) -> dict[str, Any]:
         )
         session.add(model)
         session.flush()
+    try:
         onnx_bytes = export_onnx(student, size, metadata=onnx_metadata(model))
         difference = max_difference(student, onnx_bytes, size)
         if difference > ONNX_TOLERANCE:
             raise JobFailed(f"the student's ONNX export differs from PyTorch by {difference:.2e}; not stored")
         teacher_onnx = ctx.blobs.read_bytes(teacher.onnx_sha256) if teacher.onnx_sha256 else None
-        model.weights_sha256 = ctx.blobs.put_bytes(checkpoint_bytes(student.state_dict(), model=model))
-        model.head_sha256 = ctx.blobs.put_bytes(head_bytes(*head_arrays(student)))
-        model.onnx_sha256 = ctx.blobs.put_bytes(onnx_bytes)
-        model.metrics = {
+        files = {
+            "weights_sha256": ctx.blobs.put_bytes(checkpoint_bytes(student.state_dict(), model=model)),
+            "head_sha256": ctx.blobs.put_bytes(head_bytes(*head_arrays(student))),
+            "onnx_sha256": ctx.blobs.put_bytes(onnx_bytes),
+        }
+        metrics = {
             "test_accuracy": accuracy,
             "teacher_test_accuracy": teacher_accuracy,
             "test_items": len(test),
@@ -112,15 +117,23 @@ def run_distill(ctx: JobContext) -> dict[str, Any]:
             "teacher_latency_ms_per_image": onnx_latency_ms(teacher_onnx, teacher.input_size) if teacher_onnx else None,
             "onnx_max_difference": difference,
         }
-        model.decision = {"promote": False, "reason": f"a student distilled from model {teacher.id}: promote by hand"}
-        model.status, model.finished_at = ModelStatus.candidate, utcnow()
-        session.flush()
-        return {
-            "model_id": model.id,
-            "test_accuracy": accuracy,
-            "teacher_test_accuracy": teacher_accuracy,
-            "message": f"student model {model.id}: test accuracy {accuracy:.3f} (teacher {teacher_accuracy:.3f})",
-        }
+    except BaseException:
+        with ctx.db.session() as session:
+            session.get_one(ModelVersion, model.id).status = ModelStatus.failed
+        raise
+    with ctx.db.session() as session:
+        stored = session.get_one(ModelVersion, model.id)
+        for name, sha256 in files.items():
+            setattr(stored, name, sha256)
+        stored.metrics = metrics
+        stored.decision = {"promote": False, "reason": f"a student distilled from model {teacher.id}: promote by hand"}
+        stored.status, stored.finished_at = ModelStatus.candidate, utcnow()
+    return {
+        "model_id": model.id,
+        "test_accuracy": accuracy,
+        "teacher_test_accuracy": teacher_accuracy,
+        "message": f"student model {model.id}: test accuracy {accuracy:.3f} (teacher {teacher_accuracy:.3f})",
+    }
 
 
 def run_quantize(ctx: JobContext) -> dict[str, Any]:
@@ -147,7 +160,19 @@ def run_quantize(ctx: JobContext) -> dict[str, Any]:
     test_x = normalize(load_arrays(ctx.blobs, [item.sha256 for item in test], size=source.input_size))
     truth = np.array([source.labels.index(item.label) for item in test])
     float_predicted, int8_predicted = _onnx_argmax(float_bytes, test_x), _onnx_argmax(int8_bytes, test_x)
-    with ctx.db.session() as session:
+    accuracy, float_accuracy = _share(int8_predicted == truth), _share(float_predicted == truth)
+    metrics = {
+        "test_accuracy": accuracy,
+        "float_test_accuracy": float_accuracy,
+        "agreement_with_float": _share(int8_predicted == float_predicted),
+        "test_items": len(test),
+        "latency_ms_per_image": onnx_latency_ms(int8_bytes, source.input_size),
+        "float_latency_ms_per_image": onnx_latency_ms(float_bytes, source.input_size),
+        "onnx_bytes": len(int8_bytes),
+        "float_onnx_bytes": len(float_bytes),
+    }
+    onnx_sha256 = ctx.blobs.put_bytes(int8_bytes)
+    with ctx.db.session() as session:  # only the row: the slow work is done (SQLite's write lock is short)
         model = ModelVersion(
             project_id=ctx.project_id,
             job_id=ctx.job_id,
@@ -167,29 +192,19 @@ def run_quantize(ctx: JobContext) -> dict[str, Any]:
             labels_through=source.labels_through,
             weights_sha256=source.weights_sha256,  # the float network: the ONNX file is its int8 form
             head_sha256=source.head_sha256,
-            onnx_sha256=ctx.blobs.put_bytes(int8_bytes),
+            onnx_sha256=onnx_sha256,
             finished_at=utcnow(),
+            metrics=metrics,
+            decision={"promote": False, "reason": f"the int8 form of model {source.id}: promote by hand"},
         )
-        accuracy, float_accuracy = _share(int8_predicted == truth), _share(float_predicted == truth)
-        model.metrics = {
-            "test_accuracy": accuracy,
-            "float_test_accuracy": float_accuracy,
-            "agreement_with_float": _share(int8_predicted == float_predicted),
-            "test_items": len(test),
-            "latency_ms_per_image": onnx_latency_ms(int8_bytes, source.input_size),
-            "float_latency_ms_per_image": onnx_latency_ms(float_bytes, source.input_size),
-            "onnx_bytes": len(int8_bytes),
-            "float_onnx_bytes": len(float_bytes),
-        }
-        model.decision = {"promote": False, "reason": f"the int8 form of model {source.id}: promote by hand"}
         session.add(model)
         session.flush()
-        return {
-            "model_id": model.id,
-            "test_accuracy": accuracy,
-            "float_test_accuracy": float_accuracy,
-            "message": f"int8 model {model.id}: test accuracy {accuracy:.3f} (float {float_accuracy:.3f})",
-        }
+    return {
+        "model_id": model.id,
+        "test_accuracy": accuracy,
+        "float_test_accuracy": float_accuracy,
+        "message": f"int8 model {model.id}: test accuracy {accuracy:.3f} (float {float_accuracy:.3f})",
+    }
 
 
 def distill_student(

@@ -98,5 +98,5 @@ def downgrade() -> None:
     op.drop_table("drift_points")
     op.drop_index("ix_prediction_logs_project_id_id", "prediction_logs")
     op.drop_table("prediction_logs")
-    op.execute("DELETE FROM images WHERE source = 'production'")
+    op.execute("UPDATE images SET source = 'upload' WHERE source = 'production'")  # keep them and their labels
     op.execute("DELETE FROM jobs WHERE kind = 'drift'")
