@@ -9,6 +9,7 @@ one that has expired simply stops counting, which is how it returns to the pool.
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -165,6 +166,10 @@ def _task(session: Session, image: Image, expires_at: datetime) -> Task:
     )
 
 
+LOCKED_RETRIES = 40  # looks again at most this many times while every open candidate is locked by others ...
+LOCKED_PAUSE_SECONDS = 0.025  # ... this long apart (about a second in all)
+
+
 def next_task(
     session: Session, *, principal: Principal, project: Project, rng: random.Random | None = None
 ) -> Task | None:
@@ -206,25 +211,31 @@ def next_task(
 def _first_open(session: Session, *, project_id: int, annotator_id: int, now: datetime) -> Image | None:
     """The first open image, locked for this transaction.
 
-    On PostgreSQL a concurrent request may be leasing the same row: SKIP LOCKED passes over it, and
-    the capacity is checked again once the row is ours, since the other request may have just taken
-    the last place. Only when every candidate was locked do we wait for the locks, so an annotator
-    never gets a premature 204. SQLite runs one writer at a time and ignores the locking clauses.
+    On PostgreSQL a concurrent request may be leasing the same row: SKIP LOCKED passes over it, and the capacity is
+    checked again once the row is ours, since the other request may have just taken the last place. The rows passed
+    over stay locked until the transaction ends, so this never waits for a row lock (waiting while holding some
+    deadlocks with a request doing the same the other way round): when every open candidate is locked by others it
+    looks again after a short pause, up to ``LOCKED_RETRIES`` times, so an annotator does not get a premature 204
+    while others' transactions finish. SQLite runs one writer at a time and ignores the locking clauses.
     """
     passed: set[int] = set()
-    for skip_locked in (True, False):
+    for _ in range(LOCKED_RETRIES + 1):
         while True:
             query = _open_for(project_id, annotator_id, now)
             if passed:
                 query = query.where(Image.id.not_in(passed))
-            image = session.scalar(
-                query.with_for_update(skip_locked=skip_locked).execution_options(populate_existing=True)
-            )
+            image = session.scalar(query.with_for_update(skip_locked=True).execution_options(populate_existing=True))
             if image is None:
                 break
             if capacity_left(session, image=image, annotator_id=annotator_id, now=now):
                 return image
             passed.add(image.id)
+        unlocked = _open_for(project_id, annotator_id, now)
+        if passed:
+            unlocked = unlocked.where(Image.id.not_in(passed))
+        if session.scalar(unlocked) is None:  # none open at all, not only locked: nothing is left for this annotator
+            return None
+        time.sleep(LOCKED_PAUSE_SECONDS)
     return None
 
 
