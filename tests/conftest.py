@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -170,29 +170,40 @@ def _embedded(root: Path) -> Settings:
 def trained_template(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> tuple[Path, dict]:
     """The database and blob folder of a ``Trained`` project, built once per test run: the first test process
     to need it trains it, the others wait on a file lock and reuse it."""
+    root, made = _built_once(tmp_path_factory, "trained", lambda root: _train_template(root, sqlite_template))
+    truth = {int(image_id): label for image_id, label in made["truth"].items()}
+    return root, {**made, "truth": truth}
+
+
+def _built_once(
+    tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], dict]
+) -> tuple[Path, dict]:
+    """A folder made by ``build`` once per test run, and what ``build`` returned (its accounts as ``Account``s)."""
     # Common to all xdist workers of this run (their parent folder); one process keeps it in its own.
     base = tmp_path_factory.getbasetemp()
     shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-    root, made_file = shared / "trained", shared / "trained.json"
-    with FileLock(shared / "trained.lock"):
+    root, made_file = shared / name, shared / f"{name}.json"
+    with FileLock(shared / f"{name}.lock"):
         if not made_file.exists():
-            made_file.write_text(json.dumps(_train_template(root, sqlite_template)))
+            made_file.write_text(json.dumps(build(root)))
     made = json.loads(made_file.read_text())
-    accounts = {name: Account(**made[name]) for name in ("admin", "engineer", "annotator")}
-    truth = {int(image_id): label for image_id, label in made["truth"].items()}
-    return root, {**made, **accounts, "truth": truth}
+    return root, {**made, **{role: Account(**made[role]) for role in ("admin", "engineer", "annotator")}}
+
+
+def _template_app(root: Path, sqlite_template: Path) -> tuple[FastAPI, TestClient, Account, Account, Account]:
+    """A fresh app on a copy of the migrated database in ``root``, with an admin, an engineer and an annotator."""
+    root.mkdir()
+    shutil.copyfile(sqlite_template, root / "labelwheel.db")
+    app = create_app(_embedded(root), migrate=False)
+    admin, engineer = make_user(app, "root", Role.admin), make_user(app, "eng", Role.engineer)
+    return app, TestClient(app), admin, engineer, make_user(app, "ann", Role.annotator)
 
 
 def _train_template(root: Path, sqlite_template: Path) -> dict:
     from tests.digits import digit_project, label_digits
     from tests.jobs import run
 
-    root.mkdir()
-    shutil.copyfile(sqlite_template, root / "labelwheel.db")
-    app = create_app(_embedded(root), migrate=False)
-    client = TestClient(app)
-    admin, engineer = make_user(app, "root", Role.admin), make_user(app, "eng", Role.engineer)
-    annotator = make_user(app, "ann", Role.annotator)
+    app, client, admin, engineer, annotator = _template_app(root, sqlite_template)
     project, truth = digit_project(client, admin, engineer, annotator, count=300, training=CHAMPION_TRAINING)
     label_digits(client, project, annotator, truth, 150)
     created = client.post(f"/api/v1/projects/{project['id']}/jobs", json={"kind": "train"}, headers=engineer.headers)
@@ -295,12 +306,7 @@ def _train_detector_template(root: Path, sqlite_template: Path) -> dict:
     from tests.jobs import run
     from tests.shapes import SHAPE_LABELS, scenes
 
-    root.mkdir()
-    shutil.copyfile(sqlite_template, root / "labelwheel.db")
-    app = create_app(_embedded(root), migrate=False)
-    client = TestClient(app)
-    admin, engineer = make_user(app, "root", Role.admin), make_user(app, "eng", Role.engineer)
-    annotator = make_user(app, "ann", Role.annotator)
+    app, client, admin, engineer, annotator = _template_app(root, sqlite_template)
     settings = {"overlap_rate": 0.0, "gold_rate": 0.0, "training": DETECTOR_TRAINING}
     project = make_project(
         client, admin, engineer, annotator, labels=SHAPE_LABELS, task_type="detection", settings=settings
@@ -336,16 +342,9 @@ def _train_detector_template(root: Path, sqlite_template: Path) -> dict:
 @pytest.fixture(scope="session")
 def detector_template(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> tuple[Path, dict]:
     """The database and blob folder of a ``TrainedDetector``, built once per test run (as ``trained_template``)."""
-    base = tmp_path_factory.getbasetemp()
-    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-    root, made_file = shared / "detector", shared / "detector.json"
-    with FileLock(shared / "detector.lock"):
-        if not made_file.exists():
-            made_file.write_text(json.dumps(_train_detector_template(root, sqlite_template)))
-    made = json.loads(made_file.read_text())
-    accounts = {name: Account(**made[name]) for name in ("admin", "engineer", "annotator")}
+    root, made = _built_once(tmp_path_factory, "detector", lambda root: _train_detector_template(root, sqlite_template))
     truth = {int(image_id): boxes for image_id, boxes in made["truth"].items()}
-    return root, {**made, **accounts, "truth": truth}
+    return root, {**made, "truth": truth}
 
 
 @pytest.fixture

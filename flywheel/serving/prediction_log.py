@@ -23,6 +23,7 @@ from prometheus_client import Counter
 from sqlalchemy import delete, select
 
 from flywheel.serving.inference import Answer, Predictor, Served
+from flywheel.serving.traffic import share_point
 from storage.blobs import BlobStore
 from storage.db import Database
 from storage.ingest import Candidate, Ingestor, Limits, Outcome, file_opener
@@ -93,7 +94,7 @@ def wanted(settings: MonitoringSettings, sha256: str, answer: Answer) -> bool:
     if settings.capture == "low_confidence" and answer.confidence >= settings.capture_below:
         return False
     # Bits no other choice uses (the split takes [:8], the queue [8:24], canary routing [:8]): independent samples.
-    return int(sha256[24:32], 16) / 0x1_0000_0000 < settings.capture_rate
+    return share_point(sha256[24:]) < settings.capture_rate
 
 
 def record_predictions(

@@ -12,7 +12,7 @@ from storage.models import ModelVersion
 
 
 def share_point(sha256: str) -> float:
-    """Where an input falls in [0, 1): its hash's first 32 bits."""
+    """Where an input falls in [0, 1): the first 32 bits of the hex digest given (a slice of it picks others)."""
     return int(sha256[:8], 16) / 0x1_0000_0000
 
 

@@ -188,15 +188,7 @@ class Client:
         duration_ms: int | None = None,
     ) -> AnnotationRead:
         """Submit a label (or boxes in a detection project). Retries carry one Idempotency-Key: stored once."""
-        body = {"image_id": image_id, "label": label, "boxes": boxes, "duration_ms": duration_ms}
-        response = self._http.request(
-            "POST",
-            f"/api/v1/projects/{self._project_id(project)}/annotations",
-            repeatable=True,
-            json={name: value for name, value in body.items() if value is not None},
-            headers={"Idempotency-Key": uuid.uuid4().hex},
-        )
-        return AnnotationRead.model_validate(response.json())
+        return AnnotationRead.model_validate(self._submit(project, image_id, label, boxes, duration_ms, ""))
 
     def annotate_and_next(
         self,
@@ -209,15 +201,28 @@ class Client:
     ) -> AnnotationAndNext:
         """``annotate`` and ``next_task`` in one round trip: the stored answer and your next task (None: none left).
         A retry gets the task you hold then, never a second lease."""
+        return AnnotationAndNext.model_validate(
+            self._submit(project, image_id, label, boxes, duration_ms, "?next=true")
+        )
+
+    def _submit(
+        self,
+        project: ProjectRef,
+        image_id: int,
+        label: str | None,
+        boxes: list[dict[str, Any]] | None,
+        duration_ms: int | None,
+        query: str,
+    ) -> Any:
         body = {"image_id": image_id, "label": label, "boxes": boxes, "duration_ms": duration_ms}
         response = self._http.request(
             "POST",
-            f"/api/v1/projects/{self._project_id(project)}/annotations?next=true",
+            f"/api/v1/projects/{self._project_id(project)}/annotations{query}",
             repeatable=True,
             json={name: value for name, value in body.items() if value is not None},
             headers={"Idempotency-Key": uuid.uuid4().hex},
         )
-        return AnnotationAndNext.model_validate(response.json())
+        return response.json()
 
     # --- models -----------------------------------------------------------------------------------
 
