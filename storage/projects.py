@@ -44,7 +44,11 @@ class TrainingSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     auto_train: bool = Field(default=True, description="Train when labels have grown enough, with no human action.")
-    auto_refresh: bool = Field(default=True, description="Refit the champion's head within seconds of new labels.")
+    auto_refresh: bool = Field(
+        default=True,
+        description="Refit the champion's head within seconds of new labels (a "
+        "centernet_small detector: fine-tune its heads, in seconds).",
+    )
     min_new_labels: int = Field(default=50, ge=1, description="Train after at least this many new labels ...")
     growth: float = Field(default=0.2, ge=0, le=10, description="... or this share of growth, whichever is larger.")
     debounce_seconds: float = Field(default=10.0, ge=0, le=3600, description="Wait for labels to settle first.")
@@ -124,7 +128,9 @@ class TrainingSettings(BaseModel):
 
 # The active-learning strategies of flywheel/strategies.py (storage imports nothing of ours; a test keeps
 # the two lists equal). An unknown name is refused with this list in the message.
-MiningStrategy = Literal["random", "least_confidence", "margin", "entropy", "margin_kcenter"]
+MiningStrategy = Literal[
+    "random", "least_confidence", "margin", "entropy", "margin_kcenter", "disagreement", "disagreement_kcenter"
+]
 
 
 class MiningSettings(BaseModel):
@@ -135,7 +141,9 @@ class MiningSettings(BaseModel):
     strategy: MiningStrategy = Field(
         default="margin_kcenter",
         description="random, least_confidence, margin, entropy, or margin_kcenter (the most uncertain, spread "
-        "over the embeddings so a batch holds no near-duplicates).",
+        "over the embeddings so a batch holds no near-duplicates); detection also disagreement and "
+        "disagreement_kcenter (where the champion and its fresh update differ most; margin until a fresh update "
+        "serves).",
     )
     batch_size: int = Field(default=200, ge=1, le=10_000, description="Images a pass puts at the front of the queue.")
     after_promotion: bool = Field(

@@ -176,3 +176,52 @@ def test_a_second_detector_is_judged_against_the_champion_on_the_same_test_image
         f"/api/v1/models/{detector.champion_id}/promote", json={"reason": "rollback"}, headers=engineer.headers
     )
     assert rollback.status_code == 200 and rollback.json()["status"] == "champion"
+
+
+def test_a_fresh_update_fine_tunes_the_detector_heads_on_new_labels_serves_box_prelabels_and_mining_reads_it(detector):
+    from sqlalchemy import select
+
+    from flywheel.policy import start_policy_jobs
+    from storage.models import Image, Job, JobKind, JobStatus, Split
+    from tests.jobs import run
+
+    app, client, engineer, annotator = detector.app, detector.client, detector.engineer, detector.annotator
+    path = f"/api/v1/projects/{detector.project['id']}"
+    rt = app.state.runtime
+    # A gate of 0.02 mAP@.5: on these 10 test images one box's rank moves mAP@.5 by about 0.01.
+    settings = {"settings": {"training": {"promotion_tolerance": 0.02}, "mining": {"strategy": "disagreement"}}}
+    assert client.patch(f"{path}/settings", json=settings, headers=detector.admin.headers).status_code == 200
+    answered, annotations = [], []
+    for _ in range(4):  # four of the unlabeled scenes answered after the champion was trained
+        task = client.get(f"{path}/tasks/next", headers=annotator.headers).json()
+        body = {"image_id": task["image_id"], "boxes": detector.truth[task["image_id"]]}
+        stored = client.post(f"{path}/annotations", json=body, headers=annotator.headers)
+        assert stored.status_code == 201, stored.text
+        answered.append(task["image_id"])
+        annotations.append(stored.json()["id"])
+    assert start_policy_jobs(rt.db, rt.transport, project_id=detector.project["id"]) == [JobKind.refresh]
+    with rt.db.read_session() as session:
+        refresh = session.scalars(select(Job).where(Job.kind == JobKind.refresh)).one()
+        new_train = set(session.scalars(select(Image.id).where(Image.id.in_(answered), Image.split == Split.train)))
+    assert run(app, refresh.id) == JobStatus.succeeded
+    result = client.get(f"/api/v1/jobs/{refresh.id}", headers=engineer.headers).json()["result"]
+    fresh = result["model_id"]
+    card = client.get(f"/api/v1/models/{fresh}", headers=engineer.headers).json()
+    assert card["kind"] == "refresh" and card["parent_id"] == detector.champion_id
+    metrics, decision = card["metrics"], card["decision"]
+    assert metrics["new_items"] == len(new_train) and metrics["replay_items"] >= 32 and metrics["loss_last"] > 0
+    assert metrics["onnx_check"]["min_iou"] >= 0.99 and metrics["onnx_check"]["max_score_difference"] <= 1e-4
+    # Judged like a training, against the champion on the same test images, before it may serve.
+    assert decision["compared_with"] == "champion" and decision["champion_id"] == detector.champion_id
+    assert "Wilcoxon" in decision["reason"] and decision["promote"], decision
+    assert result["serving"] and card["status"] == "candidate" and card["labels_through"] == max(annotations)
+    task = client.get(f"{path}/tasks/next", headers=annotator.headers).json()
+    assert task["prelabel_boxes"]["model_version"] == f"model-{fresh}"  # pre-labels from a model that saw them
+    assert client.get(f"{path}/models/champion", headers=engineer.headers).json()["id"] == detector.champion_id
+    assert start_policy_jobs(rt.db, rt.transport, project_id=detector.project["id"]) == []  # nothing new since
+
+    # Mining by disagreement reads the champion and its fresh update.
+    mine = client.post(f"{path}/jobs", json={"kind": "mine"}, headers=engineer.headers).json()
+    assert run(app, mine["id"]) == JobStatus.succeeded
+    mined = client.get(f"/api/v1/jobs/{mine['id']}", headers=engineer.headers).json()["result"]
+    assert mined["model_id"] == fresh and mined["strategy"] == "disagreement" and mined["chosen"] > 0
