@@ -139,7 +139,7 @@ def _score(
                 missing.append(row.id)
         shas = [r.sha256 for r in readable]
         found = _detect(blobs, runner, model, shas)
-        apart = np.zeros(len(readable))
+        apart: np.ndarray = np.zeros(len(readable))
         if second is not None:
             # Both in the pixels of their own input; the same square image resized, so one factor brings them together.
             other = _detect(blobs, second[0], second[1], shas)
