@@ -200,7 +200,12 @@ class MonitoringSettings(BaseModel):
         description="Store predicted images into the pool (source production) for labeling: none, those below "
         "capture_below confidence, or all; a sample of them by capture_rate.",
     )
-    capture_below: float = Field(default=0.6, ge=0, le=1, description="low_confidence: the top probability below this.")
+    capture_below: float = Field(
+        default=0.6,
+        ge=0,
+        le=1,
+        description="low_confidence: the top probability (a detector's: its top box's score) below this.",
+    )
     capture_rate: float = Field(default=1.0, ge=0, le=1, description="The share of the qualifying images stored.")
     drift_window: int = Field(
         default=200, ge=20, le=100_000, description="A drift check compares the newest this many logged predictions ..."

@@ -79,6 +79,34 @@ def test_predict_answers_boxes_and_tasks_carry_box_prelabels_from_the_onnx_detec
     no_files = client.post(f"{path}/predict", files=[("files", ("x.png", b""))], headers=detector.engineer.headers)
     assert no_files.status_code == 422 and no_files.json()["error"]["code"] == "empty_file"
 
+    # Each answer is logged (top box's class and score, the boxes, the model time) as a classifier's is; capture is
+    # off by default, then takes the images whose top box scores lowest under `monitoring.capture`.
+    from sqlalchemy import select
+
+    from storage.models import Image, ImageSource, PredictionLog
+
+    def logged() -> list[PredictionLog]:
+        with detector.app.state.runtime.db.read_session() as session:
+            return list(session.scalars(select(PredictionLog).order_by(PredictionLog.id)))
+
+    rows = logged()
+    assert len(rows) == 7 and {r.model_id for r in rows} == {detector.champion_id}  # the six, then the task's image
+    for row, p in zip(rows, predictions, strict=False):
+        assert row.boxes == p["boxes"] and row.latency_ms > 0 and row.role == "served" and row.image_id is None
+        top = max(p["boxes"], key=lambda b: b["score"]) if p["boxes"] else None
+        assert (row.label, row.confidence) == ((top["label"], top["score"]) if top else (None, 0.0))
+    scores = sorted(r.confidence for r in rows[:6])
+    below = (scores[1] + scores[2]) / 2  # the two least confident answers are captured
+    settings = {"settings": {"monitoring": {"capture": "low_confidence", "capture_below": below}}}
+    assert client.patch(path + "/settings", json=settings, headers=detector.admin.headers).status_code == 200
+    assert client.post(f"{path}/predict", files=files, headers=detector.engineer.headers).status_code == 200
+    with detector.app.state.runtime.db.read_session() as session:
+        captured = set(session.scalars(select(Image.original_name).where(Image.source == ImageSource.production)))
+    assert captured == {
+        name for name, r in zip([f"new{i}.png" for i in range(6)], rows, strict=False) if r.confidence < below
+    }
+    assert len(captured) == 2 and {r.image_id is not None for r in logged()[7:]} == {True, False}
+
 
 def test_the_human_reference_of_a_detection_project_is_box_f1_against_consensus_on_test_images(app, client, admin):
     from annotation.reports import human_reference
