@@ -9,6 +9,7 @@ import logging
 import shutil
 
 import numpy as np
+import pytest
 from fastapi.testclient import TestClient
 from PIL import Image as PILImage
 from sqlalchemy import func, select
@@ -17,6 +18,7 @@ from service.app import create_app
 from storage.models import Image, ImageSource, ModelVersion, PredictionLog
 from storage.settings import load_settings
 from tests.digits import digits
+from tests.factories import make_project
 from tests.jobs import run
 
 
@@ -321,3 +323,51 @@ def test_a_distilled_student_and_an_int8_model_are_registered_with_lineage_and_s
         assert promoted.status_code == 200, promoted.text
         answer = predict(trained, [("edge.png", pngs[500])])
         assert answer["model_id"] == model["id"] and not answer["fallback"]
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_two_models_made_canary_at_once_leave_one_canary(app, client, admin):
+    """The second of two concurrent requests waits for the first and is told the project has its canary."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from flywheel.serving.registry import Deployment, deploy
+    from storage.errors import Conflict
+    from storage.models import ModelKind, ModelStatus
+
+    project = make_project(client, admin)
+    db = app.state.runtime.db
+    with db.session() as session:
+        rows = [
+            ModelVersion(
+                project_id=project["id"],
+                kind=ModelKind.full,
+                status=ModelStatus.candidate,
+                architecture="small_cnn",
+                input_size=32,
+                labels=project["labels"],
+                hyperparameters={},
+                seed=0,
+                onnx_sha256="0" * 64,
+                head_sha256="1" * 64,
+            )
+            for _ in range(2)
+        ]
+        session.add_all(rows)
+        session.flush()
+        first_id, second_id = (row.id for row in rows)
+
+    def make_canary(model_id: int) -> None:
+        with db.session() as session:
+            deploy(session, model=session.get(ModelVersion, model_id), mode=Deployment.canary, share=0.1)
+
+    with ThreadPoolExecutor(1) as other:
+        with db.session() as session:
+            deploy(session, model=session.get(ModelVersion, first_id), mode=Deployment.canary, share=0.1)
+            second = other.submit(make_canary, second_id)  # waits on the project row until this session commits
+            with pytest.raises(TimeoutError):
+                second.result(timeout=0.5)
+        with pytest.raises(Conflict, match=f"model {first_id} is the project's canary already"):
+            second.result(timeout=30)
+    with db.read_session() as session:
+        canaries = session.scalars(select(ModelVersion.id).where(ModelVersion.deployment == "canary")).all()
+    assert canaries == [first_id]
