@@ -221,6 +221,11 @@ def test_a_drift_job_tells_a_shifted_window_from_an_unshifted_one(trained):
     )
     assert nightly.status_code == 200 and [s["kind"] for s in nightly.json()] == ["drift"], nightly.text
 
+    monitoring(trained, drift_window_hours=1)  # by time instead of count: both windows are in the last hour
+    assert job("drift")["status"] == "succeeded"
+    latest = trained.client.get(f"/api/v1/projects/{project_id}/drift", headers=engineer).json()["points"][-1]
+    assert latest["predictions"] == len(pool) and latest["status"] == "drift"
+
 
 def test_shadow_and_canary_models_meet_the_same_traffic_and_are_compared_then_promoted(trained):
     project_id, engineer = trained.project["id"], trained.engineer.headers
