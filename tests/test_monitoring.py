@@ -129,10 +129,12 @@ def second_model(trained) -> int:
 
 
 def test_a_champion_with_broken_files_hands_over_to_the_one_before_until_they_are_back(trained, tmp_path, caplog):
+    """First as a canary: a canary that cannot answer leaves its share to the champion, which is no fallback."""
     project_id, engineer = trained.project["id"], trained.engineer.headers
     second = second_model(trained)
-    promoted = trained.client.post(f"/api/v1/models/{second}/promote", json={"reason": "test"}, headers=engineer)
-    assert promoted.status_code == 200, promoted.text
+    canary = {"mode": "canary", "share": 1.0}
+    deployed = trained.client.put(f"/api/v1/models/{second}/deployment", json=canary, headers=engineer)
+    assert deployed.status_code == 200, deployed.text
 
     settings = trained.app.state.runtime.settings
     app = create_app(
@@ -145,6 +147,12 @@ def test_a_champion_with_broken_files_hands_over_to_the_one_before_until_they_ar
     stored = app.state.runtime.blobs.read_bytes(onnx)
     path = app.state.runtime.blobs.path(onnx)
     path.write_bytes(b"not an onnx model")
+
+    answer = predict(trained, unseen(2), client)
+    assert (answer["model_id"], answer["fallback"]) == (trained.champion_id, False)
+    assert client.get("/health").json()["status"] == "ok"
+    promoted = trained.client.post(f"/api/v1/models/{second}/promote", json={"reason": "test"}, headers=engineer)
+    assert promoted.status_code == 200, promoted.text
 
     with caplog.at_level(logging.ERROR, logger="flywheel.serving.inference"):
         answer = predict(trained, unseen(2), client)
