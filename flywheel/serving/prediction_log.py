@@ -50,6 +50,7 @@ class Detected:
 
     model: ModelVersion
     boxes: list[list[ScoredBox]]
+    fallback: bool = False  # an older detector answered because the serving one could not
 
     @property
     def confidences(self) -> list[float]:
@@ -262,6 +263,7 @@ def _log_boxes(
                 project_id=project_id,
                 model_id=detected.model.id,
                 backbone_id=detected.model.id,
+                fallback=detected.fallback,
                 input_sha256=item.sha256,
                 label=found[0].label if found else None,
                 confidence=confidence,

@@ -141,17 +141,17 @@ def predict(
     confidence and probability per label, with the model version that answered. When the serving model's files
     are missing or broken an older model answers and says so (`fallback`). After the answer, each prediction is
     logged and, by the project's `monitoring.capture` setting, its image stored into the pool for labeling. In a
-    detection project each image gets its boxes with class and score instead (logged and captured the same way,
-    its confidence being its top box's score)."""
+    detection project each image gets its boxes with class and score instead, with the same fallback, logged and
+    captured the same way (its confidence being its top box's score)."""
     uploads = [(f.filename or "upload", f.file) for f in files]
     hashes = input_hashes(uploads)
     settings = project_settings(project).monitoring
     if project.task_type is TaskType.detection:
         started = time.perf_counter()
-        detector, found = runtime.predictor.detect(
+        detector, found, fallback = runtime.predictor.detect(
             session, project_id=project.id, uploads=uploads, limits=runtime.limits
         )
-        detected = Detected(detector, found)
+        detected = Detected(detector, found, fallback=fallback is not None)
         background.add_task(
             record_predictions,
             runtime.db,
@@ -168,6 +168,8 @@ def predict(
         return PredictResult(
             model_id=detector.id,
             model_version=model_version(detector),
+            fallback=fallback is not None,
+            fallback_reason=fallback,
             predictions=[
                 PredictionRead(filename=name, boxes=[ScoredBoxRead(**vars(b)) for b in boxes])
                 for (name, _), boxes in zip(uploads, found, strict=True)
