@@ -132,7 +132,7 @@ def run_detection_refresh(ctx: JobContext) -> dict[str, Any]:
     test split, and serve it (its own checked ONNX file) when it is not worse."""
     with ctx.db.session() as session:
         existing = session.scalars(select(ModelVersion).where(ModelVersion.job_id == ctx.job_id)).first()
-        if existing is not None and existing.status != ModelStatus.training:
+        if existing is not None and existing.status not in (ModelStatus.training, ModelStatus.failed):
             return {"model_id": existing.id, "message": f"model {existing.id} was made by an earlier attempt"}
         best = champion(session, project_id=ctx.project_id)
         if best is None:
@@ -167,9 +167,28 @@ def run_detection_refresh(ctx: JobContext) -> dict[str, Any]:
             seed=best.seed,
             labels_through=through,
         )
+        model.status = ModelStatus.training
         session.add(model)
         session.flush()
         model_id = model.id
+    try:
+        return _fine_tune(ctx, model_id, best=best, snapshot=snapshot, trained_on=trained_on, tolerance=tolerance)
+    except JobFailed:
+        with ctx.db.session() as session:
+            session.get_one(ModelVersion, model_id).status = ModelStatus.failed
+        raise
+
+
+def _fine_tune(
+    ctx: JobContext,
+    model_id: int,
+    *,
+    best: ModelVersion,
+    snapshot: DatasetSnapshot,
+    trained_on: DatasetSnapshot | None,
+    tolerance: float,
+) -> dict[str, Any]:
+    """The refresh's work on model row ``model_id``: fine-tune, judge, export, store."""
     labels = list(best.labels)
     _, items = load_box_items(ctx.blobs, snapshot)
     known = set(labels)
