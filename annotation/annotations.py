@@ -214,7 +214,7 @@ class _Situation:
 
 def _situation(session: Session, *, image: Image, annotator_id: int, key: str | None) -> _Situation:
     params = {"annotator_id": annotator_id, "image_id": image.id, "key": key}
-    rows = session.execute(_SITUATION, params).all()
+    rows = session.connection().execute(_SITUATION, params).all()
     first = rows[0]
     return _Situation(
         answers={r[1]: _Answer(r[0], r[2] if r[2] is not None else r[3], bool(r[4])) for r in rows if r[0] is not None},

@@ -155,7 +155,7 @@ def _gold_candidate(session: Session, *, project: Project, annotator_id: int) ->
 
 def stored_prelabel(session: Session, *, image_id: int) -> PreLabel | None:
     """The newest stored prediction for the image, as a pre-label (it may come from an older model)."""
-    prediction = session.execute(_NEWEST_PREDICTION, {"image_id": image_id}).first()
+    prediction = session.connection().execute(_NEWEST_PREDICTION, {"image_id": image_id}).first()
     return None if prediction is None else PreLabel(*prediction)
 
 
@@ -168,27 +168,23 @@ _NEWEST_PREDICTION = (  # built once: it runs on every task served without a mod
 
 
 def _held_query() -> Select[Any]:
-    """The annotator's user row, locked, with the live lease they hold in the project (and its image), if any: one
-    statement. The lock is FOR NO KEY UPDATE, which does not block the foreign-key checks (FOR KEY SHARE) of inserts
-    naming this user; only the users row is locked (SQLite ignores the clause: it runs one writer at a time)."""
-    me = bindparam("annotator_id")
-    live = and_(
-        Assignment.annotator_id == User.id,
-        Assignment.project_id == bindparam("project_id"),
-        Assignment.status == AssignmentStatus.leased,
-        Assignment.expires_at > bindparam("now", type_=Assignment.expires_at.type),
-    )
+    """The live lease the annotator holds in the project, with its image."""
     return (
-        select(User.id, Assignment.expires_at, Image)
-        .select_from(User)
-        .outerjoin(Assignment, live)
-        .outerjoin(Image, Image.id == Assignment.image_id)
-        .where(User.id == me)
+        select(Assignment.expires_at, Image)
+        .join(Image, Image.id == Assignment.image_id)
+        .where(
+            Assignment.annotator_id == bindparam("annotator_id"),
+            Assignment.project_id == bindparam("project_id"),
+            Assignment.status == AssignmentStatus.leased,
+            Assignment.expires_at > bindparam("now", type_=Assignment.expires_at.type),
+        )
         .limit(1)
-        .with_for_update(key_share=True, of=User)
     )
 
 
+# FOR NO KEY UPDATE: it does not block the foreign-key checks (FOR KEY SHARE) of inserts naming this user. A statement
+# of its own: one that also read the leases would, having waited for the lock, still read them as they were before.
+_LOCK_USER = select(User.id).where(User.id == bindparam("annotator_id")).with_for_update(key_share=True)
 _HELD = _held_query()  # built once: it runs on every task served
 
 
@@ -205,9 +201,11 @@ def next_task(
     the annotator's user row is locked first, so two requests of one annotator take turns and the second sees the
     first's lease (SQLite runs one writer at a time anyway).
     """
+    if session.get_bind().dialect.name != "sqlite":  # SQLite runs one writer at a time: no lock to take
+        session.execute(_LOCK_USER, {"annotator_id": principal.id})
     now = utcnow()
     held = session.execute(_HELD, {"annotator_id": principal.id, "project_id": project.id, "now": now}).first()
-    if held is not None and held.Image is not None:
+    if held is not None:
         return Task(held.Image, held.expires_at, held.Image.review_reason)
 
     lease = timedelta(minutes=project.settings["lease_minutes"])
@@ -254,7 +252,9 @@ def _first_open(session: Session, *, project_id: int, annotator_id: int, now: da
 
 def _lease(session: Session, *, image: Image, annotator_id: int, now: datetime, until: datetime) -> datetime:
     row = {"project_id": image.project_id, "image_id": image.id, "annotator_id": annotator_id, "leased_at": now}
-    session.execute(_LEASE, {**row, "status": AssignmentStatus.leased, "expires_at": until, "updated_at": now})
+    session.connection().execute(
+        _LEASE, {**row, "status": AssignmentStatus.leased, "expires_at": until, "updated_at": now}
+    )
     return until
 
 

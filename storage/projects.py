@@ -409,7 +409,11 @@ def authenticate_member(session: Session, *, token: str | None, project_id: int)
     checks. The token is looked up every time (a rotated token or a removed member stops at once); only the project's
     parsed labels and settings are reused, keyed by their stored text. 401 as ``authenticate``, 404 as
     ``get_project``. The project is a detached snapshot: read it, never change it."""
-    row = session.execute(_MEMBER, {"token_hash": hash_token(token) if token else "", "project_id": project_id}).first()
+    row = (
+        session.connection()
+        .execute(_MEMBER, {"token_hash": hash_token(token) if token else "", "project_id": project_id})
+        .first()
+    )
     principal = authenticate_row(token, None if row is None else row[:3])
     assert row is not None  # authenticate_row raised otherwise
     if row[3] is None:
