@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Exists, Select, and_, bindparam, func, insert, select, update
+from sqlalchemy import BindParameter, Exists, Select, and_, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
@@ -154,7 +154,7 @@ def _situation_query() -> Select[Any]:
     """The image's current answers (each with whether its annotator is excluded from consensus), every row carrying
     the caller's assignment, their answer under the request's Idempotency-Key, whether they are excluded, and the
     project's annotator members. An image without answers gives one row, its answer columns NULL."""
-    me = bindparam("annotator_id")
+    me: BindParameter[int] = bindparam("annotator_id")
     earlier = aliased(Annotation)
     under_key = select(earlier.id, earlier.request_hash).where(
         earlier.annotator_id == me, earlier.idempotency_key == bindparam("key")

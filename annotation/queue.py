@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, and_, bindparam, case, func, insert, select, true, update
+from sqlalchemy import BindParameter, Select, and_, bindparam, case, func, insert, select, true, update
 from sqlalchemy.orm import Session
 
 from storage.errors import Conflict
@@ -102,14 +102,15 @@ def _live_leases(session: Session, *, image_id: int, now: datetime, exclude: int
     )
 
 
-def _open_query() -> Select[tuple[Image]]:
+def _open_query() -> Select[Image]:
     """Waiting images this annotator has never been served and that have room for one more label.
 
     One statement in serving order: a backward scan of ix_images_queue that probes the assignments
     index for each image it passes, so it stops at the first match without reading the pool.
     Parameters: project_id, annotator_id, now.
     """
-    annotator_id, now = bindparam("annotator_id"), bindparam("now", type_=Assignment.expires_at.type)
+    annotator_id: BindParameter[int] = bindparam("annotator_id")
+    now: BindParameter[datetime] = bindparam("now", type_=Assignment.expires_at.type)
     seen = (
         select(Assignment.id).where(Assignment.image_id == Image.id, Assignment.annotator_id == annotator_id).exists()
     )
@@ -167,7 +168,7 @@ _NEWEST_PREDICTION = (  # built once: it runs on every task served without a mod
 )
 
 
-def _held_query() -> Select[Any]:
+def _held_query() -> Select[datetime, Image]:
     """The live lease the annotator holds in the project, with its image."""
     return (
         select(Assignment.expires_at, Image)
