@@ -4,7 +4,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response, status
 from fastapi.responses import JSONResponse
-from sqlalchemy.orm import Session
 
 from annotation.annotations import list_annotations, project_image, submit_annotation, visible_annotator
 from annotation.box_answers import DrawnBox
@@ -55,11 +54,14 @@ def _boxes(given: list[BoxCreate] | None) -> list[DrawnBox] | None:
     return None if given is None else [DrawnBox(**b.model_dump()) for b in given]
 
 
-def _task_read(session: Session, runtime: Runtime, task: Task, *, detection: bool) -> TaskRead:
-    """A task with its pre-label: the serving classifier's label, or in a detection project the detector's boxes."""
+def _task_read(runtime: Runtime, task: Task, *, detection: bool) -> TaskRead:
+    """A task with its pre-label: the serving classifier's label, or in a detection project the detector's boxes.
+    Called once the lease is committed: a model's inference never holds SQLite's write lock or PostgreSQL's row
+    locks."""
     image = task.image
-    prelabel = None if detection else prelabel_for(session, runtime.predictor, task=task)
-    boxes = prelabel_boxes_for(session, runtime.predictor, task=task) if detection else None
+    with runtime.db.read_session() as session:
+        prelabel = None if detection else prelabel_for(session, runtime.predictor, task=task)
+        boxes = prelabel_boxes_for(session, runtime.predictor, task=task) if detection else None
     width, height = image.upright_size
     return TaskRead(
         image_id=image.id,
@@ -102,9 +104,9 @@ def next_(project_id: ProjectId, token: BearerToken, runtime: RuntimeDep) -> Res
     with runtime.db.session() as session:
         principal, project = authenticate_member(session, token=token, project_id=project_id)
         task = next_task(session, principal=principal, project=project)
-        if task is None:
-            return Response(status_code=status.HTTP_204_NO_CONTENT)
-        payload = _task_read(session, runtime, task, detection=project.task_type is TaskType.detection)
+    if task is None:
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+    payload = _task_read(runtime, task, detection=project.task_type is TaskType.detection)
     return JSONResponse(payload.model_dump(mode="json"))
 
 
@@ -165,18 +167,20 @@ def submit(
         if not result.replayed:
             after_commit(session, lambda: runtime.notifier.labels_changed(project.id))  # the flywheel decides, not us
         stored = AnnotationRead.model_validate(result.annotation)
-        answer: AnnotationRead | AnnotationAndNext = stored
+        task = None
         if and_next:
             # On PostgreSQL the answer is committed before the next lease is taken (waiting for another image's row
             # lock while holding the answered one's deadlocks): should the lease then fail, the answer stays stored
             # (a retry replays it) but the flywheel hears of it at the next one.
             commit_between_locks(session)
             task = next_task(session, principal=principal, project=project)
-            detection = project.task_type is TaskType.detection
-            answer = AnnotationAndNext(
-                annotation=stored, next_task=_task_read(session, runtime, task, detection=detection) if task else None
-            )
     # Shaped once the transaction has committed (on SQLite, once the write lock is free for the next writer).
+    answer: AnnotationRead | AnnotationAndNext = stored
+    if and_next:
+        detection = project.task_type is TaskType.detection
+        answer = AnnotationAndNext(
+            annotation=stored, next_task=_task_read(runtime, task, detection=detection) if task else None
+        )
     payload = answer.model_dump(mode="json")
     return JSONResponse(payload, status_code=status.HTTP_200_OK if result.replayed else status.HTTP_201_CREATED)
 
