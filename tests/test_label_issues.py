@@ -6,10 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from cleanlab.filter import find_label_issues
+from sqlalchemy import select
 
 from annotation.label_issues import RELABEL_REASON, find_issues
 from flywheel.jobs.rows import create_job
-from storage.models import Image, JobKind, JobStatus, Role, Split
+from storage.models import Annotation, Image, JobKind, JobStatus, Role, Split
 from tests.digits import digit_project, label_digits
 from tests.factories import make_user
 from tests.jobs import run
@@ -120,3 +121,72 @@ def test_the_ranking_is_cleanlabs_flagged_set_worst_first():
     assert len({i.index for i in issues} & set(flipped.tolist())) >= 9  # most of the 12 flipped labels
     with pytest.raises(ValueError, match="unknown filter"):
         find_issues(given, probabilities, filter_by="magic")
+
+
+def test_box_label_issues_find_a_dropped_a_swapped_and_a_shifted_box(detector):
+    """The shared detection project with three answers spoilt (a box dropped, a class swapped, a box shifted by half
+    its width): K-fold detectors and cleanlab's ObjectLab rank those three images first, each with its kind."""
+    app, client, project, engineer = detector.app, detector.client, detector.project, detector.engineer
+    path = f"/api/v1/projects/{project['id']}"
+    with app.state.runtime.db.session() as session:
+        answers = {
+            a.image_id: a
+            for a in session.scalars(
+                select(Annotation)
+                .join(Image, Image.id == Annotation.image_id)
+                .where(Annotation.project_id == project["id"], Annotation.is_current, Image.split == Split.train)
+                .order_by(Annotation.image_id)
+            )
+        }
+        several = [i for i, a in answers.items() if len(a.boxes or []) >= 2]
+        dropped, swapped, shifted = several[0], several[1], next(i for i in answers if i not in several[:2])
+        boxes = answers[dropped].boxes or []
+        answers[dropped].boxes = boxes[1:]
+        first, *rest = answers[swapped].boxes or []
+        answers[swapped].boxes = [{**first, "label": "disc" if first["label"] == "square" else "square"}, *rest]
+        first, *rest = answers[shifted].boxes or []
+        step = first["w"] / 2 if first["x"] + 1.5 * first["w"] <= 64 else -first["w"] / 2
+        answers[shifted].boxes = [{**first, "x": first["x"] + step}, *rest]
+        planted = {
+            dropped: ("overlooked", boxes[0]),
+            swapped: ("swap", answers[swapped].boxes[0]),
+            shifted: ("badloc", answers[shifted].boxes[0]),
+        }
+
+    progress: list[float] = []
+    created = client.post(
+        f"{path}/jobs",
+        json={"kind": "label_quality", "params": {"folds": 3, "epochs": 8, "score_below": 0.8}},
+        headers=engineer.headers,
+    )
+    assert created.status_code == 201, created.text
+    run(app, created.json()["id"], on_progress=lambda p, _message: progress.append(p))
+    done = client.get(f"/api/v1/jobs/{created.json()['id']}", headers=engineer.headers).json()
+    assert done["status"] == "succeeded", done
+    result = done["result"]
+    assert (result["task"], result["folds"], result["epochs"], result["images"]) == ("detection", 3, 8, len(answers))
+    assert progress == sorted(progress) and any(0.15 < p < 0.95 for p in progress) and done["progress"] == 1.0
+
+    issues = client.get(f"{path}/label-issues", headers=engineer.headers).json()["items"]
+    assert [i["score"] for i in issues] == sorted(i["score"] for i in issues) and len(issues) == result["issues"]
+    top = {i["image_id"]: i for i in issues[:3]}
+    assert set(top) == set(planted), (planted, issues[:5])
+    for image_id, (kind, box) in planted.items():
+        issue = top[image_id]
+        assert issue["issue_type"] == kind and set(issue["type_scores"]) == {"overlooked", "swap", "badloc"}
+        assert issue["type_scores"][kind] == min(issue["type_scores"].values()) < 0.5
+        assert abs(issue["box"]["x"] - box["x"]) < 4 and abs(issue["box"]["y"] - box["y"]) < 4
+        assert issue["current_boxes"] is not None and issue["current_label"] is None
+    box_label = planted[swapped][1]["label"]
+    other = "square" if box_label == "disc" else "disc"
+    assert (top[swapped]["given_label"], top[swapped]["suggested_label"]) == (box_label, other)
+    assert top[dropped]["given_label"] == "" and top[dropped]["suggested_label"] == planted[dropped][1]["label"]
+
+    sent = client.post(f"{path}/label-issues/relabel", json={"image_ids": [dropped, swapped]}, headers=engineer.headers)
+    assert sent.status_code == 200 and sorted(sent.json()["queued"]) == sorted([dropped, swapped])
+    with app.state.runtime.db.read_session() as session:
+        reasons = {
+            i.id: i.review_reason for i in session.scalars(select(Image).where(Image.id.in_([dropped, swapped])))
+        }
+    assert reasons[dropped].startswith(f"a model finds a {planted[dropped][1]['label']!r} at x=")
+    assert "as a " in reasons[swapped] and reasons[swapped].endswith("; check the boxes")
