@@ -11,8 +11,9 @@ from sqlalchemy import select
 from annotation.consensus import update_project_consensus
 from annotation.label_issues import BOX_REASONS, RELABEL_REASON, find_issues
 from flywheel.jobs.rows import create_job
+from flywheel.serving.detection import Detections
 from flywheel.training.artefacts import load_model
-from flywheel.training.box_issues import find_box_issues
+from flywheel.training.box_issues import calibrate, cleanlab_predictions, find_box_issues
 from flywheel.training.datasets import load_arrays
 from flywheel.training.detection_fit import predict_boxes
 from flywheel.training.detection_job import box_targets, upright_sizes
@@ -236,3 +237,35 @@ def issue_reason_text(issue: dict) -> str:
         given=issue["given_label"], suggested=issue["suggested_label"], x=issue["box"]["x"], y=issue["box"]["y"]
     )
     return f"{said}; check the boxes"
+
+
+def test_box_issues_are_cleanlabs_objectlab_ranking_of_calibrated_detections():
+    """``find_box_issues`` against cleanlab's own calls on the same calibrated predictions: the flagged set, the
+    ranking by ObjectLab's score, and each kind where it was planted; an image with nothing to point at is left out."""
+    from cleanlab.object_detection.filter import find_label_issues as find_box_label_issues
+    from cleanlab.object_detection.rank import get_label_quality_scores
+
+    rng = np.random.default_rng(0)
+    boxes, classes, found = [], [], []
+    for n in range(80):
+        count = 0 if n == 3 else int(rng.integers(1, 3))
+        x, y = rng.uniform(0, 20, count) + 34 * np.arange(count), rng.uniform(0, 40, count)  # apart, side by side
+        b, c = np.column_stack([x, y, x + 16, y + 16]), rng.integers(0, 2, count)
+        every = np.full((count, 2), 0.02)  # each class's score at the box's centre
+        every[np.arange(count), c] = 0.99 if n < 3 else rng.uniform(0.85, 0.99, count)  # sure of the planted
+        found.append(Detections(b + rng.normal(0, 0.3, b.shape), every.max(axis=1), c, every))
+        boxes.append(b)
+        classes.append(c)
+    boxes[0], classes[0] = boxes[0][1:], classes[0][1:]  # a box dropped
+    classes[1] = np.r_[1 - classes[1][0], classes[1][1:]]  # a class swapped
+    boxes[2] = boxes[2] + np.array([[8, 0, 8, 0]] + [[0, 0, 0, 0]] * (len(boxes[2]) - 1))  # shifted by half its width
+
+    issues = find_box_issues(boxes, classes, found, num_classes=2, score_below=1.0)
+    labels = [{"bboxes": b.reshape(-1, 4), "labels": c} for b, c in zip(boxes, classes, strict=True)]
+    predictions = calibrate([cleanlab_predictions(f, 2) for f in found], labels)
+    scores = get_label_quality_scores(labels, predictions, verbose=False)
+    flagged = set(np.flatnonzero(find_box_label_issues(labels, predictions)).tolist())
+    assert [i.index for i in issues] == [i for i in np.argsort(scores, kind="stable").tolist() if i != 3]
+    assert {i.index for i in issues if i.flagged} == flagged and 0 in flagged <= {0, 1, 2}  # no clean image flagged
+    assert {(i.index, i.issue_type) for i in issues[:3]} == {(0, "overlooked"), (1, "swap"), (2, "badloc")}
+    assert [i.score for i in issues] == sorted(scores[i.index] for i in issues)

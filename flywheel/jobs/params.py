@@ -70,10 +70,8 @@ class QuantizeParams(JobParams):
 
 
 class LabelQualityParams(JobParams):
-    folds: Whole | None = Field(
+    folds: Annotated[int, Field(ge=FOLDS_RANGE[0], le=FOLDS_RANGE[1]), BeforeValidator(_whole_number)] | None = Field(
         default=None,
-        ge=FOLDS_RANGE[0],
-        le=FOLDS_RANGE[1],
         description="Cross-validation folds; default: 5 (classification), 3 (detection: a fold is a detector's "
         "training).",
     )

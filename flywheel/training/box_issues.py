@@ -8,7 +8,7 @@ elsewhere). The predictions must be out of sample (``flywheel.training.box_label
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -79,8 +79,9 @@ def find_box_issues(
     score_below: float | None = None,
 ) -> list[BoxIssue]:
     """Images with likely-wrong boxes (cleanlab's ``find_label_issues``, and with ``score_below`` every image whose
-    label quality score is below it), worst first by cleanlab's label quality score. Per image: ``boxes`` (L, 4)
-    corners and ``classes`` (L,) given, ``found`` out-of-sample detections in the same frame."""
+    label quality score is at or below it), worst first by cleanlab's label quality score; an image with neither a
+    given box nor a confident detection is left out. Per image: ``boxes`` (L, 4) corners and ``classes`` (L,)
+    given, ``found`` out-of-sample detections in the same frame."""
     from cleanlab.object_detection.filter import find_label_issues
     from cleanlab.object_detection.rank import (
         compute_badloc_box_scores,
@@ -111,11 +112,16 @@ def find_box_issues(
     pooled = {kind: pool_box_scores_per_image(per_box[kind]) for kind in ISSUE_TYPES}
     out = []
     for i in listed[np.argsort(scores[listed], kind="stable")]:
+        box_scores = {kind: np.asarray(per_box[kind][i], dtype=np.float64) for kind in ISSUE_TYPES}
+        seen = [kind for kind in ISSUE_TYPES if np.isfinite(box_scores[kind]).any()]
+        if not seen:  # no box given and none the detector is sure of: nothing to point at
+            continue
         type_scores = {kind: float(np.nan_to_num(pooled[kind][i], nan=1.0)) for kind in ISSUE_TYPES}
-        kind = min(ISSUE_TYPES, key=lambda k: type_scores[k])
-        worst = int(np.argmin(np.nan_to_num(np.asarray(per_box[kind][i], dtype=np.float64), nan=1.0)))
-        issue = _issue(int(i), float(scores[i]), kind, worst, labels[i], predictions[i], type_scores)
-        out.append(replace(issue, flagged=bool(flagged[i])))
+        kind = min(seen, key=lambda k: type_scores[k])
+        worst = int(np.nanargmin(box_scores[kind]))
+        out.append(
+            _issue(int(i), float(scores[i]), kind, worst, labels[i], predictions[i], type_scores, bool(flagged[i]))
+        )
     return out
 
 
@@ -127,6 +133,7 @@ def _issue(
     label: dict[str, np.ndarray],
     prediction: list[np.ndarray],
     type_scores: dict[str, float],
+    flagged: bool,
 ) -> BoxIssue:
     """The issue of kind ``kind`` about its worst box: a predicted box if overlooked (cleanlab lists them class by
     class), else a given box."""
@@ -134,7 +141,7 @@ def _issue(
     candidate_classes = np.concatenate([np.full(len(p), k) for k, p in enumerate(prediction)])
     if kind == "overlooked":
         x1, y1, x2, y2 = (float(v) for v in candidates[worst, :4])
-        return BoxIssue(index, score, kind, (x1, y1, x2, y2), None, int(candidate_classes[worst]), type_scores, True)
+        return BoxIssue(index, score, kind, (x1, y1, x2, y2), None, int(candidate_classes[worst]), type_scores, flagged)
     box = label["bboxes"][worst]
     given = suggested = int(label["labels"][worst])
     if kind == "swap":  # the most confident box of another class on it
@@ -142,4 +149,4 @@ def _issue(
         if touching.any():
             suggested = int(candidate_classes[touching][np.argmax(candidates[touching, 4])])
     x1, y1, x2, y2 = (float(v) for v in box)
-    return BoxIssue(index, score, kind, (x1, y1, x2, y2), given, suggested, type_scores, True)
+    return BoxIssue(index, score, kind, (x1, y1, x2, y2), given, suggested, type_scores, flagged)
