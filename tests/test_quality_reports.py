@@ -54,7 +54,10 @@ def test_a_large_projects_quality_page_reads_stored_reports_kept_fresh_by_a_job(
     with rt.db.read_session() as session:
         job = session.get_one(Job, recompute)
         assert (job.kind, job.params["trigger"]) == (JobKind.quality_report, "labels")
-    assert client.get(api(project, "/annotators"), headers=engineer.headers).json()["report"]["recompute_job_id"] == recompute
+    assert (
+        client.get(api(project, "/annotators"), headers=engineer.headers).json()["report"]["recompute_job_id"]
+        == recompute
+    )
     assert run(app, recompute) == JobStatus.succeeded
     assert client.get(api(project, "/annotators"), headers=engineer.headers).json()["report"]["labels"] == 9
 
@@ -91,7 +94,9 @@ def test_a_large_projects_quality_page_reads_stored_reports_kept_fresh_by_a_job(
     # On request and on a schedule, like any job.
     started = client.post(api(project, "/jobs"), json={"kind": "quality_report"}, headers=engineer.headers)
     assert started.status_code == 201, started.text
-    scheduled = client.put(api(project, "/schedules"), json={"quality_report": "*/15 * * * *"}, headers=engineer.headers)
+    scheduled = client.put(
+        api(project, "/schedules"), json={"quality_report": "*/15 * * * *"}, headers=engineer.headers
+    )
     assert scheduled.status_code == 200 and scheduled.json()[0]["kind"] == "quality_report"
     with rt.db.read_session() as session:
         assert len(session.scalars(select(QualityReport).where(QualityReport.project_id == project["id"])).all()) == 2
