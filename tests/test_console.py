@@ -297,9 +297,9 @@ def walk_detector_models(browser, detector, problems: list[str]) -> None:
         rows = page.locator("#comparison tr[data-label]")
         expect(rows).to_have_count(len(labels))
         shown_as = lambda value: "–" if value is None else f"{value:.3f}"  # noqa: E731 - as console.js's num()
-        mine, theirs = halved[labels[0]], metrics["per_class"][labels[0]]  # compared: the newer one first
+        one, two = metrics["per_class"][labels[0]], halved[labels[0]]  # the form compares the older with the newer
         expect(rows.first.locator("td")).to_have_text(
-            [labels[0], *(shown_as(figures[name]) for name in ("ap50", "ap", "recall") for figures in (mine, theirs))]
+            [labels[0], *(shown_as(figures[name]) for name in ("ap50", "ap", "recall") for figures in (one, two))]
         )
         expect(page.locator("#comparison h3")).to_contain_text("(1)")  # the first error image differs
         page.screenshot(path=SCREENSHOTS / "models-detection-compare.png", full_page=True)

@@ -312,7 +312,7 @@ function detectionErrors(metrics) {
     card("Errors on the test split", h("p", { class: "muted" }, `mAP@.5 ${num(metrics.test_map50)}, ` +
       `mAP@[.5:.95] ${num(metrics.test_map)}, mean image F1 ${num(metrics.mean_image_f1)} on ${metrics.test_items} ` +
       "test images."), totals),
-    card(`Test images with errors (${images.length} worst shown)`, legend, gallery))];
+    card(`Test images with errors (${images.length}, worst first)`, legend, gallery))];
 }
 
 // DIGITS' "clone job": this version's settings, some changed, become the project's training settings and a
