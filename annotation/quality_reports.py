@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from annotation.agreement import MIN_SHARED_ITEMS
 from annotation.box_scorecards import BoxScorecards, box_scorecards
 from annotation.boxes import BoxScorecard
-from annotation.reports import BoxAgreementReport, agreement_report, box_agreement_report
+from annotation.reports import BoxAgreementReport, agreement_report, box_agreement_report, human_reference
 from annotation.scorecards import MIN_GOLD, MIN_OVERLAPPED, Exclusion, annotator_scorecards
 from storage.models import Annotation, Project, QualityReport, TaskType, utcnow
 
@@ -252,6 +252,20 @@ def stored_report(session: Session, *, project_id: int, kind: str) -> tuple[dict
     payload, computed_at, labels, through, outdated_at = row
     newer = newest_label_id(session, project_id=project_id) > through
     return payload, Freshness(computed_at, labels, through, newer, newer or outdated_at is not None)
+
+
+def card_human_reference(session: Session, *, project_id: int) -> dict[str, Any]:
+    """The human reference a model card shows: the stored agreement report's when it is current (one JSON field
+    read by the database), else computed now (it reads the labels of every overlapped test image)."""
+    row = session.execute(
+        select(QualityReport.payload["human_reference"], QualityReport.labels_through, QualityReport.outdated_at).where(
+            QualityReport.project_id == project_id, QualityReport.kind == "agreement"
+        )
+    ).first()
+    if row is not None and row[0] is not None and row[2] is None:
+        if newest_label_id(session, project_id=project_id) <= row[1]:
+            return dict(row[0])
+    return human_reference(session, project_id)
 
 
 def reports_outdated(session: Session, *, project_id: int) -> datetime | None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import re
 import secrets
 import statistics
 import tempfile
@@ -247,7 +248,8 @@ def timed(work: Callable[[], object], rounds: int) -> list[float]:
     return times
 
 
-def measure(tmp: Path, images: int, rounds: int) -> dict[str, list[float]]:
+def measure(tmp: Path, images: int, rounds: int, calls: dict[str, float]) -> dict[str, list[float]]:
+    """Each page's summed call times per round; ``calls`` gets each call's median (its path, ids left out)."""
     token = secrets.token_hex(16)
     data = tmp / f"data-{images}"
     url = f"sqlite:///{data / 'labelwheel.db'}"
@@ -280,6 +282,8 @@ def measure(tmp: Path, images: int, rounds: int) -> dict[str, list[float]]:
         for page, calls in pages(pid, champion).items():
             per_call = {call: timed(lambda call=call: ok(admin.get(call)), rounds) for call in calls}
             results[page] = [sum(times) for times in zip(*per_call.values(), strict=True)]
+            for call, times in per_call.items():
+                calls[f"{page}: {re.sub(r'/[0-9]+', '/N', call)}"] = statistics.median(times)
             slowest = max(per_call, key=lambda call: statistics.median(per_call[call]))
             print(f"  {page}: slowest call {slowest} {statistics.median(per_call[slowest]):.1f} ms")  # noqa: T201
         admin.close()
@@ -296,7 +300,10 @@ def main() -> None:
     args = parser.parse_args()
     rounds = 5 if args.quick else 20
     with tempfile.TemporaryDirectory(prefix="labelwheel-console-") as tmp:
-        small, large = (measure(Path(tmp), size, rounds) for size in SIZES)
+        small_calls: dict[str, float] = {}
+        large_calls: dict[str, float] = {}
+        small = measure(Path(tmp), SIZES[0], rounds, small_calls)
+        large = measure(Path(tmp), SIZES[1], rounds, large_calls)
     header = f"{'page':<10} {'10k p50':>9} {'10k p95':>9} {'100k p50':>9} {'100k p95':>9} {'ratio':>6}"
     print(f"\n{header}  p95 <= {TARGET_P95_MS} ms   growth")  # noqa: T201
     for page in large:
@@ -310,6 +317,11 @@ def main() -> None:
     passed = sum(p95(large[page]) <= TARGET_P95_MS for page in large)
     print(f"aim p95 <= {TARGET_P95_MS} ms per page at 100k images: {passed}/{len(large)} pages PASS")  # noqa: T201
     print("(milliseconds for all of a page's API calls, one after another; ratio: 100k median / 10k median)")  # noqa: T201
+    print(f"\ncalls whose median grows more than {FLAT_RATIO}x from 10k to 100k images:")  # noqa: T201
+    for call, b in large_calls.items():
+        a = small_calls[call]
+        if b / a > FLAT_RATIO:
+            print(f"  {call:<62} {a:7.1f} -> {b:7.1f} ms  ({b / a:.1f}x)")  # noqa: T201
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
+from annotation.quality_reports import card_human_reference
+from annotation.reports import human_reference
 from flywheel.quality import start_quality_if_due
 from storage.models import Job, JobKind, JobStatus, QualityReport, Role
 from storage.settings import Settings, load_settings
@@ -43,6 +45,9 @@ def test_a_large_projects_quality_page_reads_stored_reports_kept_fresh_by_a_job(
     assert (report["labels"], report["newer_labels"], report["outdated"], report["recompute_job_id"]) == (8, 0, 0, None)
     cards = client.get(api(project, "/annotators"), headers=engineer.headers).json()
     assert [c["labels"] for c in cards["annotators"]] == [4, 4] and cards["report"]["labels"] == 8
+    with rt.db.read_session() as session:  # a model card reads the stored human reference while it is current
+        stored = card_human_reference(session, project_id=project["id"])
+        assert stored == agreement["human_reference"] == human_reference(session, project["id"])
 
     # A new label: the stored figures stay, marked as behind; the policy check starts one recompute, debounced.
     [extra] = upload(client, admin, project, 1, start=50)
