@@ -248,8 +248,8 @@ def timed(work: Callable[[], object], rounds: int) -> list[float]:
     return times
 
 
-def measure(tmp: Path, images: int, rounds: int, calls: dict[str, float]) -> dict[str, list[float]]:
-    """Each page's summed call times per round; ``calls`` gets each call's median (its path, ids left out)."""
+def measure(tmp: Path, images: int, rounds: int, medians: dict[str, float]) -> dict[str, list[float]]:
+    """Each page's summed call times per round; ``medians`` gets each call's median (its path, ids left out)."""
     token = secrets.token_hex(16)
     data = tmp / f"data-{images}"
     url = f"sqlite:///{data / 'labelwheel.db'}"
@@ -283,7 +283,7 @@ def measure(tmp: Path, images: int, rounds: int, calls: dict[str, float]) -> dic
             per_call = {call: timed(lambda call=call: ok(admin.get(call)), rounds) for call in calls}
             results[page] = [sum(times) for times in zip(*per_call.values(), strict=True)]
             for call, times in per_call.items():
-                calls[f"{page}: {re.sub(r'/[0-9]+', '/N', call)}"] = statistics.median(times)
+                medians[f"{page}: {re.sub(r'/[0-9]+', '/N', call)}"] = statistics.median(times)
             slowest = max(per_call, key=lambda call: statistics.median(per_call[call]))
             print(f"  {page}: slowest call {slowest} {statistics.median(per_call[slowest]):.1f} ms")  # noqa: T201
         admin.close()
