@@ -20,7 +20,7 @@ from flywheel.serving.preprocess import MEAN, PREPROCESSING, STD
 from storage.blobs import BlobStore
 from storage.db import after_commit
 from storage.errors import Conflict, Gone, NotFound
-from storage.models import DatasetSnapshot, ModelKind, ModelStatus, ModelVersion, utcnow
+from storage.models import DatasetSnapshot, ModelKind, ModelStatus, ModelVersion, Project, utcnow
 
 PROMOTABLE = frozenset({ModelStatus.candidate, ModelStatus.retired, ModelStatus.champion})
 
@@ -162,6 +162,9 @@ def deploy(session: Session, *, model: ModelVersion, mode: Deployment | None, sh
         if model.onnx_sha256 is None or model.head_sha256 is None:
             raise Conflict(f"model {model.id} has no ONNX file to serve with", code="model_not_ready")
         if mode is Deployment.canary:
+            # Two requests making two models canary at once take turns on the project row (PostgreSQL; SQLite
+            # writers take turns anyway), so the second one sees the first's canary.
+            session.execute(select(Project.id).where(Project.id == model.project_id).with_for_update())
             other = session.scalars(
                 select(ModelVersion).where(
                     ModelVersion.project_id == model.project_id,
