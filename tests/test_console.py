@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 import uvicorn
 from playwright.sync_api import Page, expect, sync_playwright
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from storage.models import (
+    Annotation,
     AnnotatorExclusion,
     Image,
     Job,
@@ -409,6 +410,9 @@ def test_an_admin_walks_every_page_and_steers_the_flywheel(trained, detector):
             # Quality: agreement, scorecards, exclude, resolve a weak image, send label issues to review.
             open_page(page, base, f"/projects/{pid}/quality", SCREENSHOTS, "quality")
             expect(page.locator('tr[data-figure="percent_agreement"]')).to_contain_text("%")
+            with db.session() as session:  # a small project's report is computed when asked, over every label
+                labels = session.scalar(select(func.count()).where(Annotation.project_id == pid, Annotation.is_current))
+            expect(page.locator("#report-freshness")).to_contain_text(f"over {labels} labels. Up to date.")
             sloppy = people["sloppy"]
             card = page.locator(f'tr[data-annotator="{sloppy.id}"]')
             card.locator('input[name="reason"]').fill("careless")
