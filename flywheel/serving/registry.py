@@ -12,7 +12,7 @@ from enum import StrEnum
 from functools import partial
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from annotation.quality_reports import card_human_reference
@@ -60,15 +60,19 @@ def get_model(session: Session, *, model_id: int) -> ModelVersion:
     return model
 
 
+_CHAMPION = select(ModelVersion).where(  # built once: every task served asks it for its pre-label
+    ModelVersion.project_id == bindparam("project_id"), ModelVersion.status == ModelStatus.champion
+)
+
+
 def champion(session: Session, *, project_id: int) -> ModelVersion | None:
-    return session.scalars(
-        select(ModelVersion).where(ModelVersion.project_id == project_id, ModelVersion.status == ModelStatus.champion)
-    ).first()
+    return session.scalars(_CHAMPION, {"project_id": project_id}).first()
 
 
-def serving_model(session: Session, *, project_id: int) -> ModelVersion | None:
-    """What answers predictions and pre-labels: the champion's newest refreshed head, else the champion."""
-    best = champion(session, project_id=project_id)
+def serving_model(session: Session, *, project_id: int, best: ModelVersion | None = None) -> ModelVersion | None:
+    """What answers predictions and pre-labels: the champion's newest refreshed head, else the champion (``best``,
+    when the caller has it already)."""
+    best = best or champion(session, project_id=project_id)
     if best is None:
         return None
     refreshed = session.scalars(
@@ -91,7 +95,7 @@ def serving_candidates(session: Session, *, project_id: int, earlier: int = 2) -
     best = champion(session, project_id=project_id)
     if best is None:
         return []
-    serving = serving_model(session, project_id=project_id)
+    serving = serving_model(session, project_id=project_id, best=best)
     found = [serving] if serving is not None and serving.id != best.id else []
     found.append(best)
     model = best
