@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 TERMINAL = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled})
 
 
-DETECTION_JOBS = frozenset({JobKind.train, JobKind.mine})
+DETECTION_JOBS = frozenset({JobKind.train, JobKind.mine, JobKind.quality_report})
 
 
 def require_job_for_task(project: Project, *, kind: JobKind) -> None:
@@ -37,7 +37,8 @@ def require_job_for_task(project: Project, *, kind: JobKind) -> None:
     if project.task_type is TaskType.detection and kind not in DETECTION_JOBS:
         raise InvalidInput(
             f"no {kind.value} job for project {project.id}: it is a detection project, where the flywheel trains "
-            "detectors (kind train) and mines with them (kind mine); refresh, embed and label_quality work on "
+            "detectors (kind train), mines with them (kind mine) and reports quality (kind quality_report); refresh, "
+            "embed and label_quality work on "
             "classification projects only for now",
             code="not_for_detection",
         )
