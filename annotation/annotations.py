@@ -13,25 +13,30 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import BindParameter, Exists, Select, and_, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from annotation.box_answers import DrawnBox, check_boxes, matches_gold, raw_boxes
-from annotation.consensus import refresh_consensus
+from annotation.consensus import apply_answers, refresh_consensus
 from annotation.queue import capacity_left
 from storage.errors import Conflict, InvalidInput, NotFound
 from storage.models import (
     Annotation,
     AnnotationOrigin,
+    AnnotatorExclusion,
     Assignment,
     AssignmentStatus,
+    ConsensusFit,
     Image,
+    Membership,
     Project,
     Role,
     TaskType,
+    User,
     utcnow,
 )
 from storage.names import nfc
@@ -122,11 +127,150 @@ def _replay(session: Session, *, annotator_id: int, key: str, request_hash: str)
         select(Annotation).where(Annotation.annotator_id == annotator_id, Annotation.idempotency_key == key)
     )
     if earlier is not None and earlier.request_hash != request_hash:
-        raise InvalidInput(
-            f"Idempotency-Key {key!r} was used for a different request; use a new key for a new label",
-            code="idempotency_key_reused",
-        )
+        raise _key_reused(key)
     return earlier
+
+
+def _key_reused(key: str) -> InvalidInput:
+    return InvalidInput(
+        f"Idempotency-Key {key!r} was used for a different request; use a new key for a new label",
+        code="idempotency_key_reused",
+    )
+
+
+def _excluded(annotator_id: Any) -> Exists:
+    return (
+        select(AnnotatorExclusion.id)
+        .where(
+            AnnotatorExclusion.project_id == Image.project_id,
+            AnnotatorExclusion.annotator_id == annotator_id,
+            AnnotatorExclusion.revoked_at.is_(None),
+        )
+        .exists()
+    )
+
+
+def _situation_query() -> Select[Any]:
+    """The image's current answers (each with whether its annotator is excluded from consensus), every row carrying
+    the caller's assignment, their answer under the request's Idempotency-Key, whether they are excluded, and the
+    project's annotator members. An image without answers gives one row, its answer columns NULL."""
+    me: BindParameter[int] = bindparam("annotator_id")
+    earlier = aliased(Annotation)
+    under_key = select(earlier.id, earlier.request_hash).where(
+        earlier.annotator_id == me, earlier.idempotency_key == bindparam("key")
+    )
+    annotators = (
+        select(func.count())
+        .select_from(Membership)
+        .join(User, User.id == Membership.user_id)
+        .where(Membership.project_id == Image.project_id, User.role == Role.annotator)
+        .scalar_subquery()
+    )
+    return (
+        select(
+            Annotation.id,
+            Annotation.annotator_id,
+            Annotation.label,
+            Annotation.boxes,
+            _excluded(Annotation.annotator_id),
+            Assignment.id,
+            Assignment.status,
+            Assignment.expires_at,
+            under_key.with_only_columns(earlier.id).scalar_subquery(),
+            under_key.with_only_columns(earlier.request_hash).scalar_subquery(),
+            _excluded(me),
+            annotators,
+            select(ConsensusFit.project_id).where(ConsensusFit.project_id == Image.project_id).exists(),
+        )
+        .select_from(Image)
+        .outerjoin(Annotation, and_(Annotation.image_id == Image.id, Annotation.is_current))
+        .outerjoin(Assignment, and_(Assignment.image_id == Image.id, Assignment.annotator_id == me))
+        .where(Image.id == bindparam("image_id"))
+    )
+
+
+_SITUATION = _situation_query()  # built once: it runs on every submission
+
+
+@dataclass(frozen=True)
+class _Answer:
+    id: int
+    value: Any  # the label, or the boxes
+    excluded: bool  # its annotator's answers do not count for consensus
+
+
+@dataclass(frozen=True)
+class _Situation:
+    answers: dict[int, _Answer]  # the image's current answers by annotator
+    assignment_id: int | None
+    lease_status: AssignmentStatus | None
+    lease_expires_at: datetime | None
+    earlier_id: int | None  # the caller's annotation under the request's Idempotency-Key
+    earlier_hash: str | None
+    me_excluded: bool
+    annotators: int  # the project's annotator members
+    fit: bool  # the project has a consensus fit
+
+
+def _situation(session: Session, *, image: Image, annotator_id: int, key: str | None) -> _Situation:
+    params = {"annotator_id": annotator_id, "image_id": image.id, "key": key}
+    rows = session.connection().execute(_SITUATION, params).all()
+    first = rows[0]
+    return _Situation(
+        answers={r[1]: _Answer(r[0], r[2] if r[2] is not None else r[3], bool(r[4])) for r in rows if r[0] is not None},
+        assignment_id=first[5],
+        lease_status=first[6],
+        lease_expires_at=first[7],
+        earlier_id=first[8],
+        earlier_hash=first[9],
+        me_excluded=bool(first[10]),
+        annotators=first[11] or 0,
+        fit=bool(first[12]),
+    )
+
+
+_ANSWER_COLUMNS = (
+    "project_id",
+    "image_id",
+    "annotator_id",
+    "label",
+    "boxes",
+    "duration_ms",
+    "origin",
+    "is_current",
+    "supersedes_id",
+    "gold_correct",
+    "idempotency_key",
+    "request_hash",
+    "created_at",
+)
+# What a submission may change on its image: the count, the queue place and the consensus.
+_IMAGE_COLUMNS = (
+    "label_count",
+    "labels_needed",
+    "queue_tier",
+    "review_reason",
+    "consensus_label",
+    "consensus_tie",
+    "consensus_posterior",
+    "consensus_boxes",
+)
+# Built once: they run on every submission.
+_INSERT_ANSWER = insert(Annotation).returning(Annotation.id)
+_SUPERSEDE = update(Annotation).where(Annotation.id == bindparam("answer_id")).values(is_current=False)
+_INSERT_ASSIGNMENT = insert(Assignment)
+_CLOSE_ASSIGNMENT = (
+    update(Assignment)
+    .where(Assignment.id == bindparam("assignment_id"))
+    .values(status=AssignmentStatus.submitted, updated_at=bindparam("now"))
+)
+_UPDATE_IMAGE = (
+    update(Image).where(Image.id == bindparam("image_id")).values({c: bindparam(f"new_{c}") for c in _IMAGE_COLUMNS})
+)
+
+
+def _columns(row: Any, names: Sequence[str]) -> dict[str, Any]:
+    return {name: getattr(row, name) for name in names}
 
 
 def submit_annotation(
@@ -141,31 +285,30 @@ def submit_annotation(
     idempotency_key: str | None = None,
 ) -> Submitted:
     """Record one answer: a label, or boxes in a detection project. A second answer by the same annotator is a
-    correction: it supersedes the first."""
+    correction: it supersedes the first.
+
+    Three statements before the writes: lock the image, then one that reads its current answers together with the
+    caller's lease, Idempotency-Key match and the team size (read after the lock, so a concurrent submission for the
+    image is seen), and a live-lease count only when the caller holds no lease."""
     check_kind(project, label=label, boxes=boxes)
     label = check_label(project, label) if label is not None else None
     request_hash = _request_hash(image_id, label=label, boxes=boxes, duration_ms=duration_ms)
-    if idempotency_key:
-        earlier = _replay(session, annotator_id=principal.id, key=idempotency_key, request_hash=request_hash)
-        if earlier is not None:
-            return Submitted(earlier, replayed=True)
     if duration_ms is not None and not 0 <= duration_ms <= MAX_DURATION_MS:
         raise InvalidInput(f"duration_ms must be between 0 and {MAX_DURATION_MS}", code="invalid_duration")
-    # Locking the image row serializes submissions for one image on PostgreSQL (SQLite serializes all writers).
+    # Locking the image row serializes submissions for one image on PostgreSQL (SQLite serializes all writers), so
+    # a retry racing its original waits here and then finds it under its Idempotency-Key.
     image = project_image(session, project=project, image_id=image_id, lock=True)
+    situation = _situation(session, image=image, annotator_id=principal.id, key=idempotency_key)
+    if situation.earlier_id is not None:
+        if situation.earlier_hash != request_hash:
+            raise _key_reused(str(idempotency_key))
+        return Submitted(session.get_one(Annotation, situation.earlier_id), replayed=True)
     stored_boxes = check_boxes(project, image, boxes) if boxes is not None else None
     now = utcnow()
-    previous = session.scalar(
-        select(Annotation).where(
-            Annotation.image_id == image.id, Annotation.annotator_id == principal.id, Annotation.is_current
-        )
-    )
-    assignment = session.scalar(
-        select(Assignment).where(Assignment.image_id == image.id, Assignment.annotator_id == principal.id)
-    )
+    previous = situation.answers.get(principal.id)
     if previous is None:
-        holds_lease = (
-            assignment is not None and assignment.status is AssignmentStatus.leased and assignment.expires_at > now
+        holds_lease = situation.lease_status is AssignmentStatus.leased and (
+            situation.lease_expires_at is not None and situation.lease_expires_at > now
         )
         if (
             not holds_lease
@@ -190,30 +333,48 @@ def submit_annotation(
         gold_correct=gold_correct(image, label=label, boxes=stored_boxes),
         idempotency_key=idempotency_key,
         request_hash=request_hash,
+        created_at=now,
     )
+    connection = session.connection()  # Core writes: no unit of work to run for four rows
     try:
-        # Everything pending goes inside the savepoint: begin_nested() flushes what is pending before
-        # it starts, so a row added outside it would fail outside the savepoint and abort the transaction.
-        with session.begin_nested():
-            if previous is not None:
-                previous.is_current = False
-            session.add(annotation)
+        annotation.id = connection.execute(_INSERT_ANSWER, _columns(annotation, _ANSWER_COLUMNS)).scalar_one()
     except IntegrityError:
-        # The same Idempotency-Key raced in from a parallel retry: answer with the row that won.
+        # The same Idempotency-Key with another image, in parallel (a retry of the same request waits on the image
+        # lock above instead): the transaction is spoilt, so start over and answer as a replay would.
+        session.rollback()
         if idempotency_key:
             earlier = _replay(session, annotator_id=principal.id, key=idempotency_key, request_hash=request_hash)
             if earlier is not None:
                 return Submitted(earlier, replayed=True)
         raise
-    if assignment is None:
-        assignment = Assignment(project_id=project.id, image_id=image.id, annotator_id=principal.id, expires_at=now)
-        session.add(assignment)
-    assignment.status = AssignmentStatus.submitted
-    assignment.updated_at = now
+    if previous is not None:
+        connection.execute(_SUPERSEDE, {"answer_id": previous.id})
+    if situation.assignment_id is None:
+        connection.execute(
+            _INSERT_ASSIGNMENT,
+            {
+                "project_id": project.id,
+                "image_id": image.id,
+                "annotator_id": principal.id,
+                "status": AssignmentStatus.submitted,
+                "expires_at": now,
+                "updated_at": now,
+            },
+        )
+    else:
+        connection.execute(_CLOSE_ASSIGNMENT, {"assignment_id": situation.assignment_id, "now": now})
     if previous is None:
         image.label_count += 1
-    refresh_consensus(session, project=project, image=image)
-    session.flush()
+    counted = {a: answer.value for a, answer in situation.answers.items() if not answer.excluded and a != principal.id}
+    if not situation.me_excluded:
+        counted[principal.id] = stored_boxes if stored_boxes is not None else label
+    apply_answers(
+        session, project=project, image=image, answers=counted, annotators=situation.annotators, fit=situation.fit
+    )
+    # The image's new state in one UPDATE; the object is let go, so no later flush writes it a second time.
+    new_state = {f"new_{name}": value for name, value in _columns(image, _IMAGE_COLUMNS).items()}
+    connection.execute(_UPDATE_IMAGE, {"image_id": image.id, **new_state})
+    session.expunge(image)
     return Submitted(annotation, replayed=False)
 
 

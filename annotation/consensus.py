@@ -296,16 +296,6 @@ def _settle_boxes(
     place_in_queue(image, annotators=annotators)
 
 
-def _refresh_boxes(session: Session, *, project: Project, image: Image, annotators: int) -> None:
-    """Recompute one detection image's current boxes from its current answers (a few rows)."""
-    rows = session.execute(
-        select(Annotation.annotator_id, Annotation.boxes).where(Annotation.image_id == image.id, Annotation.is_current)
-    ).all()
-    answers = _counted(session, project_id=project.id, answers={a: boxes or [] for a, boxes in rows})
-    picker = _box_picker(session, project=project, annotator_ids=list(answers))
-    _settle_boxes(project, project_settings(project), image, answers, annotators=annotators, pick_class=picker)
-
-
 @dataclass(frozen=True)
 class _BoxClassFit:
     annotator_ids: list[int]  # in the fit's worker order
@@ -428,21 +418,42 @@ def _update_box_consensus(session: Session, *, project: Project, images: list[Im
 
 
 def refresh_consensus(session: Session, *, project: Project, image: Image) -> None:
-    """Recompute one image's label from its current annotations and the project's last fit (a few rows)."""
+    """Recompute one image's label (or boxes) from its current annotations and the project's last fit (a few rows)."""
     annotators = annotator_members(session, project_id=project.id)
+    answers: dict[int, Any] = {}
+    if project.task_type is TaskType.detection or image.gold_label is None:
+        column = Annotation.boxes if project.task_type is TaskType.detection else Annotation.label
+        rows = session.execute(
+            select(Annotation.annotator_id, column).where(Annotation.image_id == image.id, Annotation.is_current)
+        ).all()
+        answers = _counted(session, project_id=project.id, answers=dict(rows))
+    apply_answers(session, project=project, image=image, answers=answers, annotators=annotators)
+
+
+def apply_answers(
+    session: Session,
+    *,
+    project: Project,
+    image: Image,
+    answers: Mapping[int, Any],
+    annotators: int,
+    fit: bool = True,
+) -> None:
+    """Set one image's current label (or boxes) and queue place from its counted answers ({annotator: label, or
+    boxes}, excluded annotators left out) and the project's last fit: what a submission calls with the answers it
+    already read, and ``refresh_consensus`` after reading them. ``fit=False``: the caller knows there is none."""
     if project.task_type is TaskType.detection:
-        _refresh_boxes(session, project=project, image=image, annotators=annotators)
+        boxes = {annotator: given or [] for annotator, given in answers.items()}
+        picker = _box_picker(session, project=project, annotator_ids=list(boxes)) if fit else None
+        _settle_boxes(project, project_settings(project), image, boxes, annotators=annotators, pick_class=picker)
         return
     if image.gold_label is not None:
         image.consensus_label, image.consensus_tie, image.consensus_posterior = image.gold_label, False, 1.0
         place_in_queue(image, annotators=annotators)
         return
-    rows = session.execute(
-        select(Annotation.annotator_id, Annotation.label).where(Annotation.image_id == image.id, Annotation.is_current)
-    ).all()
-    votes: dict[int, str] = _counted(session, project_id=project.id, answers=dict(rows))
-    fit = session.get(ConsensusFit, project.id) if votes else None
-    if fit is None:
+    votes: Mapping[int, str] = answers
+    fitted = session.get(ConsensusFit, project.id) if votes and fit else None
+    if fitted is None:
         vote = majority_vote(list(votes.values()), project.labels)
         image.consensus_label, image.consensus_tie, image.consensus_posterior = vote.label, vote.tie, None
     else:
@@ -455,9 +466,9 @@ def refresh_consensus(session: Session, *, project: Project, image: Image) -> No
             )
         }
         class_of = {label: k for k, label in enumerate(project.labels)}
-        newcomer = one_coin(fit.default_accuracy, len(project.labels))
-        answers = [(skills.get(annotator, newcomer), class_of[label]) for annotator, label in votes.items()]
-        ordered = np.sort(posterior := posterior_from_skills(answers, np.asarray(fit.priors)))
+        newcomer = one_coin(fitted.default_accuracy, len(project.labels))
+        given = [(skills.get(annotator, newcomer), class_of[label]) for annotator, label in votes.items()]
+        ordered = np.sort(posterior := posterior_from_skills(given, np.asarray(fitted.priors)))
         image.consensus_label = project.labels[int(posterior.argmax())]
         image.consensus_posterior = float(ordered[-1])
         image.consensus_tie = bool(ordered[-1] - ordered[-2] < TIE_TOLERANCE)

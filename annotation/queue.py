@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, and_, case, func, select, true, update
+from sqlalchemy import BindParameter, Select, and_, bindparam, case, func, insert, select, true, update
 from sqlalchemy.orm import Session
 
 from storage.errors import Conflict
@@ -48,7 +48,6 @@ class Task:
     image: Image
     lease_expires_at: datetime
     review_reason: str | None
-    prelabel: PreLabel | None
 
 
 def annotator_members(session: Session, *, project_id: int) -> int:
@@ -103,12 +102,15 @@ def _live_leases(session: Session, *, image_id: int, now: datetime, exclude: int
     )
 
 
-def _open_for(project_id: int, annotator_id: int, now: datetime) -> Select[Image]:
+def _open_query() -> Select[Image]:
     """Waiting images this annotator has never been served and that have room for one more label.
 
     One statement in serving order: a backward scan of ix_images_queue that probes the assignments
     index for each image it passes, so it stops at the first match without reading the pool.
+    Parameters: project_id, annotator_id, now.
     """
+    annotator_id: BindParameter[int] = bindparam("annotator_id")
+    now: BindParameter[datetime] = bindparam("now", type_=Assignment.expires_at.type)
     seen = (
         select(Assignment.id).where(Assignment.image_id == Image.id, Assignment.annotator_id == annotator_id).exists()
     )
@@ -124,7 +126,7 @@ def _open_for(project_id: int, annotator_id: int, now: datetime) -> Select[Image
     return (
         select(Image)
         .where(
-            Image.project_id == project_id,
+            Image.project_id == bindparam("project_id"),
             Image.queue_tier.is_not(None),
             ~seen,
             Image.label_count + live_leases < Image.labels_needed,
@@ -132,6 +134,10 @@ def _open_for(project_id: int, annotator_id: int, now: datetime) -> Select[Image
         .order_by(Image.queue_tier.desc(), Image.priority.desc(), Image.id.desc())
         .limit(1)
     )
+
+
+_OPEN = _open_query()  # built once: it runs on every task served
+_OPEN_LOCKED = _OPEN.with_for_update(skip_locked=True).execution_options(populate_existing=True)
 
 
 def _gold_candidate(session: Session, *, project: Project, annotator_id: int) -> Image | None:
@@ -148,22 +154,39 @@ def _gold_candidate(session: Session, *, project: Project, annotator_id: int) ->
     )
 
 
-def _prelabel(session: Session, image_id: int) -> PreLabel | None:
-    prediction = session.scalar(
-        select(Prediction).where(Prediction.image_id == image_id).order_by(Prediction.id.desc()).limit(1)
-    )
-    if prediction is None:
-        return None
-    return PreLabel(prediction.label, prediction.confidence, prediction.model_version)
+def stored_prelabel(session: Session, *, image_id: int) -> PreLabel | None:
+    """The newest stored prediction for the image, as a pre-label (it may come from an older model)."""
+    prediction = session.connection().execute(_NEWEST_PREDICTION, {"image_id": image_id}).first()
+    return None if prediction is None else PreLabel(*prediction)
 
 
-def _task(session: Session, image: Image, expires_at: datetime) -> Task:
-    return Task(
-        image=image,
-        lease_expires_at=expires_at,
-        review_reason=image.review_reason,
-        prelabel=_prelabel(session, image.id),
+_NEWEST_PREDICTION = (  # built once: it runs on every task served without a model
+    select(Prediction.label, Prediction.confidence, Prediction.model_version)
+    .where(Prediction.image_id == bindparam("image_id"))
+    .order_by(Prediction.id.desc())
+    .limit(1)
+)
+
+
+def _held_query() -> Select[datetime, Image]:
+    """The live lease the annotator holds in the project, with its image."""
+    return (
+        select(Assignment.expires_at, Image)
+        .join(Image, Image.id == Assignment.image_id)
+        .where(
+            Assignment.annotator_id == bindparam("annotator_id"),
+            Assignment.project_id == bindparam("project_id"),
+            Assignment.status == AssignmentStatus.leased,
+            Assignment.expires_at > bindparam("now", type_=Assignment.expires_at.type),
+        )
+        .limit(1)
     )
+
+
+# FOR NO KEY UPDATE: it does not block the foreign-key checks (FOR KEY SHARE) of inserts naming this user. A statement
+# of its own: one that also read the leases would, having waited for the lock, still read them as they were before.
+_LOCK_USER = select(User.id).where(User.id == bindparam("annotator_id")).with_for_update(key_share=True)
+_HELD = _held_query()  # built once: it runs on every task served
 
 
 LOCKED_RETRIES = 40  # looks again at most this many times while every open candidate is locked by others ...
@@ -179,23 +202,12 @@ def next_task(
     the annotator's user row is locked first, so two requests of one annotator take turns and the second sees the
     first's lease (SQLite runs one writer at a time anyway).
     """
-    # FOR NO KEY UPDATE: it does not block the foreign-key checks of inserts naming this user (FOR KEY SHARE).
-    session.execute(select(User.id).where(User.id == principal.id).with_for_update(key_share=True))
+    if session.get_bind().dialect.name != "sqlite":  # SQLite runs one writer at a time: no lock to take
+        session.execute(_LOCK_USER, {"annotator_id": principal.id})
     now = utcnow()
-    held = session.execute(
-        select(Assignment, Image)
-        .join(Image, Image.id == Assignment.image_id)
-        .where(
-            Assignment.annotator_id == principal.id,
-            Assignment.project_id == project.id,
-            Assignment.status == AssignmentStatus.leased,
-            Assignment.expires_at > now,
-        )
-        .limit(1)
-    ).first()
+    held = session.execute(_HELD, {"annotator_id": principal.id, "project_id": project.id, "now": now}).first()
     if held is not None:
-        assignment, image = held
-        return _task(session, image, assignment.expires_at)
+        return Task(held.Image, held.expires_at, held.Image.review_reason)
 
     lease = timedelta(minutes=project.settings["lease_minutes"])
     chosen: Image | None = None
@@ -205,7 +217,8 @@ def next_task(
         chosen = _first_open(session, project_id=project.id, annotator_id=principal.id, now=now)
     if chosen is None:
         return None
-    return _task(session, chosen, _lease(session, image=chosen, annotator_id=principal.id, now=now, until=now + lease))
+    until = _lease(session, image=chosen, annotator_id=principal.id, now=now, until=now + lease)
+    return Task(chosen, until, chosen.review_reason)
 
 
 def _first_open(session: Session, *, project_id: int, annotator_id: int, now: datetime) -> Image | None:
@@ -218,40 +231,35 @@ def _first_open(session: Session, *, project_id: int, annotator_id: int, now: da
     looks again after a short pause, up to ``LOCKED_RETRIES`` times, so an annotator does not get a premature 204
     while others' transactions finish. SQLite runs one writer at a time and ignores the locking clauses.
     """
+    params = {"project_id": project_id, "annotator_id": annotator_id, "now": now}
+    # SQLite: the one writer's query already counted every lease, so the capacity needs no second look.
+    recheck = session.get_bind().dialect.name != "sqlite"
     passed: set[int] = set()
     for _ in range(LOCKED_RETRIES + 1):
         while True:
-            query = _open_for(project_id, annotator_id, now)
-            if passed:
-                query = query.where(Image.id.not_in(passed))
-            image = session.scalar(query.with_for_update(skip_locked=True).execution_options(populate_existing=True))
+            query = _OPEN_LOCKED.where(Image.id.not_in(passed)) if passed else _OPEN_LOCKED
+            image = session.scalar(query, params)
             if image is None:
                 break
-            if capacity_left(session, image=image, annotator_id=annotator_id, now=now):
+            if not recheck or capacity_left(session, image=image, annotator_id=annotator_id, now=now):
                 return image
             passed.add(image.id)
-        unlocked = _open_for(project_id, annotator_id, now)
-        if passed:
-            unlocked = unlocked.where(Image.id.not_in(passed))
-        if session.scalar(unlocked) is None:  # none open at all, not only locked: nothing is left for this annotator
+        unlocked = _OPEN.where(Image.id.not_in(passed)) if passed else _OPEN
+        if session.scalar(unlocked, params) is None:  # none open at all, not only locked: nothing is left for them
             return None
         time.sleep(LOCKED_PAUSE_SECONDS)
     return None
 
 
 def _lease(session: Session, *, image: Image, annotator_id: int, now: datetime, until: datetime) -> datetime:
-    session.add(
-        Assignment(
-            project_id=image.project_id,
-            image_id=image.id,
-            annotator_id=annotator_id,
-            status=AssignmentStatus.leased,
-            leased_at=now,
-            expires_at=until,
-        )
+    row = {"project_id": image.project_id, "image_id": image.id, "annotator_id": annotator_id, "leased_at": now}
+    session.connection().execute(
+        _LEASE, {**row, "status": AssignmentStatus.leased, "expires_at": until, "updated_at": now}
     )
-    session.flush()
     return until
+
+
+_LEASE = insert(Assignment)
 
 
 def skip_task(session: Session, *, principal: Principal, project: Project, image_id: int) -> None:

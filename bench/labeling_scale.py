@@ -10,11 +10,15 @@ PostgreSQL when it is reachable. Each runs the same 16 annotators for ``--second
 * PostgreSQL, one round trip, 1 API process, then 2 (annotators split between them), in the same run.
 
 The load generator is one asyncio process writing HTTP/1.1 by hand on keep-alive connections (a few hundred
-microseconds of CPU per request, against a millisecond or more for a thread per annotator with httpx), so on
-a 2-core machine it leaves the server its core; its own CPU per label is printed beside the server's. Every
-acknowledged label is checked against the table afterwards (``bench/labeling.py``'s count check).
+microseconds of CPU per request, against a millisecond or more for a thread per annotator with httpx). On SQLite
+the API process is pinned to one core and the load generator to another (``sched_setaffinity``, what ``taskset``
+does), so the generator cannot starve the server; its own CPU share (cores) is printed beside the server's. On
+PostgreSQL nothing is pinned: the database's processes need the cores too. Each mode runs ``--repeats`` times;
+medians are printed. Every acknowledged label is checked against the table afterwards (``bench/labeling.py``'s
+count check). The SQLite rate is bounded by one fsync per label (``synchronous=FULL``, under the write lock):
+the fsync time of the data directory's disk is measured and printed with the bound it implies.
 
-Run ``.venv/bin/python bench/labeling_scale.py`` (``--quick``: 8 s per mode).
+Run ``.venv/bin/python bench/labeling_scale.py`` (``--quick``: 8 s per mode, once).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import platform
 import random
 import secrets
 import shutil
+import statistics
 import tempfile
 import time
 import uuid
@@ -153,7 +158,7 @@ class Run:
             f"[{name}] {self.mode:<14} {self.processes} API process(es): {self.rate:6,.0f} labels/s, label "
             f"p50/p99 {p50(self.label_ms):.1f}/{p99(self.label_ms):.1f} ms, server CPU "
             f"{self.server_ms_per_label:.2f} ms/label ({self.server_cpu_s / self.seconds:.2f} cores), load "
-            f"generator CPU {self.client_ms_per_label:.2f} ms/label"
+            f"generator CPU {self.client_ms_per_label:.2f} ms/label ({self.client_cpu_s / self.seconds:.2f} cores)"
         )
 
 
@@ -213,8 +218,11 @@ def run_mode(
 
 
 @contextmanager
-def api_processes(tmp: Path, database_url: str, count: int) -> Iterator[list[tuple[psutil.Process, str]]]:
-    """``count`` ``labelwheel serve`` processes (no job worker) on one database; the admin token is ``tmp``'s."""
+def api_processes(
+    tmp: Path, database_url: str, count: int, *, pin: int | None = None
+) -> Iterator[list[tuple[psutil.Process, str]]]:
+    """``count`` ``labelwheel serve`` processes (no job worker) on one database; the admin token is ``tmp``'s.
+    ``pin``: the core they run on (the load generator then keeps to the others)."""
     env = {
         **os.environ,
         "LABELWHEEL_DATA_DIR": str(tmp / "data"),
@@ -226,7 +234,16 @@ def api_processes(tmp: Path, database_url: str, count: int) -> Iterator[list[tup
     tmp.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
         started = [stack.enter_context(running_server(env, tmp / f"server{i}.log")) for i in range(count)]
-        yield [(psutil.Process(process.pid), base) for process, base in started]
+        servers = [(psutil.Process(process.pid), base) for process, base in started]
+        mine = os.sched_getaffinity(0)
+        if pin is not None:
+            for process, _ in servers:
+                process.cpu_affinity([pin])
+            os.sched_setaffinity(0, mine - {pin} or mine)
+        try:
+            yield servers
+        finally:
+            os.sched_setaffinity(0, mine)
 
 
 def admin_token(tmp: Path) -> str:
@@ -237,44 +254,82 @@ def admin_token(tmp: Path) -> str:
     return path.read_text()
 
 
-def measure(name: str, url: str, seconds: float, tmp: Path, *, scale_out: bool) -> list[Run]:
+def median_run(runs: list[Run]) -> Run:
+    """The run with the median rate, its CPU per label replaced by the median over the runs."""
+    ordered = sorted(runs, key=lambda r: r.rate)
+    middle = ordered[len(ordered) // 2]
+    server = statistics.median(r.server_ms_per_label for r in runs) * middle.labels / 1000
+    client = statistics.median(r.client_ms_per_label for r in runs) * middle.labels / 1000
+    return Run(middle.mode, middle.processes, middle.labels, middle.seconds, middle.label_ms, server, client)
+
+
+def measure(name: str, url: str, seconds: float, repeats: int, tmp: Path, *, scale_out: bool) -> list[Run]:
+    """Two calls, then one round trip (each ``repeats`` times, alternating), on one API process; on PostgreSQL then
+    one round trip on two. Returns the median run of each."""
     upgrade(url)
-    runs: list[Run] = []
     acknowledged: set[int] = set()
     unexpected: list[str] = []
-    with api_processes(tmp, url, 1) as servers:
+    pin = None if scale_out else 0
+    modes: dict[str, list[Run]] = {"two": [], "one": [], "two processes": []}
+
+    def record(key: str, result: tuple[Run, set[int], list[str]]) -> None:
+        run, acked, odd = result
+        modes[key].append(run)
+        acknowledged.update(acked)
+        unexpected.extend(odd)
+        print(run.line(name), flush=True)
+
+    with api_processes(tmp, url, 1, pin=pin) as servers:
         with httpx.Client(base_url=servers[0][1], headers={"Authorization": f"Bearer {admin_token(tmp)}"}) as admin:
             annotators = create_annotators(admin, ANNOTATORS)
             project = create_project(admin, "scale", CONCURRENT_SETTINGS, [a for a, _ in annotators])
-        images = int(seconds * 1500 * (3 if scale_out else 2)) + 5_000
+        images = int(seconds * repeats * 600 * (3 if scale_out else 2)) + 5_000
         took = insert_images(url, project_id=project, count=images, settings=CONCURRENT_SETTINGS, seed=3)
-        print(f"[{name}] inserted {images:,} waiting images in {took:.1f} s")
+        print(
+            f"[{name}] inserted {images:,} waiting images in {took:.1f} s"
+            + (
+                ""
+                if pin is None
+                else (f"; API process pinned to core {pin}, load generator to {sorted(os.sched_getaffinity(0))}")
+            )
+        )
         tokens = [token for _, token in annotators]
-        for one_trip in (False, True):
-            run, acked, odd = run_mode(servers, tokens, project, seconds, one_trip=one_trip)
-            runs.append(run)
-            acknowledged |= acked
-            unexpected += odd
-            print(run.line(name))
+        for _ in range(repeats):
+            for one_trip in (False, True):
+                record("one" if one_trip else "two", run_mode(servers, tokens, project, seconds, one_trip=one_trip))
     if scale_out:
         with api_processes(tmp, url, 2) as servers:
-            run, acked, odd = run_mode(servers, tokens, project, seconds, one_trip=True)
-            runs.append(run)
-            acknowledged |= acked
-            unexpected += odd
-            print(run.line(name))
+            for _ in range(repeats):
+                record("two processes", run_mode(servers, tokens, project, seconds, one_trip=True))
     check = count_check(url, project_id=project, acknowledged=acknowledged)
     print(f"[{name}] count check: {check}; unexpected answers: {len(unexpected)} {unexpected[:3]}")
     if not check.ok or unexpected:
         raise SystemExit(f"[{name}] labels lost, doubled or refused: {check}")
-    return runs
+    return [median_run(runs) for runs in modes.values() if runs]
 
 
-def print_summary(results: dict[str, list[Run]], seconds: float) -> None:
+def fsync_ms(directory: Path, times: int = 50) -> float:
+    """The median time of a 4 KiB write and fsync in ``directory``: what one SQLite commit waits for at least."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "fsync-probe"
+    took = []
+    with open(path, "wb") as probe:
+        for _ in range(times):
+            start = time.perf_counter()
+            probe.write(b"x" * 4096)
+            probe.flush()
+            os.fsync(probe.fileno())
+            took.append((time.perf_counter() - start) * 1000)
+    path.unlink()
+    return statistics.median(took)
+
+
+def print_summary(results: dict[str, list[Run]], seconds: float, repeats: int, fsync: float) -> None:
     print()
     print(
         f"machine: {os.cpu_count()} CPUs (nproc), {platform.platform()}, Python {platform.python_version()}; "
-        f"{ANNOTATORS} annotators, {seconds:.0f} s per mode, one load-generator process"
+        f"{ANNOTATORS} annotators, {seconds:.0f} s per mode, median of {repeats}, one load-generator process; "
+        "a shared machine: other work on it shows in these numbers"
     )
     for name, runs in results.items():
         two, one = runs[0], runs[1]
@@ -292,8 +347,13 @@ def print_summary(results: dict[str, list[Run]], seconds: float) -> None:
         if name == "SQLite":
             ok = one.rate >= TARGET_RATE and p99(one.label_ms) <= TARGET_P99_MS
             print(
-                f"{name}: one round trip {one.rate:,.0f} labels/s at p99 {p99(one.label_ms):.1f} ms; target >= "
+                f"{name}: one round trip {one.rate:,.0f} labels/s at p99 {p99(one.label_ms):.1f} ms (API process on "
+                f"its own core, load generator at {one.client_cpu_s / one.seconds:.2f} cores on the other); target >= "
                 f"{TARGET_RATE} at p99 <= {TARGET_P99_MS} ms: {'PASS' if ok else 'MISS'}"
+            )
+            print(
+                f"{name}: one fsync (synchronous=FULL, one per label, under the write lock) takes {fsync:.2f} ms "
+                f"here: at most {1000 / fsync:,.0f} labels/s before any CPU"
             )
         if len(runs) > 2:
             print(
@@ -305,21 +365,24 @@ def print_summary(results: dict[str, list[Run]], seconds: float) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="8 s per mode")
-    parser.add_argument("--seconds", type=float, help="length of each mode (default 30, quick 8)")
+    parser.add_argument("--quick", action="store_true", help="8 s per mode, once")
+    parser.add_argument("--seconds", type=float, help="length of each mode (default 20, quick 8)")
+    parser.add_argument("--repeats", type=int, help="runs of each mode, medians printed (default 3, quick 1)")
     args = parser.parse_args()
-    seconds = args.seconds or (8.0 if args.quick else 30.0)
+    seconds = args.seconds or (8.0 if args.quick else 20.0)
+    repeats = args.repeats or (1 if args.quick else 3)
     tmp = Path(tempfile.mkdtemp(prefix="labelwheel-bench-scale-"))
     results: dict[str, list[Run]] = {}
     try:
         sqlite_url = f"sqlite:///{tmp / 'sqlite' / 'labelwheel.db'}"
-        results["SQLite"] = measure("SQLite", sqlite_url, seconds, tmp / "sqlite", scale_out=False)
+        fsync = fsync_ms(tmp / "sqlite")
+        results["SQLite"] = measure("SQLite", sqlite_url, seconds, repeats, tmp / "sqlite", scale_out=False)
         with postgres_database() as url:
             if url is not None:
-                results["PostgreSQL"] = measure("PostgreSQL", url, seconds, tmp / "postgres", scale_out=True)
+                results["PostgreSQL"] = measure("PostgreSQL", url, seconds, repeats, tmp / "postgres", scale_out=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print_summary(results, seconds)
+    print_summary(results, seconds, repeats, fsync)
 
 
 if __name__ == "__main__":

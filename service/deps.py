@@ -82,6 +82,16 @@ def get_principal(
 CurrentUser = Annotated[Principal, Depends(get_principal)]
 
 
+async def bearer_token(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str | None:
+    # async: no thread-pool hop. The labeling routes check it in their own transaction, with the membership and the
+    # project in the same statement (``storage.projects.authenticate_member``): one statement per request for access.
+    return credentials.credentials if credentials else None
+
+
+BearerToken = Annotated[str | None, Depends(bearer_token)]
+"""The caller's token, unchecked: for routes that check it with ``authenticate_member`` in their own transaction."""
+
+
 def admin_user(principal: CurrentUser) -> Principal:
     require_role(principal, Role.admin)
     return principal

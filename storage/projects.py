@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator
-from sqlalchemy import and_, select
+from sqlalchemy import Text, and_, bindparam, cast, exists, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from storage.errors import Conflict, Forbidden, InvalidInput, NotFound
 from storage.models import Membership, Project, Role, TaskType, User
 from storage.names import clean_name, name_problem, nfc
-from storage.users import Principal
+from storage.users import Principal, authenticate_row, hash_token
 
 MIN_LABELS, MAX_LABELS, MAX_LABEL_LENGTH, MAX_PROJECT_NAME_LENGTH = 2, 1000, 100, 200
 MAX_BOXES = 10_000  # the most boxes one detection answer may hold, whatever a project's max_boxes says
@@ -257,6 +258,13 @@ class ProjectSettings(BaseModel):
         description="Detection projects only: a box matched to the consensus below this IoU counts as loose on the "
         "annotator's scorecard.",
     )
+    quality_report_interval_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        le=86_400,
+        description="The Quality page's agreement figures and scorecards are recomputed by a job as labels arrive, "
+        "at most once per this many seconds (on a large project each computation takes seconds).",
+    )
     hotkeys: dict[str, HotKey | None] = Field(
         default_factory=dict,
         description="Keys of the labeling page, {label: key}: one printable character each, unique, not s or u "
@@ -371,6 +379,68 @@ def get_project(session: Session, *, principal: Principal, project_id: int) -> P
     if project is None:
         raise _not_found(project_id)
     return project
+
+
+# A project's snapshot for the labeling hot path, keyed by everything it holds: a changed label set or setting is a
+# new key, never a stale hit, in this process or another. Read-only: shared between requests.
+_SNAPSHOTS: dict[tuple[Any, ...], Project] = {}
+_SNAPSHOTS_KEPT = 256
+
+
+def _member_query() -> Any:
+    member = exists().where(Membership.project_id == Project.id, Membership.user_id == User.id)
+    visible = and_(Project.id == bindparam("project_id"), or_(User.role == Role.admin, member))
+    return (
+        select(
+            User.id,
+            User.name,
+            User.role,
+            Project.id,
+            Project.name,
+            Project.task_type,
+            cast(Project.labels, Text),
+            cast(Project.settings, Text),
+            Project.created_at,
+        )
+        .select_from(User)
+        .outerjoin(Project, visible)
+        .where(User.token_hash == bindparam("token_hash"))
+    )
+
+
+_MEMBER = _member_query()  # built once: it runs on every labeling request
+
+
+def authenticate_member(session: Session, *, token: str | None, project_id: int) -> tuple[Principal, Project]:
+    """The caller and the project they are a member of (any role), in one statement: what every labeling request
+    checks. The token is looked up every time (a rotated token or a removed member stops at once); only the project's
+    parsed labels and settings are reused, keyed by their stored text. 401 as ``authenticate``, 404 as
+    ``get_project``. The project is a detached snapshot: read it, never change it."""
+    row = (
+        session.connection()
+        .execute(_MEMBER, {"token_hash": hash_token(token) if token else "", "project_id": project_id})
+        .first()
+    )
+    principal = authenticate_row(token, None if row is None else row[:3])
+    assert row is not None  # authenticate_row raised otherwise
+    if row[3] is None:
+        raise _not_found(project_id)
+    key = tuple(row[3:])
+    project = _SNAPSHOTS.get(key)
+    if project is None:
+        id_, name, task_type, labels, settings, created_at = key
+        project = Project(
+            id=id_,
+            name=name,
+            task_type=task_type,
+            labels=json.loads(labels),
+            settings=json.loads(settings),
+            created_at=created_at,
+        )
+        if len(_SNAPSHOTS) >= _SNAPSHOTS_KEPT:
+            _SNAPSHOTS.clear()
+        _SNAPSHOTS[key] = project
+    return principal, project
 
 
 def get_project_by_name(session: Session, *, name: str) -> Project:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -121,12 +123,17 @@ def rotate_token(session: Session, *, name: str) -> str:
 
 
 def authenticate(session: Session, *, token: str | None) -> Principal:
+    query = select(User.id, User.name, User.role).where(User.token_hash == hash_token(token)) if token else None
+    return authenticate_row(token, None if query is None else session.execute(query).first())
+
+
+def authenticate_row(token: str | None, row: Sequence[Any] | None) -> Principal:
+    """The caller from the (id, name, role) their token's hash found; Unauthorized without a token or a row."""
     if not token:
         raise Unauthorized("missing API token: send the header 'Authorization: Bearer <token>'", code="missing_token")
-    user = session.scalar(select(User).where(User.token_hash == hash_token(token)))
-    if user is None:
+    if row is None:
         raise Unauthorized("invalid API token: check it, or ask an admin for a new one", code="invalid_token")
-    return _principal(user)
+    return Principal(id=row[0], name=row[1], role=row[2])
 
 
 def ensure_admin(session: Session, *, token: str | None, name: str = "admin") -> str | None:

@@ -30,8 +30,18 @@ from sqlalchemy import select
 
 from service.launcher import LABELWHEEL, running_server
 from storage.db import Database
-from storage.models import Annotation, Image, Job, JobKind, JobStatus, ModelKind, ModelVersion, Role
-from tests.digits import digit_project
+from storage.models import (
+    Annotation,
+    Image,
+    Job,
+    JobKind,
+    JobStatus,
+    ModelKind,
+    ModelStatus,
+    ModelVersion,
+    Role,
+)
+from tests.digits import digit_project, digits
 from tests.factories import Account
 from tests.test_blobs import new_bucket
 from tests.test_worker import start_worker, stop_worker
@@ -223,6 +233,14 @@ def test_two_replicas_and_two_workers_survive_a_sigkill_each_and_lose_or_double_
             images = list(session.scalars(select(Image).where(Image.project_id == project["id"])))
             models = list(session.scalars(select(ModelVersion).where(ModelVersion.project_id == project["id"])))
         health = httpx.get(f"{base_b}/health", timeout=30)
+        champion = max((m for m in models if m.status is ModelStatus.champion), key=lambda m: m.id)
+        png = digits()[0][0]
+        predicted = httpx.post(
+            f"{base_b}/api/v1/projects/{project['id']}/predict",
+            files=[("files", ("x.png", png, "image/png"))],
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+            timeout=30,
+        )
     finally:
         db.dispose()
 
@@ -251,6 +269,9 @@ def test_two_replicas_and_two_workers_survive_a_sigkill_each_and_lose_or_double_
     assert all(made[j.id] == 1 for j in trainings) and sum(made.values()) == len(trainings), made
     failed = [(j.kind, j.error) for j in jobs if j.status is not JobStatus.succeeded]
     assert not failed, failed
+    # The surviving replica serves the champion the workers made (or a refresh of it), its files read from S3.
+    serving = {champion.id} | {m.id for m in models if m.kind is ModelKind.refresh and m.parent_id == champion.id}
+    assert predicted.status_code == 200 and predicted.json()["model_id"] in serving, predicted.text
 
     # The images and the models' files are on the S3 server.
     s3 = boto3.client(

@@ -4,6 +4,11 @@ figures (pycocotools) against a baseline, exported to ONNX checked against PyTor
 from __future__ import annotations
 
 import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from storage.models import ModelVersion
+from storage.settings import load_settings
 
 
 def test_a_detector_trains_in_the_job_and_its_card_shows_coco_figures_errors_and_the_decision(detector):
@@ -20,7 +25,14 @@ def test_a_detector_trains_in_the_job_and_its_card_shows_coco_figures_errors_and
     for figures in metrics["per_class"].values():
         assert figures["objects"] > 0 and 0 <= figures["ap"] <= figures["ap50"] <= 1 and 0 <= figures["recall"] <= 1
     assert set(metrics["errors"]) == {"missed", "false_boxes", "wrong_class", "poor_localization"}
-    assert all(set(e) == {"image_id", *metrics["errors"]} for e in metrics["error_images"])
+    # The worst error images carry what the console's gallery draws: the snapshot's boxes and the detector's.
+    assert all(set(e) == {"image_id", "truth", "predicted", *metrics["errors"]} for e in metrics["error_images"][:100])
+    for entry in metrics["error_images"]:
+        assert entry["truth"] == detector.truth[entry["image_id"]]  # the consensus boxes are the annotator's
+        assert all(
+            box["label"] in ("square", "disc") and box["score"] >= metrics["operating_score"]
+            for box in entry["predicted"]
+        )
     assert metrics["onnx_check"]["min_iou"] >= 0.99 and metrics["onnx_check"]["max_score_difference"] <= 1e-4
     assert metrics["onnx_check"]["boxes_compared"] > 0
     decision = card["decision"]
@@ -78,6 +90,21 @@ def test_predict_answers_boxes_and_tasks_carry_box_prelabels_from_the_onnx_detec
 
     no_files = client.post(f"{path}/predict", files=[("files", ("x.png", b""))], headers=detector.engineer.headers)
     assert no_files.status_code == 422 and no_files.json()["error"]["code"] == "empty_file"
+
+    # The detector's files break (a fresh process loads them): tasks still come, without boxes; /predict says so.
+    settings = detector.app.state.runtime.settings
+    with detector.app.state.runtime.db.read_session() as session:
+        onnx = session.get_one(ModelVersion, detector.champion_id).onnx_sha256
+    detector.app.state.runtime.blobs.path(onnx).write_bytes(b"not an onnx model")
+    broken = create_app(
+        load_settings(data_dir=settings.data_dir, database_url=settings.resolved_database_url), migrate=False
+    )
+    with TestClient(broken) as restarted:
+        task = restarted.get(f"{path}/tasks/next", headers=detector.annotator.headers)
+        assert task.status_code == 200 and task.json()["prelabel_boxes"] is None, task.text
+        unavailable = restarted.post(f"{path}/predict", files=files[:1], headers=detector.engineer.headers)
+        assert unavailable.status_code == 503 and unavailable.json()["error"]["code"] == "model_unavailable"
+    broken.state.runtime.db.dispose()
 
 
 def test_the_human_reference_of_a_detection_project_is_box_f1_against_consensus_on_test_images(app, client, admin):
@@ -156,6 +183,7 @@ def test_mining_puts_uncertain_images_first_and_sends_contradicted_boxes_back(de
 
 def test_a_second_detector_is_judged_against_the_champion_on_the_same_test_images(detector):
     from tests.jobs import run
+    from tests.shapes import scenes
 
     client, engineer = detector.client, detector.engineer
     path = f"/api/v1/projects/{detector.project['id']}"
@@ -176,3 +204,13 @@ def test_a_second_detector_is_judged_against_the_champion_on_the_same_test_image
         f"/api/v1/models/{detector.champion_id}/promote", json={"reason": "rollback"}, headers=engineer.headers
     )
     assert rollback.status_code == 200 and rollback.json()["status"] == "champion"
+
+    # The champion's file goes missing: the detector before it answers, and says so; pre-labels come from it too.
+    with detector.app.state.runtime.db.session() as session:
+        session.get_one(ModelVersion, detector.champion_id).onnx_sha256 = "0" * 64
+    ((png, _),) = scenes(1, seed=7)
+    answer = client.post(f"{path}/predict", files=[("files", ("a.png", png))], headers=engineer.headers).json()
+    assert (answer["model_id"], answer["fallback"]) == (result["model_id"], True), answer
+    assert f"model {detector.champion_id} cannot answer" in answer["fallback_reason"]
+    task = client.get(f"{path}/tasks/next", headers=detector.annotator.headers).json()
+    assert task["prelabel_boxes"]["model_version"] == f"model-{result['model_id']}"

@@ -9,6 +9,7 @@ import logging
 import shutil
 
 import numpy as np
+import pytest
 from fastapi.testclient import TestClient
 from PIL import Image as PILImage
 from sqlalchemy import func, select
@@ -17,6 +18,7 @@ from service.app import create_app
 from storage.models import Image, ImageSource, ModelVersion, PredictionLog
 from storage.settings import load_settings
 from tests.digits import digits
+from tests.factories import make_project
 from tests.jobs import run
 
 
@@ -127,10 +129,12 @@ def second_model(trained) -> int:
 
 
 def test_a_champion_with_broken_files_hands_over_to_the_one_before_until_they_are_back(trained, tmp_path, caplog):
+    """First as a canary: a canary that cannot answer leaves its share to the champion, which is no fallback."""
     project_id, engineer = trained.project["id"], trained.engineer.headers
     second = second_model(trained)
-    promoted = trained.client.post(f"/api/v1/models/{second}/promote", json={"reason": "test"}, headers=engineer)
-    assert promoted.status_code == 200, promoted.text
+    canary = {"mode": "canary", "share": 1.0}
+    deployed = trained.client.put(f"/api/v1/models/{second}/deployment", json=canary, headers=engineer)
+    assert deployed.status_code == 200, deployed.text
 
     settings = trained.app.state.runtime.settings
     app = create_app(
@@ -143,6 +147,12 @@ def test_a_champion_with_broken_files_hands_over_to_the_one_before_until_they_ar
     stored = app.state.runtime.blobs.read_bytes(onnx)
     path = app.state.runtime.blobs.path(onnx)
     path.write_bytes(b"not an onnx model")
+
+    answer = predict(trained, unseen(2), client)
+    assert (answer["model_id"], answer["fallback"]) == (trained.champion_id, False)
+    assert client.get("/health").json()["status"] == "ok"
+    promoted = trained.client.post(f"/api/v1/models/{second}/promote", json={"reason": "test"}, headers=engineer)
+    assert promoted.status_code == 200, promoted.text
 
     with caplog.at_level(logging.ERROR, logger="flywheel.serving.inference"):
         answer = predict(trained, unseen(2), client)
@@ -218,6 +228,11 @@ def test_a_drift_job_tells_a_shifted_window_from_an_unshifted_one(trained):
         f"/api/v1/projects/{project_id}/schedules", json={"drift": "0 * * * *"}, headers=engineer
     )
     assert nightly.status_code == 200 and [s["kind"] for s in nightly.json()] == ["drift"], nightly.text
+
+    monitoring(trained, drift_window_hours=1)  # by time instead of count: both windows are in the last hour
+    assert job("drift")["status"] == "succeeded"
+    latest = trained.client.get(f"/api/v1/projects/{project_id}/drift", headers=engineer).json()["points"][-1]
+    assert latest["predictions"] == len(pool) and latest["status"] == "drift"
 
 
 def test_shadow_and_canary_models_meet_the_same_traffic_and_are_compared_then_promoted(trained):
@@ -321,3 +336,51 @@ def test_a_distilled_student_and_an_int8_model_are_registered_with_lineage_and_s
         assert promoted.status_code == 200, promoted.text
         answer = predict(trained, [("edge.png", pngs[500])])
         assert answer["model_id"] == model["id"] and not answer["fallback"]
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_two_models_made_canary_at_once_leave_one_canary(app, client, admin):
+    """The second of two concurrent requests waits for the first and is told the project has its canary."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from flywheel.serving.registry import Deployment, deploy
+    from storage.errors import Conflict
+    from storage.models import ModelKind, ModelStatus
+
+    project = make_project(client, admin)
+    db = app.state.runtime.db
+    with db.session() as session:
+        rows = [
+            ModelVersion(
+                project_id=project["id"],
+                kind=ModelKind.full,
+                status=ModelStatus.candidate,
+                architecture="small_cnn",
+                input_size=32,
+                labels=project["labels"],
+                hyperparameters={},
+                seed=0,
+                onnx_sha256="0" * 64,
+                head_sha256="1" * 64,
+            )
+            for _ in range(2)
+        ]
+        session.add_all(rows)
+        session.flush()
+        first_id, second_id = (row.id for row in rows)
+
+    def make_canary(model_id: int) -> None:
+        with db.session() as session:
+            deploy(session, model=session.get(ModelVersion, model_id), mode=Deployment.canary, share=0.1)
+
+    with ThreadPoolExecutor(1) as other:
+        with db.session() as session:
+            deploy(session, model=session.get(ModelVersion, first_id), mode=Deployment.canary, share=0.1)
+            second = other.submit(make_canary, second_id)  # waits on the project row until this session commits
+            with pytest.raises(TimeoutError):
+                second.result(timeout=0.5)
+        with pytest.raises(Conflict, match=f"model {first_id} is the project's canary already"):
+            second.result(timeout=30)
+    with db.read_session() as session:
+        canaries = session.scalars(select(ModelVersion.id).where(ModelVersion.deployment == "canary")).all()
+    assert canaries == [first_id]

@@ -15,6 +15,7 @@ import httpx
 import pytest
 from PIL import Image, ImageDraw
 from playwright.sync_api import Browser, ConsoleMessage, Page, Route, expect, sync_playwright
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from storage.db import Database
 from storage.models import Prediction
@@ -166,11 +167,20 @@ def shown_image(page: Page) -> int:
 
 
 def press(page: Page, key: str, *, posts_to: str, status: int) -> httpx.Headers:
-    """Press a shortcut, wait for its POST and for the page to settle; the request's headers come back."""
-    with page.expect_response(
-        lambda r: r.request.method == "POST" and urlsplit(r.url).path.endswith(posts_to)
-    ) as answer:
-        page.keyboard.press(key)
+    """Press a shortcut, wait for its POST and for the page to settle; the request's headers come back. When no
+    POST comes, the failure says what the page was doing (busy, its message, the focused element)."""
+    try:
+        with page.expect_response(
+            lambda r: r.request.method == "POST" and urlsplit(r.url).path.endswith(posts_to)
+        ) as answer:
+            page.keyboard.press(key)
+    except PlaywrightTimeoutError as error:
+        seen = page.evaluate(
+            """() => ({busy: document.getElementById("workspace").getAttribute("aria-busy"),
+                      message: document.getElementById("message").textContent,
+                      focused: document.activeElement?.outerHTML.slice(0, 120)})"""
+        )
+        raise AssertionError(f"pressing {key} sent no POST to {posts_to}; the page then: {seen}") from error
     assert answer.value.status == status, answer.value.text()
     expect(page.locator("#workspace")).to_have_attribute("aria-busy", "false")
     return httpx.Headers(answer.value.request.headers)

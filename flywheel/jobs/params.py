@@ -64,6 +64,10 @@ class DistillParams(JobParams):
     """None: the champion teaches a student made by the project's ``distillation`` settings."""
 
 
+class QualityReportParams(JobParams):
+    """None: agreement and scorecards over every current label."""
+
+
 class QuantizeParams(JobParams):
     model_id: Whole = Field(ge=1, description="The model whose ONNX file becomes int8.")
     calibration_images: Whole = Field(default=200, ge=16, le=10_000, description="Project images to calibrate on.")
@@ -102,6 +106,7 @@ PARAMS: dict[JobKind, type[JobParams]] = {
     JobKind.drift: DriftParams,
     JobKind.distill: DistillParams,
     JobKind.quantize: QuantizeParams,
+    JobKind.quality_report: QualityReportParams,
 }
 
 P = TypeVar("P", bound=JobParams)

@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 from flywheel.serving.detection import ScoredBox, run_detector, scored_boxes
 from flywheel.serving.heads import head_probabilities, read_head
 from flywheel.serving.preprocess import normalize, to_array
-from flywheel.serving.registry import serving_candidates, serving_model
+from flywheel.serving.registry import serving_candidates
 from storage.blobs import BlobStore
 from storage.errors import Conflict, LabelwheelError, StorageUnavailable
 from storage.ingest import Limits, decode_uploads
@@ -250,38 +250,69 @@ class Predictor:
         answers = [_answer(row, model.labels) for row in head_probabilities(embeddings, weight, bias)]
         return Served(model, backbone, answers, embeddings)
 
-    def detect(
-        self, session: Session, *, project_id: int, uploads: Sequence[tuple[str, IO[bytes]]], limits: Limits
-    ) -> tuple[ModelVersion, list[list[ScoredBox]]]:
-        """A detection project's boxes for uploaded images (in pixels of each upright image), checked and decoded
-        as ``predict`` does, with the detector that found them (the champion: detectors have no fallback yet)."""
-        model = self._candidates(session, project_id)[0]
+    def _detector(self, model: ModelVersion) -> ort.InferenceSession:
+        """The detector's loaded ONNX session; raises when its file cannot be used (as ``_ready``)."""
+        with self._lock:
+            broken = self._broken.get(model.id)
+        if broken is not None and time.monotonic() - broken[1] < self._retry_seconds:
+            raise _Broken(broken[0])
         if model.onnx_sha256 is None:
             raise Conflict(f"model {model.id} has no ONNX file yet; try again shortly", code="model_not_ready")
-        arrays = _arrays(uploads, limits, model.input_size)  # every file checked here, first
-        sizes = [upright_header_size(stream) for _, stream in uploads]
-        found = run_detector(self._session(model.onnx_sha256), arrays)
-        return model, [
-            scored_boxes(d, labels=model.labels, width=w, height=h, input_size=model.input_size)
-            for d, (w, h) in zip(found, sizes, strict=True)
-        ]
+        return self._session(model.onnx_sha256)
+
+    def detect(
+        self, session: Session, *, project_id: int, uploads: Sequence[tuple[str, IO[bytes]]], limits: Limits
+    ) -> tuple[ModelVersion, list[list[ScoredBox]], str | None]:
+        """A detection project's boxes for uploaded images (in pixels of each upright image), checked and decoded
+        as ``predict`` does, with the detector that found them and why the ones before it in line could not (None
+        when the serving detector answered)."""
+        problems: list[str] = []
+        not_ready: Conflict | None = None
+        arrays: dict[int, np.ndarray] = {}
+        for model in self._candidates(session, project_id):
+            try:
+                detector = self._detector(model)
+            except Exception as exc:  # missing or broken file: the next detector answers
+                problems.append(self._failed(project_id, model, exc))
+                not_ready = not_ready or (exc if isinstance(exc, Conflict) else None)
+                continue
+            if model.input_size not in arrays:
+                arrays[model.input_size] = _arrays(uploads, limits, model.input_size)  # every file checked first
+            try:
+                found = run_detector(detector, arrays[model.input_size])
+            except Exception as exc:  # a detector that loads but fails to run
+                problems.append(self._failed(project_id, model, exc))
+                continue
+            sizes = [upright_header_size(stream) for _, stream in uploads]
+            boxes = [
+                scored_boxes(d, labels=model.labels, width=w, height=h, input_size=model.input_size)
+                for d, (w, h) in zip(found, sizes, strict=True)
+            ]
+            return model, boxes, self._answered(project_id, model, problems)
+        if not_ready is not None and len(problems) == 1:
+            raise not_ready
+        raise ModelUnavailable(
+            f"no detector of project {project_id} can answer: {'; '.join(problems)}; restore the files or promote "
+            "another model"
+        )
 
     def prelabel_boxes(self, session: Session, *, image: Image) -> tuple[ModelVersion, list[ScoredBox]] | None:
-        """The serving detector's boxes for a stored image; None when the project has no detector yet."""
-        model = serving_model(session, project_id=image.project_id)
-        if model is None or model.onnx_sha256 is None:
-            return None
-        try:
-            with self._blobs.open(image.sha256) as stream, PILImage.open(stream) as decoded:
-                array = to_array(decoded, model.input_size)
-            (found,) = run_detector(self._session(model.onnx_sha256), array[None])
-        except Exception:  # a pre-label is a hint: the task is served without one
-            log.exception(
-                "project %s: detector %s gave no pre-label for image %s", image.project_id, model.id, image.id
-            )
-            return None
-        width, height = image.upright_size
-        return model, scored_boxes(found, labels=model.labels, width=width, height=height, input_size=model.input_size)
+        """The boxes of the first detector in line that can give them for a stored image; None without any."""
+        problems: list[str] = []
+        for model in serving_candidates(session, project_id=image.project_id):
+            try:
+                detector = self._detector(model)
+                with self._blobs.open(image.sha256) as stream, PILImage.open(stream) as decoded:
+                    array = to_array(decoded, model.input_size)
+                (found,) = run_detector(detector, array[None])
+            except Exception as exc:  # a pre-label is a hint: the next detector gives it, or the task goes without
+                problems.append(self._failed(image.project_id, model, exc))
+                continue
+            self._answered(image.project_id, model, problems)
+            width, height = image.upright_size
+            boxes = scored_boxes(found, labels=model.labels, width=width, height=height, input_size=model.input_size)
+            return model, boxes
+        return None
 
     def prelabel(self, session: Session, *, image: Image) -> tuple[ModelVersion, Answer, str | None] | None:
         """The answer for a stored image of the first model in line that can give one (from the image's cached

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from annotation.queue import PreLabel, Task
+from annotation.queue import PreLabel, Task, stored_prelabel
 from flywheel.serving.detection import ScoredBox
 from flywheel.serving.inference import Predictor, model_version
 
@@ -14,7 +14,7 @@ def prelabel_for(session: Session, predictor: Predictor, *, task: Task) -> PreLa
     stored prediction, which may come from an older model; None when neither exists."""
     live = predictor.prelabel(session, image=task.image)
     if live is None:
-        return task.prelabel
+        return stored_prelabel(session, image_id=task.image.id)
     model, answer, fallback = live
     return PreLabel(answer.label, answer.confidence, model_version(model), fallback)
 

@@ -12,15 +12,15 @@ from enum import StrEnum
 from functools import partial
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
-from annotation.reports import human_reference
+from annotation.quality_reports import card_human_reference
 from flywheel.serving.preprocess import MEAN, PREPROCESSING, STD
 from storage.blobs import BlobStore
 from storage.db import after_commit
 from storage.errors import Conflict, Gone, NotFound
-from storage.models import DatasetSnapshot, ModelKind, ModelStatus, ModelVersion, utcnow
+from storage.models import DatasetSnapshot, ModelKind, ModelStatus, ModelVersion, Project, utcnow
 
 PROMOTABLE = frozenset({ModelStatus.candidate, ModelStatus.retired, ModelStatus.champion})
 
@@ -60,15 +60,19 @@ def get_model(session: Session, *, model_id: int) -> ModelVersion:
     return model
 
 
+_CHAMPION = select(ModelVersion).where(  # built once: every task served asks it for its pre-label
+    ModelVersion.project_id == bindparam("project_id"), ModelVersion.status == ModelStatus.champion
+)
+
+
 def champion(session: Session, *, project_id: int) -> ModelVersion | None:
-    return session.scalars(
-        select(ModelVersion).where(ModelVersion.project_id == project_id, ModelVersion.status == ModelStatus.champion)
-    ).first()
+    return session.scalars(_CHAMPION, {"project_id": project_id}).first()
 
 
-def serving_model(session: Session, *, project_id: int) -> ModelVersion | None:
-    """What answers predictions and pre-labels: the champion's newest refreshed head, else the champion."""
-    best = champion(session, project_id=project_id)
+def serving_model(session: Session, *, project_id: int, best: ModelVersion | None = None) -> ModelVersion | None:
+    """What answers predictions and pre-labels: the champion's newest refreshed head, else the champion (``best``,
+    when the caller has it already)."""
+    best = best or champion(session, project_id=project_id)
     if best is None:
         return None
     refreshed = session.scalars(
@@ -91,7 +95,7 @@ def serving_candidates(session: Session, *, project_id: int, earlier: int = 2) -
     best = champion(session, project_id=project_id)
     if best is None:
         return []
-    serving = serving_model(session, project_id=project_id)
+    serving = serving_model(session, project_id=project_id, best=best)
     found = [serving] if serving is not None and serving.id != best.id else []
     found.append(best)
     model = best
@@ -162,6 +166,9 @@ def deploy(session: Session, *, model: ModelVersion, mode: Deployment | None, sh
         if model.onnx_sha256 is None or model.head_sha256 is None:
             raise Conflict(f"model {model.id} has no ONNX file to serve with", code="model_not_ready")
         if mode is Deployment.canary:
+            # Two requests making two models canary at once take turns on the project row (PostgreSQL; SQLite
+            # writers take turns anyway), so the second one sees the first's canary.
+            session.execute(select(Project.id).where(Project.id == model.project_id).with_for_update())
             other = session.scalars(
                 select(ModelVersion).where(
                     ModelVersion.project_id == model.project_id,
@@ -255,7 +262,7 @@ def model_card(session: Session, *, model: ModelVersion) -> dict[str, Any]:
         "lineage": lineage,
         "metrics": model.metrics,
         # The annotators' accuracy against consensus on the test images, beside the model's, now.
-        "human_reference": human_reference(session, model.project_id),
+        "human_reference": card_human_reference(session, project_id=model.project_id),
         "decision": model.decision,
         "artefacts": {
             "weights_sha256": model.weights_sha256,

@@ -4,16 +4,17 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response, status
 from fastapi.responses import JSONResponse
-from sqlalchemy.orm import Session
 
 from annotation.annotations import list_annotations, project_image, submit_annotation, visible_annotator
 from annotation.box_answers import DrawnBox
 from annotation.curation import gold_scores, send_for_review, set_gold
 from annotation.labels import current_labels
 from annotation.queue import Task, next_task, progress, skip_task
+from flywheel.quality import recompute_reports_soon
 from flywheel.serving.prelabels import prelabel_boxes_for, prelabel_for
 from service.deps import (
     AdminProjectForWrite,
+    BearerToken,
     CurrentUser,
     EngineerProject,
     EngineerProjectForWrite,
@@ -24,7 +25,7 @@ from service.deps import (
     RuntimeDep,
     SessionDep,
 )
-from service.schemas.common import ERROR_RESPONSES, MAX_ID, ImageId, Limit
+from service.schemas.common import ERROR_RESPONSES, MAX_ID, ImageId, Limit, ProjectId
 from service.schemas.images import ImageRead
 from service.schemas.labeling import (
     AnnotationAndNext,
@@ -45,19 +46,23 @@ from service.schemas.labeling import (
     ScoredBoxRead,
     TaskRead,
 )
-from storage.db import after_commit
+from storage.db import after_commit, commit_between_locks
 from storage.models import TaskType
+from storage.projects import authenticate_member
 
 
 def _boxes(given: list[BoxCreate] | None) -> list[DrawnBox] | None:
     return None if given is None else [DrawnBox(**b.model_dump()) for b in given]
 
 
-def _task_read(session: Session, runtime: Runtime, task: Task, *, detection: bool) -> TaskRead:
-    """A task with its pre-label: the serving classifier's label, or in a detection project the detector's boxes."""
+def _task_read(runtime: Runtime, task: Task, *, detection: bool) -> TaskRead:
+    """A task with its pre-label: the serving classifier's label, or in a detection project the detector's boxes.
+    Called once the lease is committed: a model's inference never holds SQLite's write lock or PostgreSQL's row
+    locks."""
     image = task.image
-    prelabel = None if detection else prelabel_for(session, runtime.predictor, task=task)
-    boxes = prelabel_boxes_for(session, runtime.predictor, task=task) if detection else None
+    with runtime.db.read_session() as session:
+        prelabel = None if detection else prelabel_for(session, runtime.predictor, task=task)
+        boxes = prelabel_boxes_for(session, runtime.predictor, task=task) if detection else None
     width, height = image.upright_size
     return TaskRead(
         image_id=image.id,
@@ -92,17 +97,18 @@ After = Annotated[int | None, Query(ge=0, le=MAX_ID, description="Return items w
     response_model=TaskRead,
     responses={204: {"description": "Nothing left to label for you."}},
 )
-def next_(
-    project: MemberProjectForWrite, session: SessionDep, principal: CurrentUser, runtime: RuntimeDep
-) -> TaskRead | Response:
+def next_(project_id: ProjectId, token: BearerToken, runtime: RuntimeDep) -> Response:
     """Leases the most useful image you have not been served yet: images that still need labels for overlap first,
     then images sent back for review, then by priority (mining). The lease lasts `lease_minutes`; asking again while
     you hold one returns the same task. 204 when nothing is left for you; `GET .../progress` then says what still
     waits and why."""
-    task = next_task(session, principal=principal, project=project)
+    with runtime.db.session() as session:
+        principal, project = authenticate_member(session, token=token, project_id=project_id)
+        task = next_task(session, principal=principal, project=project)
     if task is None:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
-    return _task_read(session, runtime, task, detection=project.task_type is TaskType.detection)
+    payload = _task_read(runtime, task, detection=project.task_type is TaskType.detection)
+    return JSONResponse(payload.model_dump(mode="json"))
 
 
 @router.post(
@@ -121,10 +127,9 @@ def skip(project: MemberProjectForWrite, image_id: ImageId, session: SessionDep,
     responses={200: {"model": AnnotationRead | AnnotationAndNext, "description": "A replay of an earlier request."}},
 )
 def submit(
-    project: MemberProjectForWrite,
+    project_id: ProjectId,
+    token: BearerToken,
     body: AnnotationCreate,
-    session: SessionDep,
-    principal: CurrentUser,
     runtime: RuntimeDep,
     idempotency_key: Annotated[
         str | None, Header(max_length=200, description="Retries with the same key store the label once.")
@@ -148,31 +153,34 @@ def submit(
     .../tasks/next` would answer right after (`next_task` null where it would answer 204). A retry with the same
     `Idempotency-Key` gets the same annotation and the task you hold then (the same one, unless its lease ended: then
     a fresh one), so you never hold two leases."""
-    result = submit_annotation(
-        session,
-        principal=principal,
-        project=project,
-        image_id=body.image_id,
-        label=body.label,
-        boxes=_boxes(body.boxes),
-        duration_ms=body.duration_ms,
-        idempotency_key=idempotency_key,
-    )
-    if not result.replayed:
-        after_commit(session, lambda: runtime.notifier.labels_changed(project.id))  # the flywheel decides, not us
-    stored = AnnotationRead.model_validate(result.annotation)
+    with runtime.db.session() as session:
+        principal, project = authenticate_member(session, token=token, project_id=project_id)
+        result = submit_annotation(
+            session,
+            principal=principal,
+            project=project,
+            image_id=body.image_id,
+            label=body.label,
+            boxes=_boxes(body.boxes),
+            duration_ms=body.duration_ms,
+            idempotency_key=idempotency_key,
+        )
+        if not result.replayed:
+            after_commit(session, lambda: runtime.notifier.labels_changed(project.id))  # the flywheel decides, not us
+        stored = AnnotationRead.model_validate(result.annotation)
+        task = None
+        if and_next:
+            # On PostgreSQL the answer is committed before the next lease is taken (waiting for another image's row
+            # lock while holding the answered one's deadlocks): should the lease then fail, the answer stays stored
+            # (a retry replays it) but the flywheel hears of it at the next one.
+            commit_between_locks(session)
+            task = next_task(session, principal=principal, project=project)
+    # Shaped once the transaction has committed (on SQLite, once the write lock is free for the next writer).
     answer: AnnotationRead | AnnotationAndNext = stored
     if and_next:
-        # The answer is committed before the next lease is taken: waiting for another image's row lock while holding
-        # the answered one's (PostgreSQL) deadlocks with an annotator doing the same the other way round. Should the
-        # lease then fail, the answer stays stored (a retry replays it) but the flywheel hears of it at the next one.
-        session.commit()
-        task = next_task(session, principal=principal, project=project)
+        detection = project.task_type is TaskType.detection
         answer = AnnotationAndNext(
-            annotation=stored,
-            next_task=_task_read(session, runtime, task, detection=project.task_type is TaskType.detection)
-            if task
-            else None,
+            annotation=stored, next_task=_task_read(runtime, task, detection=detection) if task else None
         )
     payload = answer.model_dump(mode="json")
     return JSONResponse(payload, status_code=status.HTTP_200_OK if result.replayed else status.HTTP_201_CREATED)
@@ -242,12 +250,13 @@ def labels(
 
 
 @router.put("/gold", summary="Mark an image as a gold question with its known answer (admin)")
-def gold(project: AdminProjectForWrite, body: GoldSet, session: SessionDep) -> ImageRead:
+def gold(project: AdminProjectForWrite, body: GoldSet, session: SessionDep, runtime: RuntimeDep) -> ImageRead:
     """Makes the image a gold question: it is served at `gold_rate`, once to each annotator, and their answers are
     scored against this answer, which is also the image's label. In a detection project the answer is `boxes`; an
     answer is correct when each of its boxes matches one gold box of the same label with an IoU of at least 0.5
     (one to one, greedily by IoU) and none is left over on either side."""
     image = set_gold(session, project=project, image_id=body.image_id, label=body.label, boxes=_boxes(body.boxes))
+    recompute_reports_soon(session, project_id=project.id, transport=runtime.transport, trigger="gold answer")
     return ImageRead.model_validate(image)
 
 

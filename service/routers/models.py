@@ -141,15 +141,18 @@ def predict(
     confidence and probability per label, with the model version that answered. When the serving model's files
     are missing or broken an older model answers and says so (`fallback`). After the answer, each prediction is
     logged and, by the project's `monitoring.capture` setting, its image stored into the pool for labeling. In a
-    detection project each image gets its boxes with class and score instead (not logged or captured yet)."""
+    detection project each image gets its boxes with class and score instead, with the same fallback (not logged or
+    captured yet)."""
     uploads = [(f.filename or "upload", f.file) for f in files]
     if project.task_type is TaskType.detection:
-        detector, found = runtime.predictor.detect(
+        detector, found, fallback = runtime.predictor.detect(
             session, project_id=project.id, uploads=uploads, limits=runtime.limits
         )
         return PredictResult(
             model_id=detector.id,
             model_version=model_version(detector),
+            fallback=fallback is not None,
+            fallback_reason=fallback,
             predictions=[
                 PredictionRead(filename=name, boxes=[ScoredBoxRead(**vars(b)) for b in boxes])
                 for (name, _), boxes in zip(uploads, found, strict=True)

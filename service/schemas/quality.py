@@ -9,6 +9,29 @@ from service.schemas.common import IdField, RequestModel
 from service.schemas.labeling import BoxRead
 
 
+class ReportRead(BaseModel):
+    """What a stored quality report covers: a job recomputes it as labels arrive, so it may trail them a little."""
+
+    computed_at: datetime = Field(description="When the figures were computed.")
+    labels: int = Field(description="Current labels of the project when they were computed.")
+    labels_through: int = Field(description="The newest annotation id they include.")
+    newer_labels: bool = Field(
+        description="Labels arrived since: a recompute follows within the project's quality_report_interval_seconds."
+    )
+    outdated: bool = Field(
+        description="Newer labels, or a change without labels since (a gold answer, an exclusion, a consensus refit)."
+    )
+    recompute_job_id: int | None = Field(description="The quality_report job queued or running, if any.")
+
+
+class QualityReportPending(BaseModel):
+    """The answer while a large project's first quality report is being computed: poll the job, then ask again."""
+
+    status: Literal["computing"] = "computing"
+    job_id: int
+    message: str
+
+
 class FigureRead(BaseModel):
     value: float | None = Field(description="None when the figure is undefined here; `reason` says why.")
     items: int = Field(description="How many images the figure rests on.")
@@ -74,6 +97,7 @@ class AgreementRead(BaseModel):
     human_reference: HumanReferenceRead = Field(
         description="How accurate the annotators are against consensus on test images."
     )
+    report: ReportRead | None = Field(default=None, description="When these figures were computed, over which labels.")
 
 
 class BoxFiguresRead(BaseModel):
@@ -116,6 +140,7 @@ class BoxAgreementRead(BaseModel):
     reason: str | None = Field(description="Why the figures are empty, when they are.")
     overall: BoxPairAgreementRead | None = Field(description="Every pair of annotators' shared images pooled.")
     pairs: list[AnnotatorPairBoxAgreementRead]
+    report: ReportRead | None = Field(default=None, description="When these figures were computed, over which labels.")
 
 
 class FlagRead(BaseModel):
@@ -173,6 +198,7 @@ class ScorecardsRead(BaseModel):
     min_gold_answers: int = Field(description="Gold answers that are enough evidence for a flag ...")
     min_overlapped_labels: int = Field(description="... or overlapped labels (a mix of both also counts).")
     annotators: list[ScorecardRead]
+    report: ReportRead | None = Field(default=None, description="When these figures were computed, over which labels.")
 
 
 class BoxConfusionRead(BaseModel):
@@ -228,6 +254,7 @@ class BoxScorecardsRead(BaseModel):
     tight_iou: float = Field(description="Project setting: a matched box below this IoU is loose.")
     min_images: int = Field(description="Images scored before any flag is raised.")
     annotators: list[BoxAnnotatorScorecardRead]
+    report: ReportRead | None = Field(default=None, description="When these figures were computed, over which labels.")
 
 
 class ExclusionCreate(RequestModel):

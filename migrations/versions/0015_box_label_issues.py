@@ -1,7 +1,7 @@
 """Box label issues: a detection issue's kind, the box it is about, and each kind's score
 
-Revision ID: 0014_box_label_issues
-Revises: 0013_prediction_log_time
+Revision ID: 0015_box_label_issues
+Revises: 0014_quality_reports
 Create Date: 2026-11-30 14:10:00
 """
 
@@ -10,8 +10,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0014_box_label_issues"
-down_revision: str | None = "0013_prediction_log_time"
+revision: str = "0015_box_label_issues"
+down_revision: str | None = "0014_quality_reports"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
