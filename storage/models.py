@@ -358,6 +358,11 @@ class LabelIssue(CreatedAt, Base):
     suggested_label: Mapped[str] = mapped_column(String(100))
     # cleanlab's label quality score in [0, 1]: low means the given label is likely wrong.
     score: Mapped[float] = mapped_column(Float)
+    # Detection only: the kind (overlooked, swap, badloc), the box it is about ({x, y, w, h} in upright pixels)
+    # and each kind's score for the image.
+    issue_type: Mapped[str | None] = mapped_column(String(20))
+    box: Mapped[dict[str, float] | None] = mapped_column(JSON)
+    type_scores: Mapped[dict[str, float] | None] = mapped_column(JSON)
     sent_for_review_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     __table_args__ = (

@@ -65,7 +65,7 @@ def check_detection_trainable(items: list[BoxItem], settings: TrainingSettings) 
 
 def detection_recipe(session: Session, items: list[BoxItem], settings: TrainingSettings) -> tuple[str, int]:
     """The architecture and input size: the project's settings, else chosen by the median image's longer side."""
-    sizes = _upright_sizes(session, [i.image_id for i in items[:2000]])
+    sizes = upright_sizes(session, [i.image_id for i in items[:2000]])
     side = int(statistics.median(max(w, h) for w, h in sizes.values()))
     architecture = settings.architecture or default_detection_architecture(side, side)
     input_size = settings.input_size or default_detection_input_size(architecture, side)
@@ -75,7 +75,7 @@ def detection_recipe(session: Session, items: list[BoxItem], settings: TrainingS
     return architecture, input_size
 
 
-def _upright_sizes(session: Session, image_ids: list[int]) -> dict[int, tuple[int, int]]:
+def upright_sizes(session: Session, image_ids: list[int]) -> dict[int, tuple[int, int]]:
     images = session.scalars(select(Image).where(Image.id.in_(image_ids)))
     return {image.id: image.upright_size for image in images}
 
@@ -135,7 +135,7 @@ def train_detection(ctx: JobContext, model_id: int, *, pretrained_path: Any) -> 
         snapshot = session.get_one(DatasetSnapshot, model.snapshot_id)
         current = champion(session, project_id=ctx.project_id)
         labels, items = load_box_items(ctx.blobs, snapshot)
-        sizes = _upright_sizes(session, [i.image_id for i in items])
+        sizes = upright_sizes(session, [i.image_id for i in items])
         tolerance = project_settings(session.get_one(Project, ctx.project_id)).training.promotion_tolerance
         input_size = model.input_size
     config = TrainConfig(**model.hyperparameters)

@@ -230,7 +230,9 @@ def label_issues(
     limit: Limit = 100,
 ) -> LabelIssuesPage:
     """The result of the newest `label_quality` job: labels that a cross-validated model finds likely wrong, worst
-    first, with the label it suggests; empty until such a job has run. Page with `after_rank`."""
+    first, with the label it suggests; in a detection project, images whose boxes look wrong, each with the kind of
+    error (overlooked, swap, badloc) and the box in question. Empty until such a job has run. Page with
+    `after_rank`."""
     items = list_issues(session, project_id=project.id, after_rank=after_rank, limit=limit)
     return LabelIssuesPage(
         items=[
@@ -240,11 +242,15 @@ def label_issues(
                 given_label=issue.given_label,
                 suggested_label=issue.suggested_label,
                 score=issue.score,
+                issue_type=issue.issue_type,
+                box=issue.box,
+                type_scores=issue.type_scores,
                 current_label=current,
+                current_boxes=boxes,
                 sent_for_review_at=issue.sent_for_review_at,
                 found_at=issue.created_at,
             )
-            for issue, current in items
+            for issue, current, boxes in items
         ],
         next_after_rank=items[-1][0].rank if len(items) == limit else None,
     )
@@ -253,6 +259,6 @@ def label_issues(
 @router.post("/label-issues/relabel", summary="Send images to the review queue for a new label (admin, engineer)")
 def relabel(project: EngineerProjectForWrite, body: RelabelRequest, session: SessionDep) -> ReviewResult:
     """Sends the images back to the review queue, to an annotator who has not labeled them, with the reason that a
-    model doubts their label."""
+    model doubts their label (for boxes: which box, and what the model sees there)."""
     images = send_issues_for_relabel(session, project=project, image_ids=body.image_ids)
     return ReviewResult(queued=[i.id for i in images if i.queue_tier is not None])

@@ -335,10 +335,31 @@ class WeakBoxImagesPage(BaseModel):
 class LabelIssueRead(BaseModel):
     rank: int = Field(description="1 is the most likely wrong.")
     image_id: int
-    given_label: str = Field(description="The label when the job ran.")
-    suggested_label: str = Field(description="The model's most probable label.")
-    score: float = Field(description="Out-of-sample probability of the given label: low means likely wrong.")
+    given_label: str = Field(
+        description="The label when the job ran; detection: the class of the box in question (empty if overlooked)."
+    )
+    suggested_label: str = Field(description="The model's most probable label (detection: for that box).")
+    score: float = Field(
+        description="Classification: out-of-sample probability of the given label; detection: cleanlab's ObjectLab "
+        "label quality score of the image. Low means likely wrong."
+    )
+    issue_type: str | None = Field(
+        default=None,
+        description="Detection only: overlooked (an object no box marks), swap (a box of the wrong class) or badloc "
+        "(a badly located box).",
+    )
+    box: dict[str, float] | None = Field(
+        default=None,
+        description="Detection only: the box in question {x, y, w, h} in upright image pixels: the model's box if "
+        "overlooked, else the given box.",
+    )
+    type_scores: dict[str, float] | None = Field(
+        default=None, description="Detection only: each kind's score for the image (low is bad, 1.0: no sign of it)."
+    )
     current_label: str | None = Field(description="The image's label now; it may have been corrected since.")
+    current_boxes: list[dict[str, Any]] | None = Field(
+        default=None, description="Detection only: the image's consensus boxes now."
+    )
     sent_for_review_at: datetime | None = Field(description="When the image was sent for a new label, if it was.")
     found_at: datetime
 

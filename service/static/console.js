@@ -501,7 +501,9 @@ function issueGallery(items) {
   const chosen = new Set();
   const tiles = items.map((issue) => {
     const tile = h("label", { class: "tile", "data-image": issue.image_id },
-      thumbnail(issue.image_id), h("span", {}, `given ${issue.given_label} → ${issue.suggested_label}`),
+      thumbnail(issue.image_id, { boxes: issue.box ? [{ ...issue.box, label: issue.suggested_label }] : null }),
+      h("span", {}, issue.issue_type ? `${issue.issue_type}: ${issue.given_label || "no box"} → ${issue.suggested_label}`
+        : `given ${issue.given_label} → ${issue.suggested_label}`),
       h("span", { class: "muted" }, `score ${num(issue.score)}${issue.sent_for_review_at ? " · in review" : ""}`),
       h("input", { type: "checkbox", onchange: (event) => {
         if (event.target.checked) chosen.add(issue.image_id); else chosen.delete(issue.image_id);
