@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from annotation.annotations import check_answer, gold_correct, project_image
 from annotation.box_answers import DrawnBox
 from annotation.consensus import refresh_consensus
+from annotation.quality_reports import mark_reports_outdated
 from storage.models import Annotation, Image, Project, User
 
 
@@ -37,6 +38,7 @@ def set_gold(
     for annotation in session.scalars(select(Annotation).where(Annotation.image_id == image.id)):
         annotation.gold_correct = gold_correct(image, label=annotation.label, boxes=annotation.boxes)
     refresh_consensus(session, project=project, image=image)
+    mark_reports_outdated(session, project_id=project.id)
     session.flush()
     return image
 

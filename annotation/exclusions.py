@@ -10,6 +10,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from annotation.consensus import ConsensusSummary, update_project_consensus
+from annotation.quality_reports import patch_exclusion
+from annotation.scorecards import Exclusion
 from storage.errors import Conflict, NotFound
 from storage.models import AnnotatorExclusion, Project, User, utcnow
 from storage.users import Principal
@@ -42,6 +44,8 @@ def exclude_annotator(
     )
     session.add(exclusion)
     session.flush()
+    shown = Exclusion(reason=reason, excluded_by_id=by.id, excluded_at=exclusion.created_at)
+    patch_exclusion(session, project_id=project.id, annotator_id=annotator_id, exclusion=shown)
     return exclusion, update_project_consensus(session, project.id)
 
 
@@ -55,6 +59,7 @@ def revoke_exclusion(
         raise Conflict(f"user {annotator_id} is not excluded from project {project.id}", code="not_excluded")
     exclusion.revoked_at, exclusion.revoked_by_id = utcnow(), by.id
     session.flush()
+    patch_exclusion(session, project_id=project.id, annotator_id=annotator_id, exclusion=None)
     return exclusion, update_project_consensus(session, project.id)
 
 

@@ -8,7 +8,7 @@ list is stored per project, and a selection of it goes back to annotators throug
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import numpy as np
 from sqlalchemy import delete, select
@@ -22,6 +22,14 @@ from storage.models import Image, LabelIssue, Project, utcnow
 FilterBy = Literal["prune_by_class", "prune_by_noise_rate", "both", "confident_learning", "predicted_neq_given"]
 FILTERS: tuple[str, ...] = get_args(FilterBy)
 RELABEL_REASON = "a model flagged this label as possibly wrong; an independent label is needed"
+# A detection issue's kind (cleanlab's ObjectLab): an object no box marks, a box of the wrong class, a box misplaced.
+IssueType = Literal["overlooked", "swap", "badloc"]
+ISSUE_TYPES: tuple[str, ...] = get_args(IssueType)
+BOX_REASONS = {
+    "overlooked": "a model finds a {suggested!r} at x={x:.0f}, y={y:.0f} that no box marks",
+    "swap": "a model sees the box labeled {given!r} at x={x:.0f}, y={y:.0f} as a {suggested!r}",
+    "badloc": "a model puts the {given!r} boxed at x={x:.0f}, y={y:.0f} elsewhere",
+}
 
 
 @dataclass(frozen=True)
@@ -57,9 +65,12 @@ def find_issues(labels: np.ndarray, pred_probs: np.ndarray, *, filter_by: str = 
 @dataclass(frozen=True)
 class FoundIssue:
     image_id: int
-    given_label: str
+    given_label: str  # a detection issue: the box's class ("" for an overlooked object)
     suggested_label: str
     score: float
+    issue_type: str | None = None  # detection only (ISSUE_TYPES), with the box it is about and each kind's score
+    box: dict[str, float] | None = None
+    type_scores: dict[str, float] | None = None
 
 
 def store_issues(session: Session, *, project_id: int, issues: list[FoundIssue]) -> None:
@@ -73,6 +84,9 @@ def store_issues(session: Session, *, project_id: int, issues: list[FoundIssue])
             given_label=issue.given_label,
             suggested_label=issue.suggested_label,
             score=issue.score,
+            issue_type=issue.issue_type,
+            box=issue.box,
+            type_scores=issue.type_scores,
         )
         for rank, issue in enumerate(issues, start=1)
     )
@@ -81,25 +95,47 @@ def store_issues(session: Session, *, project_id: int, issues: list[FoundIssue])
 
 def list_issues(
     session: Session, *, project_id: int, after_rank: int | None, limit: int
-) -> list[tuple[LabelIssue, str | None]]:
-    """A page of the ranked list, each issue with the image's current label (it may have been fixed since)."""
+) -> list[tuple[LabelIssue, str | None, list[dict[str, Any]] | None]]:
+    """A page of the ranked list, each issue with the image's current label or boxes (they may have been fixed
+    since)."""
     query = (
-        select(LabelIssue, Image.consensus_label)
+        select(LabelIssue, Image.consensus_label, Image.consensus_boxes)
         .join(Image, Image.id == LabelIssue.image_id)
         .where(LabelIssue.project_id == project_id)
     )
     if after_rank is not None:
         query = query.where(LabelIssue.rank > after_rank)
-    return [(issue, label) for issue, label in session.execute(query.order_by(LabelIssue.rank).limit(limit))]
+    return [
+        (issue, label, boxes) for issue, label, boxes in session.execute(query.order_by(LabelIssue.rank).limit(limit))
+    ]
+
+
+def issue_reason(issue: LabelIssue | None) -> str:
+    """What the annotator reviewing the image is told: for boxes, which box and what the model sees."""
+    if issue is None or issue.issue_type is None or issue.box is None:
+        return RELABEL_REASON
+    said = BOX_REASONS[issue.issue_type].format(
+        given=issue.given_label, suggested=issue.suggested_label, x=issue.box["x"], y=issue.box["y"]
+    )
+    return f"{said}; check the boxes"
 
 
 def send_issues_for_relabel(session: Session, *, project: Project, image_ids: list[int]) -> list[Image]:
-    """Ask for an independent label on each image (the review queue, served first), and note it on the issue."""
-    images = send_for_review(session, project=project, image_ids=image_ids, reason=RELABEL_REASON)
+    """Ask for an independent label on each image (the review queue, served first) with the issue's reason, and
+    note it on the issue."""
+    ids = list(dict.fromkeys(image_ids))
+    issues = {
+        issue.image_id: issue
+        for issue in session.scalars(
+            select(LabelIssue).where(LabelIssue.project_id == project.id, LabelIssue.image_id.in_(ids))
+        )
+    }
+    images = []
     now = utcnow()
-    for issue in session.scalars(
-        select(LabelIssue).where(LabelIssue.project_id == project.id, LabelIssue.image_id.in_([i.id for i in images]))
-    ):
-        issue.sent_for_review_at = now
+    for image_id in ids:
+        issue = issues.get(image_id)
+        images += send_for_review(session, project=project, image_ids=[image_id], reason=issue_reason(issue))
+        if issue is not None:
+            issue.sent_for_review_at = now
     session.flush()
     return images

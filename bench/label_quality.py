@@ -299,7 +299,7 @@ def issue_run(root: Path, *, seed: int, folds: int, epochs: int | None, threads:
             session.scalars(select(Image.id).where(Image.project_id == project_id, Image.split == Split.train))
         )
         found = {
-            issue.image_id for issue, _ in list_issues(session, project_id=project_id, after_rank=None, limit=10**6)
+            issue.image_id for issue, _, _ in list_issues(session, project_id=project_id, after_rank=None, limit=10**6)
         }
     db.dispose()
     wrong = flipped & train_ids

@@ -1,4 +1,5 @@
-"""Per-project schedules: cron expressions (UTC) that start ``mine``, ``train`` and ``label_quality`` jobs.
+"""Per-project schedules: cron expressions (UTC) that start ``mine``, ``train``, ``label_quality``, ``drift`` and
+``quality_report`` jobs.
 
 The worker's once-a-minute ``upkeep`` (a huey periodic task, on SQLite's queue and Redis alike) and
 every worker start call ``run_due_schedules``. A schedule keeps only its next due time, which moves
@@ -23,7 +24,7 @@ from storage.models import Job, JobKind, JobStatus, Project, Schedule, utcnow
 
 logger = logging.getLogger(__name__)
 
-SCHEDULABLE = (JobKind.mine, JobKind.train, JobKind.label_quality, JobKind.drift)
+SCHEDULABLE = (JobKind.mine, JobKind.train, JobKind.label_quality, JobKind.drift, JobKind.quality_report)
 ALIASES = frozenset({"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"})
 FIELDS = "minute hour day-of-month month day-of-week"
 

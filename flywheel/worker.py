@@ -20,6 +20,7 @@ from sqlalchemy import select
 from flywheel.jobs import runner
 from flywheel.jobs.transport import LANES, TaskBodies, Transport, get_transport
 from flywheel.policy import start_policy_jobs
+from flywheel.quality import start_quality_if_due
 from flywheel.schedules import run_due_schedules
 from flywheel.serving.registry import prune_refreshed_heads
 from flywheel.supervisor import Supervisor
@@ -71,9 +72,11 @@ def run_job_task(job_id: int) -> None:
 
 
 def check_policy_task(project_id: int) -> None:
-    """Task body, sent when labels change: the retraining policy decides on a refresh or a training."""
+    """Task body, sent when labels change: the retraining policy decides on a refresh or a training, and outdated
+    quality reports get a recompute."""
     rt = runtime()
     start_policy_jobs(rt.db, rt.transport, project_id=project_id)
+    start_quality_if_due(rt.db, rt.transport, project_id=project_id)
 
 
 def upkeep() -> None:

@@ -297,6 +297,26 @@ class AnnotatorExclusion(CreatedAt, Base):
     __table_args__ = (Index("ix_annotator_exclusions_project_annotator", "project_id", "annotator_id"),)
 
 
+class QualityReport(Base):
+    """A stored quality report (``agreement`` or ``annotators``) in the API's shape: Dawid-Skene, kappas and alpha
+    take seconds on a large project, so a job computes them and the Quality page reads the result."""
+
+    __tablename__ = "quality_reports"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    computed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    labels: Mapped[int] = mapped_column(Integer)  # current labels when computed
+    labels_through: Mapped[int] = mapped_column(Integer)  # the newest annotation id it saw
+    # Set when something it reads changed without a new label (gold answer, consensus refit); cleared by a recompute.
+    outdated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+
+    __table_args__ = (UniqueConstraint("project_id", "kind", name="uq_quality_reports_project_id_kind"),)
+
+
 class ConsensusFit(Base):
     """The project's last Dawid-Skene fit: class priors, read with ``AnnotatorSkill`` rows on every submission."""
 
@@ -338,6 +358,11 @@ class LabelIssue(CreatedAt, Base):
     suggested_label: Mapped[str] = mapped_column(String(100))
     # cleanlab's label quality score in [0, 1]: low means the given label is likely wrong.
     score: Mapped[float] = mapped_column(Float)
+    # Detection only: the kind (overlooked, swap, badloc), the box it is about ({x, y, w, h} in upright pixels)
+    # and each kind's score for the image.
+    issue_type: Mapped[str | None] = mapped_column(String(20))
+    box: Mapped[dict[str, float] | None] = mapped_column(JSON)
+    type_scores: Mapped[dict[str, float] | None] = mapped_column(JSON)
     sent_for_review_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     __table_args__ = (
@@ -389,6 +414,7 @@ class JobKind(enum.StrEnum):
     drift = "drift"  # compare a window of logged predictions with the champion's training images
     distill = "distill"  # train a small student on the champion's soft labels
     quantize = "quantize"  # an int8 ONNX file of a model
+    quality_report = "quality_report"  # agreement figures and annotator scorecards, stored for the console
 
 
 class Job(CreatedAt, Base):

@@ -271,6 +271,13 @@ class ProjectSettings(BaseModel):
         description="Detection projects only: a box matched to the consensus below this IoU counts as loose on the "
         "annotator's scorecard.",
     )
+    quality_report_interval_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        le=86_400,
+        description="The Quality page's agreement figures and scorecards are recomputed by a job as labels arrive, "
+        "at most once per this many seconds (on a large project each computation takes seconds).",
+    )
     hotkeys: dict[str, HotKey | None] = Field(
         default_factory=dict,
         description="Keys of the labeling page, {label: key}: one printable character each, unique, not s or u "

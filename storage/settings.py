@@ -61,6 +61,12 @@ class Settings(BaseSettings):
     predict_max_pixels: int = Field(
         default=256_000_000, gt=0, description="Most pixels one /predict request may decode, all images together."
     )
+    quality_sync_labels: int = Field(
+        default=10_000,
+        ge=0,
+        description="Up to this many current labels, the Quality page's reports are computed in the request when "
+        "labels changed since the stored ones; above, a quality_report job recomputes them (the first: 202).",
+    )
     thumbnail_size: int = Field(default=256, ge=16, le=2048)
     model_retry_seconds: float = Field(
         default=30.0,

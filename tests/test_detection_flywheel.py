@@ -25,7 +25,14 @@ def test_a_detector_trains_in_the_job_and_its_card_shows_coco_figures_errors_and
     for figures in metrics["per_class"].values():
         assert figures["objects"] > 0 and 0 <= figures["ap"] <= figures["ap50"] <= 1 and 0 <= figures["recall"] <= 1
     assert set(metrics["errors"]) == {"missed", "false_boxes", "wrong_class", "poor_localization"}
-    assert all(set(e) == {"image_id", *metrics["errors"]} for e in metrics["error_images"])
+    # The worst error images carry what the console's gallery draws: the snapshot's boxes and the detector's.
+    assert all(set(e) == {"image_id", "truth", "predicted", *metrics["errors"]} for e in metrics["error_images"][:100])
+    for entry in metrics["error_images"]:
+        assert entry["truth"] == detector.truth[entry["image_id"]]  # the consensus boxes are the annotator's
+        assert all(
+            box["label"] in ("square", "disc") and box["score"] >= metrics["operating_score"]
+            for box in entry["predicted"]
+        )
     assert metrics["onnx_check"]["min_iou"] >= 0.99 and metrics["onnx_check"]["max_score_difference"] <= 1e-4
     assert metrics["onnx_check"]["boxes_compared"] > 0
     decision = card["decision"]

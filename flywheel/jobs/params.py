@@ -64,19 +64,35 @@ class DistillParams(JobParams):
     """None: the champion teaches a student made by the project's ``distillation`` settings."""
 
 
+class QualityReportParams(JobParams):
+    """None: agreement and scorecards over every current label."""
+
+
 class QuantizeParams(JobParams):
     model_id: Whole = Field(ge=1, description="The model whose ONNX file becomes int8.")
     calibration_images: Whole = Field(default=200, ge=16, le=10_000, description="Project images to calibrate on.")
 
 
 class LabelQualityParams(JobParams):
-    folds: Whole = Field(default=5, ge=FOLDS_RANGE[0], le=FOLDS_RANGE[1], description="Cross-validation folds.")
+    folds: Annotated[int, Field(ge=FOLDS_RANGE[0], le=FOLDS_RANGE[1]), BeforeValidator(_whole_number)] | None = Field(
+        default=None,
+        description="Cross-validation folds; default: 5 (classification), 3 (detection: a fold is a detector's "
+        "training).",
+    )
     filter_by: FilterBy = Field(default="prune_by_class", description="cleanlab's rule for the flagged set.")
     epochs: Whole | None = Field(
         default=None,
         ge=EPOCHS_RANGE[0],
         le=EPOCHS_RANGE[1],
-        description="Per fold; default: about 400 optimizer steps.",
+        description="Per fold; default: about 400 optimizer steps (classification), the project's training epochs "
+        "(detection).",
+    )
+    score_below: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=1.0,
+        description="Detection: besides the images cleanlab flags, list every image whose label quality score is "
+        "at or below this (cleanlab's issues_from_scores); 1.0 ranks every training image. Default: the flagged ones.",
     )
 
 
@@ -90,6 +106,7 @@ PARAMS: dict[JobKind, type[JobParams]] = {
     JobKind.drift: DriftParams,
     JobKind.distill: DistillParams,
     JobKind.quantize: QuantizeParams,
+    JobKind.quality_report: QualityReportParams,
 }
 
 P = TypeVar("P", bound=JobParams)

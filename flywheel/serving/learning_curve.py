@@ -10,8 +10,9 @@ from sqlalchemy.orm import Session
 
 from storage.models import DatasetSnapshot, ModelKind, ModelVersion
 
-# The metric a version is judged by: a classifier's accuracy, else the first of these a detector's card carries.
-HEADLINE_METRICS = ("test_accuracy", "map50", "map", "mAP@.5", "mAP")
+# The metric a version is judged by: a classifier's accuracy, else the first of these a detector's card carries
+# (mAP@.5, what its promotion gate compares, on the cards the detection job writes).
+HEADLINE_METRICS = ("test_accuracy", "test_map50", "map50", "map", "mAP@.5", "mAP")
 
 
 def learning_curve(session: Session, *, project_id: int) -> list[dict[str, Any]]:
@@ -28,6 +29,9 @@ def learning_curve(session: Session, *, project_id: int) -> list[dict[str, Any]]
             ModelVersion.created_at,
             DatasetSnapshot.item_count,
             metrics["baseline_accuracy"].as_float(),
+            metrics["baseline_map50"].as_float(),
+            metrics["test_map50"].as_float(),
+            metrics["test_map"].as_float(),
             decision["promote"].as_boolean(),
             decision["rule"].as_string(),
             decision["reason"].as_string(),
@@ -40,7 +44,22 @@ def learning_curve(session: Session, *, project_id: int) -> list[dict[str, Any]]
         .order_by(ModelVersion.id)
     ).all()
     points = []
-    for model_id, status, created_at, labels, baseline, promoted, rule, reason, p_value, promotions, *values in rows:
+    for (
+        model_id,
+        status,
+        created_at,
+        labels,
+        baseline,
+        baseline_map50,
+        map50,
+        map_all,
+        promoted,
+        rule,
+        reason,
+        p_value,
+        promotions,
+        *values,
+    ) in rows:
         metric, value = next(
             ((name, v) for name, v in zip(HEADLINE_METRICS, values, strict=True) if v is not None), (None, None)
         )
@@ -52,7 +71,9 @@ def learning_curve(session: Session, *, project_id: int) -> list[dict[str, Any]]
                 "labels": labels,
                 "metric": metric,
                 "value": value,
-                "baseline": baseline,
+                "baseline": baseline if baseline is not None else baseline_map50,
+                "map50": map50,
+                "map": map_all,
                 "promoted": bool(promoted),
                 "rule": rule,
                 "reason": reason,

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
-from annotation.reports import human_reference
+from annotation.quality_reports import card_human_reference
 from flywheel.serving.preprocess import MEAN, PREPROCESSING, STD
 from storage.blobs import BlobStore
 from storage.db import after_commit
@@ -262,7 +262,7 @@ def model_card(session: Session, *, model: ModelVersion) -> dict[str, Any]:
         "lineage": lineage,
         "metrics": model.metrics,
         # The annotators' accuracy against consensus on the test images, beside the model's, now.
-        "human_reference": human_reference(session, model.project_id),
+        "human_reference": card_human_reference(session, project_id=model.project_id),
         "decision": model.decision,
         "labels_through": model.labels_through,  # the newest annotation id it has seen (a refresh: trained on)
         "artefacts": {

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from flywheel.jobs.runner import JobContext, JobFailed
-from flywheel.serving.detection import Detections
+from flywheel.serving.detection import Detections, scored_boxes
 from flywheel.serving.registry import champion
 from flywheel.training.artefacts import checkpoint_bytes, load_model
 from flywheel.training.datasets import load_arrays
@@ -99,6 +99,34 @@ def box_targets(
     return out
 
 
+ERROR_BOXES_KEPT = 100  # error images whose boxes the card keeps (worst first): the console's gallery draws them
+
+
+def with_boxes(
+    error_images: list[dict[str, Any]],
+    items: list[BoxItem],
+    found: list[Detections],
+    sizes: dict[int, tuple[int, int]],
+    *,
+    labels: list[str],
+    input_size: int,
+) -> list[dict[str, Any]]:
+    """The worst error images with what the gallery draws, in pixels of the upright image: the consensus boxes the
+    model was scored against (``truth``, frozen in the snapshot) and its boxes at the operating score
+    (``predicted``)."""
+    by_image = {item.image_id: (item, detections) for item, detections in zip(items, found, strict=True)}
+    out = []
+    for rank, entry in enumerate(error_images):
+        if rank >= ERROR_BOXES_KEPT:
+            out.append(entry)
+            continue
+        item, detections = by_image[entry["image_id"]]
+        width, height = sizes[item.image_id]
+        predicted = scored_boxes(detections, labels=labels, width=width, height=height, input_size=input_size)
+        out.append({**entry, "truth": list(item.boxes), "predicted": [asdict(box) for box in predicted]})
+    return out
+
+
 def train_detection(ctx: JobContext, model_id: int, *, pretrained_path: Any) -> dict[str, Any]:
     """Train, evaluate, export and store the detector of model row ``model_id``; returns what the model row gets
     (``metrics``, ``decision``, file hashes) for ``training_job`` to store and act on."""
@@ -142,6 +170,7 @@ def train_detection(ctx: JobContext, model_id: int, *, pretrained_path: Any) -> 
     baseline = coco_figures(test_t, baseline_detections(train_t, len(test_t), num_classes=len(labels)), labels=labels)
     f1 = np.array([image_f1(t, d) for t, d in zip(test_t, found, strict=True)])
     totals, error_images = error_analysis(test_t, found, [i.image_id for i in test_items])
+    error_images = with_boxes(error_images, test_items, found, sizes, labels=labels, input_size=input_size)
     test_shas = [i.sha256 for i in test_items]
     decision = _decide(ctx, current, test_x, test_shas, test_t, f1, figures.map50, baseline.map50, tolerance)
 

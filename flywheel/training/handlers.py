@@ -7,6 +7,7 @@ from typing import Any
 
 from flywheel.jobs.runner import Handlers, JobContext
 from flywheel.monitoring.drift import run_drift
+from flywheel.quality import run_quality_reports
 from flywheel.training.box_mining import run_box_mining
 from flywheel.training.compression import run_distill, run_quantize
 from flywheel.training.detection_refresh import run_detection_refresh
@@ -42,4 +43,5 @@ HANDLERS: Handlers = {
     JobKind.drift: run_drift,
     JobKind.distill: run_distill,
     JobKind.quantize: run_quantize,
+    JobKind.quality_report: run_quality_reports,
 }

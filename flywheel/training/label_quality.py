@@ -26,6 +26,7 @@ from annotation.label_issues import FoundIssue, find_issues, store_issues
 from flywheel.jobs.params import LabelQualityParams, read_params
 from flywheel.jobs.runner import JobContext, JobFailed
 from flywheel.training.architectures import default_architecture, default_input_size
+from flywheel.training.box_label_quality import run_box_label_quality
 from flywheel.training.datasets import DEV_SHARE, dev_split, load_arrays
 from flywheel.training.fit import TrainConfig, predict_proba, train
 from flywheel.training.snapshots import build_snapshot, load_items
@@ -33,7 +34,7 @@ from flywheel.training.training_job import train_config
 from storage.blobs import BlobStore
 from storage.db import Database
 from storage.errors import InvalidInput
-from storage.models import Image, Project, Split
+from storage.models import Image, Project, Split, TaskType
 from storage.projects import TrainingSettings, project_settings
 
 Progress = Callable[[float, str], None]
@@ -41,6 +42,7 @@ Progress = Callable[[float, str], None]
 # by default each fold trains for about this many steps (F1 on the digits: 0.92 after ~220 steps,
 # 0.96 after ~360), within these bounds on epochs.
 CV_STEPS, MIN_EPOCHS, MAX_EPOCHS = 400, 5, 200
+DEFAULT_FOLDS = 5
 
 
 def default_epochs(images: int, *, folds: int, batch_size: int) -> int:
@@ -97,7 +99,7 @@ def run_label_quality(
     blobs: BlobStore,
     project_id: int,
     *,
-    folds: int = 5,
+    folds: int = DEFAULT_FOLDS,
     filter_by: str = "prune_by_class",
     epochs: int | None = None,
     threads: int = 1,
@@ -186,14 +188,27 @@ def run_label_quality(
 
 
 def label_quality_job(ctx: JobContext) -> dict[str, Any]:
-    """Params: ``LabelQualityParams`` (flywheel/jobs/params.py)."""
+    """Params: ``LabelQualityParams`` (flywheel/jobs/params.py). Detection projects: ``run_box_label_quality``."""
     try:
         params = read_params(LabelQualityParams, ctx.params)
+        with ctx.db.read_session() as session:
+            detection = session.get_one(Project, ctx.project_id).task_type is TaskType.detection
+        if detection:
+            return run_box_label_quality(
+                ctx.db,
+                ctx.blobs,
+                ctx.project_id,
+                folds=params.folds,
+                epochs=params.epochs,
+                score_below=params.score_below,
+                threads=ctx.settings.train_threads,
+                progress=ctx.progress,
+            )
         return run_label_quality(
             ctx.db,
             ctx.blobs,
             ctx.project_id,
-            folds=params.folds,
+            folds=params.folds or DEFAULT_FOLDS,
             filter_by=params.filter_by,
             epochs=params.epochs,
             threads=ctx.settings.train_threads,

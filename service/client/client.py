@@ -362,13 +362,23 @@ class Client:
 
     # --- label quality ----------------------------------------------------------------------------
 
-    def agreement(self, project: ProjectRef) -> AgreementRead | BoxAgreementRead:
-        found = self._get(f"/api/v1/projects/{self._project_id(project)}/agreement")
+    def agreement(self, project: ProjectRef, *, timeout: float | None = None) -> AgreementRead | BoxAgreementRead:
+        """The stored agreement report (``report`` says over which labels); a large project's first one is waited
+        for while its job computes it (TimeoutError past ``timeout`` seconds)."""
+        found = self._quality_report(f"/api/v1/projects/{self._project_id(project)}/agreement", timeout)
         return _by_task_type(found, AgreementRead, BoxAgreementRead)
 
-    def scorecards(self, project: ProjectRef) -> ScorecardsRead | BoxScorecardsRead:
-        found = self._get(f"/api/v1/projects/{self._project_id(project)}/annotators")
+    def scorecards(self, project: ProjectRef, *, timeout: float | None = None) -> ScorecardsRead | BoxScorecardsRead:
+        """The stored scorecards, as ``agreement``."""
+        found = self._quality_report(f"/api/v1/projects/{self._project_id(project)}/annotators", timeout)
         return _by_task_type(found, ScorecardsRead, BoxScorecardsRead)
+
+    def _quality_report(self, path: str, timeout: float | None) -> dict[str, Any]:
+        found = self._get(path)
+        if found.get("status") == "computing":  # 202: the first report of a large project is being computed
+            self.wait(found["job_id"], timeout=timeout)
+            found = self._get(path)
+        return found
 
 
 def _by_task_type(found: dict[str, Any], classification: type[BaseModel], detection: type[BaseModel]) -> Any:

@@ -10,6 +10,7 @@ from annotation.box_answers import DrawnBox
 from annotation.curation import gold_scores, send_for_review, set_gold
 from annotation.labels import current_labels
 from annotation.queue import Task, next_task, progress, skip_task
+from flywheel.quality import recompute_reports_soon
 from flywheel.serving.prelabels import prelabel_boxes_for, prelabel_for
 from service.deps import (
     AdminProjectForWrite,
@@ -249,12 +250,13 @@ def labels(
 
 
 @router.put("/gold", summary="Mark an image as a gold question with its known answer (admin)")
-def gold(project: AdminProjectForWrite, body: GoldSet, session: SessionDep) -> ImageRead:
+def gold(project: AdminProjectForWrite, body: GoldSet, session: SessionDep, runtime: RuntimeDep) -> ImageRead:
     """Makes the image a gold question: it is served at `gold_rate`, once to each annotator, and their answers are
     scored against this answer, which is also the image's label. In a detection project the answer is `boxes`; an
     answer is correct when each of its boxes matches one gold box of the same label with an IoU of at least 0.5
     (one to one, greedily by IoU) and none is left over on either side."""
     image = set_gold(session, project=project, image_id=body.image_id, label=body.label, boxes=_boxes(body.boxes))
+    recompute_reports_soon(session, project_id=project.id, transport=runtime.transport, trigger="gold answer")
     return ImageRead.model_validate(image)
 
 

@@ -11,6 +11,7 @@ from flywheel.jobs.params import (
     EmbedParams,
     LabelQualityParams,
     MineParams,
+    QualityReportParams,
     QuantizeParams,
     RefreshParams,
     TrainParams,
@@ -61,6 +62,11 @@ class QuantizeJobCreate(RequestModel):
     params: QuantizeParams = Field(description=PARAMS_DESCRIPTION)
 
 
+class QualityReportJobCreate(RequestModel):
+    kind: Literal["quality_report"]
+    params: QualityReportParams = Field(default_factory=QualityReportParams, description=PARAMS_DESCRIPTION)
+
+
 # One request shape per kind a person may start (flywheel/jobs/params.PARAMS), told apart by ``kind``.
 JobCreate = Annotated[
     TrainJobCreate
@@ -70,7 +76,8 @@ JobCreate = Annotated[
     | MineJobCreate
     | DriftJobCreate
     | DistillJobCreate
-    | QuantizeJobCreate,
+    | QuantizeJobCreate
+    | QualityReportJobCreate,
     Field(discriminator="kind"),
 ]
 

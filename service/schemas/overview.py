@@ -67,7 +67,12 @@ class CurvePoint(BaseModel):
     labels: int | None = Field(description="Labeled images in the snapshot it was trained on.")
     metric: str | None = Field(description="The headline metric's name on its card, e.g. test_accuracy.")
     value: float | None = Field(description="Its value on the snapshot's test split; null until evaluated.")
-    baseline: float | None = Field(description="The majority-class baseline's accuracy on the same test split.")
+    baseline: float | None = Field(
+        description="The baseline on the same test split: the majority class's accuracy, or a detector's baseline's "
+        "mAP@.5 (each class's mean training box)."
+    )
+    map50: float | None = Field(description="A detector's mAP@.5 on the test split (COCO, pycocotools); null else.")
+    map: float | None = Field(description="A detector's mAP@[.5:.95] (COCO's AP); null for a classifier.")
     promoted: bool = Field(description="Whether the automatic decision promoted it.")
     rule: str | None = Field(description="The rule that decided: not worse, below the champion, significantly worse.")
     reason: str | None

@@ -9,6 +9,29 @@ from service.schemas.common import IdField, RequestModel
 from service.schemas.labeling import BoxRead
 
 
+class ReportRead(BaseModel):
+    """What a stored quality report covers: a job recomputes it as labels arrive, so it may trail them a little."""
+
+    computed_at: datetime = Field(description="When the figures were computed.")
+    labels: int = Field(description="Current labels of the project when they were computed.")
+    labels_through: int = Field(description="The newest annotation id they include.")
+    newer_labels: bool = Field(
+        description="Labels arrived since: a recompute follows within the project's quality_report_interval_seconds."
+    )
+    outdated: bool = Field(
+        description="Newer labels, or a change without labels since (a gold answer, an exclusion, a consensus refit)."
+    )
+    recompute_job_id: int | None = Field(description="The quality_report job queued or running, if any.")
+
+
+class QualityReportPending(BaseModel):
+    """The answer while a large project's first quality report is being computed: poll the job, then ask again."""
+
+    status: Literal["computing"] = "computing"
+    job_id: int
+    message: str
+
+
 class FigureRead(BaseModel):
     value: float | None = Field(description="None when the figure is undefined here; `reason` says why.")
     items: int = Field(description="How many images the figure rests on.")
@@ -74,6 +97,7 @@ class AgreementRead(BaseModel):
     human_reference: HumanReferenceRead = Field(
         description="How accurate the annotators are against consensus on test images."
     )
+    report: ReportRead | None = Field(default=None, description="When these figures were computed, over which labels.")
 
 
 class BoxFiguresRead(BaseModel):
@@ -116,6 +140,7 @@ class BoxAgreementRead(BaseModel):
     reason: str | None = Field(description="Why the figures are empty, when they are.")
     overall: BoxPairAgreementRead | None = Field(description="Every pair of annotators' shared images pooled.")
     pairs: list[AnnotatorPairBoxAgreementRead]
+    report: ReportRead | None = Field(default=None, description="When these figures were computed, over which labels.")
 
 
 class FlagRead(BaseModel):
@@ -173,6 +198,7 @@ class ScorecardsRead(BaseModel):
     min_gold_answers: int = Field(description="Gold answers that are enough evidence for a flag ...")
     min_overlapped_labels: int = Field(description="... or overlapped labels (a mix of both also counts).")
     annotators: list[ScorecardRead]
+    report: ReportRead | None = Field(default=None, description="When these figures were computed, over which labels.")
 
 
 class BoxConfusionRead(BaseModel):
@@ -228,6 +254,7 @@ class BoxScorecardsRead(BaseModel):
     tight_iou: float = Field(description="Project setting: a matched box below this IoU is loose.")
     min_images: int = Field(description="Images scored before any flag is raised.")
     annotators: list[BoxAnnotatorScorecardRead]
+    report: ReportRead | None = Field(default=None, description="When these figures were computed, over which labels.")
 
 
 class ExclusionCreate(RequestModel):
@@ -308,10 +335,31 @@ class WeakBoxImagesPage(BaseModel):
 class LabelIssueRead(BaseModel):
     rank: int = Field(description="1 is the most likely wrong.")
     image_id: int
-    given_label: str = Field(description="The label when the job ran.")
-    suggested_label: str = Field(description="The model's most probable label.")
-    score: float = Field(description="Out-of-sample probability of the given label: low means likely wrong.")
+    given_label: str = Field(
+        description="The label when the job ran; detection: the class of the box in question (empty if overlooked)."
+    )
+    suggested_label: str = Field(description="The model's most probable label (detection: for that box).")
+    score: float = Field(
+        description="Classification: out-of-sample probability of the given label; detection: cleanlab's ObjectLab "
+        "label quality score of the image. Low means likely wrong."
+    )
+    issue_type: str | None = Field(
+        default=None,
+        description="Detection only: overlooked (an object no box marks), swap (a box of the wrong class) or badloc "
+        "(a badly located box).",
+    )
+    box: dict[str, float] | None = Field(
+        default=None,
+        description="Detection only: the box in question {x, y, w, h} in upright image pixels: the model's box if "
+        "overlooked, else the given box.",
+    )
+    type_scores: dict[str, float] | None = Field(
+        default=None, description="Detection only: each kind's score for the image (low is bad, 1.0: no sign of it)."
+    )
     current_label: str | None = Field(description="The image's label now; it may have been corrected since.")
+    current_boxes: list[dict[str, Any]] | None = Field(
+        default=None, description="Detection only: the image's consensus boxes now."
+    )
     sent_for_review_at: datetime | None = Field(description="When the image was sent for a new label, if it was.")
     found_at: datetime
 

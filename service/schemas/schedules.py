@@ -17,6 +17,7 @@ class SchedulesSet(RequestModel):
     train: str | None = Field(default=None, max_length=100, description=CRON, examples=["30 2 * * *"])
     label_quality: str | None = Field(default=None, max_length=100, description=CRON, examples=["0 3 * * 1"])
     drift: str | None = Field(default=None, max_length=100, description=CRON, examples=["0 * * * *"])
+    quality_report: str | None = Field(default=None, max_length=100, description=CRON, examples=["*/15 * * * *"])
 
 
 class ScheduleRead(BaseModel):

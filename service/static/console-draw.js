@@ -66,6 +66,8 @@ function columnChart(points, { label }) {
   return chart;
 }
 
+const METRIC_NAMES = { test_accuracy: "test accuracy", test_map50: "mAP@.5", test_map: "mAP@[.5:.95]" };
+
 // The learning curve: metric against labels; the champion ringed, promotions by hand and rollbacks annotated.
 function curveChart(points, { onPick }) {
   const width = 720, height = 300, left = 44, right = 24, top = 30, bottom = 40;
@@ -76,7 +78,8 @@ function curveChart(points, { onPick }) {
     chart.append(s("text", { x: left, y: height / 2 }, "No evaluated model yet"));
     return chart;
   }
-  const xs = shown.map((p) => p.labels), values = shown.flatMap((p) => [p.value, p.baseline ?? p.value]);
+  const xs = shown.map((p) => p.labels);
+  const values = shown.flatMap((p) => [p.value, p.baseline ?? p.value, p.map ?? p.value]);
   const [x0, x1] = [Math.min(...xs), Math.max(...xs)];
   const [y0, y1] = [Math.max(0, Math.min(...values) - 0.05), Math.min(1, Math.max(...values) + 0.02)];
   const x = (v) => left + ((v - x0) / (x1 - x0 || 1)) * (width - left - right);
@@ -87,10 +90,19 @@ function curveChart(points, { onPick }) {
   }
   chart.append(s("text", { x: left, y: height - 6 }, `${x0} labels`),
     s("text", { x: width - right - 70, y: height - 6 }, `${x1} labels`),
-    s("text", { x: left + 4, y: top + 10 }, shown[0].metric ?? "metric"));
+    s("text", { x: left + 4, y: top + 10 }, METRIC_NAMES[shown[0].metric] ?? shown[0].metric ?? "metric"));
   chart.append(s("polyline", { class: "baseline", points: shown.filter((p) => p.baseline !== null)
     .map((p) => `${x(p.labels)},${y(p.baseline)}`).join(" ") }));
   chart.append(s("polyline", { class: "curve", points: shown.map((p) => `${x(p.labels)},${y(p.value)}`).join(" ") }));
+  const strict = shown.filter((p) => p.map !== null && p.map !== undefined); // a detector's mAP@[.5:.95] too
+  if (strict.length) {
+    chart.append(s("polyline", { class: "curve-strict", points: strict.map((p) => `${x(p.labels)},${y(p.map)}`)
+      .join(" ") }), s("text", { x: width - right - 170, y: top + 10 }, "dotted: mAP@[.5:.95]"));
+    for (const point of strict) {
+      chart.append(s("circle", { class: "strict", cx: x(point.labels), cy: y(point.map), r: 3,
+        "data-map-model": point.model_id }, s("title", {}, `model ${point.model_id}: mAP@[.5:.95] ${num(point.map)}`)));
+    }
+  }
   for (const point of shown) {
     const cx = x(point.labels), cy = y(point.value);
     const dot = s("circle", { cx, cy, r: 5, fill: point.promoted ? "#2457c5" : "#fff", stroke: "#2457c5",
@@ -128,25 +140,37 @@ function heatmap(labels, matrix, { onCell }) {
   return h("table", { class: "heat" }, h("thead", {}, head), h("tbody", {}, rows));
 }
 
+// Box layers: consensus (or gold) boxes solid yellow, a model's predicted boxes dashed magenta with their score.
+const BOX_LAYERS = {
+  consensus: { stroke: "#ffd400", dash: "none" },
+  predicted: { stroke: "#ff2d95", dash: "4 2" },
+};
+
 // A thumbnail fetched with the token (the page's policy allows images only from blob: URLs), with boxes drawn
-// over it in the upright image's pixels when given.
-function thumbnail(imageId, { boxes = null } = {}) {
+// over it in the upright image's pixels when given: `boxes` (consensus) and `predicted` (a model's).
+function thumbnail(imageId, { boxes = null, predicted = null } = {}) {
   const image = h("img", { alt: `image ${imageId}`, "data-image-id": imageId });
   const frame = h("div", { class: "thumb" }, image);
   api("GET", `/api/v1/images/${imageId}/thumbnail`, { raw: true })
     .then((response) => response.blob())
     .then((blob) => { image.src = URL.createObjectURL(blob); })
     .catch(() => { image.alt = `image ${imageId} (not loaded)`; });
-  if (boxes) {
-    const overlay = s("svg", { preserveAspectRatio: "xMidYMid meet", "data-boxes": boxes.length });
+  const layers = Object.entries({ consensus: boxes, predicted }).filter(([, drawn]) => drawn);
+  if (layers.length) {
+    const overlay = s("svg", { preserveAspectRatio: "xMidYMid meet", "data-boxes": boxes?.length ?? 0 });
     frame.append(overlay);
     api("GET", `/api/v1/images/${imageId}`).then((facts) => {
       const turned = facts.exif_orientation >= 5; // boxes are in pixels of the upright image
       const [width, height] = turned ? [facts.height, facts.width] : [facts.width, facts.height];
       overlay.setAttribute("viewBox", `0 0 ${width} ${height}`);
-      for (const box of boxes) {
-        overlay.append(s("rect", { x: box.x, y: box.y, width: box.w, height: box.h, fill: "none", stroke: "#ffd400",
-          "stroke-width": 2, "vector-effect": "non-scaling-stroke" }, s("title", {}, box.label)));
+      for (const [layer, drawn] of layers) {
+        const { stroke, dash } = BOX_LAYERS[layer];
+        for (const box of drawn) {
+          const title = box.score === undefined ? box.label : `${box.label} ${num(box.score, 2)}`;
+          overlay.append(s("rect", { x: box.x, y: box.y, width: box.w, height: box.h, fill: "none", stroke,
+            "stroke-dasharray": dash, "stroke-width": 2, "vector-effect": "non-scaling-stroke", "data-layer": layer,
+            "data-label": box.label }, s("title", {}, title)));
+        }
       }
     }).catch(() => {});
   }

@@ -91,7 +91,7 @@ async function draw() {
     }
     content = await PAGES[page]();
   }
-  view.replaceChildren(...content);
+  view.replaceChildren(...content.filter(Boolean));
   view.setAttribute("aria-busy", "false");
 }
 
@@ -140,8 +140,8 @@ async function home() {
       else if (champion.test_accuracy !== null) headline = `test_accuracy ${num(champion.test_accuracy)} (model ${champion.id})`;
       else {
         const card = await api("GET", `/api/v1/models/${champion.id}`); // a detector: whatever its card leads with
-        const metric = Object.entries(card.metrics ?? {}).find(([name, v]) => typeof v === "number" && /^map/i.test(name));
-        headline = metric ? `${metric[0]} ${num(metric[1])} (model ${champion.id})` : `model ${champion.id}`;
+        const map50 = card.metrics?.test_map50;
+        headline = typeof map50 === "number" ? `mAP@.5 ${num(map50)} (model ${champion.id})` : `model ${champion.id}`;
       }
     }
     return h("tr", { "data-project": project.id }, h("td", {}, open), h("td", {}, project.name),
@@ -189,22 +189,32 @@ async function overview() {
 
 // ---- Models ----
 
+// A version's test metric for the table: accuracy, or a detector's mAP@.5 and mAP@[.5:.95].
+function metricCell(point) {
+  if (point.map50 !== null && point.map50 !== undefined) {
+    return h("td", { class: "num", "data-map50": point.map50 }, `mAP@.5 ${num(point.map50)}`, h("br"),
+      h("span", { class: "muted" }, `mAP@[.5:.95] ${num(point.map)}`));
+  }
+  return h("td", { class: "num" }, point.value !== undefined ? `${num(point.value)}` : "–", h("br"),
+    h("span", { class: "muted" }, point.metric ?? ""));
+}
+
 async function models() {
+  const detection = state.project.task_type === "detection";
   const curve = await api("GET", `${P()}/learning-curve`); // every trained version, oldest first
   const versions = [...curve].reverse().map((point) => ({ id: point.model_id, status: point.status }));
   const championRow = versions.find((v) => v.status === "champion");
   const chosen = Number(new URLSearchParams(location.search).get("model")) || championRow?.id;
   const shown = chosen ? await api("GET", `/api/v1/models/${chosen}`) : null;
   const byId = Object.fromEntries(curve.map((p) => [p.model_id, p]));
-  const human = shown?.human_reference?.pooled_accuracy ?? null;
+  const human = shown?.human_reference?.pooled_accuracy ?? shown?.human_reference?.pooled_f1 ?? null;
   const rows = versions.map((v) => {
     const point = byId[v.id] ?? {};
     return h("tr", { "data-model": v.id },
       h("td", {}, h("a", { href: `?model=${v.id}` }, `#${v.id}`)),
       h("td", { class: `status-${v.status}` }, v.status),
       h("td", { class: "num" }, point.labels ?? "–"),
-      h("td", { class: "num" }, point.value !== undefined ? `${num(point.value)}` : "–", h("br"),
-        h("span", { class: "muted" }, point.metric ?? "")),
+      metricCell(point),
       h("td", { class: "num" }, num(point.baseline)),
       h("td", { class: "num" }, num(human)),
       h("td", {}, point.promoted ? "promoted" : "not promoted", h("br"),
@@ -215,10 +225,11 @@ async function models() {
   const parts = [
     card("Learning curve", h("p", { class: "muted" },
       "Each trained version's test metric against the labels behind it; the ringed point is the champion, " +
-      "filled points were promoted, the dashed line is the baseline. Click a point to open that version."),
+      "filled points were promoted, the dashed line is the baseline. Click a point to open that version." +
+      (detection ? " Detectors: mAP@.5 (the promotion gate's metric) and, dotted, mAP@[.5:.95]." : "")),
     curveChart(curve, { onPick: (id) => { location.search = `?model=${id}`; } })),
-    card("Versions", table(["version", "status", "labels", "metric", "baseline", "human", "decision", "p-value",
-      "downloads"], rows)),
+    card("Versions", table(["version", "status", "labels", "metric", "baseline", detection ? "human box F1" : "human",
+      "decision", "p-value", "downloads"], rows)),
   ];
   if (shown) parts.push(...versionCards(shown, versions));
   if (versions.length >= 2) parts.push(compareCard(versions));
@@ -264,6 +275,7 @@ function versionCards(model, versions) {
       }, { id: "promote-form" });
   parts.push(card(`Version #${model.id} (${model.status})`,
     h("p", {}, decision.reason ?? ""), h("ul", {}, promotions), promote, retrainForm(model)));
+  if (metrics.task === "detection") parts.push(...detectionErrors(metrics));
   if (metrics.confusion_matrix) {
     parts.push(h("div", { class: "grid" },
       card("Confusion matrix (test split)", h("p", { class: "muted" }, "Click a red cell to see those images."),
@@ -271,6 +283,36 @@ function versionCards(model, versions) {
       card(`Misclassified test images (${wrong.length})`, gallery)));
   }
   return parts;
+}
+
+// A detector's error analysis on the test split (the TIDE categories) and the gallery of its worst test images:
+// the consensus boxes it was scored against, solid, and its own boxes at the operating score, dashed. Clicking a
+// category shows the images with that kind of error.
+const ERROR_KINDS = { missed: "missed objects", false_boxes: "false boxes", wrong_class: "wrong class",
+  poor_localization: "poor localization" };
+
+function detectionErrors(metrics) {
+  const images = (metrics.error_images ?? []).filter((e) => e.predicted); // the worst ones carry their boxes
+  const gallery = h("div", { class: "gallery", id: "box-errors" });
+  const show = (kind) => {
+    const picked = images.filter((e) => !kind || e[kind] > 0);
+    gallery.replaceChildren(...picked.map((e) => h("div", { class: "tile", "data-image": e.image_id },
+      thumbnail(e.image_id, { boxes: e.truth, predicted: e.predicted }),
+      h("span", {}, Object.keys(ERROR_KINDS).filter((k) => e[k]).map((k) => `${e[k]} ${ERROR_KINDS[k]}`).join(", ")),
+      h("span", { class: "muted" }, `${e.truth.length} consensus, ${e.predicted.length} predicted`))));
+    if (!picked.length) gallery.append(h("p", { class: "muted" }, "No test image with such an error."));
+  };
+  show(null);
+  const totals = table(["error", "boxes", ""], Object.entries(ERROR_KINDS).map(([kind, name]) =>
+    h("tr", { "data-error": kind }, h("td", {}, name), h("td", { class: "num" }, metrics.errors?.[kind] ?? 0),
+      h("td", {}, h("button", { type: "button", onclick: () => show(kind) }, "show")))));
+  const legend = h("p", { class: "box-legend muted" }, h("span", { class: "consensus" }, "▭ consensus boxes"), " · ",
+    h("span", { class: "predicted" }, "┅ predicted boxes"), ` (score ≥ ${metrics.operating_score ?? "–"})`);
+  return [h("div", { class: "grid" },
+    card("Errors on the test split", h("p", { class: "muted" }, `mAP@.5 ${num(metrics.test_map50)}, ` +
+      `mAP@[.5:.95] ${num(metrics.test_map)}, mean image F1 ${num(metrics.mean_image_f1)} on ${metrics.test_items} ` +
+      "test images."), totals),
+    card(`Test images with errors (${images.length}, worst first)`, legend, gallery))];
 }
 
 // DIGITS' "clone job": this version's settings, some changed, become the project's training settings and a
@@ -304,7 +346,33 @@ function compareCard(versions) {
   return card("Compare two versions", element, out);
 }
 
+// Two detectors side by side: per-class AP, AP@.5 and recall; test images whose errors differ.
+function boxComparison(one, two) {
+  const classes = one.labels.map((label) => {
+    const [a, b] = [one.metrics?.per_class?.[label] ?? {}, two.metrics?.per_class?.[label] ?? {}];
+    return h("tr", { "data-label": label }, h("td", {}, label), h("td", { class: "num" }, num(a.ap50)),
+      h("td", { class: "num" }, num(b.ap50)), h("td", { class: "num" }, num(a.ap)), h("td", { class: "num" }, num(b.ap)),
+      h("td", { class: "num" }, num(a.recall)), h("td", { class: "num" }, num(b.recall)));
+  });
+  const errorsOf = (m) => new Map((m.metrics?.error_images ?? []).map((e) => [e.image_id, e]));
+  const [ea, eb] = [errorsOf(one), errorsOf(two)];
+  const count = (e) => (e ? Object.keys(ERROR_KINDS).reduce((sum, k) => sum + (e[k] ?? 0), 0) : 0);
+  const differ = [...new Set([...ea.keys(), ...eb.keys()])].filter((id) => count(ea.get(id)) !== count(eb.get(id)))
+    .map((id) => {
+      const e = ea.get(id) ?? eb.get(id);
+      return h("div", { class: "tile", "data-image": id }, thumbnail(id, { boxes: e.truth ?? null }),
+        h("span", {}, `#${one.id}: ${count(ea.get(id))} errors`), h("span", {}, `#${two.id}: ${count(eb.get(id))} errors`));
+    });
+  const figures = (m) => `mAP@.5 ${num(m.metrics?.test_map50)}, mAP@[.5:.95] ${num(m.metrics?.test_map)}`;
+  return [h("p", {}, `#${one.id}: ${figures(one)} on ${one.snapshot?.item_count ?? "?"} labels; ` +
+    `#${two.id}: ${figures(two)} on ${two.snapshot?.item_count ?? "?"} labels`),
+  table(["class", `AP@.5 #${one.id}`, `AP@.5 #${two.id}`, `AP #${one.id}`, `AP #${two.id}`, `recall #${one.id}`,
+    `recall #${two.id}`], classes),
+  h("h3", {}, `Test images where their errors differ (${differ.length})`), h("div", { class: "gallery" }, differ)];
+}
+
 function comparison(one, two) {
+  if (one.metrics?.task === "detection") return boxComparison(one, two);
   const classes = one.labels.map((label) => {
     const [a, b] = [one.metrics?.per_class?.[label] ?? {}, two.metrics?.per_class?.[label] ?? {}];
     return h("tr", {}, h("td", {}, label), h("td", { class: "num" }, num(a.f1)), h("td", { class: "num" }, num(b.f1)),
@@ -334,9 +402,36 @@ async function quality() {
     api("GET", `${P()}/annotators`), api("GET", `${P()}/consensus/weak?limit=50`),
     api("GET", `${P()}/label-issues?limit=100`)]);
   const detection = state.project.task_type === "detection";
-  return [card("Agreement", agreementFigures(agreement)), card("Annotators", scorecards(cards, detection)),
+  const computing = [agreement, cards].find((r) => r.status === "computing");
+  if (computing) { // a large project's first report: the job's end redraws the page
+    state.timers.push(setInterval(async () => {
+      const job = await api("GET", `/api/v1/jobs/${computing.job_id}`).catch(() => null);
+      if (job && !["queued", "running"].includes(job.status)) draw().catch(() => {});
+    }, 2000));
+    return [card("Quality report", h("p", { id: "report-freshness" }, `Being computed by job #${computing.job_id}: ` +
+      "Dawid-Skene, kappas and alpha over every label take a while on a project this size. This page shows it " +
+      "when the job ends (Mining & jobs shows its progress)."))];
+  }
+  return [reportCard(cards.report), card("Agreement", agreementFigures(agreement)),
+    card("Annotators", scorecards(cards, detection)),
     card(`Weak consensus (${weak.items.length})`, weakGallery(weak.items, detection)),
     card(`Label issues (${issues.items.length})`, issueGallery(issues.items))];
+}
+
+// When the stored agreement figures and scorecards were computed, over how many labels, and whether newer ones
+// wait for the recompute job (started as labels arrive, at most once per the project's interval).
+function reportCard(report) {
+  if (!report) return null;
+  const behind = report.newer_labels ? "Newer labels have arrived since" : report.outdated
+    ? "A gold answer, exclusion or consensus refit came since" : "Up to date";
+  const pending = report.recompute_job_id ? `; recompute job #${report.recompute_job_id} is queued or running` : "";
+  const recompute = h("button", { type: "button", id: "recompute", onclick: () => quietly(async () => {
+    const job = await api("POST", `${P()}/jobs`, { body: { kind: "quality_report" } });
+    return `Quality report job ${job.id} started: the figures update when it ends.`;
+  }) }, "Recompute now");
+  return card("Quality report", h("p", { id: "report-freshness", "data-outdated": report.outdated },
+    `Figures computed ${when(report.computed_at)} UTC over ${report.labels} labels. ${behind}${pending}.`),
+  report.outdated && !report.recompute_job_id ? recompute : null);
 }
 
 // Every figure of the agreement answer that has a value: classification (percent agreement, kappa, alpha) or
@@ -406,7 +501,9 @@ function issueGallery(items) {
   const chosen = new Set();
   const tiles = items.map((issue) => {
     const tile = h("label", { class: "tile", "data-image": issue.image_id },
-      thumbnail(issue.image_id), h("span", {}, `given ${issue.given_label} → ${issue.suggested_label}`),
+      thumbnail(issue.image_id, { boxes: issue.box ? [{ ...issue.box, label: issue.suggested_label }] : null }),
+      h("span", {}, issue.issue_type ? `${issue.issue_type}: ${issue.given_label || "no box"} → ${issue.suggested_label}`
+        : `given ${issue.given_label} → ${issue.suggested_label}`),
       h("span", { class: "muted" }, `score ${num(issue.score)}${issue.sent_for_review_at ? " · in review" : ""}`),
       h("input", { type: "checkbox", onchange: (event) => {
         if (event.target.checked) chosen.add(issue.image_id); else chosen.delete(issue.image_id);
@@ -447,7 +544,7 @@ async function mining() {
   const next = h("div", { class: "gallery" }, queue.items.map((q) => h("div", { class: "tile", "data-image": q.image_id },
     thumbnail(q.image_id), h("span", {}, `${q.tier} · score ${num(q.priority)}`), h("span", { class: "muted" }, q.why))));
   const cron = Object.fromEntries(schedules.map((sc) => [sc.kind, sc]));
-  const scheduleFields = ["mine", "train", "label_quality"].map((kind) =>
+  const scheduleFields = ["mine", "train", "label_quality", "quality_report"].map((kind) =>
     [kind, `${kind}${cron[kind] ? ` (next ${when(cron[kind].next_run_at)} UTC)` : ""}`,
       h("input", { value: cron[kind]?.cron ?? "", placeholder: "cron, e.g. 0 * * * *", size: 16 })]);
   const scheduleForm = form(scheduleFields, "Save schedules", async (values) => {
