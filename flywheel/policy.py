@@ -1,5 +1,5 @@
-"""When the flywheel acts on its own: refresh the head as labels arrive, retrain when they have grown enough,
-re-rank the queue with each new champion.
+"""When the flywheel acts on its own: refresh the head (a small detector's heads) as labels arrive, retrain when
+they have grown enough, re-rank the queue with each new champion.
 
 Runs in the worker (a ``check_policy`` task sent when labels change, and every minute as a safety
 net); the API process only sends the notice.
@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from flywheel.jobs.rows import create_job
 from flywheel.jobs.transport import Transport
+from flywheel.serving.detection import CENTERNET
 from flywheel.serving.registry import champion, promote
 from storage.db import Database, after_commit
 from storage.models import (
@@ -47,7 +48,7 @@ def start_policy_jobs(db: Database, transport: Transport, *, project_id: int) ->
             return started
         detection = project.task_type is TaskType.detection
         policy = project_settings(project).training
-        if policy.auto_refresh and not detection and _refresh_due(session, project_id):
+        if policy.auto_refresh and _refresh_due(session, project_id, detection=detection):
             delay = _refresh_delay(session, project_id, policy.refresh_interval_seconds)
             not_before = utcnow() + timedelta(seconds=delay)
             create_job(
@@ -127,10 +128,11 @@ def start_export(session: Session, *, model: ModelVersion, transport: Transport)
     return create_job(session, project_id=model.project_id, kind=JobKind.export, transport=transport, params=params)
 
 
-def _refresh_due(session: Session, project_id: int) -> bool:
-    """True when a champion exists, labels have arrived since its newest head, and no refresh is waiting."""
+def _refresh_due(session: Session, project_id: int, *, detection: bool) -> bool:
+    """True when a champion that can be refreshed exists (a detector: the small centre-point one), labels have
+    arrived since its newest refresh, and no refresh is waiting."""
     best = champion(session, project_id=project_id)
-    if best is None:
+    if best is None or (detection and best.architecture != CENTERNET):
         return False
     newest = session.scalar(select(func.max(Annotation.id)).where(Annotation.project_id == project_id))
     covered = session.scalar(

@@ -105,6 +105,8 @@ def run_lane(lane: str) -> None:
     exit_with_parent()
     rt = runtime()
     configure_logging(rt.settings.log_level)
+    if lane == "slow" and rt.settings.job_niceness:
+        os.nice(rt.settings.job_niceness)  # long jobs are background work: labeling requests come first
     import torch
 
     torch.set_num_threads(rt.settings.train_threads)

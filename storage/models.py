@@ -406,7 +406,7 @@ class JobStatus(enum.StrEnum):
 
 class JobKind(enum.StrEnum):
     train = "train"  # full training on a fresh snapshot, evaluation, promotion decision
-    refresh = "refresh"  # refit the champion's head on cached embeddings
+    refresh = "refresh"  # refit the champion's head on cached embeddings (a detector's heads: fine-tuned)
     embed = "embed"  # cache every image's embedding from the champion's backbone
     label_quality = "label_quality"
     mine = "mine"
@@ -461,7 +461,7 @@ class DatasetSnapshot(CreatedAt, Base):
 
 class ModelKind(enum.StrEnum):
     full = "full"  # the whole network trained on a snapshot
-    refresh = "refresh"  # the parent's backbone with a head refitted on cached embeddings
+    refresh = "refresh"  # the parent's backbone with a head refitted on cached embeddings (or a detector's heads)
 
 
 class ModelStatus(enum.StrEnum):

@@ -45,7 +45,11 @@ class TrainingSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     auto_train: bool = Field(default=True, description="Train when labels have grown enough, with no human action.")
-    auto_refresh: bool = Field(default=True, description="Refit the champion's head within seconds of new labels.")
+    auto_refresh: bool = Field(
+        default=True,
+        description="Refit the champion's head within seconds of new labels (a "
+        "centernet_small detector: fine-tune its heads, in seconds).",
+    )
     min_new_labels: int = Field(default=50, ge=1, description="Train after at least this many new labels ...")
     growth: float = Field(default=0.2, ge=0, le=10, description="... or this share of growth, whichever is larger.")
     debounce_seconds: float = Field(default=10.0, ge=0, le=3600, description="Wait for labels to settle first.")
@@ -125,7 +129,9 @@ class TrainingSettings(BaseModel):
 
 # The active-learning strategies of flywheel/strategies.py (storage imports nothing of ours; a test keeps
 # the two lists equal). An unknown name is refused with this list in the message.
-MiningStrategy = Literal["random", "least_confidence", "margin", "entropy", "margin_kcenter"]
+MiningStrategy = Literal[
+    "random", "least_confidence", "margin", "entropy", "margin_kcenter", "disagreement", "disagreement_kcenter"
+]
 
 
 class MiningSettings(BaseModel):
@@ -136,7 +142,9 @@ class MiningSettings(BaseModel):
     strategy: MiningStrategy = Field(
         default="margin_kcenter",
         description="random, least_confidence, margin, entropy, or margin_kcenter (the most uncertain, spread "
-        "over the embeddings so a batch holds no near-duplicates).",
+        "over the embeddings so a batch holds no near-duplicates); detection also disagreement and "
+        "disagreement_kcenter (where the champion and its fresh update differ most; margin until a fresh update "
+        "serves).",
     )
     batch_size: int = Field(default=200, ge=1, le=10_000, description="Images a pass puts at the front of the queue.")
     after_promotion: bool = Field(
@@ -193,7 +201,12 @@ class MonitoringSettings(BaseModel):
         description="Store predicted images into the pool (source production) for labeling: none, those below "
         "capture_below confidence, or all; a sample of them by capture_rate.",
     )
-    capture_below: float = Field(default=0.6, ge=0, le=1, description="low_confidence: the top probability below this.")
+    capture_below: float = Field(
+        default=0.6,
+        ge=0,
+        le=1,
+        description="low_confidence: the top probability (a detector's: its top box's score) below this.",
+    )
     capture_rate: float = Field(default=1.0, ge=0, le=1, description="The share of the qualifying images stored.")
     drift_window: int = Field(
         default=200, ge=20, le=100_000, description="A drift check compares the newest this many logged predictions ..."

@@ -82,6 +82,13 @@ class Settings(BaseSettings):
     train_threads: int = Field(
         default=1, ge=1, le=256, description="Torch threads per job, so training leaves the API its share."
     )
+    job_niceness: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description="The worker's slow lane (training, embeddings, mining) runs this much nicer than the API (Unix "
+        "nice): on a machine they share, a training yields the CPU to labeling requests. 0 keeps them equal.",
+    )
     job_stale_seconds: float = Field(
         default=30.0, gt=0, description="A running job whose heartbeat is this old has lost its worker."
     )

@@ -193,7 +193,7 @@ def test_classification_projects_refuse_boxes_and_detection_projects_train_only_
     assert submit(client, project, annotator, images[0], [box()]).status_code == 201
     rt = app.state.runtime
     path = f"/api/v1/projects/{project['id']}"
-    for kind in ("refresh", "embed", "distill"):  # label_quality finds box label issues (tests/test_label_issues.py)
+    for kind in ("embed", "distill"):  # label_quality finds box label issues (tests/test_label_issues.py)
         job = client.post(f"{path}/jobs", json={"kind": kind}, headers=admin.headers)
         assert job.status_code == 422 and job.json()["error"]["code"] == "not_for_detection"
         assert "where the flywheel trains detectors (kind train)" in job.json()["error"]["message"]
@@ -201,7 +201,7 @@ def test_classification_projects_refuse_boxes_and_detection_projects_train_only_
     nightly = client.put(f"{path}/schedules", json={"drift": "0 3 * * *"}, headers=admin.headers)
     assert nightly.status_code == 422 and nightly.json()["error"]["code"] == "not_for_detection"
     assert client.put(f"{path}/schedules", json={}, headers=admin.headers).json() == []  # clearing stays possible
-    # The policy trains detectors as boxes arrive (never refreshes them): min_new_labels 1 starts a training.
+    # The policy trains detectors as boxes arrive (a refresh needs a champion): min_new_labels 1 starts a training.
     assert start_policy_jobs(rt.db, rt.transport, project_id=project["id"]) == [JobKind.train]
     refused = client.get(f"{path}/export?format=csv", headers=admin.headers)
     assert refused.status_code == 422 and refused.json()["error"]["code"] == "not_for_detection"

@@ -91,6 +91,34 @@ def test_predict_answers_boxes_and_tasks_carry_box_prelabels_from_the_onnx_detec
     no_files = client.post(f"{path}/predict", files=[("files", ("x.png", b""))], headers=detector.engineer.headers)
     assert no_files.status_code == 422 and no_files.json()["error"]["code"] == "empty_file"
 
+    # Each answer is logged (top box's class and score, the boxes, the model time) as a classifier's is; capture is
+    # off by default, then takes the images whose top box scores lowest under `monitoring.capture`.
+    from sqlalchemy import select
+
+    from storage.models import Image, ImageSource, PredictionLog
+
+    def logged() -> list[PredictionLog]:
+        with detector.app.state.runtime.db.read_session() as session:
+            return list(session.scalars(select(PredictionLog).order_by(PredictionLog.id)))
+
+    rows = logged()
+    assert len(rows) == 7 and {r.model_id for r in rows} == {detector.champion_id}  # the six, then the task's image
+    for row, p in zip(rows, predictions, strict=False):
+        assert row.boxes == p["boxes"] and row.latency_ms > 0 and row.role == "served" and row.image_id is None
+        top = max(p["boxes"], key=lambda b: b["score"]) if p["boxes"] else None
+        assert (row.label, row.confidence) == ((top["label"], top["score"]) if top else (None, 0.0))
+    scores = sorted(r.confidence for r in rows[:6])
+    below = (scores[1] + scores[2]) / 2  # the two least confident answers are captured
+    settings = {"settings": {"monitoring": {"capture": "low_confidence", "capture_below": below}}}
+    assert client.patch(path + "/settings", json=settings, headers=detector.admin.headers).status_code == 200
+    assert client.post(f"{path}/predict", files=files, headers=detector.engineer.headers).status_code == 200
+    with detector.app.state.runtime.db.read_session() as session:
+        captured = set(session.scalars(select(Image.original_name).where(Image.source == ImageSource.production)))
+    assert captured == {
+        name for name, r in zip([f"new{i}.png" for i in range(6)], rows, strict=False) if r.confidence < below
+    }
+    assert len(captured) == 2 and {r.image_id is not None for r in logged()[7:]} == {True, False}
+
     # The detector's files break (a fresh process loads them): tasks still come, without boxes; /predict says so.
     settings = detector.app.state.runtime.settings
     with detector.app.state.runtime.db.read_session() as session:
@@ -214,3 +242,52 @@ def test_a_second_detector_is_judged_against_the_champion_on_the_same_test_image
     assert f"model {detector.champion_id} cannot answer" in answer["fallback_reason"]
     task = client.get(f"{path}/tasks/next", headers=detector.annotator.headers).json()
     assert task["prelabel_boxes"]["model_version"] == f"model-{result['model_id']}"
+
+
+def test_a_fresh_update_fine_tunes_the_detector_heads_on_new_labels_serves_box_prelabels_and_mining_reads_it(detector):
+    from sqlalchemy import select
+
+    from flywheel.policy import start_policy_jobs
+    from storage.models import Image, Job, JobKind, JobStatus, Split
+    from tests.jobs import run
+
+    app, client, engineer, annotator = detector.app, detector.client, detector.engineer, detector.annotator
+    path = f"/api/v1/projects/{detector.project['id']}"
+    rt = app.state.runtime
+    # A gate of 0.02 mAP@.5: on these 10 test images one box's rank moves mAP@.5 by about 0.01.
+    settings = {"settings": {"training": {"promotion_tolerance": 0.02}, "mining": {"strategy": "disagreement"}}}
+    assert client.patch(f"{path}/settings", json=settings, headers=detector.admin.headers).status_code == 200
+    answered, annotations = [], []
+    for _ in range(4):  # four of the unlabeled scenes answered after the champion was trained
+        task = client.get(f"{path}/tasks/next", headers=annotator.headers).json()
+        body = {"image_id": task["image_id"], "boxes": detector.truth[task["image_id"]]}
+        stored = client.post(f"{path}/annotations", json=body, headers=annotator.headers)
+        assert stored.status_code == 201, stored.text
+        answered.append(task["image_id"])
+        annotations.append(stored.json()["id"])
+    assert start_policy_jobs(rt.db, rt.transport, project_id=detector.project["id"]) == [JobKind.refresh]
+    with rt.db.read_session() as session:
+        refresh = session.scalars(select(Job).where(Job.kind == JobKind.refresh)).one()
+        new_train = set(session.scalars(select(Image.id).where(Image.id.in_(answered), Image.split == Split.train)))
+    assert run(app, refresh.id) == JobStatus.succeeded
+    result = client.get(f"/api/v1/jobs/{refresh.id}", headers=engineer.headers).json()["result"]
+    fresh = result["model_id"]
+    card = client.get(f"/api/v1/models/{fresh}", headers=engineer.headers).json()
+    assert card["kind"] == "refresh" and card["parent_id"] == detector.champion_id
+    metrics, decision = card["metrics"], card["decision"]
+    assert metrics["new_items"] == len(new_train) and metrics["replay_items"] >= 32 and metrics["loss_last"] > 0
+    assert metrics["onnx_check"]["min_iou"] >= 0.99 and metrics["onnx_check"]["max_score_difference"] <= 1e-4
+    # Judged like a training, against the champion on the same test images, before it may serve.
+    assert decision["compared_with"] == "champion" and decision["champion_id"] == detector.champion_id
+    assert "Wilcoxon" in decision["reason"] and decision["promote"], decision
+    assert result["serving"] and card["status"] == "candidate" and card["labels_through"] == max(annotations)
+    task = client.get(f"{path}/tasks/next", headers=annotator.headers).json()
+    assert task["prelabel_boxes"]["model_version"] == f"model-{fresh}"  # pre-labels from a model that saw them
+    assert client.get(f"{path}/models/champion", headers=engineer.headers).json()["id"] == detector.champion_id
+    assert start_policy_jobs(rt.db, rt.transport, project_id=detector.project["id"]) == []  # nothing new since
+
+    # Mining by disagreement reads the champion and its fresh update.
+    mine = client.post(f"{path}/jobs", json={"kind": "mine"}, headers=engineer.headers).json()
+    assert run(app, mine["id"]) == JobStatus.succeeded
+    mined = client.get(f"/api/v1/jobs/{mine['id']}", headers=engineer.headers).json()["result"]
+    assert mined["model_id"] == fresh and mined["strategy"] == "disagreement" and mined["chosen"] > 0

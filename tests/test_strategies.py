@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import get_args
 
 import numpy as np
@@ -9,6 +10,8 @@ import pytest
 
 from flywheel.training.strategies import (
     STRATEGIES,
+    Disagreement,
+    DisagreementKCenter,
     EmptyPool,
     Entropy,
     LeastConfidence,
@@ -27,7 +30,8 @@ def seeded_pool(size: int = 200, classes: int = 5, dims: int = 8, seed: int = 0)
     rng = np.random.default_rng(seed)
     probabilities = rng.dirichlet(np.full(classes, 0.5), size=size)
     embeddings = rng.normal(size=(size, dims)).astype(np.float32)
-    return Pool.from_probabilities(probabilities, ids=np.arange(1000, 1000 + size), embeddings=embeddings)
+    pool = Pool.from_probabilities(probabilities, ids=np.arange(1000, 1000 + size), embeddings=embeddings)
+    return replace(pool, disagreement=rng.random(size) * (rng.random(size) < 0.5))  # half of them agree
 
 
 def chunks(pool: Pool, size: int) -> list[Pool]:
@@ -155,6 +159,32 @@ class TestMarginKCenter(StrategyChecks):
         bare = Pool(ids=pool.ids, confidence=pool.confidence, margin=pool.margin, entropy=pool.entropy)
         with pytest.raises(ValueError, match="needs the pool's embeddings"):
             self.strategy.query(bare, 5)
+
+
+class TestDisagreement(StrategyChecks):
+    strategy = Disagreement()
+
+    def test_where_the_two_models_disagree_most_first_then_the_smallest_margin(self):
+        pool = seeded_pool()
+        assert pool.disagreement is not None
+        order = self.strategy.query(pool, len(pool))
+        disagree = pool.disagreement[order]
+        assert np.all(np.diff(disagree) <= self.strategy.tie_break)  # the margin orders only near-equals
+        agreed = order[disagree == 0]  # the images both models answer alike: by margin, as Margin ranks them
+        assert agreed.tolist() == agreed[Margin().query(pool.take(agreed), len(agreed))].tolist()
+
+    def test_without_a_second_model_it_ranks_by_margin(self):
+        pool = replace(seeded_pool(), disagreement=None)
+        assert self.strategy.query(pool, 20).tolist() == Margin().query(pool, 20).tolist()
+
+
+class TestDisagreementKCenter(StrategyChecks):
+    strategy = DisagreementKCenter()
+
+    def test_the_first_choice_is_where_the_two_models_disagree_most(self):
+        pool = seeded_pool()
+        assert pool.disagreement is not None
+        assert self.strategy.query(pool, 10)[0] == int(np.argmax(pool.disagreement))
 
 
 def test_every_strategy_is_in_the_suite_and_selectable_by_the_projects_setting():

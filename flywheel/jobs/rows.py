@@ -28,17 +28,20 @@ logger = logging.getLogger(__name__)
 TERMINAL = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled})
 
 
-DETECTION_JOBS = frozenset({JobKind.train, JobKind.mine, JobKind.label_quality, JobKind.quality_report})
+DETECTION_JOBS = frozenset(
+    {JobKind.train, JobKind.refresh, JobKind.mine, JobKind.label_quality, JobKind.quality_report}
+)
 
 
 def require_job_for_task(project: Project, *, kind: JobKind) -> None:
-    """Detection projects train detectors, mine with them, find box label issues and report quality; the other job
-    kinds (refresh, embeddings, distillation...) work on classifiers only so far."""
+    """Detection projects train detectors, refresh them, mine with them, find box label issues and report quality;
+    the other job kinds (embeddings, distillation...) work on classifiers only so far."""
     if project.task_type is TaskType.detection and kind not in DETECTION_JOBS:
         raise InvalidInput(
             f"no {kind.value} job for project {project.id}: it is a detection project, where the flywheel trains "
-            "detectors (kind train), mines with them (kind mine), finds box label issues (kind label_quality) and "
-            f"reports quality (kind quality_report); {kind.value} works on classification projects only for now",
+            "detectors (kind train), refreshes them (kind refresh), mines with them (kind mine), finds box label "
+            f"issues (kind label_quality) and reports quality (kind quality_report); {kind.value} works on "
+            "classification projects only for now",
             code="not_for_detection",
         )
 

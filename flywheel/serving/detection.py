@@ -15,6 +15,7 @@ import onnxruntime as ort
 
 from flywheel.serving.preprocess import normalize
 
+CENTERNET = "centernet_small"  # the small default detector, the one whose heads a refresh fine-tunes
 STRIDE = 4
 MAX_DETECTIONS = 100
 MIN_SCORE = 0.01  # what evaluation sees (mAP needs the low-scored tail); pre-labels keep far fewer

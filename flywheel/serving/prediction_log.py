@@ -3,7 +3,8 @@
 Both happen after the answer has gone out (the router hands them to a background task), so neither slows nor fails a
 prediction: an error here is logged and counted in ``labelwheel_prediction_log_failures_total``, never returned.
 A captured image goes through the same checks and deduplication as an upload (source ``production``) and then
-waits in the labeling queue, where mining ranks it like any other image.
+waits in the labeling queue, where mining ranks it like any other image. A detector's answer is logged with its boxes,
+its confidence being its top box's score (0 when it finds nothing), which ``low_confidence`` capture reads.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import shutil
 import time
 from collections.abc import Iterable, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import IO
@@ -22,7 +23,8 @@ from typing import IO
 from prometheus_client import Counter
 from sqlalchemy import delete, select
 
-from flywheel.serving.inference import Answer, Predictor, Served
+from flywheel.serving.detection import ScoredBox
+from flywheel.serving.inference import Predictor, Served
 from flywheel.serving.traffic import share_point
 from storage.blobs import BlobStore
 from storage.db import Database
@@ -43,6 +45,20 @@ _pruned_at: dict[int, float] = {}  # project id: when this process last deleted 
 
 
 @dataclass(frozen=True)
+class Detected:
+    """A detector's answer to a ``/predict`` request: per input its boxes, best first."""
+
+    model: ModelVersion
+    boxes: list[list[ScoredBox]]
+    fallback: bool = False  # an older detector answered because the serving one could not
+
+    @property
+    def confidences(self) -> list[float]:
+        """Each input's top box score, 0 without a box: what the log keeps and low-confidence capture reads."""
+        return [found[0].score if found else 0.0 for found in self.boxes]
+
+
+@dataclass(frozen=True)
 class PredictedInput:
     name: str
     sha256: str
@@ -60,13 +76,14 @@ def predicted_inputs(
     settings: MonitoringSettings,
     uploads: Sequence[tuple[str, IO[bytes]]],
     hashes: list[str],
-    served: Served,
+    served: Served | Detected,
     *,
     for_shadows: bool,
 ) -> list[PredictedInput]:
     """Each upload with its hash; those to capture (or all of them, for shadow models) copied into a staging folder
     that ``record_predictions`` removes."""
-    captured = [wanted(settings, sha256, answer) for sha256, answer in zip(hashes, served.answers, strict=True)]
+    confidences = served.confidences if isinstance(served, Detected) else [a.confidence for a in served.answers]
+    captured = [wanted(settings, sha256, confidence) for sha256, confidence in zip(hashes, confidences, strict=True)]
     keep = [i for i, capture in enumerate(captured) if capture or for_shadows]
     staged: dict[int, Path] = {}
     if keep:
@@ -87,11 +104,11 @@ def predicted_inputs(
     ]
 
 
-def wanted(settings: MonitoringSettings, sha256: str, answer: Answer) -> bool:
+def wanted(settings: MonitoringSettings, sha256: str, confidence: float) -> bool:
     """Whether an input is captured: by confidence, then sampled by its hash (the same image, the same choice)."""
     if settings.capture == "none":
         return False
-    if settings.capture == "low_confidence" and answer.confidence >= settings.capture_below:
+    if settings.capture == "low_confidence" and confidence >= settings.capture_below:
         return False
     # Bits no other choice uses (the split takes [:8], the queue [8:24], canary routing [:8]): independent samples.
     return share_point(sha256[24:]) < settings.capture_rate
@@ -104,7 +121,7 @@ def record_predictions(
     predictor: Predictor,
     *,
     project_id: int,
-    served: Served,
+    served: Served | Detected,
     inputs: list[PredictedInput],
     latency_ms: float,
     request_id: str,
@@ -198,7 +215,7 @@ def _sha256(stream: IO[bytes]) -> str:
 def _log(
     db: Database,
     project_id: int,
-    served: Served,
+    served: Served | Detected,
     inputs: list[PredictedInput],
     in_pool: dict[str, int],
     latency_ms: float,
@@ -207,6 +224,9 @@ def _log(
 ) -> None:
     """One row per input; ``latency_ms`` is the request's model time, shared by its inputs."""
     per_input = latency_ms / max(len(inputs), 1)
+    if isinstance(served, Detected):
+        _log_boxes(db, project_id, served, inputs, in_pool, per_input, request_id)
+        return
     with db.session() as session:
         session.add_all(
             PredictionLog(
@@ -224,6 +244,36 @@ def _log(
                 role=role,
             )
             for item, answer, embedding in zip(inputs, served.answers, served.embeddings, strict=True)
+        )
+
+
+def _log_boxes(
+    db: Database,
+    project_id: int,
+    detected: Detected,
+    inputs: list[PredictedInput],
+    in_pool: dict[str, int],
+    latency_ms: float,
+    request_id: str,
+) -> None:
+    """A detector's rows: the boxes it answered, its top box's class and score (none and 0 without a box)."""
+    with db.session() as session:
+        session.add_all(
+            PredictionLog(
+                project_id=project_id,
+                model_id=detected.model.id,
+                backbone_id=detected.model.id,
+                fallback=detected.fallback,
+                input_sha256=item.sha256,
+                label=found[0].label if found else None,
+                confidence=confidence,
+                boxes=[asdict(box) for box in found],
+                latency_ms=latency_ms,
+                image_id=in_pool.get(item.sha256),
+                request_id=request_id,
+                role="served",
+            )
+            for item, found, confidence in zip(inputs, detected.boxes, detected.confidences, strict=True)
         )
 
 

@@ -264,6 +264,7 @@ def model_card(session: Session, *, model: ModelVersion) -> dict[str, Any]:
         # The annotators' accuracy against consensus on the test images, beside the model's, now.
         "human_reference": card_human_reference(session, project_id=model.project_id),
         "decision": model.decision,
+        "labels_through": model.labels_through,  # the newest annotation id it has seen (a refresh: trained on)
         "artefacts": {
             "weights_sha256": model.weights_sha256,
             "onnx_sha256": model.onnx_sha256,

@@ -66,9 +66,9 @@ def full_network(blobs: BlobStore, weights_sha256: str) -> nn.Module:
 
 
 def load_model(blobs: BlobStore, model: ModelVersion, parent: ModelVersion | None = None) -> nn.Module:
-    """The network of a model version for inference on the CPU: a refreshed one is a copy of its parent's
+    """The network of a model version for inference on the CPU: a refreshed classifier is a copy of its parent's
     network with its own head."""
-    if model.kind == ModelKind.full:
+    if model.kind == ModelKind.full or model.head_sha256 is None:  # a detector's refresh keeps its whole network
         if model.weights_sha256 is None:
             raise ValueError(f"model {model.id} has no weights yet")
         return full_network(blobs, model.weights_sha256)

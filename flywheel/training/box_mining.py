@@ -1,20 +1,23 @@
-"""Mining in a detection project: the champion detector scores the unlabeled images, the project's strategy puts
+"""Mining in a detection project: the serving detector scores the unlabeled images, the project's strategy puts
 those it is least sure about (spread out by k-center on its embeddings) first, and boxes it confidently contradicts
 go back for review.
 
 The same strategies, test-split sampling and queue priorities as classification (``flywheel.training.mining``);
-what differs is how an image's uncertainty is read from boxes (``image_uncertainty``) and what a contradiction is.
+what differs is how an image's uncertainty is read from boxes (``image_uncertainty``), the second opinion a fresh
+update gives (``box_disagreement`` between it and the champion it updates), and what a contradiction is.
 """
 
 from __future__ import annotations
 
 import heapq
 import math
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 from PIL import Image as PILImage
+from scipy.optimize import linear_sum_assignment
 from sqlalchemy import func, or_, select
 
 from annotation.curation import send_for_review
@@ -27,7 +30,7 @@ from flywheel.training.mining import FIRST, READ_CHUNK, RELABEL_PREFIX, SCORE_BA
 from flywheel.training.strategies import Pool, RandomSampling, get_strategy
 from storage.blobs import BlobStore
 from storage.db import Database
-from storage.models import Image, ModelVersion, Project, QueueTier, Split
+from storage.models import Image, ModelKind, ModelVersion, Project, QueueTier, Split
 from storage.projects import MiningSettings, project_settings
 
 UNCERTAIN_BAND = (0.1, 0.9)  # boxes scored here are the detector's open questions; outside it, it has decided
@@ -48,6 +51,23 @@ def image_uncertainty(found: Detections) -> tuple[float, float]:
     return confidence, entropy
 
 
+def box_disagreement(first: Detections, second: Detections, *, min_score: float = UNCERTAIN_BAND[0]) -> float:
+    """How much two detectors' answers on one image differ, 0 (the same boxes, classes and scores) to 1 (nothing in
+    common): one minus a score-weighted F1, where a pair of boxes of one class overlapping at IoU 0.5 agrees by the
+    lower of their scores, pairs chosen to agree most (scipy's assignment solver). Boxes scored below ``min_score``
+    are ignored; two empty answers agree."""
+    a, b = first.above(min_score), second.above(min_score)
+    total = float(a.scores.sum() + b.scores.sum())
+    if total == 0:
+        return 0.0
+    if not len(a.scores) or not len(b.scores):
+        return 1.0
+    same = (box_ious(a.boxes, b.boxes) >= MATCH_IOU) & (a.classes[:, None] == b.classes[None, :])
+    agree = np.where(same, np.minimum(a.scores[:, None], b.scores[None, :]), 0.0)
+    rows, cols = linear_sum_assignment(agree, maximize=True)
+    return float(np.clip(1 - 2 * agree[rows, cols].sum() / total, 0.0, 1.0))
+
+
 def _detector(session: Any, project_id: int) -> ModelVersion:
     model = serving_model(session, project_id=project_id)
     if model is None or model.onnx_sha256 is None:
@@ -57,6 +77,15 @@ def _detector(session: Any, project_id: int) -> ModelVersion:
             '"train"}'
         )
     return model
+
+
+def _runner(ctx: JobContext, model: ModelVersion) -> ort.InferenceSession:
+    assert model.onnx_sha256 is not None
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = max(1, ctx.settings.train_threads)
+    return ort.InferenceSession(
+        ctx.blobs.read_bytes(model.onnx_sha256), sess_options=options, providers=["CPUExecutionProvider"]
+    )
 
 
 def _detect(blobs: BlobStore, runner: ort.InferenceSession, model: ModelVersion, shas: list[str]) -> list[Detections]:
@@ -77,9 +106,17 @@ def _readable(blobs: BlobStore, sha: str) -> bool:
 
 
 def _score(
-    db: Database, blobs: BlobStore, runner: ort.InferenceSession, model: ModelVersion, project_id: int, ctx: JobContext
+    db: Database,
+    blobs: BlobStore,
+    runner: ort.InferenceSession,
+    model: ModelVersion,
+    project_id: int,
+    ctx: JobContext,
+    *,
+    second: tuple[ort.InferenceSession, ModelVersion] | None = None,
 ) -> tuple[dict[Split, Pool | None], list[int]]:
-    """Pools of the unlabeled training and test images, scored; images whose file is unreadable are skipped."""
+    """Pools of the unlabeled training and test images, scored; images whose file is unreadable are skipped. With
+    ``second`` (the champion, when ``model`` is its fresh update), each image's disagreement between the two."""
     pools: dict[Split, list[Pool]] = {Split.train: [], Split.test: []}
     missing: list[int] = []
     after, done = 0, 0
@@ -100,11 +137,21 @@ def _score(
                 readable.append(row)
             else:
                 missing.append(row.id)
-        found = _detect(blobs, runner, model, [r.sha256 for r in readable])
+        shas = [r.sha256 for r in readable]
+        found = _detect(blobs, runner, model, shas)
+        apart: np.ndarray = np.zeros(len(readable))
+        if second is not None:
+            # Both in the pixels of their own input; the same square image resized, so one factor brings them together.
+            other = _detect(blobs, second[0], second[1], shas)
+            factor = model.input_size / second[1].input_size
+            apart = np.array(
+                [box_disagreement(replace(o, boxes=o.boxes * factor), d) for o, d in zip(other, found, strict=True)]
+            )
         for split in (Split.train, Split.test):
             chosen = [(r, d) for r, d in zip(readable, found, strict=True) if r.split == split]
             if not chosen:
                 continue
+            in_split = np.array([r.split == split for r in readable], dtype=bool)
             figures = np.array([image_uncertainty(d) for _, d in chosen], dtype=np.float64).reshape(-1, 2)
             vectors = [d.embedding for _, d in chosen if d.embedding is not None]
             pools[split].append(
@@ -114,6 +161,7 @@ def _score(
                     margin=2 * figures[:, 0] - 1,  # a box's margin between "object" and "not": |s - (1 - s)|
                     entropy=figures[:, 1],
                     embeddings=np.stack(vectors) if len(vectors) == len(chosen) else None,
+                    disagreement=apart[in_split] if second is not None else None,
                 )
             )
         done += len(rows)
@@ -123,12 +171,16 @@ def _score(
 
 def choose_boxes_first(pools: dict[Split, Pool | None], settings: MiningSettings) -> tuple[list[int], str]:
     """The strategy's batch among training images (k-center needs embeddings: a detector without them is ranked by
-    its margin alone), test images sampled at random at their share, interleaved."""
+    its margin alone; disagreement needs a fresh update of the champion: without one, the margin ranks), test images
+    sampled at random at their share, interleaved."""
     strategy = get_strategy(settings.strategy)
     train, test = pools[Split.train], pools[Split.test]
     n = settings.batch_size
     picked: list[int] = []
     used = strategy.name
+    if strategy.needs_disagreement and train is not None and train.disagreement is None:
+        fallback = "margin_kcenter" if strategy.needs_embeddings else "margin"
+        strategy, used = get_strategy(fallback), f"{fallback} (no fresh update of the champion serves to disagree with)"
     if train is not None and len(train):
         if strategy.needs_embeddings and train.embeddings is None:
             strategy, used = get_strategy("margin"), f"margin ({strategy.name} needs embeddings this detector lacks)"
@@ -261,13 +313,11 @@ def run_box_mining(ctx: JobContext) -> dict[str, Any]:
     with ctx.db.read_session() as session:
         model = _detector(session, ctx.project_id)
         settings = project_settings(session.get_one(Project, ctx.project_id)).mining
-    assert model.onnx_sha256 is not None
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = max(1, ctx.settings.train_threads)
-    runner = ort.InferenceSession(
-        ctx.blobs.read_bytes(model.onnx_sha256), sess_options=options, providers=["CPUExecutionProvider"]
-    )
-    pools, missing = _score(ctx.db, ctx.blobs, runner, model, ctx.project_id, ctx)
+        updated = session.get(ModelVersion, model.parent_id) if model.kind == ModelKind.refresh else None
+    runner = _runner(ctx, model)
+    needs_second = get_strategy(settings.strategy).needs_disagreement
+    second = (_runner(ctx, updated), updated) if needs_second and updated is not None else None
+    pools, missing = _score(ctx.db, ctx.blobs, runner, model, ctx.project_id, ctx, second=second)
     ctx.progress(0.9, "choosing the next images to label")
     order, strategy = choose_boxes_first(pools, settings)
     put_first(ctx.db, project_id=ctx.project_id, image_ids=order)

@@ -62,9 +62,10 @@ def box_class_weights(targets: list[BoxTargets], num_classes: int) -> torch.Tens
     return torch.tensor(weights, dtype=torch.float32)
 
 
-def _augmented(
+def augmented(
     augment: A.Compose | None, images: np.ndarray, targets: list[BoxTargets]
 ) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+    """The images changed by ``augment`` (as they are without it), and their boxes and classes moved with them."""
     if augment is None:
         return images, [t.boxes for t in targets], [t.classes for t in targets]
     arrays, boxes, classes = [], [], []
@@ -108,7 +109,7 @@ def train_detector(
         total = 0.0
         for start in range(0, len(order), config.batch_size):
             batch = order[start : start + config.batch_size]
-            arrays, boxes, classes = _augmented(augment, images[batch], [targets[i] for i in batch])
+            arrays, boxes, classes = augmented(augment, images[batch], [targets[i] for i in batch])
             optimizer.zero_grad()
             loss = detection_loss(
                 model, to_tensor(arrays).to(device), boxes, classes, num_classes=num_classes, class_weights=weights

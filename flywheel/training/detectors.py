@@ -15,11 +15,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from flywheel.serving.detection import STRIDE, Detections, decode_centernet, from_box_outputs
+from flywheel.serving.detection import CENTERNET, STRIDE, Detections, decode_centernet, from_box_outputs
 from flywheel.serving.preprocess import MEAN, STD
 from flywheel.training.architectures import load_backbone
 
-CENTERNET = "centernet_small"
 SSDLITE, SSDLITE_SIZE = "ssdlite320_mobilenet_v3_large", 320
 TORCHVISION_DETECTORS = ("fasterrcnn_mobilenet_v3_large_320_fpn", SSDLITE)
 DETECTION_ARCHITECTURES = (CENTERNET, *TORCHVISION_DETECTORS)
@@ -60,7 +59,10 @@ class CenterNetSmall(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Heatmaps, sizes, offsets, and the image's embedding (its features' mean), which mining spreads over."""
-        features = self.features(x)
+        return self.heads(self.features(x))
+
+    def heads(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The outputs from the backbone's features: a fresh update refits these on features computed once."""
         # Sizes are learnt as logarithms (a box twice as big is one step away, whatever its size) and given as cells.
         size = torch.exp(self.size(features).clamp(max=8))
         return torch.sigmoid(self.heatmap(features)), size, self.offset(features), features.mean(dim=(2, 3))
@@ -150,17 +152,7 @@ def detection_loss(
     """The training loss of a batch: ``inputs`` (N, 3, S, S) normalized, per image (M, 4) corner boxes in input
     pixels and (M,) class indices from 0."""
     if isinstance(model, CenterNetSmall):
-        heat, size, offset, _ = model(inputs)
-        target, centres, sizes, offsets = _gaussian_targets(
-            boxes, classes, num_classes=num_classes, cells=heat.shape[2]
-        )
-        loss = focal_loss(heat, torch.from_numpy(target).to(heat.device), class_weights)
-        if len(centres):
-            n, iy, ix = (torch.from_numpy(c).to(heat.device) for c in centres.T)
-            wanted = torch.from_numpy(np.log(np.maximum(sizes, 0.25))).to(heat.device)
-            loss = loss + F.l1_loss(torch.log(size[n, :, iy, ix]), wanted)
-            loss = loss + F.l1_loss(offset[n, :, iy, ix], torch.from_numpy(offsets).to(heat.device))
-        return loss
+        return centernet_loss(model(inputs), boxes, classes, num_classes=num_classes, class_weights=class_weights)
     # torchvision normalizes inside; it takes the [0, 1] image
     images = list(_unnormalize(inputs))
     targets = [
@@ -172,6 +164,26 @@ def detection_loss(
     ]
     losses = model(images, targets)
     return sum(losses.values(), torch.zeros((), device=inputs.device))
+
+
+def centernet_loss(
+    outputs: tuple[torch.Tensor, ...],
+    boxes: list[np.ndarray],
+    classes: list[np.ndarray],
+    *,
+    num_classes: int,
+    class_weights: torch.Tensor,
+) -> torch.Tensor:
+    """The centre-point detector's loss from its outputs (heatmaps, sizes, offsets; see ``detection_loss``)."""
+    heat, size, offset = outputs[:3]
+    target, centres, sizes, offsets = _gaussian_targets(boxes, classes, num_classes=num_classes, cells=heat.shape[2])
+    loss = focal_loss(heat, torch.from_numpy(target).to(heat.device), class_weights)
+    if len(centres):
+        n, iy, ix = (torch.from_numpy(c).to(heat.device) for c in centres.T)
+        wanted = torch.from_numpy(np.log(np.maximum(sizes, 0.25))).to(heat.device)
+        loss = loss + F.l1_loss(torch.log(size[n, :, iy, ix]), wanted)
+        loss = loss + F.l1_loss(offset[n, :, iy, ix], torch.from_numpy(offsets).to(heat.device))
+    return loss
 
 
 def _unnormalize(inputs: torch.Tensor) -> torch.Tensor:

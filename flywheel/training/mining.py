@@ -276,6 +276,10 @@ def choose_first(db: Database, *, project_id: int, serving: Serving, settings: M
     of the pool and interleaved, so the test set stays an unbiased sample of the data.
     """
     strategy = get_strategy(settings.strategy)
+    used = strategy.name
+    if strategy.needs_disagreement:  # a classifier's refresh is its head refitted, not a second opinion
+        fallback = "margin_kcenter" if strategy.needs_embeddings else "margin"
+        strategy, used = get_strategy(fallback), f"{fallback} ({strategy.name} is for detection projects)"
     model_id = serving.model.id
     with db.read_session() as session:
         counts = dict(
@@ -320,7 +324,7 @@ def choose_first(db: Database, *, project_id: int, serving: Serving, settings: M
     order = interleave(picked, test_picked)
     put_first(db, project_id=project_id, image_ids=order)
     return {
-        "strategy": strategy.name,
+        "strategy": used,
         "pool": {"train": train_left, "test": test_left},
         "chosen": len(order),
         "first": order[:20],

@@ -29,6 +29,8 @@ class Pool:
     margin: np.ndarray  # (N,) the top probability minus the second: low means unsure
     entropy: np.ndarray  # (N,) of the probabilities, in nats: high means unsure
     embeddings: np.ndarray | None = None  # (N, D), read only by strategies that need them
+    # (N,) 0..1, how much the champion and its fresh update differ on each image (detection): high means unsure
+    disagreement: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -40,6 +42,7 @@ class Pool:
             margin=self.margin[positions],
             entropy=self.entropy[positions],
             embeddings=None if self.embeddings is None else self.embeddings[positions],
+            disagreement=None if self.disagreement is None else self.disagreement[positions],
         )
 
     @classmethod
@@ -54,12 +57,14 @@ class Pool:
     @classmethod
     def concat(cls, pools: list[Pool]) -> Pool:
         with_embeddings = [p.embeddings for p in pools if p.embeddings is not None]
+        with_disagreement = [p.disagreement for p in pools if p.disagreement is not None]
         return cls(
             ids=np.concatenate([p.ids for p in pools]),
             confidence=np.concatenate([p.confidence for p in pools]),
             margin=np.concatenate([p.margin for p in pools]),
             entropy=np.concatenate([p.entropy for p in pools]),
             embeddings=np.concatenate(with_embeddings) if len(with_embeddings) == len(pools) else None,
+            disagreement=np.concatenate(with_disagreement) if len(with_disagreement) == len(pools) else None,
         )
 
 
@@ -81,6 +86,7 @@ class QueryStrategy(ABC):
 
     name: ClassVar[str]
     needs_embeddings: ClassVar[bool] = False
+    needs_disagreement: ClassVar[bool] = False  # without it (no fresh update yet), ranks as if all agreed
 
     def shortlist_size(self, n: int) -> int:
         """How many of the best-scored images ``select`` needs to choose ``n`` from."""
@@ -157,6 +163,31 @@ class MarginKCenter(Margin):
         return candidates[k_center_greedy(pool.embeddings[candidates], n)]
 
 
+class Disagreement(QueryStrategy):
+    """Where the champion and its fresh update disagree most first (a committee of two: what the newest labels
+    changed in the model's mind is what it is least settled about); among images they agree on, the smallest
+    margin first."""
+
+    name = "disagreement"
+    needs_disagreement = True
+    tie_break: ClassVar[float] = 1e-3  # the margin's weight: it orders only images of (almost) equal disagreement
+
+    def scores(self, pool: Pool, rng: np.random.Generator) -> np.ndarray:
+        disagreement = pool.disagreement if pool.disagreement is not None else np.zeros(len(pool))
+        return disagreement + self.tie_break * (1 - pool.margin)
+
+
+class DisagreementKCenter(MarginKCenter):
+    """The ``candidates_per_pick`` x n images the two models disagree on most, then a batch spread over them by
+    k-center greedy on the embeddings, as ``margin_kcenter`` does with the margin."""
+
+    name = "disagreement_kcenter"
+    needs_disagreement = True
+
+    def scores(self, pool: Pool, rng: np.random.Generator) -> np.ndarray:
+        return Disagreement().scores(pool, rng)
+
+
 def k_center_greedy(points: np.ndarray, n: int) -> np.ndarray:
     """Positions of ``n`` of the (M, D) ``points``: the first, then each time the point farthest from all
     chosen so far. Memory is O(M) beyond the points."""
@@ -173,7 +204,8 @@ def k_center_greedy(points: np.ndarray, n: int) -> np.ndarray:
 
 
 STRATEGIES: dict[str, type[QueryStrategy]] = {
-    cls.name: cls for cls in (RandomSampling, LeastConfidence, Margin, Entropy, MarginKCenter)
+    cls.name: cls
+    for cls in (RandomSampling, LeastConfidence, Margin, Entropy, MarginKCenter, Disagreement, DisagreementKCenter)
 }
 
 

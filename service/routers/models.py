@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse, Response
 
 from flywheel.policy import make_champion, start_export
 from flywheel.serving.inference import model_version
-from flywheel.serving.prediction_log import input_hashes, predicted_inputs, record_predictions
+from flywheel.serving.prediction_log import Detected, input_hashes, predicted_inputs, record_predictions
 from flywheel.serving.registry import DownloadFormat, FilesPending, champion, list_models, model_card, model_file
 from flywheel.serving.traffic import canary_for, shadows_for
 from service.deps import (
@@ -141,12 +141,29 @@ def predict(
     confidence and probability per label, with the model version that answered. When the serving model's files
     are missing or broken an older model answers and says so (`fallback`). After the answer, each prediction is
     logged and, by the project's `monitoring.capture` setting, its image stored into the pool for labeling. In a
-    detection project each image gets its boxes with class and score instead, with the same fallback (not logged or
-    captured yet)."""
+    detection project each image gets its boxes with class and score instead, with the same fallback, logged and
+    captured the same way (its confidence being its top box's score)."""
     uploads = [(f.filename or "upload", f.file) for f in files]
+    hashes = input_hashes(uploads)
+    settings = project_settings(project).monitoring
     if project.task_type is TaskType.detection:
+        started = time.perf_counter()
         detector, found, fallback = runtime.predictor.detect(
             session, project_id=project.id, uploads=uploads, limits=runtime.limits
+        )
+        detected = Detected(detector, found, fallback=fallback is not None)
+        background.add_task(
+            record_predictions,
+            runtime.db,
+            runtime.blobs,
+            runtime.limits,
+            runtime.predictor,
+            project_id=project.id,
+            served=detected,
+            inputs=predicted_inputs(runtime.blobs, settings, uploads, hashes, detected, for_shadows=False),
+            latency_ms=(time.perf_counter() - started) * 1000,
+            request_id=uuid.uuid4().hex,
+            shadows=[],  # detectors have no shadow or canary deployments yet
         )
         return PredictResult(
             model_id=detector.id,
@@ -158,7 +175,6 @@ def predict(
                 for (name, _), boxes in zip(uploads, found, strict=True)
             ],
         )
-    hashes = input_hashes(uploads)
     started = time.perf_counter()
     served = runtime.predictor.predict(
         session,
@@ -169,7 +185,6 @@ def predict(
     )
     latency_ms = (time.perf_counter() - started) * 1000
     shadows = shadows_for(session, project_id=project.id, answered_by=served.model)
-    settings = project_settings(project).monitoring
     background.add_task(
         record_predictions,
         runtime.db,

@@ -19,7 +19,7 @@ class ModelRead(BaseModel):
     project_id: int
     kind: ModelKind = Field(
         description="full (a whole network trained on a snapshot) or refresh (the parent's backbone with a "
-        "refitted head)."
+        "refitted head; a detector's: its heads fine-tuned on the newest labels)."
     )
     status: ModelStatus = Field(
         description="training, candidate (evaluated, not promoted), champion (serving), retired or failed."
