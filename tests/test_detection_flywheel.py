@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
 from service.app import create_app
-from storage.models import ModelVersion
+from storage.models import Image, ModelVersion
 from storage.settings import load_settings
 
 
@@ -93,9 +94,8 @@ def test_predict_answers_boxes_and_tasks_carry_box_prelabels_from_the_onnx_detec
 
     # Each answer is logged (top box's class and score, the boxes, the model time) as a classifier's is; capture is
     # off by default, then takes the images whose top box scores lowest under `monitoring.capture`.
-    from sqlalchemy import select
 
-    from storage.models import Image, ImageSource, PredictionLog
+    from storage.models import ImageSource, PredictionLog
 
     def logged() -> list[PredictionLog]:
         with detector.app.state.runtime.db.read_session() as session:
@@ -118,6 +118,15 @@ def test_predict_answers_boxes_and_tasks_carry_box_prelabels_from_the_onnx_detec
         name for name, r in zip([f"new{i}.png" for i in range(6)], rows, strict=False) if r.confidence < below
     }
     assert len(captured) == 2 and {r.image_id is not None for r in logged()[7:]} == {True, False}
+
+    # An image whose file is gone is served without boxes, and blames no detector: /predict still answers.
+    with detector.app.state.runtime.db.read_session() as session:
+        unlabeled = session.scalars(select(Image.sha256).where(Image.label_count == 0)).all()
+    for sha256 in unlabeled:
+        detector.app.state.runtime.blobs.path(sha256).unlink()
+    task = client.get(f"{path}/tasks/next", headers=detector.annotator.headers)
+    assert task.status_code == 200 and task.json()["prelabel_boxes"] is None, task.text
+    assert client.post(f"{path}/predict", files=files[:1], headers=detector.engineer.headers).status_code == 200
 
     # The detector's files break (a fresh process loads them): tasks still come, without boxes; /predict says so.
     settings = detector.app.state.runtime.settings
@@ -168,9 +177,8 @@ def test_the_human_reference_of_a_detection_project_is_box_f1_against_consensus_
 
 
 def test_mining_puts_uncertain_images_first_and_sends_contradicted_boxes_back(detector):
-    from sqlalchemy import select
 
-    from storage.models import Image, Role, Split
+    from storage.models import Role, Split
     from tests.factories import make_user
     from tests.jobs import run
 
@@ -245,10 +253,9 @@ def test_a_second_detector_is_judged_against_the_champion_on_the_same_test_image
 
 
 def test_a_fresh_update_fine_tunes_the_detector_heads_on_new_labels_serves_box_prelabels_and_mining_reads_it(detector):
-    from sqlalchemy import select
 
     from flywheel.policy import start_policy_jobs
-    from storage.models import Image, Job, JobKind, JobStatus, Split
+    from storage.models import Job, JobKind, JobStatus, Split
     from tests.jobs import run
 
     app, client, engineer, annotator = detector.app, detector.client, detector.engineer, detector.annotator

@@ -302,10 +302,15 @@ class Predictor:
         for model in serving_candidates(session, project_id=image.project_id):
             try:
                 detector = self._detector(model)
-                with self._blobs.open(image.sha256) as stream, PILImage.open(stream) as decoded:
-                    array = to_array(decoded, model.input_size)
-                (found,) = run_detector(detector, array[None])
             except Exception as exc:  # a pre-label is a hint: the next detector gives it, or the task goes without
+                problems.append(self._failed(image.project_id, model, exc))
+                continue
+            array = self._stored_array(image, model.input_size)
+            if array is None:
+                return None
+            try:
+                (found,) = run_detector(detector, array[None])
+            except Exception as exc:  # a detector that loads but fails to run
                 problems.append(self._failed(image.project_id, model, exc))
                 continue
             self._answered(image.project_id, model, problems)
@@ -327,18 +332,30 @@ class Predictor:
             vector = session.scalar(
                 select(Embedding.vector).where(Embedding.model_id == backbone.id, Embedding.image_id == image.id)
             )
+            array = None if vector is not None else self._stored_array(image, model.input_size)
+            if vector is None and array is None:
+                return None
             try:
-                if vector is not None:
+                if array is None:
                     embedding = np.frombuffer(vector, dtype=np.float32)[None, :]
                 else:
-                    with self._blobs.open(image.sha256) as stream, PILImage.open(stream) as decoded:
-                        embedding = self._embed(backbone, to_array(decoded, model.input_size)[None])
+                    embedding = self._embed(backbone, array[None])
                 answer = _answer(head_probabilities(embedding, weight, bias)[0], model.labels)
             except Exception as exc:  # a model that loads but fails to run: the next one, or no pre-label
                 problems.append(self._failed(image.project_id, model, exc))
                 continue
             return model, answer, self._answered(image.project_id, model, problems)
         return None
+
+    def _stored_array(self, image: Image, size: int) -> np.ndarray | None:
+        """A stored image as a model's input; None (logged) when its file cannot be read: the image's fault, so no
+        model is marked broken for it."""
+        try:
+            with self._blobs.open(image.sha256) as stream, PILImage.open(stream) as decoded:
+                return to_array(decoded, size)
+        except Exception:
+            log.exception("project %s: image %s could not be read for a pre-label", image.project_id, image.id)
+            return None
 
 
 class _Broken(Exception):
