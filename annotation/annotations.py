@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session, aliased
 from annotation.box_answers import DrawnBox, check_boxes, matches_gold, raw_boxes
 from annotation.consensus import apply_answers, refresh_consensus
 from annotation.queue import capacity_left
+from annotation.report_marks import mark_reports_outdated
 from storage.errors import Conflict, InvalidInput, NotFound
 from storage.models import (
     Annotation,
@@ -393,6 +394,7 @@ def withdraw_answer(session: Session, *, project: Project, image_id: int, annota
     image.label_count = max(image.label_count - 1, 0)
     session.flush()
     refresh_consensus(session, project=project, image=image)
+    mark_reports_outdated(session, project_id=project.id)  # no new label id tells them
     session.flush()
     return True
 

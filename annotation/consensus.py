@@ -29,6 +29,7 @@ from annotation.boxes import Box, BoxConsensus, ClassPicker, consensus_boxes
 from annotation.crowd import Crowd, excluded_annotators, load_crowd
 from annotation.dawid_skene import DawidSkeneFit, dawid_skene, one_coin, posterior_from_skills
 from annotation.queue import annotator_members, labels_wanted, place_in_queue
+from annotation.report_marks import mark_reports_outdated
 from storage.models import (
     Annotation,
     AnnotatorExclusion,
@@ -530,6 +531,7 @@ def update_project_consensus(session: Session, project_id: int) -> ConsensusSumm
     The project's labeled images are locked first, so no submission interleaves with the rewrite.
     """
     project = session.get_one(Project, project_id)
+    mark_reports_outdated(session, project_id=project_id)  # they read the consensus rewritten here
     images = list(
         session.scalars(
             select(Image)

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from annotation.annotations import check_answer, gold_correct, project_image
 from annotation.box_answers import DrawnBox
 from annotation.consensus import refresh_consensus
-from annotation.quality_reports import mark_reports_outdated
+from annotation.report_marks import mark_reports_outdated
 from storage.models import Annotation, Image, Project, User
 
 

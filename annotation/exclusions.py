@@ -45,8 +45,9 @@ def exclude_annotator(
     session.add(exclusion)
     session.flush()
     shown = Exclusion(reason=reason, excluded_by_id=by.id, excluded_at=exclusion.created_at)
+    summary = update_project_consensus(session, project.id)  # the images' locks first, as gold and refits take them
     patch_exclusion(session, project_id=project.id, annotator_id=annotator_id, exclusion=shown)
-    return exclusion, update_project_consensus(session, project.id)
+    return exclusion, summary
 
 
 def revoke_exclusion(
@@ -59,8 +60,9 @@ def revoke_exclusion(
         raise Conflict(f"user {annotator_id} is not excluded from project {project.id}", code="not_excluded")
     exclusion.revoked_at, exclusion.revoked_by_id = utcnow(), by.id
     session.flush()
+    summary = update_project_consensus(session, project.id)
     patch_exclusion(session, project_id=project.id, annotator_id=annotator_id, exclusion=None)
-    return exclusion, update_project_consensus(session, project.id)
+    return exclusion, summary
 
 
 def list_exclusions(session: Session, *, project_id: int) -> list[AnnotatorExclusion]:

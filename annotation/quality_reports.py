@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -271,15 +271,17 @@ def card_human_reference(session: Session, *, project_id: int) -> dict[str, Any]
 def reports_outdated(session: Session, *, project_id: int) -> datetime | None:
     """When the stored reports were computed, if they are outdated now (so a job should recompute them); None
     when there are none or they are current."""
-    found = stored_report(session, project_id=project_id, kind="annotators")
-    if found is None or not found[1].outdated:
+    row = session.execute(  # the freshness columns alone: the policy check asks this at every label notice
+        select(QualityReport.computed_at, QualityReport.labels_through, QualityReport.outdated_at).where(
+            QualityReport.project_id == project_id, QualityReport.kind == "annotators"
+        )
+    ).first()
+    if row is None:
         return None
-    return found[1].computed_at
-
-
-def mark_reports_outdated(session: Session, *, project_id: int) -> None:
-    """Something the reports read changed without a new label (a gold answer, a consensus refit)."""
-    session.execute(update(QualityReport).where(QualityReport.project_id == project_id).values(outdated_at=utcnow()))
+    computed_at, through, outdated_at = row
+    if outdated_at is None and newest_label_id(session, project_id=project_id) <= through:
+        return None
+    return computed_at
 
 
 def patch_exclusion(session: Session, *, project_id: int, annotator_id: int, exclusion: Exclusion | None) -> None:

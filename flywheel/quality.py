@@ -16,11 +16,11 @@ from annotation.quality_reports import (
     Freshness,
     compute_reports,
     current_labels,
-    mark_reports_outdated,
     reports_outdated,
     store_reports,
     stored_report,
 )
+from annotation.report_marks import mark_reports_outdated
 from flywheel.jobs.rows import create_job
 from flywheel.jobs.runner import JobContext
 from flywheel.jobs.transport import Transport
@@ -55,7 +55,7 @@ def pending_quality_job(session: Session, *, project_id: int) -> int | None:
         .where(
             Job.project_id == project_id,
             Job.kind == JobKind.quality_report,
-            Job.status.in_((JobStatus.queued, JobStatus.running)),
+            Job.status == JobStatus.queued,  # a running one may have read the data before the change
         )
         .limit(1)
     ).first()
@@ -79,12 +79,15 @@ def start_quality_if_due(db: Database, transport: Transport, *, project_id: int)
     """From the policy check, as labels arrive: recompute reports that exist and are outdated, no sooner than the
     project's interval after the last computation (a stream of labels gives one recompute per interval). Reports
     nobody has asked for yet are not computed."""
-    with db.session() as session:
+    with db.read_session() as session:  # asked at every label notice: no write lock unless a job starts
         computed_at = reports_outdated(session, project_id=project_id)
         if computed_at is None or pending_quality_job(session, project_id=project_id) is not None:
             return None
         interval = project_settings(session.get_one(Project, project_id)).quality_report_interval_seconds
-        delay = max(0.0, (computed_at + timedelta(seconds=interval) - utcnow()).total_seconds())
+    delay = max(0.0, (computed_at + timedelta(seconds=interval) - utcnow()).total_seconds())
+    with db.session() as session:
+        if pending_quality_job(session, project_id=project_id) is not None:  # another check started one meanwhile
+            return None
         return start_quality_job(
             session, project_id=project_id, transport=transport, trigger="labels", delay_seconds=delay
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
+from annotation.consensus import update_project_consensus
 from annotation.quality_reports import card_human_reference
 from annotation.reports import human_reference
 from flywheel.quality import start_quality_if_due
@@ -95,6 +96,11 @@ def test_a_large_projects_quality_page_reads_stored_reports_kept_fresh_by_a_job(
     assert run(app, report["recompute_job_id"]) == JobStatus.succeeded
     cards = client.get(api(project, "/annotators"), headers=engineer.headers).json()
     assert {c["gold_answered"] for c in cards["annotators"]} == {1} and not cards["report"]["outdated"]
+
+    # A training's consensus refit (no new label either) outdates them too.
+    with rt.db.session() as session:
+        update_project_consensus(session, project["id"])
+    assert client.get(api(project, "/agreement"), headers=engineer.headers).json()["report"]["outdated"]
 
     # On request and on a schedule, like any job.
     started = client.post(api(project, "/jobs"), json={"kind": "quality_report"}, headers=engineer.headers)

@@ -332,14 +332,13 @@ class Predictor:
             vector = session.scalar(
                 select(Embedding.vector).where(Embedding.model_id == backbone.id, Embedding.image_id == image.id)
             )
-            array = None if vector is not None else self._stored_array(image, model.input_size)
-            if vector is None and array is None:
+            if vector is not None:
+                inputs: np.ndarray | None = np.frombuffer(vector, dtype=np.float32)[None, :]  # the embedding itself
+            elif (inputs := self._stored_array(image, model.input_size)) is None:
                 return None
+            assert inputs is not None
             try:
-                if array is None:
-                    embedding = np.frombuffer(vector, dtype=np.float32)[None, :]
-                else:
-                    embedding = self._embed(backbone, array[None])
+                embedding = inputs if vector is not None else self._embed(backbone, inputs[None])
                 answer = _answer(head_probabilities(embedding, weight, bias)[0], model.labels)
             except Exception as exc:  # a model that loads but fails to run: the next one, or no pre-label
                 problems.append(self._failed(image.project_id, model, exc))
