@@ -147,35 +147,29 @@ def run_detection_refresh(ctx: JobContext) -> dict[str, Any]:
         snapshot = build_snapshot(session, ctx.blobs, project=project)
         through = session.scalar(select(func.max(Annotation.id)).where(Annotation.project_id == project.id))
         trained_on = session.get_one(DatasetSnapshot, best.snapshot_id) if best.snapshot_id else None
-        model = existing or ModelVersion(
-            project_id=ctx.project_id,
-            job_id=ctx.job_id,
-            snapshot_id=snapshot.id,
-            parent_id=best.id,
-            kind=ModelKind.refresh,
-            status=ModelStatus.training,
-            architecture=best.architecture,
-            input_size=best.input_size,
-            labels=list(best.labels),
-            hyperparameters={
-                "fine_tuned": "the champion's heads, its backbone frozen",
-                "steps": STEPS,
-                "batch_size": BATCH,
-                "learning_rate": LEARNING_RATE,
-                "replay": f"as many labels the champion was trained on as new ones, at least {MIN_REPLAY}",
-            },
-            seed=best.seed,
-            labels_through=through,
-        )
+        model = existing or ModelVersion(project_id=ctx.project_id, job_id=ctx.job_id, kind=ModelKind.refresh)
+        # A retry describes what it fine-tunes now (the champion may have changed since the first attempt).
+        model.snapshot_id, model.parent_id, model.labels_through = snapshot.id, best.id, through
+        model.architecture, model.input_size, model.labels = best.architecture, best.input_size, list(best.labels)
+        model.seed = best.seed
+        model.hyperparameters = {
+            "fine_tuned": "the champion's heads, its backbone frozen",
+            "steps": STEPS,
+            "batch_size": BATCH,
+            "learning_rate": LEARNING_RATE,
+            "replay": f"as many labels the champion was trained on as new ones, at least {MIN_REPLAY}",
+        }
         model.status = ModelStatus.training
         session.add(model)
         session.flush()
         model_id = model.id
     try:
         return _fine_tune(ctx, model_id, best=best, snapshot=snapshot, trained_on=trained_on, tolerance=tolerance)
-    except JobFailed:
+    except BaseException:  # failed, cancelled or killed: the row never stays "training"
         with ctx.db.session() as session:
-            session.get_one(ModelVersion, model_id).status = ModelStatus.failed
+            row = session.get_one(ModelVersion, model_id)
+            if row.status is ModelStatus.training:
+                row.status = ModelStatus.failed
         raise
 
 
