@@ -20,7 +20,7 @@ def test_create_and_read_a_project_with_its_ordered_labels(client, admin):
     assert settings == {
         "overlap_rate": 0.25, "overlap_k": 3, "lease_minutes": 10, "gold_rate": 0.05,
         "auto_review": True, "review_posterior": 0.7, "review_max_labels": 5, "max_boxes": 500, "iou_threshold": 0.5,
-        "box_quorum": None, "tight_iou": 0.75, "hotkeys": {},
+        "box_quorum": None, "tight_iou": 0.75, "hotkeys": {}, "quality_report_interval_seconds": 60.0,
     }  # fmt: skip
     assert project["settings"]["training"]["min_new_labels"] == 50
     assert project["settings"]["mining"]["strategy"] == "margin_kcenter"
@@ -91,7 +91,7 @@ def test_settings_can_be_changed_and_are_validated(client, admin):
     assert settings == {
         "overlap_rate": 0.1, "overlap_k": 5, "lease_minutes": 10, "gold_rate": 0.05,
         "auto_review": True, "review_posterior": 0.7, "review_max_labels": 5, "max_boxes": 500, "iou_threshold": 0.5,
-        "box_quorum": None, "tight_iou": 0.75, "hotkeys": {},
+        "box_quorum": None, "tight_iou": 0.75, "hotkeys": {}, "quality_report_interval_seconds": 60.0,
     }  # fmt: skip
     refused = client.patch(url, json={"settings": {"overlap_rate": -1}}, headers=admin.headers)
     assert refused.status_code == 422
