@@ -347,7 +347,11 @@ def submit_annotation(
             earlier = _replay(session, annotator_id=principal.id, key=idempotency_key, request_hash=request_hash)
             if earlier is not None:
                 return Submitted(earlier, replayed=True)
-        raise
+        raise Conflict(
+            f"your answer for image {image_id} clashed with one stored at the same moment; nothing of this request "
+            "was stored: send it again",
+            code="concurrent_submission",
+        ) from None
     if previous is not None:
         connection.execute(_SUPERSEDE, {"answer_id": previous.id})
     if situation.assignment_id is None:
