@@ -234,7 +234,8 @@ def test_import_a_folder_twice_adds_nothing_the_second_time(env, tmp_path, datab
 @pytest.mark.slow
 def test_serve_with_several_worker_processes_and_the_admin_token_from_the_environment(env, tmp_path):
     token = "a-long-automation-token-0123456789"
-    env = {**env, "LABELWHEEL_ADMIN_TOKEN": token, "LABELWHEEL_WORKERS": "2"}
+    # Two API processes and no job worker (serve with its worker: tests/test_worker.py).
+    env = {**env, "LABELWHEEL_ADMIN_TOKEN": token, "LABELWHEEL_WORKERS": "2", "LABELWHEEL_EMBEDDED_WORKER": "false"}
     with serving(env, tmp_path / "serve.log") as (base, output):
         assert "workers: 2" in output and "LABELWHEEL_ADMIN_TOKEN" in output
         headers = {"Authorization": f"Bearer {token}"}
