@@ -153,23 +153,44 @@ def start(data_dir: Path, *, log: Path) -> Running:
     return running
 
 
-def migrated_data(work: Path) -> Path:
-    """A data directory whose migrations have run and whose admin and token exist: a copy of the cached one, made
-    by a first start when missing."""
+def lock_path() -> Path:
+    """Held by whoever builds the environment or the data directory (one builder per machine)."""
+    return cache_dir() / f"labelstudio-{VERSION}.lock"
+
+
+def migrated_template(log: Path) -> Path:
+    """The cached data directory whose migrations have run and whose admin and token exist, made by a first start
+    when missing (call it holding ``lock_path()``)."""
     template = cache_dir() / f"labelstudio-{VERSION}-data"
     if not template.exists():
         building = Path(tempfile.mkdtemp(prefix="data.", suffix=".partial", dir=cache_dir()))
         try:
-            start(building, log=work / "labelstudio-first-start.log").stop()
+            start(building, log=log).stop()
             if not template.exists():
                 building.rename(template)
         finally:
             shutil.rmtree(building, ignore_errors=True)
+    return template
+
+
+def migrated_data(work: Path) -> Path:
+    """A copy of the migrated data directory for one test run."""
     data = work / "labelstudio-data"
-    shutil.copytree(template, data)
+    shutil.copytree(migrated_template(work / "labelstudio-first-start.log"), data)
     return data
 
 
 if __name__ == "__main__":
-    began = time.monotonic()
-    print(f"label-studio {VERSION}: {ensure_env()} ({time.monotonic() - began:.1f} s)")  # noqa: T201
+    import fcntl
+
+    # --data: also the migrated data directory (``.ci/run`` builds it in the background while the suite sets up;
+    # the test waits for the lock).
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    with lock_path().open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # the lock the tests take with filelock (flock too)
+        began = time.monotonic()
+        print(f"label-studio {VERSION}: {ensure_env()} ({time.monotonic() - began:.1f} s)")  # noqa: T201
+        if "--data" in sys.argv[1:]:
+            began = time.monotonic()
+            template = migrated_template(cache_dir() / f"labelstudio-{VERSION}-first-start.log")
+            print(f"label-studio {VERSION} data: {template} ({time.monotonic() - began:.1f} s)")  # noqa: T201

@@ -38,7 +38,7 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[server.Ru
     work = tmp_path_factory.mktemp("labelstudio")
     try:
         server.cache_dir().mkdir(parents=True, exist_ok=True)
-        with FileLock(server.cache_dir() / f"labelstudio-{server.VERSION}.lock"):  # one builder per machine
+        with FileLock(server.lock_path()):  # one builder per machine
             started = time.monotonic()
             server.ensure_env()
             data = server.migrated_data(work)
