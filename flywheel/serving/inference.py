@@ -122,14 +122,18 @@ class Predictor:
 
     def _ready(self, session: Session, model: ModelVersion) -> tuple[ModelVersion, tuple[np.ndarray, np.ndarray]]:
         """The model's backbone (its ONNX session loaded) and head; raises when either cannot be used."""
-        with self._lock:
-            broken = self._broken.get(model.id)
-        if broken is not None and time.monotonic() - broken[1] < self._retry_seconds:
-            raise _Broken(broken[0])
+        self._not_broken(model)
         backbone, head = self._parts(session, model)
         assert backbone.onnx_sha256 is not None
         self._session(backbone.onnx_sha256)
         return backbone, head
+
+    def _not_broken(self, model: ModelVersion) -> None:
+        """Raises ``_Broken`` for a model that failed less than ``retry_seconds`` ago (its files not tried again)."""
+        with self._lock:
+            broken = self._broken.get(model.id)
+        if broken is not None and time.monotonic() - broken[1] < self._retry_seconds:
+            raise _Broken(broken[0])
 
     def _failed(self, project_id: int, model: ModelVersion, exc: Exception) -> str:
         why = str(exc) if isinstance(exc, LabelwheelError | _Broken) else f"{type(exc).__name__}: {exc}"
@@ -252,10 +256,7 @@ class Predictor:
 
     def _detector(self, model: ModelVersion) -> ort.InferenceSession:
         """The detector's loaded ONNX session; raises when its file cannot be used (as ``_ready``)."""
-        with self._lock:
-            broken = self._broken.get(model.id)
-        if broken is not None and time.monotonic() - broken[1] < self._retry_seconds:
-            raise _Broken(broken[0])
+        self._not_broken(model)
         if model.onnx_sha256 is None:
             raise Conflict(f"model {model.id} has no ONNX file yet; try again shortly", code="model_not_ready")
         return self._session(model.onnx_sha256)

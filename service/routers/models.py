@@ -2,14 +2,15 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Sequence
 from enum import StrEnum
-from typing import Annotated
+from typing import IO, Annotated
 
 from fastapi import APIRouter, BackgroundTasks, File, Query, UploadFile
 from fastapi.responses import JSONResponse, Response
 
 from flywheel.policy import make_champion, start_export
-from flywheel.serving.inference import model_version
+from flywheel.serving.inference import Served, model_version
 from flywheel.serving.prediction_log import Detected, input_hashes, predicted_inputs, record_predictions
 from flywheel.serving.registry import DownloadFormat, FilesPending, champion, list_models, model_card, model_file
 from flywheel.serving.traffic import canary_for, shadows_for
@@ -19,6 +20,7 @@ from service.deps import (
     EngineerModelForWrite,
     EngineerProject,
     ReadSessionDep,
+    Runtime,
     RuntimeDep,
     SessionDep,
 )
@@ -26,7 +28,7 @@ from service.schemas.common import ERROR_RESPONSES
 from service.schemas.labeling import ScoredBoxRead
 from service.schemas.models import ModelCard, ModelRead, PredictionRead, PredictResult, PromoteRequest
 from storage.errors import NotFound
-from storage.models import ModelKind, ModelVersion, TaskType
+from storage.models import ModelKind, ModelVersion, Project, TaskType
 from storage.projects import project_settings
 
 router = APIRouter(prefix="/api/v1", tags=["models"], responses=ERROR_RESPONSES)
@@ -126,6 +128,34 @@ def promote_(
     return model_card(session, model=promoted)
 
 
+def _record_after_answer(
+    background: BackgroundTasks,
+    runtime: Runtime,
+    project: Project,
+    served: Served | Detected,
+    uploads: Sequence[tuple[str, IO[bytes]]],
+    hashes: list[str],
+    latency_ms: float,
+    *,
+    shadows: list[int],
+) -> None:
+    """Log the answers (and capture and shadow-predict, by the project's settings) once the response has gone."""
+    settings = project_settings(project).monitoring
+    background.add_task(
+        record_predictions,
+        runtime.db,
+        runtime.blobs,
+        runtime.limits,
+        runtime.predictor,
+        project_id=project.id,
+        served=served,
+        inputs=predicted_inputs(runtime.blobs, settings, uploads, hashes, served, for_shadows=bool(shadows)),
+        latency_ms=latency_ms,
+        request_id=uuid.uuid4().hex,
+        shadows=shadows,
+    )
+
+
 @router.post(
     "/projects/{project_id}/predict",
     summary="Predict labels for one or many images with the serving model (admin, engineer)",
@@ -145,26 +175,15 @@ def predict(
     captured the same way (its confidence being its top box's score)."""
     uploads = [(f.filename or "upload", f.file) for f in files]
     hashes = input_hashes(uploads)
-    settings = project_settings(project).monitoring
     if project.task_type is TaskType.detection:
         started = time.perf_counter()
         detector, found, fallback = runtime.predictor.detect(
             session, project_id=project.id, uploads=uploads, limits=runtime.limits
         )
         detected = Detected(detector, found, fallback=fallback is not None)
-        background.add_task(
-            record_predictions,
-            runtime.db,
-            runtime.blobs,
-            runtime.limits,
-            runtime.predictor,
-            project_id=project.id,
-            served=detected,
-            inputs=predicted_inputs(runtime.blobs, settings, uploads, hashes, detected, for_shadows=False),
-            latency_ms=(time.perf_counter() - started) * 1000,
-            request_id=uuid.uuid4().hex,
-            shadows=[],  # detectors have no shadow or canary deployments yet
-        )
+        latency_ms = (time.perf_counter() - started) * 1000
+        # Detectors have no shadow or canary deployments yet.
+        _record_after_answer(background, runtime, project, detected, uploads, hashes, latency_ms, shadows=[])
         return PredictResult(
             model_id=detector.id,
             model_version=model_version(detector),
@@ -185,19 +204,7 @@ def predict(
     )
     latency_ms = (time.perf_counter() - started) * 1000
     shadows = shadows_for(session, project_id=project.id, answered_by=served.model)
-    background.add_task(
-        record_predictions,
-        runtime.db,
-        runtime.blobs,
-        runtime.limits,
-        runtime.predictor,
-        project_id=project.id,
-        served=served,
-        inputs=predicted_inputs(runtime.blobs, settings, uploads, hashes, served, for_shadows=bool(shadows)),
-        latency_ms=latency_ms,
-        request_id=uuid.uuid4().hex,
-        shadows=shadows,
-    )
+    _record_after_answer(background, runtime, project, served, uploads, hashes, latency_ms, shadows=shadows)
     return PredictResult(
         model_id=served.model.id,
         model_version=model_version(served.model),
