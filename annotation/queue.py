@@ -31,7 +31,7 @@ from storage.models import (
     User,
     utcnow,
 )
-from storage.projects import add_member, remove_member
+from storage.projects import add_member, project_counts, remove_member
 from storage.users import Principal
 
 
@@ -402,9 +402,10 @@ def waiting_reasons(session: Session, *, project_id: int, waiting: int) -> list[
 
 
 def progress(session: Session, *, project_id: int, annotator_id: int) -> dict[str, Any]:
-    images = select(func.count()).select_from(Image).where(Image.project_id == project_id)
-    waiting = session.scalar(images.where(Image.queue_tier.is_not(None))) or 0
-    total = session.scalar(images) or 0
+    states = project_counts(session, project_id=project_id, figure="images")
+    total = sum(states.values())
+    done = sum(count for item, count in states.items() if item.startswith("done:"))
+    waiting = total - done
     mine = session.scalar(
         select(func.count())
         .select_from(Assignment)
@@ -417,7 +418,7 @@ def progress(session: Session, *, project_id: int, annotator_id: int) -> dict[st
     return {
         "images": total,
         "waiting": waiting,
-        "done": total - waiting,
+        "done": done,
         "labeled_by_you": mine or 0,
         "waiting_reasons": waiting_reasons(session, project_id=project_id, waiting=waiting),
     }
