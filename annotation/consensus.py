@@ -192,7 +192,7 @@ def _settle(image: Image, settings: ProjectSettings, *, annotators: int) -> bool
     place it in the queue. True when it was sent for another label."""
     sent = False
     weak = _weakness(image.consensus_label, image.consensus_posterior, image.consensus_tie, settings.review_posterior)
-    image.consensus_weak = image.label_count > 0 and weak is not None
+    image.consensus_weak = image.label_count > 0 and image.gold_label is None and weak is not None
     has_all = image.label_count >= labels_wanted(image, annotators=annotators)
     if settings.auto_review and image.gold_label is None and has_all:
         if weak is not None and image.label_count < settings.review_max_labels:
@@ -588,14 +588,12 @@ def weak_consensus(
     """Images automatic review gave up on (all labels in, consensus still weak), each with its current votes.
     An admin resolves one by giving the answer as a gold label, which then scores everyone who labeled it."""
     require_classification(project, feature="the list of weak consensus labels (weak_box_consensus for boxes)")
-    # consensus_weak is written with the consensus under the project's review_posterior (update_settings rewrites it
-    # when that changes); ix_images_weak holds these images alone, so a page reads its own rows.
+    # consensus_weak (labeled, no gold answer, weak under the project's review_posterior) is written with the
+    # consensus, and rewritten by update_settings when that changes; ix_images_weak holds these images alone.
     query = select(Image).where(
         Image.project_id == project.id,
         Image.consensus_weak,
         Image.queue_tier.is_(None),
-        Image.gold_label.is_(None),
-        Image.label_count > 0,
     )
     if after is not None:
         query = query.where(Image.id > after)
@@ -622,8 +620,6 @@ def weak_box_consensus(session: Session, *, project: Project, after: int | None,
         Image.project_id == project.id,
         Image.consensus_weak,  # the box consensus's tie; served by ix_images_weak
         Image.queue_tier.is_(None),
-        Image.gold_boxes.is_(None),
-        Image.label_count > 0,
     )
     if after is not None:
         query = query.where(Image.id > after)

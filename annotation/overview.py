@@ -70,7 +70,7 @@ def labels_per_annotator(session: Session, *, project_id: int) -> list[dict[str,
     counts = {
         int(item): count for item, count in project_counts(session, project_id=project_id, figure="annotator").items()
     }
-    names = dict(session.execute(select(User.id, User.name).where(User.id.in_(counts))))
+    names = dict(session.execute(select(User.id, User.name).where(User.id.in_(counts))).all())
     ranked = sorted(
         (user_id for user_id in counts if user_id in names), key=lambda user_id: (-counts[user_id], user_id)
     )

@@ -218,8 +218,8 @@ class Image(CreatedAt, Base):
     # Lists of {label, x, y, w, h} in pixels of the upright image, as annotation.box_answers stores them.
     gold_boxes: Mapped[list[dict[str, Any]] | None] = mapped_column(_boxes())
     consensus_boxes: Mapped[list[dict[str, Any]] | None] = mapped_column(_boxes())
-    # The consensus is weak (no label, a tie, a posterior under the project's review_posterior; a weak box
-    # consensus) on a labeled image: set wherever consensus is written, so the weak list reads an index of these.
+    # A labeled image without a gold answer whose consensus is weak (no label, a tie, a posterior under the project's
+    # review_posterior; a weak box consensus): set wherever consensus is written, for the weak list's index.
     consensus_weak: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     __table_args__ = (

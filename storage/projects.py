@@ -373,7 +373,7 @@ def update_settings(session: Session, *, project: Project, changes: dict[str, An
         )
         session.execute(
             update(Image)
-            .where(Image.project_id == project.id, Image.label_count > 0)
+            .where(Image.project_id == project.id, Image.label_count > 0, Image.gold_label.is_(None))
             .values(consensus_weak=weak)
             .execution_options(synchronize_session=False)
         )
@@ -389,7 +389,7 @@ def project_counts(session: Session, *, project_id: int, figure: str, since: str
     )
     if since is not None:
         query = query.where(ProjectCount.item >= since)
-    return dict(session.execute(query))
+    return dict(session.execute(query).all())
 
 
 def _merged(current: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:

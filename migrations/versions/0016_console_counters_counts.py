@@ -164,16 +164,18 @@ def upgrade() -> None:
 
 
 def _mark_weak(postgres: bool) -> None:
-    """Mark the weak consensus labels already there, as annotation.consensus writes them: on a labeled image, a tie;
-    in a classification project also no label, or a posterior under the project's review_posterior (0.7 unless set)."""
+    """Mark the weak consensus labels already there, as annotation.consensus writes them: on a labeled image without
+    a gold answer, a tie; in a classification project also no label, or a posterior under the project's
+    review_posterior (0.7 unless set)."""
     threshold = (
         "CAST(p.settings ->> 'review_posterior' AS FLOAT)"
         if postgres
         else "json_extract(p.settings, '$.review_posterior')"
     )
     op.execute(
-        "UPDATE images SET consensus_weak = (label_count > 0 AND (consensus_tie OR EXISTS (SELECT 1 FROM projects AS p"
-        " WHERE p.id = images.project_id AND p.task_type = 'classification' AND (consensus_label IS NULL"
+        "UPDATE images SET consensus_weak = (label_count > 0 AND gold_label IS NULL AND gold_boxes IS NULL"
+        " AND (consensus_tie OR EXISTS (SELECT 1 FROM projects AS p WHERE p.id = images.project_id"
+        " AND p.task_type = 'classification' AND (consensus_label IS NULL"
         f" OR consensus_posterior < COALESCE({threshold}, 0.7)))))"
     )
 
