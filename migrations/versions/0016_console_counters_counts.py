@@ -133,8 +133,9 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("project_id", "figure", "item", name=op.f("pk_project_counts")),
     )
-    with op.batch_alter_table("images") as table:
-        table.add_column(sa.Column("consensus_weak", sa.Boolean(), server_default=sa.false(), nullable=False))
+    # In place, never batch mode: SQLite's batch copy drops the old table, and with it (ON DELETE CASCADE) every
+    # annotation.
+    op.add_column("images", sa.Column("consensus_weak", sa.Boolean(), server_default=sa.false(), nullable=False))
     postgres = op.get_bind().dialect.name == "postgresql"
     op.create_index(
         "ix_images_weak",
@@ -188,6 +189,5 @@ def downgrade() -> None:
             if postgres:
                 op.execute(f"DROP FUNCTION {name}()")
     op.drop_index("ix_images_weak", table_name="images")
-    with op.batch_alter_table("images") as table:
-        table.drop_column("consensus_weak")
+    op.execute("ALTER TABLE images DROP COLUMN consensus_weak")  # in place, as upgrade added it
     op.drop_table("project_counts")
