@@ -227,7 +227,7 @@ class Image(CreatedAt, Base):
         Index("ix_images_project_id_id", "project_id", "id"),
         Index("ix_images_queue", "project_id", "queue_tier", "priority", "id"),
         Index("ix_images_gold", "project_id", "gold_label"),
-        # The console's counts read these alone, never the rows (annotation/overview.py).
+        # Covering indexes for counts by queue state and split, and by current label and split.
         Index("ix_images_states", "project_id", "queue_tier", "split", "label_count"),
         Index("ix_images_consensus", "project_id", "consensus_label", "split"),
         Index(
@@ -272,6 +272,8 @@ class Assignment(Base):
     __table_args__ = (
         UniqueConstraint("image_id", "annotator_id", name="uq_assignments_image_id_annotator_id"),
         Index("ix_assignments_annotator_status", "annotator_id", "project_id", "status", "expires_at"),
+        # A project's live leases and served tasks, for why its waiting images wait (annotation.queue).
+        Index("ix_assignments_project_status", "project_id", "status", "expires_at"),
     )
 
 

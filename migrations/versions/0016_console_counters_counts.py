@@ -8,10 +8,11 @@ The console's counts (images by state and split, labels per class, answers per d
 queries over every row of a project, so a page grew with it. ``project_counts`` holds them instead, kept by row
 triggers on ``images`` and ``annotations`` in the transaction of every change (the ORM's, Core bulk inserts, the
 benchmarks' and imports' rows alike), and backfilled here. Each trigger writes one statement whose rows are summed
-by item and sorted, so two transactions lock a project's counter rows in the same order.
+by item and sorted, so one change locks its counter rows in a fixed order.
 
 ``images.consensus_weak`` marks a weak consensus on a labeled image (written with the consensus, by code: it depends
-on the project's review_posterior), and a partial index on it serves the weak list a page at a time.
+on the project's review_posterior), and a partial index on it serves the weak list a page at a time. An index of
+a project's assignments by status serves the progress call's live leases and served tasks.
 """
 
 from collections.abc import Sequence
@@ -145,6 +146,7 @@ def upgrade() -> None:
         postgresql_where=sa.text("consensus_weak AND queue_tier IS NULL"),
     )
     _mark_weak(postgres)
+    op.create_index("ix_assignments_project_status", "assignments", ["project_id", "status", "expires_at"])
     for figure in _figures(postgres):
         op.execute(_counts(figure, {"t": 1}))
         for name, event, condition, statement in _triggers(figure):
@@ -188,6 +190,7 @@ def downgrade() -> None:
             op.execute(f"DROP TRIGGER {name} ON {figure.table}" if postgres else f"DROP TRIGGER {name}")
             if postgres:
                 op.execute(f"DROP FUNCTION {name}()")
+    op.drop_index("ix_assignments_project_status", table_name="assignments")
     op.drop_index("ix_images_weak", table_name="images")
     op.execute("ALTER TABLE images DROP COLUMN consensus_weak")  # in place, as upgrade added it
     op.drop_table("project_counts")
