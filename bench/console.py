@@ -9,6 +9,8 @@ with full metrics, 1,000 label issues, 300 jobs) are inserted directly. Each pag
 once, so this is the slower reading); the thumbnails a page then loads (one small blob each, the same at any size)
 are left out.
 
+The console's counts are the sums of rows that triggers insert for every change (migration 0016); the worker's
+minute upkeep folds them into one per item, done here once after the bulk rows, timed, as the upkeep would.
 The Quality page reads stored reports (agreement, scorecards): after the rows are in, the ``quality_report`` job's
 two steps (``compute_reports``, ``store_reports``) run here, timed, as the worker would run them; every timed call
 must answer 200 (a 202 "still computing" would be no measurement).
@@ -58,6 +60,7 @@ from storage.models import (
     Split,
     utcnow,
 )
+from storage.projects import compact_counts
 
 LABELS = [str(d) for d in range(10)]
 ANNOTATORS = 50
@@ -219,6 +222,16 @@ def pages(pid: int, champion: int) -> dict[str, list[str]]:
     }
 
 
+def fold_counts(url: str, project_id: int) -> tuple[int, float]:
+    """The worker's minute upkeep folding the count rows the triggers inserted for the bulk rows: rows, seconds."""
+    db = Database(url)
+    start = time.perf_counter()
+    with db.session() as session:
+        folded = compact_counts(session, project_id=project_id)
+    db.engine.dispose()
+    return folded, time.perf_counter() - start
+
+
 def quality_report_job(url: str, project_id: int) -> float:
     """The quality_report job's work, as the worker does it; its seconds."""
     db = Database(url)
@@ -275,6 +288,8 @@ def measure(tmp: Path, images: int, rounds: int, medians: dict[str, float]) -> d
         start = time.perf_counter()
         fill(url, project_id=pid, annotator_ids=annotators, images=images)
         print(f"{images:,} images: rows inserted in {time.perf_counter() - start:.1f} s")  # noqa: T201
+        folded, seconds = fold_counts(url, pid)
+        print(f"  upkeep folded {folded:,} count rows in {seconds:.2f} s")  # noqa: T201
         seconds = quality_report_job(url, pid)
         print(f"  quality_report job (Dawid-Skene, kappas, alpha, scorecards): {seconds:.2f} s")  # noqa: T201
         champion = admin.get(f"/api/v1/projects/{pid}/models/champion").raise_for_status().json()["id"]

@@ -28,6 +28,7 @@ from storage.blobs import BlobStore, blob_store_from_settings
 from storage.db import Database
 from storage.logs import configure_logging
 from storage.models import Project
+from storage.projects import compact_counts
 from storage.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -81,9 +82,9 @@ def check_policy_task(project_id: int) -> None:
 
 def upkeep() -> None:
     """Every minute: due schedules start their jobs, every project's policy is checked (labels that arrived
-    by import, or a notice that was lost, still lead to training), and refreshed heads past their grace period
-    lose their files even when no refresh follows. Stale jobs are the supervisor's (every worker has one,
-    whatever its lanes)."""
+    by import, or a notice that was lost, still lead to training), refreshed heads past their grace period
+    lose their files even when no refresh follows, and the console's count rows are folded. Stale jobs are the
+    supervisor's (every worker has one, whatever its lanes)."""
     rt = runtime()
     run_due_schedules(rt.db, rt.transport)
     with rt.db.read_session() as session:
@@ -97,6 +98,8 @@ def upkeep() -> None:
                 keep=rt.settings.refresh_heads_kept,
                 grace_seconds=rt.settings.refresh_prune_grace_seconds,
             )
+        with rt.db.session() as session:
+            compact_counts(session, project_id=project_id)
         rt.transport.enqueue_policy_check(project_id)
 
 

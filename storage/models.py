@@ -150,19 +150,24 @@ class Project(CreatedAt, Base):
 
 
 class ProjectCount(Base):
-    """One of a project's console figures, kept by database triggers (migration 0016) in the transaction of every
-    row change it counts, so the console reads a few rows at any size and the counts never drift.
+    """A change to one of a project's console figures, inserted by database triggers (migration 0016) in the
+    transaction of every row change it counts, so the counts never drift; a figure's item is the sum of its rows,
+    which the worker's upkeep folds into one (``storage.projects.compact_counts``), so the console reads a few rows
+    at any size.
 
     ``figure`` and its ``item``: ``images`` by ``state:split`` (state: unlabeled, overlap, review, done), ``class``
     by ``split:label`` (images by current label; boxes by class in a detection project), ``day`` by UTC date
-    (answers submitted, corrections included), ``annotator`` by user id (current answers). Never written by code.
+    (answers submitted, corrections included), ``annotator`` by user id (current answers). Written by code only when
+    folded.
     """
 
     __tablename__ = "project_counts"
+    __table_args__ = (Index("ix_project_counts_figure", "project_id", "figure", "item", "count"),)
 
-    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
-    figure: Mapped[str] = mapped_column(String(16), primary_key=True)
-    item: Mapped[str] = mapped_column(String(120), primary_key=True)
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    figure: Mapped[str] = mapped_column(String(16))
+    item: Mapped[str] = mapped_column(String(120))
     count: Mapped[int] = mapped_column(Integer)
 
 

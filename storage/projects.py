@@ -8,7 +8,7 @@ from collections import Counter
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator
-from sqlalchemy import Text, and_, bindparam, cast, exists, false, func, or_, select, update
+from sqlalchemy import Text, and_, bindparam, cast, delete, exists, false, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -384,12 +384,38 @@ def update_settings(session: Session, *, project: Project, changes: dict[str, An
 def project_counts(session: Session, *, project_id: int, figure: str, since: str | None = None) -> dict[str, int]:
     """One of the project's figures as the triggers keep it ({item: count}, zeros left out); ``since``: items from
     this one on (days, as ISO dates)."""
-    query = select(ProjectCount.item, ProjectCount.count).where(
-        ProjectCount.project_id == project_id, ProjectCount.figure == figure, ProjectCount.count != 0
+    total = func.sum(ProjectCount.count)
+    query = (
+        select(ProjectCount.item, total)
+        .where(ProjectCount.project_id == project_id, ProjectCount.figure == figure)
+        .group_by(ProjectCount.item)
+        .having(total != 0)
     )
     if since is not None:
         query = query.where(ProjectCount.item >= since)
-    return dict(session.execute(query).all())
+    return {item: int(count) for item, count in session.execute(query)}
+
+
+def compact_counts(session: Session, *, project_id: int) -> int:
+    """Fold the project's count rows into one per item (zeros dropped), so a figure's read stays a few rows; returns
+    the rows folded. Exactly the rows the delete saw are summed back, so a change inserted meanwhile, committed or
+    not, is neither lost nor counted twice."""
+    folded = session.execute(
+        delete(ProjectCount)
+        .where(ProjectCount.project_id == project_id)
+        .returning(ProjectCount.figure, ProjectCount.item, ProjectCount.count)
+    ).all()
+    totals: Counter[tuple[str, str]] = Counter()
+    for figure, item, count in folded:
+        totals[figure, item] += count
+    rows = [
+        {"project_id": project_id, "figure": figure, "item": item, "count": count}
+        for (figure, item), count in sorted(totals.items())
+        if count
+    ]
+    if rows:
+        session.execute(insert(ProjectCount), rows)
+    return len(folded)
 
 
 def _merged(current: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:

@@ -7,8 +7,11 @@ Create Date: 2026-11-30 17:00:00
 The console's counts (images by state and split, labels per class, answers per day and per annotator) were grouped
 queries over every row of a project, so a page grew with it. ``project_counts`` holds them instead, kept by row
 triggers on ``images`` and ``annotations`` in the transaction of every change (the ORM's, Core bulk inserts, the
-benchmarks' and imports' rows alike), and backfilled here. Each trigger writes one statement whose rows are summed
-by item and sorted, so one change locks its counter rows in a fixed order.
+benchmarks' and imports' rows alike), and backfilled here. The triggers only insert rows of changes (+n or -n per
+item), never update a shared row: on PostgreSQL concurrent labels would otherwise queue on a project's few counter
+rows until they commit, and a transaction changing many images (a consensus refit) would deadlock with them. A
+figure is the sum of its rows; the worker's minute upkeep folds each project's rows into one per item
+(storage.projects.compact_counts).
 
 ``images.consensus_weak`` marks a weak consensus on a labeled image (written with the consensus, by code: it depends
 on the project's review_posterior), and a partial index on it serves the weak list a page at a time. An index of
@@ -89,8 +92,8 @@ def _figures(postgres: bool) -> list[Figure]:
 
 
 def _counts(figure: Figure, rows: dict[str, int]) -> str:
-    """One statement adding ``figure``'s counts of ``rows`` (a row name and +1 or -1 each) to project_counts: summed
-    by item and sorted, so concurrent transactions lock a project's counter rows in one order."""
+    """One statement inserting ``figure``'s changes for ``rows`` (a row name and +1 or -1 each) into project_counts,
+    summed by item (an update that moves nothing inserts nothing)."""
     selects = []
     for row, sign in rows.items():
         for part in figure.parts:
@@ -104,8 +107,7 @@ def _counts(figure: Figure, rows: dict[str, int]) -> str:
     return (
         f"INSERT INTO project_counts (project_id, figure, item, count) SELECT project_id, '{figure.name}', item, SUM(n)"
         f" FROM ({' UNION ALL '.join(selects)}) AS d WHERE item IS NOT NULL GROUP BY project_id, item"
-        " HAVING SUM(n) <> 0 ORDER BY item"
-        " ON CONFLICT (project_id, figure, item) DO UPDATE SET count = project_counts.count + excluded.count"
+        " HAVING SUM(n) <> 0"
     )
 
 
@@ -125,6 +127,7 @@ def _triggers(figure: Figure) -> list[tuple[str, str, str, str]]:
 def upgrade() -> None:
     op.create_table(
         "project_counts",
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False),
         sa.Column("project_id", sa.Integer(), nullable=False),
         sa.Column("figure", sa.String(16), nullable=False),
         sa.Column("item", sa.String(120), nullable=False),
@@ -132,8 +135,10 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(
             ["project_id"], ["projects.id"], name=op.f("fk_project_counts_project_id_projects"), ondelete="CASCADE"
         ),
-        sa.PrimaryKeyConstraint("project_id", "figure", "item", name=op.f("pk_project_counts")),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_project_counts")),
     )
+    # Covering: a figure's sum reads the index alone.
+    op.create_index("ix_project_counts_figure", "project_counts", ["project_id", "figure", "item", "count"])
     # In place, never batch mode: SQLite's batch copy drops the old table, and with it (ON DELETE CASCADE) every
     # annotation.
     op.add_column("images", sa.Column("consensus_weak", sa.Boolean(), server_default=sa.false(), nullable=False))
