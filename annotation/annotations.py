@@ -196,7 +196,9 @@ _SITUATION = _situation_query()  # built once: it runs on every submission
 _IMAGE_AT = len(_SITUATION.selected_columns) - len(Image.columns())  # where a situation row's image columns start
 # PostgreSQL: the image row locked first, so the situation is read once a concurrent submission for it committed.
 _LOCK_IMAGE = (
-    select(Image.id).where(Image.id == bindparam("image_id"), Image.project_id == bindparam("project_id")).with_for_update()
+    select(Image.id)
+    .where(Image.id == bindparam("image_id"), Image.project_id == bindparam("project_id"))
+    .with_for_update()
 )
 
 
@@ -314,9 +316,7 @@ def submit_annotation(
         raise InvalidInput(f"duration_ms must be between 0 and {MAX_DURATION_MS}", code="invalid_duration")
     # Locking the image row serializes submissions for one image on PostgreSQL (SQLite serializes all writers), so
     # a retry racing its original waits here and then finds it under its Idempotency-Key.
-    situation = _situation(
-        session, project=project, image_id=image_id, annotator_id=principal.id, key=idempotency_key
-    )
+    situation = _situation(session, project=project, image_id=image_id, annotator_id=principal.id, key=idempotency_key)
     image = situation.image
     if situation.earlier_id is not None:
         if situation.earlier_hash != request_hash:

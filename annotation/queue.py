@@ -250,7 +250,7 @@ def _first_open(session: Session, *, project_id: int, annotator_id: int, now: da
                 return image
             passed.add(image.id)
         unlocked = _OPEN.where(Image.id.not_in(passed)) if passed else _OPEN
-        if connection.execute(unlocked, params).first() is None:  # none open at all, not only locked: nothing is left for them
+        if connection.execute(unlocked, params).first() is None:  # none open at all, not only locked: none left
             return None
         time.sleep(LOCKED_PAUSE_SECONDS)
     return None

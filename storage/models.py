@@ -32,6 +32,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, configure_mappers, mapped_column, relationship
+from sqlalchemy.orm.instrumentation import manager_of_class
 from sqlalchemy.types import TypeDecorator
 
 NAMING_CONVENTION = {
@@ -75,7 +76,7 @@ class Base(DeclarativeBase):
         an ORM load costs it several times a Core row. The object is transient: changing it writes nothing.
         """
         names = _attribute_names(cls)
-        instance = cls._sa_class_manager.new_instance()
+        instance: Self = manager_of_class(cls).new_instance()
         instance.__dict__.update(zip(names, values, strict=True))
         return instance
 
