@@ -153,8 +153,9 @@ def _excluded(annotator_id: Any) -> Exists:
 
 def _situation_query() -> Select[Any]:
     """The image's current answers (each with whether its annotator is excluded from consensus), every row carrying
-    the caller's assignment, their answer under the request's Idempotency-Key, whether they are excluded, and the
-    project's annotator members. An image without answers gives one row, its answer columns NULL."""
+    the caller's assignment, their answer under the request's Idempotency-Key, whether they are excluded, the
+    project's annotator members, and the image's own columns. An image without answers gives one row, its answer
+    columns NULL; an image of another project (or none) gives no row."""
     me: BindParameter[int] = bindparam("annotator_id")
     earlier = aliased(Annotation)
     under_key = select(earlier.id, earlier.request_hash).where(
@@ -182,15 +183,23 @@ def _situation_query() -> Select[Any]:
             _excluded(me),
             annotators,
             select(ConsensusFit.project_id).where(ConsensusFit.project_id == Image.project_id).exists(),
+            *Image.columns(),
         )
         .select_from(Image)
         .outerjoin(Annotation, and_(Annotation.image_id == Image.id, Annotation.is_current))
         .outerjoin(Assignment, and_(Assignment.image_id == Image.id, Assignment.annotator_id == me))
-        .where(Image.id == bindparam("image_id"))
+        .where(Image.id == bindparam("image_id"), Image.project_id == bindparam("project_id"))
     )
 
 
 _SITUATION = _situation_query()  # built once: it runs on every submission
+_IMAGE_AT = len(_SITUATION.selected_columns) - len(Image.columns())  # where a situation row's image columns start
+# PostgreSQL: the image row locked first, so the situation is read once a concurrent submission for it committed.
+_LOCK_IMAGE = (
+    select(Image.id)
+    .where(Image.id == bindparam("image_id"), Image.project_id == bindparam("project_id"))
+    .with_for_update()
+)
 
 
 @dataclass(frozen=True)
@@ -202,6 +211,7 @@ class _Answer:
 
 @dataclass(frozen=True)
 class _Situation:
+    image: Image  # transient: the submission writes its changes with one UPDATE
     answers: dict[int, _Answer]  # the image's current answers by annotator
     assignment_id: int | None
     lease_status: AssignmentStatus | None
@@ -213,11 +223,19 @@ class _Situation:
     fit: bool  # the project has a consensus fit
 
 
-def _situation(session: Session, *, image: Image, annotator_id: int, key: str | None) -> _Situation:
-    params = {"annotator_id": annotator_id, "image_id": image.id, "key": key}
-    rows = session.connection().execute(_SITUATION, params).all()
+def _situation(session: Session, *, project: Project, image_id: int, annotator_id: int, key: str | None) -> _Situation:
+    """The image locked and read with what a submission needs to know; NotFound when it is not the project's.
+
+    SQLite runs one writer at a time (this transaction began with the write lock): no row lock to take first."""
+    connection = session.connection()
+    params = {"annotator_id": annotator_id, "image_id": image_id, "project_id": project.id, "key": key}
+    locked = connection.dialect.name == "sqlite" or connection.execute(_LOCK_IMAGE, params).first() is not None
+    rows = connection.execute(_SITUATION, params).all() if locked else []
+    if not rows:
+        raise NotFound(f"image {image_id} not found in project {project.id}", code="image_not_found")
     first = rows[0]
     return _Situation(
+        image=Image.from_columns(first[_IMAGE_AT:]),
         answers={r[1]: _Answer(r[0], r[2] if r[2] is not None else r[3], bool(r[4])) for r in rows if r[0] is not None},
         assignment_id=first[5],
         lease_status=first[6],
@@ -289,9 +307,9 @@ def submit_annotation(
     """Record one answer: a label, or boxes in a detection project. A second answer by the same annotator is a
     correction: it supersedes the first.
 
-    Three statements before the writes: lock the image, then one that reads its current answers together with the
-    caller's lease, Idempotency-Key match and the team size (read after the lock, so a concurrent submission for the
-    image is seen), and a live-lease count only when the caller holds no lease."""
+    Before the writes: one statement that reads the image with its current answers, the caller's lease,
+    Idempotency-Key match and the team size (on PostgreSQL after a statement that locks the image, so a concurrent
+    submission for the image is seen), and a live-lease count only when the caller holds no lease."""
     check_kind(project, label=label, boxes=boxes)
     label = check_label(project, label) if label is not None else None
     request_hash = _request_hash(image_id, label=label, boxes=boxes, duration_ms=duration_ms)
@@ -299,8 +317,8 @@ def submit_annotation(
         raise InvalidInput(f"duration_ms must be between 0 and {MAX_DURATION_MS}", code="invalid_duration")
     # Locking the image row serializes submissions for one image on PostgreSQL (SQLite serializes all writers), so
     # a retry racing its original waits here and then finds it under its Idempotency-Key.
-    image = project_image(session, project=project, image_id=image_id, lock=True)
-    situation = _situation(session, image=image, annotator_id=principal.id, key=idempotency_key)
+    situation = _situation(session, project=project, image_id=image_id, annotator_id=principal.id, key=idempotency_key)
+    image = situation.image
     if situation.earlier_id is not None:
         if situation.earlier_hash != request_hash:
             raise _key_reused(str(idempotency_key))
@@ -377,10 +395,9 @@ def submit_annotation(
     apply_answers(
         session, project=project, image=image, answers=counted, annotators=situation.annotators, fit=situation.fit
     )
-    # The image's new state in one UPDATE; the object is let go, so no later flush writes it a second time.
+    # The image's new state in one UPDATE (the object is in no session: nothing else writes it).
     new_state = {f"new_{name}": value for name, value in _columns(image, _IMAGE_COLUMNS).items()}
     connection.execute(_UPDATE_IMAGE, {"image_id": image.id, **new_state})
-    session.expunge(image)
     return Submitted(annotation, replayed=False)
 
 

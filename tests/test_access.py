@@ -6,6 +6,9 @@ access rule is written down here.
 
 from __future__ import annotations
 
+import logging
+import re
+
 import pytest
 
 from storage.models import ModelKind, ModelStatus, ModelVersion, Role
@@ -146,6 +149,15 @@ def test_the_access_table_covers_every_route_in_the_api(app):
         if method in {"get", "post", "put", "patch", "delete"}
     }
     assert operations == set(ROUTES) | set(BACKEND_ROUTES)
+
+
+def test_every_route_is_reached_by_its_own_paths(client, caplog):
+    """The labeling routes are matched first (service/app.py, for speed): no route may shadow another's paths."""
+    with caplog.at_level(logging.INFO, logger="labelwheel.http"):
+        for method, path in sorted(set(ROUTES) | set(BACKEND_ROUTES)):
+            caplog.clear()
+            client.request(method, re.sub(r"\{\w+\}", "7", path))
+            assert [r.fields["route"] for r in caplog.records] == [path], (method, path)
 
 
 @pytest.mark.parametrize("route", sorted(BACKEND_ROUTES), ids=lambda r: f"{r[0]} {r[1]}")

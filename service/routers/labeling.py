@@ -11,7 +11,7 @@ from annotation.curation import gold_scores, send_for_review, set_gold
 from annotation.labels import current_labels
 from annotation.queue import Task, next_task, progress, skip_task
 from flywheel.quality import recompute_reports_soon
-from flywheel.serving.prelabels import prelabel_boxes_for, prelabel_for
+from flywheel.serving.prelabels import PreLabelSource, prelabel_boxes_for, prelabel_for, prelabel_source
 from service.deps import (
     AdminProjectForWrite,
     BearerToken,
@@ -55,14 +55,16 @@ def _boxes(given: list[BoxCreate] | None) -> list[DrawnBox] | None:
     return None if given is None else [DrawnBox(**b.model_dump()) for b in given]
 
 
-def _task_read(runtime: Runtime, task: Task, *, detection: bool) -> TaskRead:
-    """A task with its pre-label: the serving classifier's label, or in a detection project the detector's boxes.
-    Called once the lease is committed: a model's inference never holds SQLite's write lock or PostgreSQL's row
-    locks."""
+def _task_read(runtime: Runtime, task: Task, source: PreLabelSource, *, detection: bool) -> TaskRead:
+    """A task with its pre-label: the serving classifier's label, or in a detection project the detector's boxes;
+    without a model, the stored prediction ``source`` brings. Called once the lease is committed: a model's inference
+    never holds SQLite's write lock or PostgreSQL's row locks."""
     image = task.image
-    with runtime.db.read_session() as session:
-        prelabel = None if detection else prelabel_for(session, runtime.predictor, task=task)
-        boxes = prelabel_boxes_for(session, runtime.predictor, task=task) if detection else None
+    prelabel, boxes = None if detection else source.stored, None
+    if source.model:
+        with runtime.db.read_session() as session:
+            prelabel = None if detection else prelabel_for(session, runtime.predictor, task=task)
+            boxes = prelabel_boxes_for(session, runtime.predictor, task=task) if detection else None
     width, height = image.upright_size
     return TaskRead(
         image_id=image.id,
@@ -105,9 +107,10 @@ def next_(project_id: ProjectId, token: BearerToken, runtime: RuntimeDep) -> Res
     with runtime.db.session() as session:
         principal, project = authenticate_member(session, token=token, project_id=project_id)
         task = next_task(session, principal=principal, project=project)
-    if task is None:
+        source = None if task is None else prelabel_source(session, task=task)
+    if task is None or source is None:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
-    payload = _task_read(runtime, task, detection=project.task_type is TaskType.detection)
+    payload = _task_read(runtime, task, source, detection=project.task_type is TaskType.detection)
     return JSONResponse(payload.model_dump(mode="json"))
 
 
@@ -168,19 +171,21 @@ def submit(
         if not result.replayed:
             after_commit(session, lambda: runtime.notifier.labels_changed(project.id))  # the flywheel decides, not us
         stored = AnnotationRead.model_validate(result.annotation)
-        task = None
+        task, source = None, None
         if and_next:
             # On PostgreSQL the answer is committed before the next lease is taken (waiting for another image's row
             # lock while holding the answered one's deadlocks): should the lease then fail, the answer stays stored
             # (a retry replays it) but the flywheel hears of it at the next one.
             commit_between_locks(session)
             task = next_task(session, principal=principal, project=project)
+            source = None if task is None else prelabel_source(session, task=task)
     # Shaped once the transaction has committed (on SQLite, once the write lock is free for the next writer).
     answer: AnnotationRead | AnnotationAndNext = stored
     if and_next:
         detection = project.task_type is TaskType.detection
         answer = AnnotationAndNext(
-            annotation=stored, next_task=_task_read(runtime, task, detection=detection) if task else None
+            annotation=stored,
+            next_task=_task_read(runtime, task, source, detection=detection) if task and source else None,
         )
     payload = answer.model_dump(mode="json")
     return JSONResponse(payload, status_code=status.HTTP_200_OK if result.replayed else status.HTTP_201_CREATED)
