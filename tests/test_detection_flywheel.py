@@ -345,10 +345,10 @@ def test_a_detector_refresh_holds_the_champions_answers_on_replayed_images_and_l
         return _detect_from(network, test_f), losses
 
     held, losses = refreshed(np.zeros(len(train), bool))
-    assert max(losses) < 1e-6
     for a, b in zip(before, held, strict=True):
         np.testing.assert_allclose(b.scores, a.scores, atol=1e-4)
         np.testing.assert_allclose(b.boxes, a.boxes, atol=1e-2)
+    assert max(losses) == 0.0  # nothing moved them: no rounding noise for Adam to turn into steps
 
     new = np.arange(len(train)) < 6  # six images as if just labeled: their boxes are what the heads learn from
     after, losses = refreshed(new)
