@@ -1,6 +1,6 @@
 """The ``refresh`` job of a detection project: the champion detector's heads fine-tuned, within seconds, on the boxes
-labeled since it was trained plus a replay sample of the ones it was trained on, so box pre-labels follow new labels
-between trainings.
+labeled since it was trained, with a replay sample of the images it was trained on held to its own answers there, so
+box pre-labels follow new labels between trainings without the champion's skill drifting away.
 
 What classification's refresh does for a linear head on cached embeddings, done here for the centre-point detector:
 its backbone stays frozen (its features are computed once per image), only the three small heads learn, from the
@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 from sqlalchemy import func, select
+from torch.nn import functional as F
 
 from flywheel.jobs.runner import JobContext, JobFailed
 from flywheel.serving.detection import CENTERNET, Detections, decode_centernet
@@ -80,31 +81,65 @@ def fine_tune_heads(
     steps: int = STEPS,
 ) -> list[float]:
     """Train ``network``'s heads in place on precomputed ``features``, ``new`` (a mask) marking the new labels' ones:
-    each batch draws half from those, half from the rest (the replay). Returns the loss of each step."""
+    each batch draws half from those, learnt from their boxes, half from the rest (the replay), held to what the
+    heads answered there before (``replay_loss``). Returns the loss of each step.
+
+    Replaying the old images' boxes instead let the heads go on fitting the champion's own training images:
+    measured on the freshness bench's scenes, their scores rose (boxes above the shown score grew by 5-15%), F1 at
+    that score fell and most updates failed the champion's gate. Held to the champion's answers, the replay only
+    keeps what the champion knew, and the new boxes are all that moves the heads."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     heads = [network.heatmap, network.size, network.offset]
     parameters = [p for head in heads for p in head.parameters()]
-    optimizer = torch.optim.AdamW(parameters, lr=LEARNING_RATE, weight_decay=1e-4)
+    optimizer = torch.optim.Adam(
+        parameters, lr=LEARNING_RATE
+    )  # no decay: it would pull every weight off the champion's
     weights = box_class_weights(targets, num_classes)
-    groups = [np.flatnonzero(new), np.flatnonzero(~new)]
-    losses = []
     network.eval()  # the frozen backbone's batch norms keep their statistics; the heads have none
+    # The champion's heads answer each replayed batch afresh: computed the same way, their answers match the tuned
+    # heads' to the bit until these move, so rounding noise gives no gradient for Adam to scale up into steps.
+    champion = copy.deepcopy(network).requires_grad_(False)
+    fresh, old = np.flatnonzero(new), np.flatnonzero(~new)
+    losses = []
     for _ in range(steps):
-        batch = np.concatenate([rng.choice(g, BATCH // 2) for g in groups if len(g)])
+        learn = rng.choice(fresh, BATCH // 2) if len(fresh) else fresh
+        keep = rng.choice(old, BATCH // 2) if len(old) else old
         optimizer.zero_grad()
-        loss = centernet_loss(
-            network.heads(features[batch]),
-            [targets[i].boxes for i in batch],
-            [targets[i].classes for i in batch],
-            num_classes=num_classes,
-            class_weights=weights,
-        )
+        loss = torch.zeros(())
+        if len(learn):
+            loss = loss + centernet_loss(
+                network.heads(features[learn]),
+                [targets[i].boxes for i in learn],
+                [targets[i].classes for i in learn],
+                num_classes=num_classes,
+                class_weights=weights,
+            )
+        if len(keep):
+            objects = sum(len(targets[i].boxes) for i in keep)
+            loss = loss + replay_loss(network, champion, features[keep], objects=objects)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 10.0)
         optimizer.step()
         losses.append(float(loss.item()))
     return losses
+
+
+def replay_loss(
+    network: CenterNetSmall, champion: CenterNetSmall, features: torch.Tensor, *, objects: int
+) -> torch.Tensor:
+    """How far ``network``'s heads have moved from ``champion``'s on the replayed images' ``features``: the
+    heatmaps' binary KL divergence summed over their objects (as the focal loss is), the log sizes' and offsets'
+    mean L1, as in Learning without Forgetting (Li and Hoiem 2017). Taken from the logits, its gradient is
+    sigmoid(z) - sigmoid(z0): exactly zero where nothing moved (from probabilities it cancels only up to rounding,
+    which Adam scales up into full steps)."""
+    with torch.no_grad():
+        logits, log_size, offset = (head(features) for head in (champion.heatmap, champion.size, champion.offset))
+        held = torch.sigmoid(logits)
+        entropy = F.binary_cross_entropy_with_logits(logits, held, reduction="sum")
+    kl = F.binary_cross_entropy_with_logits(network.heatmap(features), held, reduction="sum") - entropy
+    size = F.l1_loss(network.size(features).clamp(max=8), log_size.clamp(max=8))  # as ``heads`` reads them
+    return kl / max(objects, 1) + size + F.l1_loss(network.offset(features), offset)
 
 
 def _views(config: TrainConfig, arrays: np.ndarray, targets: list[BoxTargets]) -> tuple[np.ndarray, list[BoxTargets]]:
@@ -144,8 +179,9 @@ def run_detection_refresh(ctx: JobContext) -> dict[str, Any]:
             )
         project = session.get_one(Project, ctx.project_id)
         tolerance = project_settings(project).training.promotion_tolerance
-        snapshot = build_snapshot(session, ctx.blobs, project=project)
+        # Read before the snapshot, so a label that lands in between is never claimed as seen when it is not.
         through = session.scalar(select(func.max(Annotation.id)).where(Annotation.project_id == project.id))
+        snapshot = build_snapshot(session, ctx.blobs, project=project)
         trained_on = session.get_one(DatasetSnapshot, best.snapshot_id) if best.snapshot_id else None
         model = existing or ModelVersion(project_id=ctx.project_id, job_id=ctx.job_id, kind=ModelKind.refresh)
         # A retry describes what it fine-tunes now (the champion may have changed since the first attempt).
@@ -157,7 +193,8 @@ def run_detection_refresh(ctx: JobContext) -> dict[str, Any]:
             "steps": STEPS,
             "batch_size": BATCH,
             "learning_rate": LEARNING_RATE,
-            "replay": f"as many labels the champion was trained on as new ones, at least {MIN_REPLAY}",
+            "replay": f"as many images the champion was trained on as new ones, at least {MIN_REPLAY}, held to its "
+            "answers there",
         }
         model.status = ModelStatus.training
         session.add(model)
