@@ -22,10 +22,16 @@ about 1,000 image passes at 64 px, plus scoring the pool). The shapes are easy: 
 within 40-60 labels, so at batches of 20 the labels needed are coarse (one batch is 33-50% of them). ``--quick``: one
 seed, labels up to 100. Timings on the shared 2-core machine are noisy.
 
-Measured at the defaults (one run, 866 s on the shared machine under load): whole pool 0.990, 0.987, 0.992 -> level
-0.941; mean curves margin_kcenter 40: 0.938, 60: 0.967, 80: 0.974; random 40: 0.893, 60: 0.937, 80: 0.943. Level
-reached at 60 labels against 80: 25% fewer (aim 30%: missed, at a resolution of one batch); worst gap to random after
-100 labels +0.006 (aim met). Both curves dip at 140 labels (0.959, 0.920): round-to-round training noise at 4 epochs.
+So the labels needed are read between rounds: on the straight line between the two rounds around the crossing, per
+seed and on the mean curves (the verdict is the mean curves').
+
+Measured at the defaults (one run, 2855 s on the shared 2-core machine, load average 7-10): whole pool 0.995, 0.988,
+0.993 -> level 0.943. Labels to the level per seed, margin_kcenter 48, 52, 55; random 41, 96, 58. Mean curves
+margin_kcenter 20: 0.799, 40: 0.906, 60: 0.966, 80: 0.976, 100: 0.983, 120: 0.987, 140: 0.970; random 20: 0.799,
+40: 0.893, 60: 0.929, 80: 0.957, 100: 0.963, 120: 0.980, 140: 0.920. Level reached at 52 labels against 70: 25% fewer
+(aim 30%: missed); worst gap to random after 100 labels +0.008 (aim met). An earlier run (batch resolution only) read
+60 against 80, also 25%. Round-to-round training noise at 4 epochs is large (random seed 1 drops from 0.894 at 40
+labels to 0.860 at 60; both arms dip at 140), of the size of the difference measured.
 """
 
 from __future__ import annotations
