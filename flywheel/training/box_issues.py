@@ -84,10 +84,11 @@ def find_box_issues(
     num_classes: int,
     score_below: float | None = None,
 ) -> list[BoxIssue]:
-    """Images with likely-wrong boxes (cleanlab's ``find_label_issues``, and with ``score_below`` every image whose
-    label quality score is at or below it), worst first by ObjectLab's label quality score with ``SURE`` as its
-    high-probability threshold; an image with neither a given box nor a confident detection is left out. Per image:
-    ``boxes`` (L, 4) corners and ``classes`` (L,) given, ``found`` out-of-sample detections in the same frame."""
+    """Images with likely-wrong boxes (cleanlab's ``find_label_issues``, at its own thresholds: a cautious few, and
+    with ``score_below`` every image whose label quality score is at or below it), worst first by ObjectLab's label
+    quality score with ``SURE`` as its high-probability threshold; an image with neither a given box nor a confident
+    detection is left out. Per image: ``boxes`` (L, 4) corners and ``classes`` (L,) given, ``found`` out-of-sample
+    detections in the same frame."""
     from cleanlab.object_detection.filter import find_label_issues
     from cleanlab.object_detection.rank import (
         compute_badloc_box_scores,
