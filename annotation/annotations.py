@@ -255,6 +255,7 @@ _IMAGE_COLUMNS = (
     "consensus_tie",
     "consensus_posterior",
     "consensus_boxes",
+    "consensus_weak",
 )
 # Built once: they run on every submission.
 _INSERT_ANSWER = insert(Annotation).returning(Annotation.id)

@@ -191,11 +191,10 @@ def _settle(image: Image, settings: ProjectSettings, *, annotators: int) -> bool
     """Ask for one more label if the image has all it can get and its consensus is still weak; then
     place it in the queue. True when it was sent for another label."""
     sent = False
+    weak = _weakness(image.consensus_label, image.consensus_posterior, image.consensus_tie, settings.review_posterior)
+    image.consensus_weak = image.label_count > 0 and image.gold_label is None and weak is not None
     has_all = image.label_count >= labels_wanted(image, annotators=annotators)
     if settings.auto_review and image.gold_label is None and has_all:
-        weak = _weakness(
-            image.consensus_label, image.consensus_posterior, image.consensus_tie, settings.review_posterior
-        )
         if weak is not None and image.label_count < settings.review_max_labels:
             image.labels_needed, image.review_reason, sent = image.label_count + 1, weak, True
     place_in_queue(image, annotators=annotators)
@@ -291,6 +290,7 @@ def _settle_boxes(
         image.consensus_tie = weak = bool(result.weak)
     else:
         image.consensus_tie = weak = image.label_count > 0  # answered, but no answer counts
+    image.consensus_weak = weak
     has_all = image.label_count >= labels_wanted(image, annotators=annotators)
     if settings.auto_review and has_all and weak and image.label_count < settings.review_max_labels:
         image.labels_needed, image.review_reason = image.label_count + 1, WEAK_BOXES
@@ -450,6 +450,7 @@ def apply_answers(
         return
     if image.gold_label is not None:
         image.consensus_label, image.consensus_tie, image.consensus_posterior = image.gold_label, False, 1.0
+        image.consensus_weak = False
         place_in_queue(image, annotators=annotators)
         return
     votes: Mapping[int, str] = answers
@@ -587,13 +588,12 @@ def weak_consensus(
     """Images automatic review gave up on (all labels in, consensus still weak), each with its current votes.
     An admin resolves one by giving the answer as a gold label, which then scores everyone who labeled it."""
     require_classification(project, feature="the list of weak consensus labels (weak_box_consensus for boxes)")
-    threshold = project_settings(project).review_posterior
+    # consensus_weak (labeled, no gold answer, weak under the project's review_posterior) is written with the
+    # consensus, and rewritten by update_settings when that changes; ix_images_weak holds these images alone.
     query = select(Image).where(
         Image.project_id == project.id,
-        Image.gold_label.is_(None),
-        Image.label_count > 0,
+        Image.consensus_weak,
         Image.queue_tier.is_(None),
-        or_(Image.consensus_tie, Image.consensus_label.is_(None), Image.consensus_posterior < threshold),
     )
     if after is not None:
         query = query.where(Image.id > after)
@@ -618,10 +618,8 @@ def weak_box_consensus(session: Session, *, project: Project, after: int | None,
     reasons (recomputed) and the answers behind it."""
     query = select(Image).where(
         Image.project_id == project.id,
-        Image.gold_boxes.is_(None),
-        Image.label_count > 0,
+        Image.consensus_weak,  # the box consensus's tie; served by ix_images_weak
         Image.queue_tier.is_(None),
-        Image.consensus_tie,
     )
     if after is not None:
         query = query.where(Image.id > after)

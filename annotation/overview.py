@@ -1,8 +1,9 @@
 """What a project's console shows at a glance: images by state, the class histogram, labels per day and per
 annotator, and what the queue serves next.
 
-Each figure is one grouped query over the project's rows, so a page costs the same few statements at 1,000 or
-100,000 images (bench/console.py).
+The counts are read from ``project_counts``, which database triggers keep in the transaction of every change to
+images and annotations (migration 0016), so a page reads the same few rows at 1,000 or 100,000 images
+(bench/console.py).
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func, select, true
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from storage.models import Annotation, Image, Project, QueueTier, TaskType, User, utcnow
+from storage.models import Image, Project, QueueTier, User, utcnow
+from storage.projects import project_counts
 
 DAYS_SHOWN = 30
 # Why an image in each tier waits, as the queue serves tiers: overlap first, then review, then fresh images.
@@ -35,87 +37,44 @@ class QueuedImage:
 def image_states(session: Session, *, project_id: int) -> dict[str, Any]:
     """Images by queue state and split: ``unlabeled`` (no label yet), ``overlap`` and ``review`` (labeled, waiting for
     more), ``done``, and ``split`` counts."""
-    # Grouped by the raw columns, in the order of ix_images_states, so the index alone answers.
-    rows = session.execute(
-        select(Image.queue_tier, Image.split, Image.label_count, func.count())
-        .where(Image.project_id == project_id)
-        .group_by(Image.queue_tier, Image.split, Image.label_count)
-    ).all()
     states = {"total": 0, "unlabeled": 0, "overlap": 0, "review": 0, "done": 0}
     split = {"train": 0, "test": 0}
-    for tier, image_split, label_count, count in rows:
+    for item, count in project_counts(session, project_id=project_id, figure="images").items():
+        state, image_split = item.split(":")
         states["total"] += count
-        split[image_split.value] += count
-        if tier is None:
-            states["done"] += count
-        elif tier == QueueTier.review:
-            states["review"] += count
-        elif label_count:
-            states["overlap"] += count
-        else:
-            states["unlabeled"] += count
+        states[state] += count
+        split[image_split] += count
     return {**states, "split": split}
 
 
 def class_histogram(session: Session, *, project: Project) -> list[dict[str, Any]]:
     """Per label of the project, in its order: current labels (boxes in a detection project) on train and test."""
     counts: dict[str, dict[str, Any]] = {label: {"label": label, "train": 0, "test": 0} for label in project.labels}
-    if project.task_type == TaskType.detection:
-        boxes = session.execute(
-            select(Image.split, Image.consensus_boxes).where(
-                Image.project_id == project.id, Image.consensus_boxes.is_not(None)
-            )
-        )
-        for image_split, answer in boxes:
-            for box in answer or ():
-                if box["label"] in counts:
-                    counts[box["label"]][image_split.value] += 1
-    else:
-        rows = session.execute(
-            select(Image.consensus_label, Image.split, func.count())
-            .where(Image.project_id == project.id, Image.consensus_label.is_not(None))
-            .group_by(Image.consensus_label, Image.split)
-        )
-        for label, image_split, count in rows:
-            if label in counts:
-                counts[label][image_split.value] += count
+    for item, count in project_counts(session, project_id=project.id, figure="class").items():
+        image_split, label = item.split(":", 1)
+        if label in counts:
+            counts[label][image_split] += count
     return list(counts.values())
 
 
 def labels_per_day(session: Session, *, project_id: int, days: int = DAYS_SHOWN) -> list[dict[str, Any]]:
     """Answers submitted per UTC day over the last ``days`` days (corrections included), oldest first; days without
     any left out."""
-    # One range count per day on ix_annotations_created: no dialect's date function, no sort of every answer.
-    today = utcnow().replace(hour=0, minute=0, second=0, microsecond=0)
-    counts = []
-    for back in range(days - 1, -1, -1):
-        start = today - timedelta(days=back)
-        count = session.scalar(
-            select(func.count()).where(
-                Annotation.project_id == project_id,
-                Annotation.created_at >= start,
-                Annotation.created_at < start + timedelta(days=1),
-            )
-        )
-        if count:
-            counts.append({"day": start.date().isoformat(), "labels": count})
-    return counts
+    first = (utcnow() - timedelta(days=days - 1)).date().isoformat()
+    counts = project_counts(session, project_id=project_id, figure="day", since=first)
+    return [{"day": day, "labels": counts[day]} for day in sorted(counts)]
 
 
 def labels_per_annotator(session: Session, *, project_id: int) -> list[dict[str, Any]]:
     """Each annotator's current answers in the project, most first."""
-    per_annotator = (
-        select(Annotation.annotator_id, func.count().label("labels"))
-        .where(Annotation.project_id == project_id, Annotation.is_current == true())
-        .group_by(Annotation.annotator_id)
-        .subquery()
+    counts = {
+        int(item): count for item, count in project_counts(session, project_id=project_id, figure="annotator").items()
+    }
+    names = dict(session.execute(select(User.id, User.name).where(User.id.in_(counts))).all())
+    ranked = sorted(
+        (user_id for user_id in counts if user_id in names), key=lambda user_id: (-counts[user_id], user_id)
     )
-    rows = session.execute(
-        select(User.id, User.name, per_annotator.c.labels)
-        .join(per_annotator, per_annotator.c.annotator_id == User.id)
-        .order_by(per_annotator.c.labels.desc(), User.id)
-    )
-    return [{"annotator_id": user_id, "name": name, "labels": labels} for user_id, name, labels in rows]
+    return [{"annotator_id": user_id, "name": names[user_id], "labels": counts[user_id]} for user_id in ranked]
 
 
 def queue_preview(session: Session, *, project: Project, limit: int) -> list[QueuedImage]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -31,7 +32,7 @@ from storage.models import (
     User,
     utcnow,
 )
-from storage.projects import add_member, remove_member
+from storage.projects import add_member, project_counts, remove_member
 from storage.users import Principal
 
 
@@ -365,12 +366,13 @@ def waiting_reasons(session: Session, *, project_id: int, waiting: int) -> list[
             .group_by(Assignment.image_id)
             .having(func.count() >= annotators)
         )
-        stuck = session.execute(
-            select(Image.label_count, func.count())
-            .where(*waiting_images, Image.id.in_(served_by_all))
-            .group_by(Image.label_count)
-            .order_by(Image.label_count)
-        ).all()
+        # Driven from the served assignments (read on ix_assignments_project_status), never from every waiting image.
+        served = session.scalars(served_by_all).all()
+        per_count: Counter[int] = Counter()
+        for start in range(0, len(served), 1000):
+            chunk = served[start : start + 1000]
+            per_count.update(session.scalars(select(Image.label_count).where(*waiting_images, Image.id.in_(chunk))))
+        stuck = sorted(per_count.items())
         team = f"all {annotators} annotator members" if annotators > 1 else "the project's only annotator member"
         for labels, n in stuck:
             them = "it" if n == 1 else "them"
@@ -385,7 +387,7 @@ def waiting_reasons(session: Session, *, project_id: int, waiting: int) -> list[
         session.scalar(
             select(func.count(func.distinct(Assignment.image_id)))
             .join(Image, Image.id == Assignment.image_id)
-            .where(*waiting_images, live)
+            .where(Assignment.project_id == project_id, live, *waiting_images)  # the live leases, on their index
         )
         or 0
     )
@@ -402,9 +404,10 @@ def waiting_reasons(session: Session, *, project_id: int, waiting: int) -> list[
 
 
 def progress(session: Session, *, project_id: int, annotator_id: int) -> dict[str, Any]:
-    images = select(func.count()).select_from(Image).where(Image.project_id == project_id)
-    waiting = session.scalar(images.where(Image.queue_tier.is_not(None))) or 0
-    total = session.scalar(images) or 0
+    states = project_counts(session, project_id=project_id, figure="images")
+    total = sum(states.values())
+    done = sum(count for item, count in states.items() if item.startswith("done:"))
+    waiting = total - done
     mine = session.scalar(
         select(func.count())
         .select_from(Assignment)
@@ -417,7 +420,7 @@ def progress(session: Session, *, project_id: int, annotator_id: int) -> dict[st
     return {
         "images": total,
         "waiting": waiting,
-        "done": total - waiting,
+        "done": done,
         "labeled_by_you": mine or 0,
         "waiting_reasons": waiting_reasons(session, project_id=project_id, waiting=waiting),
     }

@@ -149,6 +149,23 @@ class Project(CreatedAt, Base):
     settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
+class ProjectCount(Base):
+    """One of a project's console figures, kept by database triggers (migration 0016) in the transaction of every
+    row change it counts, so the console reads a few rows at any size and the counts never drift.
+
+    ``figure`` and its ``item``: ``images`` by ``state:split`` (state: unlabeled, overlap, review, done), ``class``
+    by ``split:label`` (images by current label; boxes by class in a detection project), ``day`` by UTC date
+    (answers submitted, corrections included), ``annotator`` by user id (current answers). Never written by code.
+    """
+
+    __tablename__ = "project_counts"
+
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
+    figure: Mapped[str] = mapped_column(String(16), primary_key=True)
+    item: Mapped[str] = mapped_column(String(120), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer)
+
+
 class Membership(CreatedAt, Base):
     __tablename__ = "memberships"
 
@@ -201,15 +218,26 @@ class Image(CreatedAt, Base):
     # Lists of {label, x, y, w, h} in pixels of the upright image, as annotation.box_answers stores them.
     gold_boxes: Mapped[list[dict[str, Any]] | None] = mapped_column(_boxes())
     consensus_boxes: Mapped[list[dict[str, Any]] | None] = mapped_column(_boxes())
+    # A labeled image without a gold answer whose consensus is weak (no label, a tie, a posterior under the project's
+    # review_posterior; a weak box consensus): set wherever consensus is written, for the weak list's index.
+    consensus_weak: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     __table_args__ = (
         UniqueConstraint("project_id", "sha256", name="uq_images_project_id_sha256"),
         Index("ix_images_project_id_id", "project_id", "id"),
         Index("ix_images_queue", "project_id", "queue_tier", "priority", "id"),
         Index("ix_images_gold", "project_id", "gold_label"),
-        # The console's counts read these alone, never the rows (annotation/overview.py).
+        # Covering indexes for counts by queue state and split, and by current label and split.
         Index("ix_images_states", "project_id", "queue_tier", "split", "label_count"),
         Index("ix_images_consensus", "project_id", "consensus_label", "split"),
+        Index(
+            "ix_images_weak",
+            "project_id",
+            "id",
+            # Each dialect's form of what ``weak_consensus`` asks (SQLite stores booleans as 0 and 1).
+            sqlite_where=text("consensus_weak = 1 AND queue_tier IS NULL"),
+            postgresql_where=text("consensus_weak AND queue_tier IS NULL"),
+        ),
     )
 
     @property
@@ -244,6 +272,8 @@ class Assignment(Base):
     __table_args__ = (
         UniqueConstraint("image_id", "annotator_id", name="uq_assignments_image_id_annotator_id"),
         Index("ix_assignments_annotator_status", "annotator_id", "project_id", "status", "expires_at"),
+        # A project's live leases and served tasks, for why its waiting images wait (annotation.queue).
+        Index("ix_assignments_project_status", "project_id", "status", "expires_at"),
     )
 
 

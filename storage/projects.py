@@ -8,12 +8,12 @@ from collections import Counter
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator
-from sqlalchemy import Text, and_, bindparam, cast, exists, or_, select
+from sqlalchemy import Text, and_, bindparam, cast, exists, false, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from storage.errors import Conflict, Forbidden, InvalidInput, NotFound
-from storage.models import Membership, Project, Role, TaskType, User
+from storage.models import Image, Membership, Project, ProjectCount, Role, TaskType, User
 from storage.names import clean_name, name_problem, nfc
 from storage.users import Principal, authenticate_row, hash_token
 
@@ -360,9 +360,36 @@ def create_project(
 
 
 def update_settings(session: Session, *, project: Project, changes: dict[str, Any]) -> Project:
+    """A new review_posterior re-marks the classification images whose consensus it makes weak or no longer weak
+    (annotation.consensus marks them as it writes consensus, under the setting of the time)."""
+    before = project_settings(project).review_posterior
     project.settings = validate_settings(_merged(project.settings, changes), labels=project.labels)
+    threshold = project_settings(project).review_posterior
+    if project.task_type is TaskType.classification and threshold != before:
+        weak = or_(
+            Image.consensus_tie,
+            Image.consensus_label.is_(None),
+            func.coalesce(Image.consensus_posterior < threshold, false()),
+        )
+        session.execute(
+            update(Image)
+            .where(Image.project_id == project.id, Image.label_count > 0, Image.gold_label.is_(None))
+            .values(consensus_weak=weak)
+            .execution_options(synchronize_session=False)
+        )
     session.flush()
     return project
+
+
+def project_counts(session: Session, *, project_id: int, figure: str, since: str | None = None) -> dict[str, int]:
+    """One of the project's figures as the triggers keep it ({item: count}, zeros left out); ``since``: items from
+    this one on (days, as ISO dates)."""
+    query = select(ProjectCount.item, ProjectCount.count).where(
+        ProjectCount.project_id == project_id, ProjectCount.figure == figure, ProjectCount.count != 0
+    )
+    if since is not None:
+        query = query.where(ProjectCount.item >= since)
+    return dict(session.execute(query).all())
 
 
 def _merged(current: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:

@@ -4,8 +4,13 @@ an annotator who draws one box around touching objects."""
 
 from __future__ import annotations
 
+from collections import Counter
+
+import pytest
+from sqlalchemy import select
+
 from flywheel.training.snapshots import build_snapshot, load_box_items
-from storage.models import Project, Role
+from storage.models import Image, Project, Role
 from tests import imagefactory as img
 from tests.factories import make_project, make_user
 
@@ -115,9 +120,11 @@ def test_consensus_boxes_snapshots_and_a_merger_flagged(client, admin):
     assert labels[gold]["boxes"] == [car, person]
 
 
+@pytest.mark.postgres  # the overview's boxes per class are counted by triggers that read the boxes' JSON
 def test_weak_box_consensus_asks_for_more_and_the_quorum_is_a_setting(client, admin):
     project, (a, b, c), (image_id, other) = setup(client, admin, ["a", "b", "c"], 2, review_max_labels=4)
-    path = f"/api/v1/projects/{project['id']}"
+    pid = project["id"]
+    path = f"/api/v1/projects/{pid}"
     # Two of three drew the person: a box at exactly the quorum is weak, so the image asks a fourth annotator.
     answer(client, project, a, image_id, [box(), box(label="person", x=30.0, w=10.0)])
     answer(client, project, b, image_id, [box(), box(label="person", x=30.0, w=10.0)])
@@ -150,6 +157,12 @@ def test_weak_box_consensus_asks_for_more_and_the_quorum_is_a_setting(client, ad
     answer(client, project, b, other, [box(label="person", x=40.0, w=10.0)])
     labels = {i["image_id"]: i for i in client.get(f"{path}/labels", headers=admin.headers).json()["items"]}
     assert sorted(b["label"] for b in labels[other]["boxes"]) == ["car", "person"]
+    counted: Counter[tuple[str, str]] = Counter()
+    with client.app.state.runtime.db.session() as session:
+        for split, boxes in session.execute(select(Image.split, Image.consensus_boxes).where(Image.project_id == pid)):
+            counted.update((drawn["label"], split.value) for drawn in boxes or ())
+    classes = client.get(f"{path}/overview", headers=admin.headers).json()["classes"]
+    assert {(c["label"], s): c[s] for c in classes for s in ("train", "test") if c[s]} == counted and counted
 
 
 def test_dawid_skene_settles_the_class_of_a_box_two_annotators_disagree_on(client, admin):

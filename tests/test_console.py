@@ -3,17 +3,20 @@ shared trained champion with a simulated crowd, each action checked in the datab
 
 from __future__ import annotations
 
+import random
 import re
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC
 from pathlib import Path
 
 import pytest
 import uvicorn
 from playwright.sync_api import Page, expect, sync_playwright
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select, update
 
 from storage.models import (
     Annotation,
@@ -28,6 +31,7 @@ from storage.models import (
     ModelVersion,
     Role,
     Schedule,
+    Split,
     User,
 )
 from tests import imagefactory as img
@@ -98,6 +102,119 @@ def test_overview_counts_images_by_state_labels_per_class_day_and_annotator(app,
     for path in ("overview", "queue", "learning-curve"):
         assert client.get(f"/api/v1/projects/{pid}/{path}", headers=annotator.headers).status_code == 403
     assert client.get(f"/api/v1/projects/{pid}/queue?limit=0", headers=admin.headers).status_code == 422
+
+
+def counted_directly(app, project: dict) -> dict:
+    """The console's figures counted over the project's rows here, as the API must give them."""
+    states = {"total": 0, "unlabeled": 0, "overlap": 0, "review": 0, "done": 0, "split": {"train": 0, "test": 0}}
+    classes = {label: {"label": label, "train": 0, "test": 0} for label in project["labels"]}
+    days: Counter[str] = Counter()
+    annotators: Counter[int] = Counter()
+    threshold = project["settings"]["review_posterior"]
+    with app.state.runtime.db.session() as session:
+        images = session.scalars(select(Image).where(Image.project_id == project["id"]).order_by(Image.id)).all()
+        for image in images:
+            state = "done" if image.queue_tier is None else "review" if image.queue_tier == 1 else None
+            state = state or ("overlap" if image.label_count else "unlabeled")
+            states["total"], states[state] = states["total"] + 1, states[state] + 1
+            states["split"][image.split.value] += 1
+            if image.consensus_label:
+                classes[image.consensus_label][image.split.value] += 1
+        weak = [
+            i.id
+            for i in images
+            if i.label_count and i.gold_label is None and i.queue_tier is None
+            and (i.consensus_tie or i.consensus_label is None or (i.consensus_posterior or threshold) < threshold)
+        ]  # fmt: skip
+        for answer in session.scalars(select(Annotation).where(Annotation.project_id == project["id"])):
+            days[answer.created_at.astimezone(UTC).date().isoformat()] += 1
+            annotators[answer.annotator_id] += answer.is_current
+    return {
+        "images": states,
+        "classes": list(classes.values()),
+        "days": [{"day": day, "labels": n} for day, n in sorted(days.items())],
+        "annotators": sorted(((a, n) for a, n in annotators.items() if n), key=lambda a: (-a[1], a[0])),
+        "weak": weak,
+    }
+
+
+def assert_counts_match(app, client, admin, project: dict) -> None:
+    pid = project["id"]
+    expected = counted_directly(app, project)
+    figures = client.get(f"/api/v1/projects/{pid}/overview", headers=admin.headers).json()
+    assert figures["images"] == expected["images"]
+    assert figures["classes"] == expected["classes"]
+    assert figures["days"] == expected["days"]
+    assert [(a["annotator_id"], a["labels"]) for a in figures["annotators"]] == expected["annotators"]
+    progress = client.get(f"/api/v1/projects/{pid}/progress", headers=admin.headers).json()
+    images = expected["images"]
+    assert (progress["images"], progress["done"]) == (images["total"], images["done"])
+    assert progress["waiting"] == images["total"] - images["done"]
+    weak = client.get(f"/api/v1/projects/{pid}/consensus/weak?limit=2", headers=admin.headers).json()
+    pages = [i["image_id"] for i in weak["items"]]
+    while weak["next_after"] is not None:
+        after = weak["next_after"]
+        weak = client.get(f"/api/v1/projects/{pid}/consensus/weak?limit=2&after={after}", headers=admin.headers).json()
+        pages += [i["image_id"] for i in weak["items"]]
+    assert pages == expected["weak"]
+
+
+@pytest.mark.postgres
+def test_the_console_counts_equal_the_rows_through_uploads_labels_review_exclusion_refit_split_and_deletion(
+    app, client, admin
+):
+    """The counts the triggers keep (migration 0016) and the weak-consensus flag, against a count over the rows
+    after each kind of change; split changes and deletions have no endpoint, so they are made in SQL."""
+    team = [make_user(app, name, Role.annotator) for name in ("ann", "bea", "cid")]
+    settings = {"overlap_rate": 1.0, "overlap_k": 2, "gold_rate": 0.0, "review_max_labels": 3}
+    project = make_project(client, admin, *team, settings=settings)
+    pid, rng = project["id"], random.Random(0)
+
+    def api(path: str) -> str:
+        return f"/api/v1/projects/{pid}{path}"
+
+    files = [("files", (f"{i}.png", img.png(8, 8, color=(i, 40, 9)))) for i in range(22)]  # 20 for Dawid-Skene
+    image_ids = [f["image_id"] for f in client.post(api("/images"), files=files, headers=admin.headers).json()["files"]]
+    assert_counts_match(app, client, admin, project)
+    served = True
+    while served:  # every image gets its two labels, a tie a third
+        served = False
+        for account in team:
+            task = client.get(api("/tasks/next"), headers=account.headers)
+            if task.status_code == 200:
+                served, answer = True, {"image_id": task.json()["image_id"], "label": rng.choice(project["labels"])}
+                assert client.post(api("/annotations"), json=answer, headers=account.headers).status_code == 201
+    assert_counts_match(app, client, admin, project)
+    labeled = client.get(api("/labels"), headers=admin.headers).json()["items"]
+    first = labeled[0]["image_id"]
+    correction = {"image_id": first, "label": next(x for x in project["labels"] if x != labeled[0]["label"])}
+    history = client.get(api(f"/images/{first}/annotations"), headers=admin.headers).json()
+    author = next(a for a in team if a.id == history[0]["annotator_id"])
+    assert client.post(api("/annotations"), json=correction, headers=author.headers).status_code == 201
+    review = {"image_ids": [labeled[1]["image_id"]], "reason": "look again"}
+    assert client.post(api("/review"), json=review, headers=admin.headers).is_success
+    gold = {"image_id": labeled[2]["image_id"], "label": "bird"}
+    assert client.put(api("/gold"), json=gold, headers=admin.headers).status_code == 200
+    assert_counts_match(app, client, admin, project)
+    excluded = client.post(api(f"/annotators/{team[0].id}/exclusion"), json={"reason": "t"}, headers=admin.headers)
+    assert excluded.status_code == 201, excluded.text
+    assert_counts_match(app, client, admin, project)
+    assert client.delete(api(f"/annotators/{team[0].id}/exclusion"), headers=admin.headers).is_success
+    assert client.post(api("/consensus"), headers=admin.headers).status_code == 200
+    assert_counts_match(app, client, admin, project)
+    for threshold in (1.0, 0.0):  # every posterior under 1 is weak, then only ties and lost labels
+        patched = client.patch(
+            api("/settings"), json={"settings": {"review_posterior": threshold}}, headers=admin.headers
+        )
+        assert patched.status_code == 200, patched.text
+        project = patched.json()
+        assert_counts_match(app, client, admin, project)
+        if threshold == 1.0:
+            assert counted_directly(app, project)["weak"]  # the refit's posteriors are all under 1
+    with app.state.runtime.db.session() as session:
+        session.execute(update(Image).where(Image.id.in_(image_ids[:4])).values(split=Split.test))
+        session.execute(delete(Image).where(Image.id.in_([first, image_ids[-1]])))
+    assert_counts_match(app, client, admin, project)
 
 
 def test_a_rotated_token_replaces_the_old_one_and_only_admins_rotate(app, client, admin, engineer, annotator):

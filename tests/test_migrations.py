@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from datetime import datetime
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -105,3 +106,73 @@ def test_user_names_that_differ_only_in_case_are_renamed_and_then_refused_by_the
             connection.execute(insert, {"id": 6, "name": "BOB", "hash": "h6"})
     finally:
         engine.dispose()
+
+
+def test_the_console_counts_and_weak_flags_are_backfilled_from_the_rows_already_there(database_url):
+    """0016 fills project_counts and images.consensus_weak from a database that had rows before it."""
+    from alembic import command
+
+    from storage.migrate import alembic_config
+
+    command.downgrade(alembic_config(database_url), "0015_box_label_issues")
+    engine = create_db_engine(database_url)
+    boxes = '[{"label": "a", "x": 0, "y": 0, "w": 1, "h": 1}, {"label": "b", "x": 1, "y": 1, "w": 1, "h": 1}]'
+    # (project, split, queue_tier, label_count, consensus_label, tie, posterior, gold_label, consensus_boxes)
+    images = [
+        (1, "train", 0, 0, None, False, None, None, None),
+        (1, "test", 2, 1, "a", False, None, None, None),
+        (1, "train", 1, 2, "b", True, None, None, None),
+        (1, "train", None, 2, "a", False, 0.95, None, None),
+        (1, "test", None, 3, "b", False, 0.6, None, None),  # under this project's review_posterior of 0.8
+        (1, "train", None, 3, "a", True, None, None, None),
+        (1, "train", None, 1, "a", False, 0.5, "a", None),  # gold: never weak
+        (2, "train", None, 1, None, False, None, None, boxes),
+        (2, "test", None, 2, None, True, None, None, boxes),
+    ]
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO projects (id, name, task_type, labels, settings) VALUES"
+                    """ (1, 'p1', 'classification', '["a", "b"]', '{"review_posterior": 0.8}'),"""
+                    """ (2, 'p2', 'detection', '["a", "b"]', '{}')"""
+                )
+            )
+            connection.execute(
+                text("INSERT INTO users (id, name, role, token_hash) VALUES (1, 'ann', 'annotator', 'h')")
+            )
+            for n, (project, split, tier, count, label, tie, posterior, gold, answer) in enumerate(images, start=1):
+                connection.execute(
+                    text(
+                        "INSERT INTO images (id, project_id, sha256, thumbnail_sha256, width, height, format,"
+                        " byte_size, split, source, original_name, labels_needed, label_count, queue_tier, priority,"
+                        " consensus_label, consensus_tie, consensus_posterior, gold_label, consensus_boxes) VALUES"
+                        " (:n, :project, :sha, :sha, 8, 8, 'PNG', 100, :split, 'upload', 'x.png', 3, :count, :tier, 0,"
+                        " :label, :tie, :posterior, :gold, :answer)"
+                    ),
+                    {"n": n, "project": project, "sha": f"{n:064d}", "split": split, "count": count, "tier": tier,
+                     "label": label, "tie": tie, "posterior": posterior, "gold": gold, "answer": answer},
+                )  # fmt: skip
+            for n, (current, day) in enumerate([(True, "2026-11-01"), (False, "2026-11-01"), (True, "2026-11-03")]):
+                connection.execute(
+                    text(
+                        "INSERT INTO annotations (project_id, image_id, annotator_id, label, origin, is_current,"
+                        " created_at) VALUES (1, :image, 1, 'a', 'human', :current, :at)"
+                    ),
+                    {"image": n + 2, "current": current, "at": datetime.fromisoformat(f"{day}T23:30:00+00:00")},
+                )
+        upgrade(database_url)
+        with engine.begin() as connection:
+            counts = {tuple(r[:3]): r[3] for r in connection.execute(text("SELECT * FROM project_counts")) if r[3]}
+            weak = connection.execute(text("SELECT id FROM images WHERE consensus_weak ORDER BY id")).scalars().all()
+    finally:
+        engine.dispose()
+    assert counts == {
+        (1, "images", "unlabeled:train"): 1, (1, "images", "overlap:test"): 1, (1, "images", "review:train"): 1,
+        (1, "images", "done:train"): 3, (1, "images", "done:test"): 1,
+        (1, "class", "test:a"): 1, (1, "class", "train:b"): 1, (1, "class", "train:a"): 3, (1, "class", "test:b"): 1,
+        (1, "day", "2026-11-01"): 2, (1, "day", "2026-11-03"): 1, (1, "annotator", "1"): 2,
+        (2, "images", "done:train"): 1, (2, "images", "done:test"): 1,
+        (2, "class", "train:a"): 1, (2, "class", "train:b"): 1, (2, "class", "test:a"): 1, (2, "class", "test:b"): 1,
+    }  # fmt: skip
+    assert weak == [3, 5, 6, 9]

@@ -1,0 +1,196 @@
+"""Console counters: each project's figures kept by triggers, and an index of the weak consensus labels
+
+Revision ID: 0016_console_counters_counts
+Revises: 0015_box_label_issues
+Create Date: 2026-11-30 17:00:00
+
+The console's counts (images by state and split, labels per class, answers per day and per annotator) were grouped
+queries over every row of a project, so a page grew with it. ``project_counts`` holds them instead, kept by row
+triggers on ``images`` and ``annotations`` in the transaction of every change (the ORM's, Core bulk inserts, the
+benchmarks' and imports' rows alike), and backfilled here. Each trigger writes one statement whose rows are summed
+by item and sorted, so one change locks its counter rows in a fixed order.
+
+``images.consensus_weak`` marks a weak consensus on a labeled image (written with the consensus, by code: it depends
+on the project's review_posterior), and a partial index on it serves the weak list a page at a time. An index of
+a project's assignments by status serves the progress call's live leases and served tasks.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0016_console_counters_counts"
+down_revision: str | None = "0015_box_label_issues"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+@dataclass(frozen=True)
+class Part:
+    """One source of counts for a row ``{r}``: its item, what else it reads from, and when the row counts."""
+
+    item: str
+    source: str = ""
+    when: str = "1 = 1"
+
+
+@dataclass(frozen=True)
+class Figure:
+    name: str
+    table: str
+    parts: tuple[Part, ...]
+    columns: tuple[str, ...]  # those whose update can change the figure; none: rows are counted once
+    changed: str = ""  # true when an update changed the figure
+
+
+def _figures(postgres: bool) -> list[Figure]:
+    state = (
+        "CASE WHEN {r}.queue_tier IS NULL THEN 'done' WHEN {r}.queue_tier = 1 THEN 'review'"
+        " WHEN {r}.label_count > 0 THEN 'overlap' ELSE 'unlabeled' END || ':' || {r}.split"
+    )
+    if postgres:
+        box_label, boxes = "(e.value ->> 'label')", "json_array_elements({r}.consensus_boxes) AS e"
+        day = "to_char({r}.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+        distinct, as_text = "IS DISTINCT FROM", "::text"  # json has no equality
+    else:
+        box_label, boxes = "json_extract(e.value, '$.label')", "json_each({r}.consensus_boxes) AS e"
+        day = "substr({r}.created_at, 1, 10)"  # stored as 'YYYY-MM-DD HH:MM:SS', in UTC
+        distinct, as_text = "IS NOT", ""
+    classes = ("consensus_label", "consensus_boxes", "split")
+    return [
+        Figure(
+            "images",
+            "images",
+            (Part(state),),
+            ("queue_tier", "label_count", "split"),
+            f"({state.format(r='OLD')}) {distinct} ({state.format(r='NEW')})",
+        ),
+        Figure(
+            "class",
+            "images",
+            (
+                Part("{r}.split || ':' || {r}.consensus_label", when="{r}.consensus_label IS NOT NULL"),
+                Part(f"{{r}}.split || ':' || {box_label}", source=boxes, when="{r}.consensus_boxes IS NOT NULL"),
+            ),
+            classes,
+            " OR ".join(f"OLD.{c}{as_text} {distinct} NEW.{c}{as_text}" for c in classes),
+        ),
+        Figure("day", "annotations", (Part(day),), ()),
+        Figure(
+            "annotator",
+            "annotations",
+            (Part("CAST({r}.annotator_id AS VARCHAR(20))", when="{r}.is_current"),),
+            ("is_current",),
+            f"OLD.is_current {distinct} NEW.is_current",
+        ),
+    ]
+
+
+def _counts(figure: Figure, rows: dict[str, int]) -> str:
+    """One statement adding ``figure``'s counts of ``rows`` (a row name and +1 or -1 each) to project_counts: summed
+    by item and sorted, so concurrent transactions lock a project's counter rows in one order."""
+    selects = []
+    for row, sign in rows.items():
+        for part in figure.parts:
+            sources = [f"{figure.table} AS {row}"] if row == "t" else []  # "t": every row of the table (backfill)
+            sources += [part.source.format(r=row)] if part.source else []
+            selects.append(
+                f"SELECT {row}.project_id AS project_id, {part.item.format(r=row)} AS item, {sign} AS n"
+                + (f" FROM {', '.join(sources)}" if sources else "")
+                + f" WHERE {part.when.format(r=row)}"
+            )
+    return (
+        f"INSERT INTO project_counts (project_id, figure, item, count) SELECT project_id, '{figure.name}', item, SUM(n)"
+        f" FROM ({' UNION ALL '.join(selects)}) AS d WHERE item IS NOT NULL GROUP BY project_id, item"
+        " HAVING SUM(n) <> 0 ORDER BY item"
+        " ON CONFLICT (project_id, figure, item) DO UPDATE SET count = project_counts.count + excluded.count"
+    )
+
+
+def _triggers(figure: Figure) -> list[tuple[str, str, str, str]]:
+    """(name, event, condition, statement) of each trigger keeping ``figure``."""
+    name = f"count_{figure.table}_{figure.name}"
+    triggers = [
+        (f"{name}_insert", "INSERT", "", _counts(figure, {"NEW": 1})),
+        (f"{name}_delete", "DELETE", "", _counts(figure, {"OLD": -1})),
+    ]
+    if figure.columns:
+        event = f"UPDATE OF {', '.join(figure.columns)}"
+        triggers.append((f"{name}_update", event, figure.changed, _counts(figure, {"OLD": -1, "NEW": 1})))
+    return triggers
+
+
+def upgrade() -> None:
+    op.create_table(
+        "project_counts",
+        sa.Column("project_id", sa.Integer(), nullable=False),
+        sa.Column("figure", sa.String(16), nullable=False),
+        sa.Column("item", sa.String(120), nullable=False),
+        sa.Column("count", sa.Integer(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["project_id"], ["projects.id"], name=op.f("fk_project_counts_project_id_projects"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("project_id", "figure", "item", name=op.f("pk_project_counts")),
+    )
+    # In place, never batch mode: SQLite's batch copy drops the old table, and with it (ON DELETE CASCADE) every
+    # annotation.
+    op.add_column("images", sa.Column("consensus_weak", sa.Boolean(), server_default=sa.false(), nullable=False))
+    postgres = op.get_bind().dialect.name == "postgresql"
+    op.create_index(
+        "ix_images_weak",
+        "images",
+        ["project_id", "id"],
+        sqlite_where=sa.text("consensus_weak = 1 AND queue_tier IS NULL"),
+        postgresql_where=sa.text("consensus_weak AND queue_tier IS NULL"),
+    )
+    _mark_weak(postgres)
+    op.create_index("ix_assignments_project_status", "assignments", ["project_id", "status", "expires_at"])
+    for figure in _figures(postgres):
+        op.execute(_counts(figure, {"t": 1}))
+        for name, event, condition, statement in _triggers(figure):
+            if postgres:
+                op.execute(
+                    f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$"
+                    f" BEGIN {statement}; RETURN NULL; END $$"
+                )
+                when = f" WHEN ({condition})" if condition else ""
+                op.execute(
+                    f"CREATE TRIGGER {name} AFTER {event} ON {figure.table} FOR EACH ROW{when} EXECUTE FUNCTION {name}()"
+                )
+            else:
+                when = f" WHEN {condition}" if condition else ""
+                op.execute(
+                    f"CREATE TRIGGER {name} AFTER {event} ON {figure.table} FOR EACH ROW{when} BEGIN {statement}; END"
+                )
+
+
+def _mark_weak(postgres: bool) -> None:
+    """Mark the weak consensus labels already there, as annotation.consensus writes them: on a labeled image without
+    a gold answer, a tie; in a classification project also no label, or a posterior under the project's
+    review_posterior (0.7 unless set)."""
+    threshold = (
+        "CAST(p.settings ->> 'review_posterior' AS FLOAT)"
+        if postgres
+        else "json_extract(p.settings, '$.review_posterior')"
+    )
+    op.execute(
+        "UPDATE images SET consensus_weak = (label_count > 0 AND gold_label IS NULL AND gold_boxes IS NULL"
+        " AND (consensus_tie OR EXISTS (SELECT 1 FROM projects AS p WHERE p.id = images.project_id"
+        " AND p.task_type = 'classification' AND (consensus_label IS NULL"
+        f" OR consensus_posterior < COALESCE({threshold}, 0.7)))))"
+    )
+
+
+def downgrade() -> None:
+    postgres = op.get_bind().dialect.name == "postgresql"
+    for figure in _figures(postgres):
+        for name, _, _, _ in _triggers(figure):
+            op.execute(f"DROP TRIGGER {name} ON {figure.table}" if postgres else f"DROP TRIGGER {name}")
+            if postgres:
+                op.execute(f"DROP FUNCTION {name}()")
+    op.drop_index("ix_assignments_project_status", table_name="assignments")
+    op.drop_index("ix_images_weak", table_name="images")
+    op.execute("ALTER TABLE images DROP COLUMN consensus_weak")  # in place, as upgrade added it
+    op.drop_table("project_counts")
