@@ -13,7 +13,13 @@ from annotation.label_issues import BOX_REASONS, RELABEL_REASON, find_issues
 from flywheel.jobs.rows import create_job
 from flywheel.serving.detection import Detections
 from flywheel.training.artefacts import load_model
-from flywheel.training.box_issues import calibrate, cleanlab_predictions, find_box_issues
+from flywheel.training.box_issues import (
+    SURE,
+    calibrate,
+    cleanlab_predictions,
+    find_box_issues,
+    label_quality_scores,
+)
 from flywheel.training.datasets import load_arrays
 from flywheel.training.detection_fit import predict_boxes
 from flywheel.training.detection_job import box_targets, upright_sizes
@@ -239,9 +245,29 @@ def issue_reason_text(issue: dict) -> str:
     return f"{said}; check the boxes"
 
 
+def objectlab_scores(labels: list, predictions: list, *, high: float | None) -> dict[str, np.ndarray]:
+    """cleanlab's pooled per-image score of each kind, with ``high`` as its high-probability threshold."""
+    from cleanlab.object_detection.rank import (
+        compute_badloc_box_scores,
+        compute_overlooked_box_scores,
+        compute_swap_box_scores,
+        pool_box_scores_per_image,
+    )
+
+    given = {"labels": labels, "predictions": predictions}
+    return {
+        "overlooked": pool_box_scores_per_image(
+            compute_overlooked_box_scores(**given, high_probability_threshold=high)
+        ),
+        "swap": pool_box_scores_per_image(compute_swap_box_scores(**given, high_probability_threshold=high)),
+        "badloc": pool_box_scores_per_image(compute_badloc_box_scores(**given)),
+    }
+
+
 def test_box_issues_are_cleanlabs_objectlab_ranking_of_calibrated_detections():
     """``find_box_issues`` against cleanlab's own calls on the same calibrated predictions: the flagged set, the
-    ranking by ObjectLab's score, and each kind where it was planted; an image with nothing to point at is left out."""
+    ranking by ObjectLab's score (combined as cleanlab combines it, at ``SURE``), and each kind where it was planted;
+    an image with nothing to point at is left out."""
     from cleanlab.object_detection.filter import find_label_issues as find_box_label_issues
     from cleanlab.object_detection.rank import get_label_quality_scores
 
@@ -263,9 +289,47 @@ def test_box_issues_are_cleanlabs_objectlab_ranking_of_calibrated_detections():
     issues = find_box_issues(boxes, classes, found, num_classes=2, score_below=1.0)
     labels = [{"bboxes": b.reshape(-1, 4), "labels": c} for b, c in zip(boxes, classes, strict=True)]
     predictions = calibrate([cleanlab_predictions(f, 2) for f in found], labels)
-    scores = get_label_quality_scores(labels, predictions, verbose=False)
+    defaults = label_quality_scores(objectlab_scores(labels, predictions, high=None))
+    assert np.allclose(defaults, get_label_quality_scores(labels, predictions, verbose=False))  # cleanlab's combination
+    scores = label_quality_scores(objectlab_scores(labels, predictions, high=SURE))
     flagged = set(np.flatnonzero(find_box_label_issues(labels, predictions)).tolist())
     assert [i.index for i in issues] == [i for i in np.argsort(scores, kind="stable").tolist() if i != 3]
     assert {i.index for i in issues if i.flagged} == flagged and 0 in flagged <= {0, 1, 2}  # no clean image flagged
     assert {(i.index, i.issue_type) for i in issues[:3]} == {(0, "overlooked"), (1, "swap"), (2, "badloc")}
     assert [i.score for i in issues] == sorted(scores[i.index] for i in issues)
+
+
+def test_box_issues_see_sure_boxes_that_calibrate_below_objectlabs_default():
+    """Calibrated against given boxes that are partly wrong (and some loose detections), the detector's boxes read
+    about 0.9, under ObjectLab's default 0.95: at its default it sees neither the dropped box nor the swapped one.
+    At ``SURE`` they rank first, named overlooked and swap, with the shifted box named badloc."""
+    rng = np.random.default_rng(1)
+    boxes, classes, found = [], [], []
+    for n in range(60):
+        count = int(rng.integers(1, 3))
+        x, y = rng.uniform(0, 20, count) + 34 * np.arange(count), rng.uniform(0, 40, count)
+        b, c = np.column_stack([x, y, x + 16, y + 16]), rng.integers(0, 2, count)
+        found_boxes, found_classes = b + rng.normal(0, 0.3, b.shape), c
+        if n % 8 == 7:  # a loose second detection of the first box: IoU about 0.3, no match
+            found_boxes = np.vstack([found_boxes, b[:1] + [8, 4, 8, 4]])
+            found_classes = np.r_[c, c[:1]]
+        every = np.full((len(found_classes), 2), 0.02)
+        every[np.arange(len(found_classes)), found_classes] = 0.9  # one raw score: calibration reads the match rate
+        found.append(Detections(found_boxes, every.max(axis=1), found_classes, every))
+        boxes.append(b)
+        classes.append(c)
+    boxes[0], classes[0] = boxes[0][1:], classes[0][1:]  # a box dropped
+    classes[1] = np.r_[1 - classes[1][0], classes[1][1:]]  # a class swapped
+    boxes[2] = boxes[2] + np.array([[8, 0, 8, 0]] + [[0, 0, 0, 0]] * (len(boxes[2]) - 1))  # shifted by half its width
+    labels = [{"bboxes": b.reshape(-1, 4), "labels": c} for b, c in zip(boxes, classes, strict=True)]
+    predictions = calibrate([cleanlab_predictions(f, 2) for f in found], labels)
+    sure = np.concatenate([p[k][:, 4] for p in predictions for k in range(2)]).max()
+    assert SURE < sure < 0.95
+
+    default = objectlab_scores(labels, predictions, high=None)
+    assert default["overlooked"][0] == 1.0 and default["swap"][1] == 1.0  # unseen at ObjectLab's default
+
+    issues = find_box_issues(boxes, classes, found, num_classes=2, score_below=1.0)
+    assert {(i.index, i.issue_type) for i in issues[:3]} == {(0, "overlooked"), (1, "swap"), (2, "badloc")}
+    swapped = next(i for i in issues if i.index == 1)
+    assert (swapped.given, swapped.suggested) == (classes[1][0], 1 - classes[1][0])

@@ -4,6 +4,11 @@ cleanlab's ObjectLab (``cleanlab.object_detection``), each with the kind of erro
 The three kinds are ObjectLab's: ``overlooked`` (the detector confidently sees an object that no box marks),
 ``swap`` (a box whose class the detector confidently puts in another) and ``badloc`` (a box the detector finds
 elsewhere). The predictions must be out of sample (``flywheel.training.box_label_quality``).
+
+"Confidently" is ObjectLab's ``high_probability_threshold``, 0.95 by default; here ``SURE`` (0.8) on calibrated
+scores. The calibration can only measure agreement with the given boxes, and those include the errors we look for:
+a detector that finds a dropped box is scored a miss there. So its sure boxes read 0.9 to 0.95, and at 0.95 ObjectLab
+saw almost no overlooked or swapped box and named nearly every issue badloc (``bench/detection_label_quality.py``).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from annotation.label_issues import ISSUE_TYPES
 from flywheel.serving.detection import MIN_SCORE, Detections, box_ious
 
 MATCH_IOU = 0.5
+SURE = 0.8  # ObjectLab's high_probability_threshold on calibrated scores: 4 in 5 boxes so scored match a given box
 
 
 @dataclass(frozen=True)
@@ -78,16 +84,16 @@ def find_box_issues(
     num_classes: int,
     score_below: float | None = None,
 ) -> list[BoxIssue]:
-    """Images with likely-wrong boxes (cleanlab's ``find_label_issues``, and with ``score_below`` every image whose
-    label quality score is at or below it), worst first by cleanlab's label quality score; an image with neither a
-    given box nor a confident detection is left out. Per image: ``boxes`` (L, 4) corners and ``classes`` (L,)
-    given, ``found`` out-of-sample detections in the same frame."""
+    """Images with likely-wrong boxes (cleanlab's ``find_label_issues``, at its own thresholds: a cautious few, and
+    with ``score_below`` every image whose label quality score is at or below it), worst first by ObjectLab's label
+    quality score with ``SURE`` as its high-probability threshold; an image with neither a given box nor a confident
+    detection is left out. Per image: ``boxes`` (L, 4) corners and ``classes`` (L,) given, ``found`` out-of-sample
+    detections in the same frame."""
     from cleanlab.object_detection.filter import find_label_issues
     from cleanlab.object_detection.rank import (
         compute_badloc_box_scores,
         compute_overlooked_box_scores,
         compute_swap_box_scores,
-        get_label_quality_scores,
         issues_from_scores,
         pool_box_scores_per_image,
     )
@@ -100,16 +106,18 @@ def find_box_issues(
     ]
     predictions: Any = calibrate([cleanlab_predictions(f, num_classes) for f in found], labels)
     flagged = find_label_issues(labels, predictions)
-    scores = get_label_quality_scores(labels, predictions, verbose=False)
-    listed = np.flatnonzero(flagged)
-    if score_below is not None:
-        listed = np.union1d(listed, issues_from_scores(scores, threshold=score_below))
     per_box = {
-        "overlooked": compute_overlooked_box_scores(labels=labels, predictions=predictions),
-        "swap": compute_swap_box_scores(labels=labels, predictions=predictions),
+        "overlooked": compute_overlooked_box_scores(
+            labels=labels, predictions=predictions, high_probability_threshold=SURE
+        ),
+        "swap": compute_swap_box_scores(labels=labels, predictions=predictions, high_probability_threshold=SURE),
         "badloc": compute_badloc_box_scores(labels=labels, predictions=predictions),
     }
     pooled = {kind: pool_box_scores_per_image(per_box[kind]) for kind in ISSUE_TYPES}
+    scores = label_quality_scores(pooled)
+    listed = np.flatnonzero(flagged)
+    if score_below is not None:
+        listed = np.union1d(listed, issues_from_scores(scores, threshold=score_below))
     out = []
     for i in listed[np.argsort(scores[listed], kind="stable")]:
         box_scores = {kind: np.asarray(per_box[kind][i], dtype=np.float64) for kind in ISSUE_TYPES}
@@ -123,6 +131,15 @@ def find_box_issues(
             _issue(int(i), float(scores[i]), kind, worst, labels[i], predictions[i], type_scores, bool(flagged[i]))
         )
     return out
+
+
+def label_quality_scores(pooled: dict[str, np.ndarray]) -> np.ndarray:
+    """(N,) ObjectLab's label quality score of each image from its pooled (N,) score per kind: their geometric mean
+    with equal weights, as ``cleanlab.object_detection.rank.get_label_quality_scores`` combines them (which fixes the
+    thresholds of the per-box scores). Low is bad."""
+    from cleanlab.internal.constants import TINY_VALUE
+
+    return np.exp(np.mean([np.log(TINY_VALUE + pooled[kind]) for kind in ISSUE_TYPES], axis=0))
 
 
 def _issue(
