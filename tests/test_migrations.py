@@ -163,9 +163,8 @@ def test_the_console_counts_and_weak_flags_are_backfilled_from_the_rows_already_
                 )
         upgrade(database_url)
         with engine.begin() as connection:
-            rows = connection.execute(
-                text("SELECT project_id, figure, item, SUM(count) FROM project_counts GROUP BY project_id, figure, item")
-            )
+            sums = "SELECT project_id, figure, item, SUM(count) FROM project_counts GROUP BY project_id, figure, item"
+            rows = connection.execute(text(sums))
             counts = {tuple(r[:3]): r[3] for r in rows if r[3]}
             weak = connection.execute(text("SELECT id FROM images WHERE consensus_weak ORDER BY id")).scalars().all()
     finally:
