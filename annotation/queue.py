@@ -360,23 +360,26 @@ def waiting_reasons(session: Session, *, project_id: int, waiting: int) -> list[
     reasons: list[WaitingReason] = []
     annotators = annotator_members(session, project_id=project_id)
     if annotators:
-        served_by_all = (
-            select(Assignment.image_id)
-            .join(User, and_(User.id == Assignment.annotator_id, User.role == Role.annotator))
-            .join(
-                Membership,
-                and_(Membership.project_id == Assignment.project_id, Membership.user_id == Assignment.annotator_id),
-            )
-            .where(Assignment.project_id == project_id, ~live)
-            .group_by(Assignment.image_id)
-            .having(func.count() >= annotators)
-        )
-        # Driven from the served assignments (read on ix_assignments_project_status), never from every waiting image.
-        served = session.scalars(served_by_all).all()
+        # Only a waiting image served at least once per annotator member can have been served to all of them: those
+        # few are read on ix_images_served, never every waiting image or every task ever served.
+        candidates = session.scalars(
+            select(Image.id).where(*waiting_images, Image.assignment_count >= annotators)
+        ).all()
         per_count: Counter[int] = Counter()
-        for start in range(0, len(served), 1000):
-            chunk = served[start : start + 1000]
-            per_count.update(session.scalars(select(Image.label_count).where(*waiting_images, Image.id.in_(chunk))))
+        for start in range(0, len(candidates), 1000):
+            served_by_all = (
+                select(Image.label_count)
+                .join(Assignment, Assignment.image_id == Image.id)
+                .join(User, and_(User.id == Assignment.annotator_id, User.role == Role.annotator))
+                .join(
+                    Membership,
+                    and_(Membership.project_id == Image.project_id, Membership.user_id == Assignment.annotator_id),
+                )
+                .where(Image.id.in_(candidates[start : start + 1000]), ~live)
+                .group_by(Image.id, Image.label_count)
+                .having(func.count() >= annotators)
+            )
+            per_count.update(session.scalars(served_by_all))
         stuck = sorted(per_count.items())
         team = f"all {annotators} annotator members" if annotators > 1 else "the project's only annotator member"
         for labels, n in stuck:

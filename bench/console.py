@@ -3,11 +3,11 @@
 
 A real ``labelwheel serve`` on SQLite (uvicorn over loopback HTTP). The project, its users and members are made
 through the API; the bulk rows (images with their labels and queue state, one current annotation per labeled
-image spread over 30 days and 50 annotators, 3 per overlapped image, 200 dataset snapshots and trained versions
-with full metrics, 1,000 label issues, 300 jobs) are inserted directly. Each page's calls are those
-``service/static/console.js`` makes, each timed on its own and summed per round (the browser sends most of them at
-once, so this is the slower reading); the thumbnails a page then loads (one small blob each, the same at any size)
-are left out.
+image spread over 30 days and 50 annotators, 3 per overlapped image, each with its submitted assignment, 200
+dataset snapshots and trained versions with full metrics, 1,000 label issues, 300 jobs) are inserted directly.
+Each page's calls are those ``service/static/console.js`` makes, each timed on its own and summed per round (the
+browser sends most of them at once, so this is the slower reading); the thumbnails a page then loads (one small
+blob each, the same at any size) are left out.
 
 The console's counts are the sums of rows that triggers insert for every change (migration 0016); the worker's
 minute upkeep folds them into one per item, done here once after the bulk rows, timed, as the upkeep would.
@@ -47,6 +47,8 @@ from storage.migrate import upgrade
 from storage.models import (
     Annotation,
     AnnotationOrigin,
+    Assignment,
+    AssignmentStatus,
     DatasetSnapshot,
     Image,
     Job,
@@ -92,8 +94,9 @@ def metrics(rng: random.Random, test_items: int) -> dict:
 
 
 def fill(url: str, *, project_id: int, annotator_ids: list[int], images: int, seed: int = 0) -> None:
-    """Insert the bulk rows: 60% of the images labeled (5% of those by three annotators), 5% in review, the rest
-    waiting; versions, snapshots, label issues and jobs."""
+    """Insert the bulk rows: 60% of the images labeled (5% of those by three annotators), each answer with the
+    submitted assignment labeling leaves, 5% in review, the rest waiting; versions, snapshots, label issues and
+    jobs."""
     rng = random.Random(seed)
     engine = create_db_engine(url)
     now = utcnow()
@@ -123,9 +126,21 @@ def fill(url: str, *, project_id: int, annotator_ids: list[int], images: int, se
                 Image.project_id == project_id, Image.label_count > 0
             )
         ).all()
-        annotations = []
+        annotations, assignments = [], []
         for image_id, count, label in labeled:
             for annotator in rng.sample(annotator_ids, count):
+                served = now - timedelta(days=rng.uniform(0, 30))
+                assignments.append(
+                    {
+                        "project_id": project_id,
+                        "image_id": image_id,
+                        "annotator_id": annotator,
+                        "status": AssignmentStatus.submitted,
+                        "leased_at": served,
+                        "expires_at": served,
+                        "updated_at": served,
+                    }
+                )
                 annotations.append(
                     {
                         "project_id": project_id,
@@ -135,14 +150,16 @@ def fill(url: str, *, project_id: int, annotator_ids: list[int], images: int, se
                         "origin": AnnotationOrigin.human,
                         "is_current": True,
                         "duration_ms": rng.randint(500, 5000),
-                        "created_at": now - timedelta(days=rng.uniform(0, 30)),
+                        "created_at": served,
                     }
                 )
                 if len(annotations) == CHUNK:
                     connection.execute(insert(Annotation), annotations)
-                    annotations = []
+                    connection.execute(insert(Assignment), assignments)
+                    annotations, assignments = [], []
         if annotations:
             connection.execute(insert(Annotation), annotations)
+            connection.execute(insert(Assignment), assignments)
         for v in range(VERSIONS):
             labels = 1000 + v * (len(labeled) - 1000) // VERSIONS
             frozen = {"project_id": project_id, "content_sha256": rng.randbytes(32).hex(), "item_count": labels}

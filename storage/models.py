@@ -257,6 +257,9 @@ class Image(CreatedAt, Base):
     # A labeled image without a gold answer whose consensus is weak (no label, a tie, a posterior under the project's
     # review_posterior; a weak box consensus): set wherever consensus is written, for the weak list's index.
     consensus_weak: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Tasks served on the image (its assignment rows, any status), kept by triggers on assignments (migration 0016):
+    # only a waiting image served at least as often as the team is large can have been served to everyone.
+    assignment_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     __table_args__ = (
         UniqueConstraint("project_id", "sha256", name="uq_images_project_id_sha256"),
@@ -273,6 +276,13 @@ class Image(CreatedAt, Base):
             # Each dialect's form of what ``weak_consensus`` asks (SQLite stores booleans as 0 and 1).
             sqlite_where=text("consensus_weak = 1 AND queue_tier IS NULL"),
             postgresql_where=text("consensus_weak AND queue_tier IS NULL"),
+        ),
+        Index(
+            "ix_images_served",
+            "project_id",
+            "assignment_count",
+            postgresql_where=text("queue_tier IS NOT NULL"),
+            sqlite_where=text("queue_tier IS NOT NULL"),
         ),
     )
 

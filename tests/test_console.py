@@ -22,6 +22,7 @@ from sqlalchemy import delete, func, select, update
 from storage.models import (
     Annotation,
     AnnotatorExclusion,
+    Assignment,
     Image,
     Job,
     JobKind,
@@ -153,6 +154,14 @@ def assert_counts_match(app, client, admin, project: dict) -> None:
     images = expected["images"]
     assert (progress["images"], progress["done"]) == (images["total"], images["done"])
     assert progress["waiting"] == images["total"] - images["done"]
+    with app.state.runtime.db.read_session() as session:  # what the waiting reasons read (migration 0016's trigger)
+        served = session.execute(
+            select(Image.id, Image.assignment_count, func.count(Assignment.id))
+            .outerjoin(Assignment, Assignment.image_id == Image.id)
+            .where(Image.project_id == pid)
+            .group_by(Image.id, Image.assignment_count)
+        ).all()
+    assert served and all(kept == rows for _, kept, rows in served)
     weak = client.get(f"/api/v1/projects/{pid}/consensus/weak?limit=2", headers=admin.headers).json()
     pages = [i["image_id"] for i in weak["items"]]
     while weak["next_after"] is not None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from datetime import datetime
+from datetime import UTC, datetime
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -109,7 +109,8 @@ def test_user_names_that_differ_only_in_case_are_renamed_and_then_refused_by_the
 
 
 def test_the_console_counts_and_weak_flags_are_backfilled_from_the_rows_already_there(database_url):
-    """0016 fills project_counts and images.consensus_weak from a database that had rows before it."""
+    """0016 fills project_counts, images.consensus_weak and images.assignment_count from a database that had rows
+    before it."""
     from alembic import command
 
     from storage.migrate import alembic_config
@@ -161,8 +162,18 @@ def test_the_console_counts_and_weak_flags_are_backfilled_from_the_rows_already_
                     ),
                     {"image": n + 2, "current": current, "at": datetime.fromisoformat(f"{day}T23:30:00+00:00")},
                 )
+            for image, annotator in [(2, 1), (3, 1)]:
+                connection.execute(
+                    text(
+                        "INSERT INTO assignments (project_id, image_id, annotator_id, status, expires_at, updated_at)"
+                        " VALUES (1, :image, :annotator, 'submitted', :at, :at)"
+                    ),
+                    {"image": image, "annotator": annotator, "at": datetime(2026, 11, 1, tzinfo=UTC)},
+                )
         upgrade(database_url)
         with engine.begin() as connection:
+            served = connection.execute(text("SELECT id, assignment_count FROM images WHERE assignment_count > 0"))
+            assert sorted(tuple(r) for r in served) == [(2, 1), (3, 1)]
             sums = "SELECT project_id, figure, item, SUM(count) FROM project_counts GROUP BY project_id, figure, item"
             rows = connection.execute(text(sums))
             counts = {tuple(r[:3]): r[3] for r in rows if r[3]}

@@ -15,7 +15,9 @@ figure is the sum of its rows; the worker's minute upkeep folds each project's r
 
 ``images.consensus_weak`` marks a weak consensus on a labeled image (written with the consensus, by code: it depends
 on the project's review_posterior), and a partial index on it serves the weak list a page at a time. An index of
-a project's assignments by status serves the progress call's live leases and served tasks.
+a project's assignments by status serves the progress call's live leases; ``images.assignment_count``, kept by
+triggers on ``assignments``, lets it look for images served to the whole team among the few waiting images
+served that often, not among every task ever served.
 """
 
 from collections.abc import Sequence
@@ -152,6 +154,7 @@ def upgrade() -> None:
     )
     _mark_weak(postgres)
     op.create_index("ix_assignments_project_status", "assignments", ["project_id", "status", "expires_at"])
+    _count_assignments(postgres)
     for figure in _figures(postgres):
         op.execute(_counts(figure, {"t": 1}))
         for name, event, condition, statement in _triggers(figure):
@@ -169,6 +172,34 @@ def upgrade() -> None:
                 op.execute(
                     f"CREATE TRIGGER {name} AFTER {event} ON {figure.table} FOR EACH ROW{when} BEGIN {statement}; END"
                 )
+
+
+ASSIGNMENT_TRIGGERS = {"count_assignments_insert": ("INSERT", "NEW", "+"), "count_assignments_delete": ("DELETE", "OLD", "-")}
+
+
+def _count_assignments(postgres: bool) -> None:
+    """images.assignment_count: backfilled, then kept by a trigger on each insert and delete of an assignment
+    (every writer of one already holds its image's row lock on PostgreSQL)."""
+    op.add_column("images", sa.Column("assignment_count", sa.Integer(), server_default="0", nullable=False))
+    op.execute(
+        "UPDATE images SET assignment_count = (SELECT COUNT(*) FROM assignments AS a WHERE a.image_id = images.id)"
+    )
+    op.create_index(
+        "ix_images_served",
+        "images",
+        ["project_id", "assignment_count"],
+        sqlite_where=sa.text("queue_tier IS NOT NULL"),
+        postgresql_where=sa.text("queue_tier IS NOT NULL"),
+    )
+    for name, (event, row, sign) in ASSIGNMENT_TRIGGERS.items():
+        statement = f"UPDATE images SET assignment_count = assignment_count {sign} 1 WHERE id = {row}.image_id"
+        if postgres:
+            op.execute(
+                f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN {statement}; RETURN NULL; END $$"
+            )
+            op.execute(f"CREATE TRIGGER {name} AFTER {event} ON assignments FOR EACH ROW EXECUTE FUNCTION {name}()")
+        else:
+            op.execute(f"CREATE TRIGGER {name} AFTER {event} ON assignments FOR EACH ROW BEGIN {statement}; END")
 
 
 def _mark_weak(postgres: bool) -> None:
@@ -190,6 +221,12 @@ def _mark_weak(postgres: bool) -> None:
 
 def downgrade() -> None:
     postgres = op.get_bind().dialect.name == "postgresql"
+    for name in ASSIGNMENT_TRIGGERS:
+        op.execute(f"DROP TRIGGER {name} ON assignments" if postgres else f"DROP TRIGGER {name}")
+        if postgres:
+            op.execute(f"DROP FUNCTION {name}()")
+    op.drop_index("ix_images_served", table_name="images")
+    op.execute("ALTER TABLE images DROP COLUMN assignment_count")
     for figure in _figures(postgres):
         for name, _, _, _ in _triggers(figure):
             op.execute(f"DROP TRIGGER {name} ON {figure.table}" if postgres else f"DROP TRIGGER {name}")
