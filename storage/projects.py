@@ -399,7 +399,16 @@ def project_counts(session: Session, *, project_id: int, figure: str, since: str
 def compact_counts(session: Session, *, project_id: int) -> int:
     """Fold the project's count rows into one per item (zeros dropped), so a figure's read stays a few rows; returns
     the rows folded. Exactly the rows the delete saw are summed back, so a change inserted meanwhile, committed or
-    not, is neither lost nor counted twice."""
+    not, is neither lost nor counted twice. A project whose items have one row each is left as it is."""
+    repeated = (
+        select(ProjectCount.item)
+        .where(ProjectCount.project_id == project_id)
+        .group_by(ProjectCount.figure, ProjectCount.item)
+        .having(func.count() > 1)
+        .limit(1)
+    )
+    if session.scalar(repeated) is None:
+        return 0
     folded = session.execute(
         delete(ProjectCount)
         .where(ProjectCount.project_id == project_id)

@@ -31,6 +31,7 @@ from storage.models import (
     ModelKind,
     ModelStatus,
     ModelVersion,
+    Project,
     ProjectCount,
     Role,
     Schedule,
@@ -257,6 +258,10 @@ def test_the_console_counts_equal_the_rows_through_uploads_labels_review_exclusi
     assert_counts_match(app, client, admin, project)
     fold_counts(app, pid)
     assert_counts_match(app, client, admin, project)
+    with app.state.runtime.db.session() as session:  # no route deletes a project; the triggers must let it go
+        session.execute(delete(Project).where(Project.id == pid))
+    with app.state.runtime.db.read_session() as session:
+        assert session.scalar(select(func.count()).where(ProjectCount.project_id == pid)) == 0
 
 
 def test_a_rotated_token_replaces_the_old_one_and_only_admins_rotate(app, client, admin, engineer, annotator):

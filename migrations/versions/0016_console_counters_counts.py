@@ -108,8 +108,10 @@ def _counts(figure: Figure, rows: dict[str, int]) -> str:
             )
     return (
         f"INSERT INTO project_counts (project_id, figure, item, count) SELECT project_id, '{figure.name}', item, SUM(n)"
-        f" FROM ({' UNION ALL '.join(selects)}) AS d WHERE item IS NOT NULL GROUP BY project_id, item"
-        " HAVING SUM(n) <> 0"
+        f" FROM ({' UNION ALL '.join(selects)}) AS d WHERE item IS NOT NULL"
+        # Not for a project being deleted (its images and annotations go by cascade, its counts with it).
+        " AND EXISTS (SELECT 1 FROM projects AS p WHERE p.id = d.project_id)"
+        " GROUP BY project_id, item HAVING SUM(n) <> 0"
     )
 
 
@@ -145,6 +147,8 @@ def upgrade() -> None:
     # annotation.
     op.add_column("images", sa.Column("consensus_weak", sa.Boolean(), server_default=sa.false(), nullable=False))
     postgres = op.get_bind().dialect.name == "postgresql"
+    if postgres:  # writers still running old code wait until the triggers exist, so the backfills miss nothing
+        op.execute("LOCK TABLE images, annotations, assignments IN SHARE ROW EXCLUSIVE MODE")
     op.create_index(
         "ix_images_weak",
         "images",
@@ -178,8 +182,7 @@ ASSIGNMENT_TRIGGERS = {"count_assignments_insert": ("INSERT", "NEW", "+"), "coun
 
 
 def _count_assignments(postgres: bool) -> None:
-    """images.assignment_count: backfilled, then kept by a trigger on each insert and delete of an assignment
-    (every writer of one already holds its image's row lock on PostgreSQL)."""
+    """images.assignment_count: backfilled, then kept by a trigger on each insert and delete of an assignment."""
     op.add_column("images", sa.Column("assignment_count", sa.Integer(), server_default="0", nullable=False))
     op.execute(
         "UPDATE images SET assignment_count = (SELECT COUNT(*) FROM assignments AS a WHERE a.image_id = images.id)"
