@@ -189,3 +189,42 @@ def test_the_console_counts_and_weak_flags_are_backfilled_from_the_rows_already_
         (2, "class", "train:a"): 1, (2, "class", "train:b"): 1, (2, "class", "test:a"): 1, (2, "class", "test:b"): 1,
     }  # fmt: skip
     assert weak == [3, 5, 6, 9]
+
+
+def test_an_sqlite_database_with_rows_from_the_first_labels_upgrades_without_losing_any(tmp_path):
+    """SQLite's batch mode copies a table and drops the old one, and with foreign keys on a drop deletes the rows
+    that reference it (ON DELETE CASCADE): every revision since annotations exist must keep them all."""
+    import sqlite3
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    upgrade(url, "0002")  # the revision that added annotations
+    connection = sqlite3.connect(tmp_path / "old.db")
+
+    def insert(table: str, values: dict[str, object]) -> None:
+        """A row with ``values`` and a placeholder in every other required column of that revision."""
+        row = dict(values)
+        for _, name, kind, not_null, default, primary in connection.execute(f"PRAGMA table_info({table})"):
+            if name not in row and not_null and default is None and not primary:
+                kind = kind.upper()
+                row[name] = 1 if "INT" in kind or "BOOL" in kind else "2026-01-01 00:00:00" if "DATE" in kind else "x"
+        marks = ", ".join("?" * len(row))
+        connection.execute(f"INSERT INTO {table} ({', '.join(row)}) VALUES ({marks})", list(row.values()))
+
+    insert("projects", {"id": 1, "name": "p", "labels": '["a"]', "settings": "{}"})
+    insert("users", {"id": 1, "name": "u", "token_hash": "h", "role": "annotator"})
+    insert("images", {"id": 1, "project_id": 1, "sha256": "s", "split": "train"})
+    insert("assignments", {"project_id": 1, "image_id": 1, "annotator_id": 1, "status": "submitted"})
+    insert("annotations", {"project_id": 1, "image_id": 1, "annotator_id": 1, "label": "a", "is_current": 1})
+    connection.commit()
+    connection.close()
+    upgrade(url)
+    engine = create_db_engine(url)
+    try:
+        with engine.connect() as upgraded:
+            counts = {
+                t: upgraded.scalar(text(f"SELECT COUNT(*) FROM {t}")) for t in ("images", "assignments", "annotations")
+            }
+            served = upgraded.scalar(text("SELECT assignment_count FROM images"))
+    finally:
+        engine.dispose()
+    assert counts == {"images": 1, "assignments": 1, "annotations": 1} and served == 1
