@@ -162,20 +162,26 @@ def upgrade() -> None:
     for figure in _figures(postgres):
         op.execute(_counts(figure, {"t": 1}))
         for name, event, condition, statement in _triggers(figure):
-            if postgres:
-                op.execute(
-                    f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$"
-                    f" BEGIN {statement}; RETURN NULL; END $$"
-                )
-                when = f" WHEN ({condition})" if condition else ""
-                op.execute(
-                    f"CREATE TRIGGER {name} AFTER {event} ON {figure.table} FOR EACH ROW{when} EXECUTE FUNCTION {name}()"
-                )
-            else:
-                when = f" WHEN {condition}" if condition else ""
-                op.execute(
-                    f"CREATE TRIGGER {name} AFTER {event} ON {figure.table} FOR EACH ROW{when} BEGIN {statement}; END"
-                )
+            _create_trigger(name, figure.table, event, condition, statement, postgres=postgres)
+
+
+def _create_trigger(name: str, table: str, event: str, condition: str, statement: str, *, postgres: bool) -> None:
+    """An AFTER ``event`` row trigger running ``statement`` (when ``condition``, if any), in each dialect's form."""
+    if postgres:
+        op.execute(
+            f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN {statement}; RETURN NULL; END $$"
+        )
+        when = f" WHEN ({condition})" if condition else ""
+        op.execute(f"CREATE TRIGGER {name} AFTER {event} ON {table} FOR EACH ROW{when} EXECUTE FUNCTION {name}()")
+    else:
+        when = f" WHEN {condition}" if condition else ""
+        op.execute(f"CREATE TRIGGER {name} AFTER {event} ON {table} FOR EACH ROW{when} BEGIN {statement}; END")
+
+
+def _drop_trigger(name: str, table: str, *, postgres: bool) -> None:
+    op.execute(f"DROP TRIGGER {name} ON {table}" if postgres else f"DROP TRIGGER {name}")
+    if postgres:
+        op.execute(f"DROP FUNCTION {name}()")
 
 
 ASSIGNMENT_TRIGGERS = {"count_assignments_insert": ("INSERT", "NEW", "+"), "count_assignments_delete": ("DELETE", "OLD", "-")}
@@ -196,13 +202,7 @@ def _count_assignments(postgres: bool) -> None:
     )
     for name, (event, row, sign) in ASSIGNMENT_TRIGGERS.items():
         statement = f"UPDATE images SET assignment_count = assignment_count {sign} 1 WHERE id = {row}.image_id"
-        if postgres:
-            op.execute(
-                f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN {statement}; RETURN NULL; END $$"
-            )
-            op.execute(f"CREATE TRIGGER {name} AFTER {event} ON assignments FOR EACH ROW EXECUTE FUNCTION {name}()")
-        else:
-            op.execute(f"CREATE TRIGGER {name} AFTER {event} ON assignments FOR EACH ROW BEGIN {statement}; END")
+        _create_trigger(name, "assignments", event, "", statement, postgres=postgres)
 
 
 def _mark_weak(postgres: bool) -> None:
@@ -225,16 +225,12 @@ def _mark_weak(postgres: bool) -> None:
 def downgrade() -> None:
     postgres = op.get_bind().dialect.name == "postgresql"
     for name in ASSIGNMENT_TRIGGERS:
-        op.execute(f"DROP TRIGGER {name} ON assignments" if postgres else f"DROP TRIGGER {name}")
-        if postgres:
-            op.execute(f"DROP FUNCTION {name}()")
+        _drop_trigger(name, "assignments", postgres=postgres)
     op.drop_index("ix_images_served", table_name="images")
     op.execute("ALTER TABLE images DROP COLUMN assignment_count")
     for figure in _figures(postgres):
         for name, _, _, _ in _triggers(figure):
-            op.execute(f"DROP TRIGGER {name} ON {figure.table}" if postgres else f"DROP TRIGGER {name}")
-            if postgres:
-                op.execute(f"DROP FUNCTION {name}()")
+            _drop_trigger(name, figure.table, postgres=postgres)
     op.drop_index("ix_assignments_project_status", table_name="assignments")
     op.drop_index("ix_images_weak", table_name="images")
     op.execute("ALTER TABLE images DROP COLUMN consensus_weak")  # in place, as upgrade added it
