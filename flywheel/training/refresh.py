@@ -138,8 +138,9 @@ def run_refresh(ctx: JobContext) -> dict[str, Any]:
             raise JobFailed("no champion model yet: a refresh refits the champion's head; train a model first")
         project = session.get_one(Project, ctx.project_id)
         tolerance = project_settings(project).training.promotion_tolerance
-        snapshot = build_snapshot(session, ctx.blobs, project=project)
+        # Read before the snapshot, so a label that lands in between is never claimed as seen when it is not.
         through = session.scalar(select(func.max(Annotation.id)).where(Annotation.project_id == project.id))
+        snapshot = build_snapshot(session, ctx.blobs, project=project)
     labels, items = load_items(ctx.blobs, snapshot)
     index = {label: k for k, label in enumerate(best.labels)}
     items = [i for i in items if i.label in index]

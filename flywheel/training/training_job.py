@@ -191,6 +191,8 @@ def _start(ctx: JobContext) -> int | Skipped:
         project = session.get_one(Project, ctx.project_id)
         settings = project_settings(project).training
         update_project_consensus(session, project.id)  # Dawid-Skene over every label (or box classes), then freeze
+        # Read before the snapshot, so a label that lands in between is never claimed as seen when it is not.
+        through = session.scalar(select(func.max(Annotation.id)).where(Annotation.project_id == project.id))
         snapshot = build_snapshot(session, ctx.blobs, project=project)
         if project.task_type is TaskType.detection:
             _, box_items = load_box_items(ctx.blobs, snapshot)
@@ -225,7 +227,7 @@ def _start(ctx: JobContext) -> int | Skipped:
             labels=list(project.labels),
             hyperparameters=config.as_dict(),
             seed=config.seed,
-            labels_through=session.scalar(select(func.max(Annotation.id)).where(Annotation.project_id == project.id)),
+            labels_through=through,
         )
         session.add(model)
         session.flush()
