@@ -156,6 +156,9 @@ def main() -> None:
     parser.add_argument("--pool", type=int, default=400)
     parser.add_argument("--labels", type=int, default=140)
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument(
+        "--seed-offset", type=int, default=0, help="campaign seeds from here: explore on others than the verdict's 0-2"
+    )
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--epoch-images", type=int, default=256)
     parser.add_argument("--quick", action="store_true", help="one seed, up to 100 labels")
@@ -164,7 +167,8 @@ def main() -> None:
         args.seeds, args.labels = 1, 100
     started = time.perf_counter()
     campaigns = Campaigns(args.pool, args.epochs, args.epoch_images)
-    whole = [campaigns.fit(np.arange(args.pool), seed=10_000 + s)[0] for s in range(args.seeds)]
+    seeds = range(args.seed_offset, args.seed_offset + args.seeds)
+    whole = [campaigns.fit(np.arange(args.pool), seed=10_000 + s)[0] for s in seeds]
     full = statistics.median(whole)
     level = LEVEL * full
     print(
@@ -173,7 +177,7 @@ def main() -> None:
     )
     curves: dict[str, list[dict[int, float]]] = {}
     for strategy in (DEFAULT, "random"):
-        for seed in range(args.seeds):
+        for seed in seeds:
             curve = dict(campaigns.run(strategy, seed, args.labels))
             curves.setdefault(strategy, []).append(curve)
             shown = "  ".join(f"{n}:{s:.3f}" for n, s in sorted(curve.items()))
