@@ -24,6 +24,7 @@ from annotation.box_answers import DrawnBox, check_boxes, matches_gold, raw_boxe
 from annotation.consensus import apply_answers, refresh_consensus
 from annotation.queue import capacity_left
 from annotation.report_marks import mark_reports_outdated
+from storage.driver_sql import DriverStatement
 from storage.errors import Conflict, InvalidInput, NotFound
 from storage.models import (
     Annotation,
@@ -192,10 +193,11 @@ def _situation_query() -> Select[Any]:
     )
 
 
-_SITUATION = _situation_query()  # built once: it runs on every submission
-_IMAGE_AT = len(_SITUATION.selected_columns) - len(Image.columns())  # where a situation row's image columns start
+_SITUATION_QUERY = _situation_query()
+_SITUATION = DriverStatement(_SITUATION_QUERY)  # compiled once: it runs on every submission
+_IMAGE_AT = len(_SITUATION_QUERY.selected_columns) - len(Image.columns())  # where a situation row's image columns start
 # PostgreSQL: the image row locked first, so the situation is read once a concurrent submission for it committed.
-_LOCK_IMAGE = (
+_LOCK_IMAGE = DriverStatement(
     select(Image.id)
     .where(Image.id == bindparam("image_id"), Image.project_id == bindparam("project_id"))
     .with_for_update()
@@ -229,8 +231,8 @@ def _situation(session: Session, *, project: Project, image_id: int, annotator_i
     SQLite runs one writer at a time (this transaction began with the write lock): no row lock to take first."""
     connection = session.connection()
     params = {"annotator_id": annotator_id, "image_id": image_id, "project_id": project.id, "key": key}
-    locked = connection.dialect.name == "sqlite" or connection.execute(_LOCK_IMAGE, params).first() is not None
-    rows = connection.execute(_SITUATION, params).all() if locked else []
+    locked = connection.dialect.name == "sqlite" or _LOCK_IMAGE.first(connection, params) is not None
+    rows = _SITUATION.rows(connection, params) if locked else []
     if not rows:
         raise NotFound(f"image {image_id} not found in project {project.id}", code="image_not_found")
     first = rows[0]
@@ -275,16 +277,17 @@ _IMAGE_COLUMNS = (
     "consensus_boxes",
     "consensus_weak",
 )
-# Built once: they run on every submission.
-_INSERT_ANSWER = insert(Annotation).returning(Annotation.id)
-_SUPERSEDE = update(Annotation).where(Annotation.id == bindparam("answer_id")).values(is_current=False)
-_INSERT_ASSIGNMENT = insert(Assignment)
-_CLOSE_ASSIGNMENT = (
+# Compiled once: they run on every submission.
+_INSERT_ANSWER = DriverStatement(insert(Annotation).returning(Annotation.id), keys=_ANSWER_COLUMNS)
+_SUPERSEDE = DriverStatement(update(Annotation).where(Annotation.id == bindparam("answer_id")).values(is_current=False))
+_ASSIGNMENT_COLUMNS = ("project_id", "image_id", "annotator_id", "status", "expires_at", "updated_at")
+_INSERT_ASSIGNMENT = DriverStatement(insert(Assignment), keys=_ASSIGNMENT_COLUMNS)
+_CLOSE_ASSIGNMENT = DriverStatement(
     update(Assignment)
     .where(Assignment.id == bindparam("assignment_id"))
     .values(status=AssignmentStatus.submitted, updated_at=bindparam("now"))
 )
-_UPDATE_IMAGE = (
+_UPDATE_IMAGE = DriverStatement(
     update(Image).where(Image.id == bindparam("image_id")).values({c: bindparam(f"new_{c}") for c in _IMAGE_COLUMNS})
 )
 
@@ -357,7 +360,7 @@ def submit_annotation(
     )
     connection = session.connection()  # Core writes: no unit of work to run for four rows
     try:
-        annotation.id = connection.execute(_INSERT_ANSWER, _columns(annotation, _ANSWER_COLUMNS)).scalar_one()
+        (annotation.id,) = _INSERT_ANSWER.rows(connection, _columns(annotation, _ANSWER_COLUMNS))[0]
     except IntegrityError:
         # The same Idempotency-Key with another image, in parallel (a retry of the same request waits on the image
         # lock above instead): the transaction is spoilt, so start over and answer as a replay would.
@@ -372,10 +375,10 @@ def submit_annotation(
             code="concurrent_submission",
         ) from None
     if previous is not None:
-        connection.execute(_SUPERSEDE, {"answer_id": previous.id})
+        _SUPERSEDE.rows(connection, {"answer_id": previous.id})
     if situation.assignment_id is None:
-        connection.execute(
-            _INSERT_ASSIGNMENT,
+        _INSERT_ASSIGNMENT.rows(
+            connection,
             {
                 "project_id": project.id,
                 "image_id": image.id,
@@ -386,7 +389,7 @@ def submit_annotation(
             },
         )
     else:
-        connection.execute(_CLOSE_ASSIGNMENT, {"assignment_id": situation.assignment_id, "now": now})
+        _CLOSE_ASSIGNMENT.rows(connection, {"assignment_id": situation.assignment_id, "now": now})
     if previous is None:
         image.label_count += 1
     counted = {a: answer.value for a, answer in situation.answers.items() if not answer.excluded and a != principal.id}
@@ -397,7 +400,7 @@ def submit_annotation(
     )
     # The image's new state in one UPDATE (the object is in no session: nothing else writes it).
     new_state = {f"new_{name}": value for name, value in _columns(image, _IMAGE_COLUMNS).items()}
-    connection.execute(_UPDATE_IMAGE, {"image_id": image.id, **new_state})
+    _UPDATE_IMAGE.rows(connection, {"image_id": image.id, **new_state})
     return Submitted(annotation, replayed=False)
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import BindParameter, Select, and_, bindparam, case, func, insert, select, true, update
 from sqlalchemy.orm import Session
 
+from storage.driver_sql import DriverStatement
 from storage.errors import Conflict
 from storage.models import (
     Assignment,
@@ -90,17 +91,18 @@ def place_in_queue(image: Image, *, annotators: int) -> None:
 
 def _live_leases(session: Session, *, image_id: int, now: datetime, exclude: int) -> int:
     """Leases other annotators hold on the image right now."""
-    return (
-        session.scalar(
-            select(func.count()).where(
-                Assignment.image_id == image_id,
-                Assignment.annotator_id != exclude,
-                Assignment.status == AssignmentStatus.leased,
-                Assignment.expires_at > now,
-            )
-        )
-        or 0
+    row = _LIVE_LEASES.first(session.connection(), {"image_id": image_id, "now": now, "exclude": exclude})
+    return row[0] if row else 0
+
+
+_LIVE_LEASES = DriverStatement(  # compiled once: it runs whenever a capacity is checked
+    select(func.count()).where(
+        Assignment.image_id == bindparam("image_id"),
+        Assignment.annotator_id != bindparam("exclude"),
+        Assignment.status == AssignmentStatus.leased,
+        Assignment.expires_at > bindparam("now", type_=Assignment.expires_at.type),
     )
+)
 
 
 def _open_query() -> Select[Any]:
@@ -140,6 +142,7 @@ def _open_query() -> Select[Any]:
 # Built once: it runs on every task served. Core rows, not ORM loads (``Image.from_columns``): a few times cheaper.
 _OPEN = _open_query()
 _OPEN_LOCKED = _OPEN.with_for_update(skip_locked=True)
+_FIRST_OPEN = DriverStatement(_OPEN_LOCKED)  # the usual case: no candidate passed over
 
 
 def _gold_candidate(session: Session, *, project: Project, annotator_id: int) -> Image | None:
@@ -158,11 +161,11 @@ def _gold_candidate(session: Session, *, project: Project, annotator_id: int) ->
 
 def stored_prelabel(session: Session, *, image_id: int) -> PreLabel | None:
     """The newest stored prediction for the image, as a pre-label (it may come from an older model)."""
-    prediction = session.connection().execute(_NEWEST_PREDICTION, {"image_id": image_id}).first()
+    prediction = _NEWEST_PREDICTION.first(session.connection(), {"image_id": image_id})
     return None if prediction is None else PreLabel(*prediction)
 
 
-_NEWEST_PREDICTION = (  # built once: it runs on every task served without a model
+_NEWEST_PREDICTION = DriverStatement(  # compiled once: it runs whenever the serving model gives no pre-label
     select(Prediction.label, Prediction.confidence, Prediction.model_version)
     .where(Prediction.image_id == bindparam("image_id"))
     .order_by(Prediction.id.desc())
@@ -187,8 +190,10 @@ def _held_query() -> Select[Any]:
 
 # FOR NO KEY UPDATE: it does not block the foreign-key checks (FOR KEY SHARE) of inserts naming this user. A statement
 # of its own: one that also read the leases would, having waited for the lock, still read them as they were before.
-_LOCK_USER = select(User.id).where(User.id == bindparam("annotator_id")).with_for_update(key_share=True)
-_HELD = _held_query()  # built once: it runs on every task served
+_LOCK_USER = DriverStatement(
+    select(User.id).where(User.id == bindparam("annotator_id")).with_for_update(key_share=True)
+)
+_HELD = DriverStatement(_held_query())  # compiled once: it runs on every task served
 
 
 LOCKED_RETRIES = 40  # looks again at most this many times while every open candidate is locked by others ...
@@ -206,9 +211,9 @@ def next_task(
     """
     connection = session.connection()
     if connection.dialect.name != "sqlite":  # SQLite runs one writer at a time: no lock to take
-        connection.execute(_LOCK_USER, {"annotator_id": principal.id})
+        _LOCK_USER.rows(connection, {"annotator_id": principal.id})
     now = utcnow()
-    held = connection.execute(_HELD, {"annotator_id": principal.id, "project_id": project.id, "now": now}).first()
+    held = _HELD.first(connection, {"annotator_id": principal.id, "project_id": project.id, "now": now})
     if held is not None:
         image = Image.from_columns(held[1:])
         return Task(image, held[0], image.review_reason)
@@ -242,8 +247,11 @@ def _first_open(session: Session, *, project_id: int, annotator_id: int, now: da
     passed: set[int] = set()
     for _ in range(LOCKED_RETRIES + 1):
         while True:
-            query = _OPEN_LOCKED.where(Image.id.not_in(passed)) if passed else _OPEN_LOCKED
-            row = connection.execute(query, params).first()
+            if passed:
+                found = connection.execute(_OPEN_LOCKED.where(Image.id.not_in(passed)), params).first()
+                row = None if found is None else tuple(found)
+            else:
+                row = _FIRST_OPEN.first(connection, params)
             if row is None:
                 break
             image = Image.from_columns(row)
@@ -259,13 +267,16 @@ def _first_open(session: Session, *, project_id: int, annotator_id: int, now: da
 
 def _lease(session: Session, *, image: Image, annotator_id: int, now: datetime, until: datetime) -> datetime:
     row = {"project_id": image.project_id, "image_id": image.id, "annotator_id": annotator_id, "leased_at": now}
-    session.connection().execute(
-        _LEASE, {**row, "status": AssignmentStatus.leased, "expires_at": until, "updated_at": now}
+    _LEASE.rows(
+        session.connection(), {**row, "status": AssignmentStatus.leased, "expires_at": until, "updated_at": now}
     )
     return until
 
 
-_LEASE = insert(Assignment)
+_LEASE = DriverStatement(
+    insert(Assignment),
+    keys=("project_id", "image_id", "annotator_id", "leased_at", "status", "expires_at", "updated_at"),
+)
 
 
 def skip_task(session: Session, *, principal: Principal, project: Project, image_id: int) -> None:

@@ -12,6 +12,7 @@ from sqlalchemy import Text, and_, bindparam, cast, delete, exists, false, func,
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from storage.driver_sql import DriverStatement
 from storage.errors import Conflict, Forbidden, InvalidInput, NotFound
 from storage.models import Image, Membership, Project, ProjectCount, Role, TaskType, User
 from storage.names import clean_name, name_problem, nfc
@@ -483,7 +484,7 @@ def _member_query() -> Any:
     )
 
 
-_MEMBER = _member_query()  # built once: it runs on every labeling request
+_MEMBER = DriverStatement(_member_query())  # compiled once: it runs on every labeling request
 
 
 def authenticate_member(session: Session, *, token: str | None, project_id: int) -> tuple[Principal, Project]:
@@ -491,11 +492,8 @@ def authenticate_member(session: Session, *, token: str | None, project_id: int)
     checks. The token is looked up every time (a rotated token or a removed member stops at once); only the project's
     parsed labels and settings are reused, keyed by their stored text. 401 as ``authenticate``, 404 as
     ``get_project``. The project is a detached snapshot: read it, never change it."""
-    row = (
-        session.connection()
-        .execute(_MEMBER, {"token_hash": hash_token(token) if token else "", "project_id": project_id})
-        .first()
-    )
+    params = {"token_hash": hash_token(token) if token else "", "project_id": project_id}
+    row = _MEMBER.first(session.connection(), params)
     principal = authenticate_row(token, None if row is None else row[:3])
     assert row is not None  # authenticate_row raised otherwise
     if row[3] is None:

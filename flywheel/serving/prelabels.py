@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from annotation.queue import PreLabel, Task, stored_prelabel
 from flywheel.serving.detection import ScoredBox
 from flywheel.serving.inference import Predictor, model_version
+from storage.driver_sql import DriverStatement
 from storage.models import ModelStatus, ModelVersion, Prediction
 
 
@@ -28,20 +29,22 @@ def _newest(column: Any) -> ScalarSelect[Any]:
     return newest.order_by(Prediction.id.desc()).limit(1).scalar_subquery()
 
 
-_SOURCE = select(  # built once: every task served asks it
-    select(ModelVersion.id)
-    .where(ModelVersion.project_id == bindparam("project_id"), ModelVersion.status == ModelStatus.champion)
-    .exists(),
-    _newest(Prediction.label),
-    _newest(Prediction.confidence),
-    _newest(Prediction.model_version),
+_SOURCE = DriverStatement(  # compiled once: every task served asks it
+    select(
+        select(ModelVersion.id)
+        .where(ModelVersion.project_id == bindparam("project_id"), ModelVersion.status == ModelStatus.champion)
+        .exists(),
+        _newest(Prediction.label),
+        _newest(Prediction.confidence),
+        _newest(Prediction.model_version),
+    )
 )
 
 
 def prelabel_source(session: Session, *, task: Task) -> PreLabelSource:
     """One statement: whether a champion serves the task's project, and the image's newest stored prediction."""
     params = {"project_id": task.image.project_id, "image_id": task.image.id}
-    model, label, confidence, version = session.connection().execute(_SOURCE, params).one()
+    ((model, label, confidence, version),) = _SOURCE.rows(session.connection(), params)
     return PreLabelSource(bool(model), None if label is None else PreLabel(label, confidence, version))
 
 
