@@ -250,7 +250,7 @@ def _situation(session: Session, *, project: Project, image_id: int, annotator_i
     )
 
 
-_ANSWER_COLUMNS = (
+_ANSWER_COLUMNS = (  # every column but the id, in the table's order
     "project_id",
     "image_id",
     "annotator_id",
@@ -343,24 +343,24 @@ def submit_annotation(
                 "others labeled it meanwhile); nothing was stored: ask for the next task",
                 code="lease_lost",
             )
-    annotation = Annotation(
-        project_id=project.id,
-        image_id=image.id,
-        annotator_id=principal.id,
-        label=label,
-        boxes=stored_boxes,
-        duration_ms=duration_ms,
-        origin=AnnotationOrigin.human,
-        is_current=True,
-        supersedes_id=previous.id if previous else None,
-        gold_correct=gold_correct(image, label=label, boxes=stored_boxes),
-        idempotency_key=idempotency_key,
-        request_hash=request_hash,
-        created_at=now,
-    )
+    row = {
+        "project_id": project.id,
+        "image_id": image.id,
+        "annotator_id": principal.id,
+        "label": label,
+        "boxes": stored_boxes,
+        "duration_ms": duration_ms,
+        "origin": AnnotationOrigin.human,
+        "is_current": True,
+        "supersedes_id": previous.id if previous else None,
+        "gold_correct": gold_correct(image, label=label, boxes=stored_boxes),
+        "idempotency_key": idempotency_key,
+        "request_hash": request_hash,
+        "created_at": now,
+    }
     connection = session.connection()  # Core writes: no unit of work to run for four rows
     try:
-        (annotation.id,) = _INSERT_ANSWER.rows(connection, _columns(annotation, _ANSWER_COLUMNS))[0]
+        ((annotation_id,),) = _INSERT_ANSWER.rows(connection, row)
     except IntegrityError:
         # The same Idempotency-Key with another image, in parallel (a retry of the same request waits on the image
         # lock above instead): the transaction is spoilt, so start over and answer as a replay would.
@@ -401,7 +401,8 @@ def submit_annotation(
     # The image's new state in one UPDATE (the object is in no session: nothing else writes it).
     new_state = {f"new_{name}": value for name, value in _columns(image, _IMAGE_COLUMNS).items()}
     _UPDATE_IMAGE.rows(connection, {"image_id": image.id, **new_state})
-    return Submitted(annotation, replayed=False)
+    # Transient, as the ORM would load it (``from_columns``): the caller reads it; nothing writes it again.
+    return Submitted(Annotation.from_columns([annotation_id, *(row[name] for name in _ANSWER_COLUMNS)]), replayed=False)
 
 
 def withdraw_answer(session: Session, *, project: Project, image_id: int, annotator_id: int) -> bool:

@@ -20,10 +20,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Dialect, Insert, Select, Update
+from sqlalchemy import Connection, Dialect, Insert, Select, TextClause, Update
 from sqlalchemy.exc import DBAPIError
-
-Processor = Callable[[Any], Any] | None
 
 
 @dataclass
@@ -33,9 +31,9 @@ class _Compiled:
     fixed: dict[str, Any]  # parameters whose values the statement holds (literals, LIMIT)
     binds: tuple[tuple[str, Callable[[Any], Any]], ...]  # the parameters whose values need converting
     types: list[Any]  # each result column's type
-    # One per result column, None when no column needs converting; worked out from the first result's description
-    # (a driver's processor may depend on the column's type code), until then unknown.
-    results: tuple[Processor, ...] | None | bool = False
+    # (column index, processor) for each result column that needs converting; worked out from the first result's
+    # description (a driver's processor may depend on the column's type code), None until then.
+    results: tuple[tuple[int, Callable[[Any], Any]], ...] | None = None
 
 
 class DriverStatement:
@@ -44,7 +42,7 @@ class DriverStatement:
     ``keys``: for an INSERT, the columns given (every call passes the same ones)."""
 
     def __init__(
-        self, statement: Select[*tuple[Any, ...]] | Insert | Update, *, keys: Sequence[str] | None = None
+        self, statement: Select[*tuple[Any, ...]] | Insert | Update | TextClause, *, keys: Sequence[str] | None = None
     ) -> None:
         self.statement = statement
         self.keys = list(keys) if keys is not None else None
@@ -70,7 +68,7 @@ class DriverStatement:
             # A statement without result columns of its own (an INSERT that PostgreSQL's compiler gave an implicit
             # RETURNING of the key) answers no rows.
             found = cursor.fetchall() if compiled.types and cursor.description is not None else []
-            if compiled.results is False and found:
+            if compiled.results is None and found:
                 compiled.results = _result_processors(dialect, compiled.types, cursor.description)
         except dialect.loaded_dbapi.Error as error:
             invalidated = dialect.is_disconnect(error, fairy.dbapi_connection, cursor)
@@ -86,10 +84,15 @@ class DriverStatement:
             ) from error
         finally:
             cursor.close()
-        processors = compiled.results
-        if not isinstance(processors, tuple):
+        if not compiled.results:
             return list(found)
-        return [tuple(v if p is None else p(v) for p, v in zip(processors, row, strict=True)) for row in found]
+        converted = []
+        for row in found:
+            columns = list(row)
+            for i, process in compiled.results:
+                columns[i] = process(columns[i])
+            converted.append(tuple(columns))
+        return converted
 
     def first(self, connection: Connection, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
         found = self.rows(connection, params)
@@ -111,9 +114,12 @@ class DriverStatement:
                 fixed[name] = bind.effective_value if process is None else process(bind.effective_value)
             elif process is not None:
                 binds[name] = process
-        types = [c.type for c in self.statement.selected_columns] if isinstance(self.statement, Select) else []
-        if not isinstance(self.statement, Select):
+        if isinstance(self.statement, Select):
+            types = [c.type for c in self.statement.selected_columns]
+        elif isinstance(self.statement, Insert | Update):
             types = [d["type"] for d in self.statement.returning_column_descriptions]
+        else:
+            types = []
         ready = _Compiled(
             sql=compiled.string,
             order=tuple(compiled.positiontup) if compiled.positional and compiled.positiontup is not None else None,
@@ -125,9 +131,11 @@ class DriverStatement:
         return ready
 
 
-def _result_processors(dialect: Dialect, types: list[Any], description: Sequence[Any]) -> tuple[Processor, ...] | None:
-    processors = tuple(
+def _result_processors(
+    dialect: Dialect, types: list[Any], description: Sequence[Any]
+) -> tuple[tuple[int, Callable[[Any], Any]], ...]:
+    processors = (
         t.dialect_impl(dialect).result_processor(dialect, column[1])
         for t, column in zip(types, description, strict=True)
     )
-    return processors if any(p is not None for p in processors) else None
+    return tuple((i, p) for i, p in enumerate(processors) if p is not None)

@@ -461,6 +461,9 @@ def get_project(session: Session, *, principal: Principal, project_id: int) -> P
 # new key, never a stale hit, in this process or another. Read-only: shared between requests.
 _SNAPSHOTS: dict[tuple[Any, ...], Project] = {}
 _SNAPSHOTS_KEPT = 256
+# Each snapshot's settings, validated once (``project_settings`` runs on every submission), by the snapshot's id();
+# the entry holds the snapshot, so no other object can have that id while it is here.
+_SNAPSHOT_SETTINGS: dict[int, tuple[Project, ProjectSettings]] = {}
 
 
 def _member_query() -> Any:
@@ -512,7 +515,9 @@ def authenticate_member(session: Session, *, token: str | None, project_id: int)
         )
         if len(_SNAPSHOTS) >= _SNAPSHOTS_KEPT:
             _SNAPSHOTS.clear()
+            _SNAPSHOT_SETTINGS.clear()
         _SNAPSHOTS[key] = project
+        _SNAPSHOT_SETTINGS[id(project)] = (project, ProjectSettings.model_validate(project.settings or {}))
     return principal, project
 
 
@@ -591,5 +596,9 @@ def require_detection(project: Project, *, feature: str) -> None:
 
 
 def project_settings(project: Project) -> ProjectSettings:
-    """A project's settings with today's defaults for keys added since they were stored."""
+    """A project's settings with today's defaults for keys added since they were stored. A snapshot's
+    (``authenticate_member``) were validated once: like the snapshot, they are for reading only."""
+    cached = _SNAPSHOT_SETTINGS.get(id(project))
+    if cached is not None and cached[0] is project:
+        return cached[1]
     return ProjectSettings.model_validate(project.settings or {})
