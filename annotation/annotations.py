@@ -51,6 +51,9 @@ MAX_DURATION_MS = 24 * 3600 * 1000
 class Submitted:
     annotation: Annotation
     replayed: bool  # True when an Idempotency-Key matched an earlier, identical request
+    # Whether the annotator holds a live lease on another image of the project, as this transaction read it; None
+    # when it did not (``annotation.queue.next_task`` may skip its own look in the same transaction).
+    other_lease: bool | None = None
 
 
 def check_label(project: Project, label: str) -> str:
@@ -155,9 +158,18 @@ def _excluded(annotator_id: Any) -> Exists:
 def _situation_query() -> Select[Any]:
     """The image's current answers (each with whether its annotator is excluded from consensus), every row carrying
     the caller's assignment, their answer under the request's Idempotency-Key, whether they are excluded, the
-    project's annotator members, and the image's own columns. An image without answers gives one row, its answer
-    columns NULL; an image of another project (or none) gives no row."""
+    project's annotator members, whether a consensus fit exists, whether the caller holds a live lease on another of
+    the project's images, and the image's own columns. An image without answers gives one row, its answer columns
+    NULL; an image of another project (or none) gives no row."""
     me: BindParameter[int] = bindparam("annotator_id")
+    other = aliased(Assignment)
+    other_lease = select(other.id).where(
+        other.annotator_id == me,
+        other.project_id == Image.project_id,
+        other.status == AssignmentStatus.leased,
+        other.expires_at > bindparam("now", type_=Assignment.expires_at.type),
+        other.image_id != Image.id,
+    )
     earlier = aliased(Annotation)
     under_key = select(earlier.id, earlier.request_hash).where(
         earlier.annotator_id == me, earlier.idempotency_key == bindparam("key")
@@ -184,6 +196,7 @@ def _situation_query() -> Select[Any]:
             _excluded(me),
             annotators,
             select(ConsensusFit.project_id).where(ConsensusFit.project_id == Image.project_id).exists(),
+            other_lease.exists(),
             *Image.columns(),
         )
         .select_from(Image)
@@ -223,14 +236,17 @@ class _Situation:
     me_excluded: bool
     annotators: int  # the project's annotator members
     fit: bool  # the project has a consensus fit
+    other_lease: bool  # the caller holds a live lease on another image of the project
 
 
-def _situation(session: Session, *, project: Project, image_id: int, annotator_id: int, key: str | None) -> _Situation:
+def _situation(
+    session: Session, *, project: Project, image_id: int, annotator_id: int, key: str | None, now: datetime
+) -> _Situation:
     """The image locked and read with what a submission needs to know; NotFound when it is not the project's.
 
     SQLite runs one writer at a time (this transaction began with the write lock): no row lock to take first."""
     connection = session.connection()
-    params = {"annotator_id": annotator_id, "image_id": image_id, "project_id": project.id, "key": key}
+    params = {"annotator_id": annotator_id, "image_id": image_id, "project_id": project.id, "key": key, "now": now}
     locked = connection.dialect.name == "sqlite" or _LOCK_IMAGE.first(connection, params) is not None
     rows = _SITUATION.rows(connection, params) if locked else []
     if not rows:
@@ -247,6 +263,7 @@ def _situation(session: Session, *, project: Project, image_id: int, annotator_i
         me_excluded=bool(first[10]),
         annotators=first[11] or 0,
         fit=bool(first[12]),
+        other_lease=bool(first[13]),
     )
 
 
@@ -320,14 +337,18 @@ def submit_annotation(
         raise InvalidInput(f"duration_ms must be between 0 and {MAX_DURATION_MS}", code="invalid_duration")
     # Locking the image row serializes submissions for one image on PostgreSQL (SQLite serializes all writers), so
     # a retry racing its original waits here and then finds it under its Idempotency-Key.
-    situation = _situation(session, project=project, image_id=image_id, annotator_id=principal.id, key=idempotency_key)
+    situation = _situation(
+        session, project=project, image_id=image_id, annotator_id=principal.id, key=idempotency_key, now=utcnow()
+    )
     image = situation.image
     if situation.earlier_id is not None:
         if situation.earlier_hash != request_hash:
             raise _key_reused(str(idempotency_key))
-        return Submitted(session.get_one(Annotation, situation.earlier_id), replayed=True)
+        return Submitted(
+            session.get_one(Annotation, situation.earlier_id), replayed=True, other_lease=situation.other_lease
+        )
     stored_boxes = check_boxes(project, image, boxes) if boxes is not None else None
-    now = utcnow()
+    now = utcnow()  # after the image's lock, which a concurrent submission may have held a while
     previous = situation.answers.get(principal.id)
     if previous is None:
         holds_lease = situation.lease_status is AssignmentStatus.leased and (
@@ -402,7 +423,8 @@ def submit_annotation(
     new_state = {f"new_{name}": value for name, value in _columns(image, _IMAGE_COLUMNS).items()}
     _UPDATE_IMAGE.rows(connection, {"image_id": image.id, **new_state})
     # Transient, as the ORM would load it (``from_columns``): the caller reads it; nothing writes it again.
-    return Submitted(Annotation.from_columns([annotation_id, *(row[name] for name in _ANSWER_COLUMNS)]), replayed=False)
+    stored = Annotation.from_columns([annotation_id, *(row[name] for name in _ANSWER_COLUMNS)])
+    return Submitted(stored, replayed=False, other_lease=situation.other_lease)
 
 
 def withdraw_answer(session: Session, *, project: Project, image_id: int, annotator_id: int) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -25,6 +26,8 @@ from storage.models import (
     AssignmentStatus,
     Image,
     Membership,
+    ModelStatus,
+    ModelVersion,
     Prediction,
     Project,
     QueueTier,
@@ -46,10 +49,50 @@ class PreLabel:
 
 
 @dataclass(frozen=True)
+class PreLabelSource:
+    """Where a task's pre-label comes from, read in the transaction that leased it: a model, whose answer is worked
+    out after the commit (inference holds no lock), or else the newest stored prediction, here already."""
+
+    model: bool
+    stored: PreLabel | None
+
+
+def source_columns(project_id: Any, image_id: Any) -> tuple[Any, ...]:
+    """What ``source_of`` reads: whether a champion serves the project, and the image's newest stored prediction."""
+
+    def newest(column: Any) -> Any:
+        return (
+            select(column)
+            .where(Prediction.image_id == image_id)
+            .order_by(Prediction.id.desc())
+            .limit(1)
+            .scalar_subquery()
+        )
+
+    champion = select(ModelVersion.id).where(
+        ModelVersion.project_id == project_id, ModelVersion.status == ModelStatus.champion
+    )
+    return (
+        champion.exists(),
+        newest(Prediction.label),
+        newest(Prediction.confidence),
+        newest(Prediction.model_version),
+    )
+
+
+def source_of(values: Sequence[Any]) -> PreLabelSource:
+    model, label, confidence, version = values
+    return PreLabelSource(bool(model), None if label is None else PreLabel(label, confidence, version))
+
+
+@dataclass(frozen=True)
 class Task:
     image: Image  # transient (``Image.from_columns``): for reading
     lease_expires_at: datetime
     review_reason: str | None
+    # Read with the lease when the task came from the open queue (the usual case): one statement fewer. None: ask
+    # ``flywheel.serving.prelabels.prelabel_source``.
+    prelabel_source: PreLabelSource | None = None
 
 
 def annotator_members(session: Session, *, project_id: int) -> int:
@@ -106,7 +149,8 @@ _LIVE_LEASES = DriverStatement(  # compiled once: it runs whenever a capacity is
 
 
 def _open_query() -> Select[Any]:
-    """Waiting images this annotator has never been served and that have room for one more label.
+    """Waiting images this annotator has never been served and that have room for one more label, each row the
+    image's columns then its ``source_columns``.
 
     One statement in serving order: a backward scan of ix_images_queue that probes the assignments
     index for each image it passes, so it stops at the first match without reading the pool.
@@ -127,7 +171,7 @@ def _open_query() -> Select[Any]:
         .scalar_subquery()
     )
     return (
-        select(*Image.columns())
+        select(*Image.columns(), *source_columns(Image.project_id, Image.id))
         .where(
             Image.project_id == bindparam("project_id"),
             Image.queue_tier.is_not(None),
@@ -143,6 +187,7 @@ def _open_query() -> Select[Any]:
 _OPEN = _open_query()
 _OPEN_LOCKED = _OPEN.with_for_update(skip_locked=True)
 _FIRST_OPEN = DriverStatement(_OPEN_LOCKED)  # the usual case: no candidate passed over
+_IMAGE_WIDTH = len(Image.columns())  # an open row's image columns, before its pre-label source
 
 
 def _gold_candidate(session: Session, *, project: Project, annotator_id: int) -> Image | None:
@@ -201,37 +246,50 @@ LOCKED_PAUSE_SECONDS = 0.025  # ... this long apart (about a second in all)
 
 
 def next_task(
-    session: Session, *, principal: Principal, project: Project, rng: random.Random | None = None
+    session: Session,
+    *,
+    principal: Principal,
+    project: Project,
+    rng: random.Random | None = None,
+    holds_none: bool = False,
 ) -> Task | None:
     """Lease the most useful image this annotator has not seen; None when nothing is left for them.
 
     Calling again while a lease is held returns the same task, so a retried request never holds two: on PostgreSQL
     the annotator's user row is locked first, so two requests of one annotator take turns and the second sees the
-    first's lease (SQLite runs one writer at a time anyway).
+    first's lease (SQLite runs one writer at a time anyway). ``holds_none``: this transaction has already read that
+    the annotator holds no live lease in the project (``Submitted.other_lease``), so no look for one.
     """
     connection = session.connection()
     if connection.dialect.name != "sqlite":  # SQLite runs one writer at a time: no lock to take
         _LOCK_USER.rows(connection, {"annotator_id": principal.id})
     now = utcnow()
-    held = _HELD.first(connection, {"annotator_id": principal.id, "project_id": project.id, "now": now})
+    held = (
+        None
+        if holds_none
+        else _HELD.first(connection, {"annotator_id": principal.id, "project_id": project.id, "now": now})
+    )
     if held is not None:
         image = Image.from_columns(held[1:])
         return Task(image, held[0], image.review_reason)
 
     lease = timedelta(minutes=project.settings["lease_minutes"])
     chosen: Image | None = None
+    source: PreLabelSource | None = None  # read with an open image; a gold question's is asked for afterwards
     if (rng or random).random() < project.settings["gold_rate"]:
         chosen = _gold_candidate(session, project=project, annotator_id=principal.id)
-    if chosen is None:
-        chosen = _first_open(session, project_id=project.id, annotator_id=principal.id, now=now)
+    if chosen is None and (opened := _first_open(session, project_id=project.id, annotator_id=principal.id, now=now)):
+        chosen, source = opened
     if chosen is None:
         return None
     until = _lease(session, image=chosen, annotator_id=principal.id, now=now, until=now + lease)
-    return Task(chosen, until, chosen.review_reason)
+    return Task(chosen, until, chosen.review_reason, source)
 
 
-def _first_open(session: Session, *, project_id: int, annotator_id: int, now: datetime) -> Image | None:
-    """The first open image, locked for this transaction.
+def _first_open(
+    session: Session, *, project_id: int, annotator_id: int, now: datetime
+) -> tuple[Image, PreLabelSource] | None:
+    """The first open image, locked for this transaction, and where its pre-label comes from.
 
     On PostgreSQL a concurrent request may be leasing the same row: SKIP LOCKED passes over it, and the capacity is
     checked again once the row is ours, since the other request may have just taken the last place. The rows passed
@@ -254,9 +312,9 @@ def _first_open(session: Session, *, project_id: int, annotator_id: int, now: da
                 row = _FIRST_OPEN.first(connection, params)
             if row is None:
                 break
-            image = Image.from_columns(row)
+            image = Image.from_columns(row[:_IMAGE_WIDTH])
             if not recheck or capacity_left(session, image=image, annotator_id=annotator_id, now=now):
-                return image
+                return image, source_of(row[_IMAGE_WIDTH:])
             passed.add(image.id)
         unlocked = _OPEN.where(Image.id.not_in(passed)) if passed else _OPEN
         if connection.execute(unlocked, params).first() is None:  # none open at all, not only locked: none left

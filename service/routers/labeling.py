@@ -9,9 +9,9 @@ from annotation.annotations import list_annotations, project_image, submit_annot
 from annotation.box_answers import DrawnBox
 from annotation.curation import gold_scores, send_for_review, set_gold
 from annotation.labels import current_labels
-from annotation.queue import Task, next_task, progress, skip_task
+from annotation.queue import PreLabelSource, Task, next_task, progress, skip_task
 from flywheel.quality import recompute_reports_soon
-from flywheel.serving.prelabels import PreLabelSource, prelabel_boxes_for, prelabel_for, prelabel_source
+from flywheel.serving.prelabels import prelabel_boxes_for, prelabel_for, prelabel_source
 from service.deps import (
     AdminProjectForWrite,
     BearerToken,
@@ -176,8 +176,10 @@ def submit(
             # On PostgreSQL the answer is committed before the next lease is taken (waiting for another image's row
             # lock while holding the answered one's deadlocks): should the lease then fail, the answer stays stored
             # (a retry replays it) but the flywheel hears of it at the next one.
-            commit_between_locks(session)
-            task = next_task(session, principal=principal, project=project)
+            committed = commit_between_locks(session)
+            # Still in the transaction that read the annotator's leases (SQLite): no second look for a held one.
+            holds_none = not committed and result.other_lease is False
+            task = next_task(session, principal=principal, project=project, holds_none=holds_none)
             source = None if task is None else prelabel_source(session, task=task)
     # Shaped once the transaction has committed (on SQLite, once the write lock is free for the next writer).
     answer: AnnotationRead | AnnotationAndNext = stored
