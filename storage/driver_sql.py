@@ -1,14 +1,15 @@
 """Core statements compiled once per dialect and run on the DB-API cursor: for the labeling round trip's statements.
 
-A label costs about ten statements, and running a cached Core statement through ``Connection.execute`` costs some
-100 us of Python on top of the driver (cache key, execution context, result metadata, per-row processing): about a
-third of the server's CPU per label (``bench/labeling_scale.py``). A ``DriverStatement`` keeps what SQLAlchemy would
-work out on every call (the SQL text, the parameter order, the fixed parameters, each parameter's and each result
-column's type processing) from one compilation per dialect, and runs the statement on the connection's DB-API
-cursor. The statements stay Core expressions built from the models, so they follow the schema; values go in and
-come out exactly as through SQLAlchemy (the same type processors: UTC datetimes, enums, JSON, booleans), driver
-errors come out as SQLAlchemy's exceptions, and ``before_cursor_execute``/``after_cursor_execute`` listeners (echo,
-tracing, the statement counts of the tests) still see every statement.
+A label costs eight to eleven statements, and running a cached Core statement through ``Connection.execute`` costs
+tens of microseconds of Python on top of the driver (cache key, execution context, result metadata, per-row
+processing): running them this way instead cut the server's CPU per label by about a fifth
+(``bench/labeling_scale.py``). A ``DriverStatement`` keeps what SQLAlchemy would work out on every call (the SQL
+text, the parameter order, the fixed parameters, each parameter's and each result column's type processing) from one
+compilation per dialect, and runs the statement on the connection's DB-API cursor. The statements stay Core
+expressions built from the models, so they follow the schema; values go in and come out exactly as through SQLAlchemy
+(the same type processors: UTC datetimes, enums, JSON, booleans), driver errors come out as SQLAlchemy's exceptions,
+and ``before_cursor_execute``/``after_cursor_execute`` listeners (tracing, the statement counts of the tests) still
+see every statement (``echo`` logging does not).
 
 Not for statements with ``IN`` lists (expanding parameters) or with Python-side column defaults to fill in: such a
 statement is refused when first compiled.
