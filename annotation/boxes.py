@@ -22,7 +22,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from annotation.agreement import ONE_CLASS, Figure, reading
 
@@ -101,6 +100,9 @@ def assign(scores: np.ndarray, threshold: float) -> list[tuple[int, int, float]]
     never trades a pair for a better fit elsewhere; ties go to whichever the solver meets first,
     the same for the same input order.
     """
+    # Imported when first used: scipy.optimize took a sixth of the API process's start-up.
+    from scipy.optimize import linear_sum_assignment
+
     eligible = scores >= threshold
     if not eligible.any():
         return []

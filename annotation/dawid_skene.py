@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import sparse
 
 EPS = 1e-10  # crowd-kit's floor for probabilities, so log() stays finite
 
@@ -77,6 +76,8 @@ def dawid_skene(
     known = gold >= 0
     if gold.shape != (n_items,) or gold.max(initial=-1) >= n_classes:
         raise ValueError(f"gold must hold {n_items} class indices below {n_classes}, or -1")
+    from scipy import sparse  # imported when first used: it took a tenth of the API process's start-up
+
     # One row per item, one column per (annotator, answer): E- and M-steps become two sparse products.
     answers = sparse.csr_matrix(
         (np.ones(len(items)), (items, workers * n_classes + labels)), shape=(n_items, n_workers * n_classes)

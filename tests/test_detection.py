@@ -197,7 +197,12 @@ def test_classification_projects_refuse_boxes_and_detection_projects_train_only_
         job = client.post(f"{path}/jobs", json={"kind": kind}, headers=admin.headers)
         assert job.status_code == 422 and job.json()["error"]["code"] == "not_for_detection"
         assert "where the flywheel trains detectors (kind train)" in job.json()["error"]["message"]
-    assert client.get(f"{path}/jobs", headers=admin.headers).json() == []
+    # A parameter only the other task type's label_quality reads is refused, not silently ignored.
+    for target, params in ((path, {"filter_by": "both"}), (f"/api/v1/projects/{classes['id']}", {"score_below": 0.5})):
+        job = client.post(f"{target}/jobs", json={"kind": "label_quality", "params": params}, headers=admin.headers)
+        assert job.status_code == 422 and job.json()["error"]["code"] == "param_not_for_task", job.json()
+        assert f"{next(iter(params))!r} applies to" in job.json()["error"]["message"]
+        assert client.get(f"{target}/jobs", headers=admin.headers).json() == []
     nightly = client.put(f"{path}/schedules", json={"drift": "0 3 * * *"}, headers=admin.headers)
     assert nightly.status_code == 422 and nightly.json()["error"]["code"] == "not_for_detection"
     assert client.put(f"{path}/schedules", json={}, headers=admin.headers).json() == []  # clearing stays possible

@@ -288,3 +288,25 @@ def test_mining_by_disagreement_puts_an_image_the_two_detectors_disagree_on_befo
         MiningSettings(strategy="disagreement", batch_size=2),
     )
     assert order == [1, 2] and used.startswith("margin (no fresh update")
+
+
+def test_an_image_with_more_open_questions_is_less_confident_and_mined_first():
+    from flywheel.training.box_mining import choose_boxes_first, image_uncertainty
+    from flywheel.training.strategies import Pool
+    from storage.models import Split
+    from storage.projects import MiningSettings
+
+    def image(*scores: float) -> Detections:
+        n = len(scores)
+        return Detections(np.tile([10.0, 10, 30, 30], (n, 1)), np.array(scores), np.zeros(n, np.int64))
+
+    # One box is its own max(s, 1 - s); boxes outside the band 0.1-0.9 are settled and count for nothing.
+    assert image_uncertainty(image(0.7))[0] == pytest.approx(0.7)
+    assert image_uncertainty(image(0.95, 0.05))[0] == 1.0 and image_uncertainty(image())[0] == 1.0
+    # Three boxes at 0.7 leave more open than one at 0.6: 1 - 3 x 0.3 against 1 - 0.4.
+    found = [image(0.6), image(0.7, 0.7, 0.7, 0.95), image(0.95)]
+    figures = np.array([image_uncertainty(d) for d in found])
+    assert figures[:, 0] == pytest.approx([0.6, 0.1, 1.0])
+    pool = Pool(ids=np.array([1, 2, 3]), confidence=figures[:, 0], margin=2 * figures[:, 0] - 1, entropy=figures[:, 1])
+    order, used = choose_boxes_first({Split.train: pool, Split.test: None}, MiningSettings(strategy="margin"))
+    assert (order, used) == ([2, 1, 3], "margin")

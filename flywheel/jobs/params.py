@@ -79,7 +79,9 @@ class LabelQualityParams(JobParams):
         description="Cross-validation folds; default: 5 (classification), 3 (detection: a fold is a detector's "
         "training).",
     )
-    filter_by: FilterBy = Field(default="prune_by_class", description="cleanlab's rule for the flagged set.")
+    filter_by: FilterBy = Field(
+        default="prune_by_class", description="Classification: cleanlab's rule for the flagged set."
+    )
     epochs: Whole | None = Field(
         default=None,
         ge=EPOCHS_RANGE[0],
@@ -92,7 +94,8 @@ class LabelQualityParams(JobParams):
         gt=0.0,
         le=1.0,
         description="Detection: besides the images cleanlab flags, list every image whose label quality score is "
-        "at or below this (cleanlab's issues_from_scores); 1.0 ranks every training image. Default: the flagged ones.",
+        "at or below this (cleanlab's issues_from_scores); 1.0 ranks every training image. Default: the flagged ones. "
+        "Each task type refuses the other's parameter (422).",
     )
 
 

@@ -46,6 +46,22 @@ def require_job_for_task(project: Project, *, kind: JobKind) -> None:
         )
 
 
+# Parameters that only one task type's version of a job reads: given to the other, they would be silently ignored.
+_TASK_PARAMS: dict[JobKind, dict[str, TaskType]] = {
+    JobKind.label_quality: {"filter_by": TaskType.classification, "score_below": TaskType.detection}
+}
+
+
+def _require_params_for_task(project: Project, *, kind: JobKind, params: dict[str, Any]) -> None:
+    for name, task in _TASK_PARAMS.get(kind, {}).items():
+        if name in params and project.task_type is not task:
+            raise InvalidInput(
+                f"{kind.value} parameter {name!r} applies to {task.value} projects only; project {project.id} is a "
+                f"{project.task_type.value} project: leave it out",
+                code="param_not_for_task",
+            )
+
+
 def create_job(
     session: Session,
     *,
@@ -63,7 +79,9 @@ def create_job(
     A ``train`` request while another training of the project is still queued returns that job:
     labels arriving during a training schedule one follow-up, not one per label.
     """
-    require_job_for_task(session.get_one(Project, project_id), kind=kind)
+    project = session.get_one(Project, project_id)
+    require_job_for_task(project, kind=kind)
+    _require_params_for_task(project, kind=kind, params=params or {})
     if kind == JobKind.train:
         _lock_project(session, project_id)
         waiting = session.scalars(

@@ -38,12 +38,14 @@ MATCH_IOU = 0.5
 
 
 def image_uncertainty(found: Detections) -> tuple[float, float]:
-    """(confidence, entropy) of one image for the query strategies: the least confident box in the uncertain band
-    (``max(s, 1 - s)`` of its score: 0.5 is a coin toss; 1.0 when no box is in the band), and the largest entropy of
-    a box's class probabilities (its classes' scores at its centre, normalized; nats; 0 without them)."""
+    """(confidence, entropy) of one image for the query strategies. The confidence is one minus the doubts of its
+    boxes in the uncertain band added up, a box's doubt ``min(s, 1 - s)`` of its score: one box gives ``max(s, 1 -
+    s)`` (0.5 is a coin toss), 1.0 when no box is in the band, and an image with several open questions ranks below
+    one with a single one as uncertain (each label answers them all; it can go below 0). The entropy is the largest
+    entropy of a box's class probabilities (its classes' scores at its centre, normalized; nats; 0 without them)."""
     low, high = UNCERTAIN_BAND
-    band = (found.scores >= low) & (found.scores <= high)
-    confidence = float(np.max([found.scores[band], 1 - found.scores[band]], axis=0).min()) if band.any() else 1.0
+    band = found.scores[(found.scores >= low) & (found.scores <= high)]
+    confidence = 1.0 - float(np.minimum(band, 1 - band).sum())
     entropy = 0.0
     if found.class_scores is not None and len(found.class_scores):
         p = found.class_scores / np.maximum(found.class_scores.sum(axis=1, keepdims=True), 1e-12)

@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import binomtest
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 PROMOTION_ALPHA = 0.05
 PROMOTION_TOLERANCE = 0.005  # half a point of accuracy
@@ -29,6 +27,8 @@ def evaluate(y_true: np.ndarray, y_pred: np.ndarray, *, labels: list[str]) -> Ev
     """Metrics of predictions ``y_pred`` (class indices) against ``y_true`` on the test split. A metric with
     nothing to divide by is ``None``, not 0: recall and F1 of a class with no test image, precision of a class
     never predicted."""
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support  # see _binomtest
+
     if len(y_true) == 0:
         raise ValueError("the test split has no labeled images yet")
     classes = list(range(len(labels)))
@@ -71,6 +71,14 @@ class PromotionDecision:
     reason: str
 
 
+def _binomtest(successes: int, trials: int) -> float:
+    """scipy and scikit-learn are imported when first used: the API process imports this module (shadow and canary
+    comparisons), and importing them took about half of its start-up (seconds on a loaded 2-core machine)."""
+    from scipy.stats import binomtest
+
+    return float(binomtest(successes, trials, 0.5).pvalue)
+
+
 def decide_promotion(
     champion_correct: np.ndarray, candidate_correct: np.ndarray, *, tolerance: float = PROMOTION_TOLERANCE
 ) -> PromotionDecision:
@@ -82,7 +90,7 @@ def decide_promotion(
         raise ValueError("both models must be judged on the same test items")
     b = int(np.sum(champion_correct & ~candidate_correct))
     c = int(np.sum(candidate_correct & ~champion_correct))
-    p_value = float(binomtest(min(b, c), b + c, 0.5).pvalue) if b + c else 1.0
+    p_value = _binomtest(min(b, c), b + c) if b + c else 1.0
     candidate, held = float(candidate_correct.mean()), float(champion_correct.mean())
     pairs = f"champion alone right on {b} items, candidate alone on {c} (McNemar p={p_value:.3g})"
     accuracies = f"{candidate:.3f} vs the champion's {held:.3f}"
