@@ -24,6 +24,7 @@ from annotation.box_answers import DrawnBox, check_boxes, matches_gold, raw_boxe
 from annotation.consensus import apply_answers, refresh_consensus
 from annotation.queue import capacity_left
 from annotation.report_marks import mark_reports_outdated
+from storage.driver_sql import DriverStatement
 from storage.errors import Conflict, InvalidInput, NotFound
 from storage.models import (
     Annotation,
@@ -50,6 +51,9 @@ MAX_DURATION_MS = 24 * 3600 * 1000
 class Submitted:
     annotation: Annotation
     replayed: bool  # True when an Idempotency-Key matched an earlier, identical request
+    # Whether the annotator holds a live lease on another image of the project, as this transaction read it; None
+    # when it did not (``annotation.queue.next_task`` may skip its own look in the same transaction).
+    other_lease: bool | None = None
 
 
 def check_label(project: Project, label: str) -> str:
@@ -154,9 +158,18 @@ def _excluded(annotator_id: Any) -> Exists:
 def _situation_query() -> Select[Any]:
     """The image's current answers (each with whether its annotator is excluded from consensus), every row carrying
     the caller's assignment, their answer under the request's Idempotency-Key, whether they are excluded, the
-    project's annotator members, and the image's own columns. An image without answers gives one row, its answer
-    columns NULL; an image of another project (or none) gives no row."""
+    project's annotator members, whether a consensus fit exists, whether the caller holds a live lease on another of
+    the project's images, and the image's own columns. An image without answers gives one row, its answer columns
+    NULL; an image of another project (or none) gives no row."""
     me: BindParameter[int] = bindparam("annotator_id")
+    other = aliased(Assignment)
+    other_lease = select(other.id).where(
+        other.annotator_id == me,
+        other.project_id == Image.project_id,
+        other.status == AssignmentStatus.leased,
+        other.expires_at > bindparam("now", type_=Assignment.expires_at.type),
+        other.image_id != Image.id,
+    )
     earlier = aliased(Annotation)
     under_key = select(earlier.id, earlier.request_hash).where(
         earlier.annotator_id == me, earlier.idempotency_key == bindparam("key")
@@ -183,6 +196,7 @@ def _situation_query() -> Select[Any]:
             _excluded(me),
             annotators,
             select(ConsensusFit.project_id).where(ConsensusFit.project_id == Image.project_id).exists(),
+            other_lease.exists(),
             *Image.columns(),
         )
         .select_from(Image)
@@ -192,10 +206,11 @@ def _situation_query() -> Select[Any]:
     )
 
 
-_SITUATION = _situation_query()  # built once: it runs on every submission
-_IMAGE_AT = len(_SITUATION.selected_columns) - len(Image.columns())  # where a situation row's image columns start
+_SITUATION_QUERY = _situation_query()
+_SITUATION = DriverStatement(_SITUATION_QUERY)  # compiled once: it runs on every submission
+_IMAGE_AT = len(_SITUATION_QUERY.selected_columns) - len(Image.columns())  # where a situation row's image columns start
 # PostgreSQL: the image row locked first, so the situation is read once a concurrent submission for it committed.
-_LOCK_IMAGE = (
+_LOCK_IMAGE = DriverStatement(
     select(Image.id)
     .where(Image.id == bindparam("image_id"), Image.project_id == bindparam("project_id"))
     .with_for_update()
@@ -221,16 +236,19 @@ class _Situation:
     me_excluded: bool
     annotators: int  # the project's annotator members
     fit: bool  # the project has a consensus fit
+    other_lease: bool  # the caller holds a live lease on another image of the project
 
 
-def _situation(session: Session, *, project: Project, image_id: int, annotator_id: int, key: str | None) -> _Situation:
+def _situation(
+    session: Session, *, project: Project, image_id: int, annotator_id: int, key: str | None, now: datetime
+) -> _Situation:
     """The image locked and read with what a submission needs to know; NotFound when it is not the project's.
 
     SQLite runs one writer at a time (this transaction began with the write lock): no row lock to take first."""
     connection = session.connection()
-    params = {"annotator_id": annotator_id, "image_id": image_id, "project_id": project.id, "key": key}
-    locked = connection.dialect.name == "sqlite" or connection.execute(_LOCK_IMAGE, params).first() is not None
-    rows = connection.execute(_SITUATION, params).all() if locked else []
+    params = {"annotator_id": annotator_id, "image_id": image_id, "project_id": project.id, "key": key, "now": now}
+    locked = connection.dialect.name == "sqlite" or _LOCK_IMAGE.first(connection, params) is not None
+    rows = _SITUATION.rows(connection, params) if locked else []
     if not rows:
         raise NotFound(f"image {image_id} not found in project {project.id}", code="image_not_found")
     first = rows[0]
@@ -245,10 +263,11 @@ def _situation(session: Session, *, project: Project, image_id: int, annotator_i
         me_excluded=bool(first[10]),
         annotators=first[11] or 0,
         fit=bool(first[12]),
+        other_lease=bool(first[13]),
     )
 
 
-_ANSWER_COLUMNS = (
+_ANSWER_COLUMNS = (  # every column but the id, in the table's order
     "project_id",
     "image_id",
     "annotator_id",
@@ -275,16 +294,17 @@ _IMAGE_COLUMNS = (
     "consensus_boxes",
     "consensus_weak",
 )
-# Built once: they run on every submission.
-_INSERT_ANSWER = insert(Annotation).returning(Annotation.id)
-_SUPERSEDE = update(Annotation).where(Annotation.id == bindparam("answer_id")).values(is_current=False)
-_INSERT_ASSIGNMENT = insert(Assignment)
-_CLOSE_ASSIGNMENT = (
+# Compiled once: they run on every submission.
+_INSERT_ANSWER = DriverStatement(insert(Annotation).returning(Annotation.id), keys=_ANSWER_COLUMNS)
+_SUPERSEDE = DriverStatement(update(Annotation).where(Annotation.id == bindparam("answer_id")).values(is_current=False))
+_ASSIGNMENT_COLUMNS = ("project_id", "image_id", "annotator_id", "status", "expires_at", "updated_at")
+_INSERT_ASSIGNMENT = DriverStatement(insert(Assignment), keys=_ASSIGNMENT_COLUMNS)
+_CLOSE_ASSIGNMENT = DriverStatement(
     update(Assignment)
     .where(Assignment.id == bindparam("assignment_id"))
     .values(status=AssignmentStatus.submitted, updated_at=bindparam("now"))
 )
-_UPDATE_IMAGE = (
+_UPDATE_IMAGE = DriverStatement(
     update(Image).where(Image.id == bindparam("image_id")).values({c: bindparam(f"new_{c}") for c in _IMAGE_COLUMNS})
 )
 
@@ -317,14 +337,18 @@ def submit_annotation(
         raise InvalidInput(f"duration_ms must be between 0 and {MAX_DURATION_MS}", code="invalid_duration")
     # Locking the image row serializes submissions for one image on PostgreSQL (SQLite serializes all writers), so
     # a retry racing its original waits here and then finds it under its Idempotency-Key.
-    situation = _situation(session, project=project, image_id=image_id, annotator_id=principal.id, key=idempotency_key)
+    situation = _situation(
+        session, project=project, image_id=image_id, annotator_id=principal.id, key=idempotency_key, now=utcnow()
+    )
     image = situation.image
     if situation.earlier_id is not None:
         if situation.earlier_hash != request_hash:
             raise _key_reused(str(idempotency_key))
-        return Submitted(session.get_one(Annotation, situation.earlier_id), replayed=True)
+        return Submitted(
+            session.get_one(Annotation, situation.earlier_id), replayed=True, other_lease=situation.other_lease
+        )
     stored_boxes = check_boxes(project, image, boxes) if boxes is not None else None
-    now = utcnow()
+    now = utcnow()  # after the image's lock, which a concurrent submission may have held a while
     previous = situation.answers.get(principal.id)
     if previous is None:
         holds_lease = situation.lease_status is AssignmentStatus.leased and (
@@ -340,24 +364,24 @@ def submit_annotation(
                 "others labeled it meanwhile); nothing was stored: ask for the next task",
                 code="lease_lost",
             )
-    annotation = Annotation(
-        project_id=project.id,
-        image_id=image.id,
-        annotator_id=principal.id,
-        label=label,
-        boxes=stored_boxes,
-        duration_ms=duration_ms,
-        origin=AnnotationOrigin.human,
-        is_current=True,
-        supersedes_id=previous.id if previous else None,
-        gold_correct=gold_correct(image, label=label, boxes=stored_boxes),
-        idempotency_key=idempotency_key,
-        request_hash=request_hash,
-        created_at=now,
-    )
+    row = {
+        "project_id": project.id,
+        "image_id": image.id,
+        "annotator_id": principal.id,
+        "label": label,
+        "boxes": stored_boxes,
+        "duration_ms": duration_ms,
+        "origin": AnnotationOrigin.human,
+        "is_current": True,
+        "supersedes_id": previous.id if previous else None,
+        "gold_correct": gold_correct(image, label=label, boxes=stored_boxes),
+        "idempotency_key": idempotency_key,
+        "request_hash": request_hash,
+        "created_at": now,
+    }
     connection = session.connection()  # Core writes: no unit of work to run for four rows
     try:
-        annotation.id = connection.execute(_INSERT_ANSWER, _columns(annotation, _ANSWER_COLUMNS)).scalar_one()
+        ((annotation_id,),) = _INSERT_ANSWER.rows(connection, row)
     except IntegrityError:
         # The same Idempotency-Key with another image, in parallel (a retry of the same request waits on the image
         # lock above instead): the transaction is spoilt, so start over and answer as a replay would.
@@ -372,10 +396,10 @@ def submit_annotation(
             code="concurrent_submission",
         ) from None
     if previous is not None:
-        connection.execute(_SUPERSEDE, {"answer_id": previous.id})
+        _SUPERSEDE.rows(connection, {"answer_id": previous.id})
     if situation.assignment_id is None:
-        connection.execute(
-            _INSERT_ASSIGNMENT,
+        _INSERT_ASSIGNMENT.rows(
+            connection,
             {
                 "project_id": project.id,
                 "image_id": image.id,
@@ -386,7 +410,7 @@ def submit_annotation(
             },
         )
     else:
-        connection.execute(_CLOSE_ASSIGNMENT, {"assignment_id": situation.assignment_id, "now": now})
+        _CLOSE_ASSIGNMENT.rows(connection, {"assignment_id": situation.assignment_id, "now": now})
     if previous is None:
         image.label_count += 1
     counted = {a: answer.value for a, answer in situation.answers.items() if not answer.excluded and a != principal.id}
@@ -397,8 +421,10 @@ def submit_annotation(
     )
     # The image's new state in one UPDATE (the object is in no session: nothing else writes it).
     new_state = {f"new_{name}": value for name, value in _columns(image, _IMAGE_COLUMNS).items()}
-    connection.execute(_UPDATE_IMAGE, {"image_id": image.id, **new_state})
-    return Submitted(annotation, replayed=False)
+    _UPDATE_IMAGE.rows(connection, {"image_id": image.id, **new_state})
+    # Transient, as the ORM would load it (``from_columns``): the caller reads it; nothing writes it again.
+    stored = Annotation.from_columns([annotation_id, *(row[name] for name in _ANSWER_COLUMNS)])
+    return Submitted(stored, replayed=False, other_lease=situation.other_lease)
 
 
 def withdraw_answer(session: Session, *, project: Project, image_id: int, annotator_id: int) -> bool:

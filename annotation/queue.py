@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -18,12 +19,15 @@ from typing import Any
 from sqlalchemy import BindParameter, Select, and_, bindparam, case, func, insert, select, true, update
 from sqlalchemy.orm import Session
 
+from storage.driver_sql import DriverStatement
 from storage.errors import Conflict
 from storage.models import (
     Assignment,
     AssignmentStatus,
     Image,
     Membership,
+    ModelStatus,
+    ModelVersion,
     Prediction,
     Project,
     QueueTier,
@@ -45,10 +49,50 @@ class PreLabel:
 
 
 @dataclass(frozen=True)
+class PreLabelSource:
+    """Where a task's pre-label comes from, read in the transaction that leased it: a model, whose answer is worked
+    out after the commit (inference holds no lock), or else the newest stored prediction, here already."""
+
+    model: bool
+    stored: PreLabel | None
+
+
+def source_columns(project_id: Any, image_id: Any) -> tuple[Any, ...]:
+    """What ``source_of`` reads: whether a champion serves the project, and the image's newest stored prediction."""
+
+    def newest(column: Any) -> Any:
+        return (
+            select(column)
+            .where(Prediction.image_id == image_id)
+            .order_by(Prediction.id.desc())
+            .limit(1)
+            .scalar_subquery()
+        )
+
+    champion = select(ModelVersion.id).where(
+        ModelVersion.project_id == project_id, ModelVersion.status == ModelStatus.champion
+    )
+    return (
+        champion.exists(),
+        newest(Prediction.label),
+        newest(Prediction.confidence),
+        newest(Prediction.model_version),
+    )
+
+
+def source_of(values: Sequence[Any]) -> PreLabelSource:
+    model, label, confidence, version = values
+    return PreLabelSource(bool(model), None if label is None else PreLabel(label, confidence, version))
+
+
+@dataclass(frozen=True)
 class Task:
     image: Image  # transient (``Image.from_columns``): for reading
     lease_expires_at: datetime
     review_reason: str | None
+    # Read with the lease when the task came from the open queue (the usual case): one statement fewer. None: ask
+    # ``flywheel.serving.prelabels.prelabel_source``.
+    prelabel_source: PreLabelSource | None = None
 
 
 def annotator_members(session: Session, *, project_id: int) -> int:
@@ -90,21 +134,23 @@ def place_in_queue(image: Image, *, annotators: int) -> None:
 
 def _live_leases(session: Session, *, image_id: int, now: datetime, exclude: int) -> int:
     """Leases other annotators hold on the image right now."""
-    return (
-        session.scalar(
-            select(func.count()).where(
-                Assignment.image_id == image_id,
-                Assignment.annotator_id != exclude,
-                Assignment.status == AssignmentStatus.leased,
-                Assignment.expires_at > now,
-            )
-        )
-        or 0
+    row = _LIVE_LEASES.first(session.connection(), {"image_id": image_id, "now": now, "exclude": exclude})
+    return row[0] if row else 0
+
+
+_LIVE_LEASES = DriverStatement(  # compiled once: it runs whenever a capacity is checked
+    select(func.count()).where(
+        Assignment.image_id == bindparam("image_id"),
+        Assignment.annotator_id != bindparam("exclude"),
+        Assignment.status == AssignmentStatus.leased,
+        Assignment.expires_at > bindparam("now", type_=Assignment.expires_at.type),
     )
+)
 
 
 def _open_query() -> Select[Any]:
-    """Waiting images this annotator has never been served and that have room for one more label.
+    """Waiting images this annotator has never been served and that have room for one more label, each row the
+    image's columns then its ``source_columns``.
 
     One statement in serving order: a backward scan of ix_images_queue that probes the assignments
     index for each image it passes, so it stops at the first match without reading the pool.
@@ -125,7 +171,7 @@ def _open_query() -> Select[Any]:
         .scalar_subquery()
     )
     return (
-        select(*Image.columns())
+        select(*Image.columns(), *source_columns(Image.project_id, Image.id))
         .where(
             Image.project_id == bindparam("project_id"),
             Image.queue_tier.is_not(None),
@@ -140,6 +186,8 @@ def _open_query() -> Select[Any]:
 # Built once: it runs on every task served. Core rows, not ORM loads (``Image.from_columns``): a few times cheaper.
 _OPEN = _open_query()
 _OPEN_LOCKED = _OPEN.with_for_update(skip_locked=True)
+_FIRST_OPEN = DriverStatement(_OPEN_LOCKED)  # the usual case: no candidate passed over
+_IMAGE_WIDTH = len(Image.columns())  # an open row's image columns, before its pre-label source
 
 
 def _gold_candidate(session: Session, *, project: Project, annotator_id: int) -> Image | None:
@@ -158,11 +206,11 @@ def _gold_candidate(session: Session, *, project: Project, annotator_id: int) ->
 
 def stored_prelabel(session: Session, *, image_id: int) -> PreLabel | None:
     """The newest stored prediction for the image, as a pre-label (it may come from an older model)."""
-    prediction = session.connection().execute(_NEWEST_PREDICTION, {"image_id": image_id}).first()
+    prediction = _NEWEST_PREDICTION.first(session.connection(), {"image_id": image_id})
     return None if prediction is None else PreLabel(*prediction)
 
 
-_NEWEST_PREDICTION = (  # built once: it runs on every task served without a model
+_NEWEST_PREDICTION = DriverStatement(  # compiled once: it runs whenever the serving model gives no pre-label
     select(Prediction.label, Prediction.confidence, Prediction.model_version)
     .where(Prediction.image_id == bindparam("image_id"))
     .order_by(Prediction.id.desc())
@@ -187,8 +235,10 @@ def _held_query() -> Select[Any]:
 
 # FOR NO KEY UPDATE: it does not block the foreign-key checks (FOR KEY SHARE) of inserts naming this user. A statement
 # of its own: one that also read the leases would, having waited for the lock, still read them as they were before.
-_LOCK_USER = select(User.id).where(User.id == bindparam("annotator_id")).with_for_update(key_share=True)
-_HELD = _held_query()  # built once: it runs on every task served
+_LOCK_USER = DriverStatement(
+    select(User.id).where(User.id == bindparam("annotator_id")).with_for_update(key_share=True)
+)
+_HELD = DriverStatement(_held_query())  # compiled once: it runs on every task served
 
 
 LOCKED_RETRIES = 40  # looks again at most this many times while every open candidate is locked by others ...
@@ -196,37 +246,50 @@ LOCKED_PAUSE_SECONDS = 0.025  # ... this long apart (about a second in all)
 
 
 def next_task(
-    session: Session, *, principal: Principal, project: Project, rng: random.Random | None = None
+    session: Session,
+    *,
+    principal: Principal,
+    project: Project,
+    rng: random.Random | None = None,
+    holds_none: bool = False,
 ) -> Task | None:
     """Lease the most useful image this annotator has not seen; None when nothing is left for them.
 
     Calling again while a lease is held returns the same task, so a retried request never holds two: on PostgreSQL
     the annotator's user row is locked first, so two requests of one annotator take turns and the second sees the
-    first's lease (SQLite runs one writer at a time anyway).
+    first's lease (SQLite runs one writer at a time anyway). ``holds_none``: this transaction has already read that
+    the annotator holds no live lease in the project (``Submitted.other_lease``), so no look for one.
     """
     connection = session.connection()
     if connection.dialect.name != "sqlite":  # SQLite runs one writer at a time: no lock to take
-        connection.execute(_LOCK_USER, {"annotator_id": principal.id})
+        _LOCK_USER.rows(connection, {"annotator_id": principal.id})
     now = utcnow()
-    held = connection.execute(_HELD, {"annotator_id": principal.id, "project_id": project.id, "now": now}).first()
+    held = (
+        None
+        if holds_none
+        else _HELD.first(connection, {"annotator_id": principal.id, "project_id": project.id, "now": now})
+    )
     if held is not None:
         image = Image.from_columns(held[1:])
         return Task(image, held[0], image.review_reason)
 
     lease = timedelta(minutes=project.settings["lease_minutes"])
     chosen: Image | None = None
+    source: PreLabelSource | None = None  # read with an open image; a gold question's is asked for afterwards
     if (rng or random).random() < project.settings["gold_rate"]:
         chosen = _gold_candidate(session, project=project, annotator_id=principal.id)
-    if chosen is None:
-        chosen = _first_open(session, project_id=project.id, annotator_id=principal.id, now=now)
+    if chosen is None and (opened := _first_open(session, project_id=project.id, annotator_id=principal.id, now=now)):
+        chosen, source = opened
     if chosen is None:
         return None
     until = _lease(session, image=chosen, annotator_id=principal.id, now=now, until=now + lease)
-    return Task(chosen, until, chosen.review_reason)
+    return Task(chosen, until, chosen.review_reason, source)
 
 
-def _first_open(session: Session, *, project_id: int, annotator_id: int, now: datetime) -> Image | None:
-    """The first open image, locked for this transaction.
+def _first_open(
+    session: Session, *, project_id: int, annotator_id: int, now: datetime
+) -> tuple[Image, PreLabelSource] | None:
+    """The first open image, locked for this transaction, and where its pre-label comes from.
 
     On PostgreSQL a concurrent request may be leasing the same row: SKIP LOCKED passes over it, and the capacity is
     checked again once the row is ours, since the other request may have just taken the last place. The rows passed
@@ -242,13 +305,16 @@ def _first_open(session: Session, *, project_id: int, annotator_id: int, now: da
     passed: set[int] = set()
     for _ in range(LOCKED_RETRIES + 1):
         while True:
-            query = _OPEN_LOCKED.where(Image.id.not_in(passed)) if passed else _OPEN_LOCKED
-            row = connection.execute(query, params).first()
+            if passed:
+                found = connection.execute(_OPEN_LOCKED.where(Image.id.not_in(passed)), params).first()
+                row = None if found is None else tuple(found)
+            else:
+                row = _FIRST_OPEN.first(connection, params)
             if row is None:
                 break
-            image = Image.from_columns(row)
+            image = Image.from_columns(row[:_IMAGE_WIDTH])
             if not recheck or capacity_left(session, image=image, annotator_id=annotator_id, now=now):
-                return image
+                return image, source_of(row[_IMAGE_WIDTH:])
             passed.add(image.id)
         unlocked = _OPEN.where(Image.id.not_in(passed)) if passed else _OPEN
         if connection.execute(unlocked, params).first() is None:  # none open at all, not only locked: none left
@@ -259,13 +325,16 @@ def _first_open(session: Session, *, project_id: int, annotator_id: int, now: da
 
 def _lease(session: Session, *, image: Image, annotator_id: int, now: datetime, until: datetime) -> datetime:
     row = {"project_id": image.project_id, "image_id": image.id, "annotator_id": annotator_id, "leased_at": now}
-    session.connection().execute(
-        _LEASE, {**row, "status": AssignmentStatus.leased, "expires_at": until, "updated_at": now}
+    _LEASE.rows(
+        session.connection(), {**row, "status": AssignmentStatus.leased, "expires_at": until, "updated_at": now}
     )
     return until
 
 
-_LEASE = insert(Assignment)
+_LEASE = DriverStatement(
+    insert(Assignment),
+    keys=("project_id", "image_id", "annotator_id", "leased_at", "status", "expires_at", "updated_at"),
+)
 
 
 def skip_task(session: Session, *, principal: Principal, project: Project, image_id: int) -> None:

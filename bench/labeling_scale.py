@@ -7,7 +7,10 @@ PostgreSQL when it is reachable. Each runs the same 16 annotators for ``--second
   (``POST .../annotations?next=true``), SQLite and PostgreSQL: labels/s, p50/p99 of a label's requests,
   and the server's CPU per label (the API process's CPU seconds over the run, over the labels stored);
   targets: <= 3 ms of server CPU per label in one round trip, and on SQLite >= 200 labels/s at p99 <= 100 ms;
-* PostgreSQL, one round trip, 1 API process, then 2 (annotators split between them), in the same run.
+* PostgreSQL, one round trip, 1 API process, then 2 (annotators split between them), in the same run;
+* the floor, in the same run: the same annotators against a bare FastAPI app under uvicorn whose one route validates
+  the body and stores it with one SQLite INSERT (``bench/_floor_app.py``), pinned as the SQLite API process is: its
+  CPU per request, and a label's server CPU as a multiple of it (a ratio that a busy machine moves less than either).
 
 The load generator is one asyncio process writing HTTP/1.1 by hand on keep-alive connections (a few hundred
 microseconds of CPU per request, against a millisecond or more for a thread per annotator with httpx). On SQLite
@@ -32,12 +35,14 @@ import random
 import secrets
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -55,7 +60,7 @@ from labeling import (
     postgres_database,
 )
 
-from service.launcher import running_server
+from service.launcher import free_port, running_server, wait_healthy
 from storage.migrate import upgrade
 
 LABELS = [str(d) for d in range(10)]
@@ -308,6 +313,46 @@ def measure(name: str, url: str, seconds: float, repeats: int, tmp: Path, *, sca
     return [median_run(runs) for runs in modes.values() if runs]
 
 
+@contextmanager
+def floor_process(tmp: Path, *, pin: int) -> Iterator[list[tuple[psutil.Process, str]]]:
+    """``bench/_floor_app.py`` under uvicorn on a free port, pinned to core ``pin`` (the load generator elsewhere)."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    with open(tmp / "floor.log", "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "--app-dir", str(Path(__file__).parent), "_floor_app:app"]
+            + ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log"],
+            env={**os.environ, "FLOOR_DATABASE": str(tmp / "floor.db")},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}"
+    mine = os.sched_getaffinity(0)
+    try:
+        wait_healthy(process, base, 60)
+        server = psutil.Process(process.pid)
+        server.cpu_affinity([pin])
+        os.sched_setaffinity(0, mine - {pin} or mine)
+        yield [(server, base)]
+    finally:
+        os.sched_setaffinity(0, mine)
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def measure_floor(seconds: float, repeats: int, tmp: Path) -> Run:
+    """The floor's median run: the same annotators and load generator, one round trip each, against the bare app."""
+    runs = []
+    with floor_process(tmp, pin=0) as servers:
+        for _ in range(repeats):
+            run, _, unexpected = run_mode(servers, ["floor"] * ANNOTATORS, 1, seconds, one_trip=True)
+            if unexpected:
+                raise SystemExit(f"[floor] unexpected answers: {unexpected[:3]}")
+            runs.append(replace(run, mode="floor"))
+            print(runs[-1].line("floor"), flush=True)
+    return median_run(runs)
+
+
 def fsync_ms(directory: Path, times: int = 50) -> float:
     """The median time of a 4 KiB write and fsync in ``directory``: what one SQLite commit waits for at least."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -324,12 +369,17 @@ def fsync_ms(directory: Path, times: int = 50) -> float:
     return statistics.median(took)
 
 
-def print_summary(results: dict[str, list[Run]], seconds: float, repeats: int, fsync: float) -> None:
+def print_summary(results: dict[str, list[Run]], floor: Run, seconds: float, repeats: int, fsync: float) -> None:
     print()
     print(
         f"machine: {os.cpu_count()} CPUs (nproc), {platform.platform()}, Python {platform.python_version()}; "
         f"{ANNOTATORS} annotators, {seconds:.0f} s per mode, median of {repeats}, one load-generator process; "
         "a shared machine: other work on it shows in these numbers"
+    )
+    floor_ms = floor.server_ms_per_label
+    print(
+        f"floor (bare FastAPI app, one SQLite INSERT per request, same load): {floor_ms:.2f} ms of server CPU per "
+        f"request, {floor.rate:,.0f} requests/s"
     )
     for name, runs in results.items():
         two, one = runs[0], runs[1]
@@ -338,7 +388,8 @@ def print_summary(results: dict[str, list[Run]], seconds: float, repeats: int, f
             f"{name}: server CPU per label {two.server_ms_per_label:.2f} ms (two calls) -> "
             f"{one.server_ms_per_label:.2f} ms (one round trip), ratio "
             f"{one.server_ms_per_label / two.server_ms_per_label:.2f}; "
-            f"target <= {TARGET_CPU_MS} ms: {'PASS' if cpu_ok else 'MISS'}"
+            f"target <= {TARGET_CPU_MS} ms: {'PASS' if cpu_ok else 'MISS'}; {one.server_ms_per_label / floor_ms:.1f} x "
+            f"the floor's {floor_ms:.2f} ms per request"
         )
         print(
             f"{name}: labels/s {two.rate:,.0f} -> {one.rate:,.0f} (x{one.rate / two.rate:.2f}); label p99 "
@@ -377,12 +428,13 @@ def main() -> None:
         sqlite_url = f"sqlite:///{tmp / 'sqlite' / 'labelwheel.db'}"
         fsync = fsync_ms(tmp / "sqlite")
         results["SQLite"] = measure("SQLite", sqlite_url, seconds, repeats, tmp / "sqlite", scale_out=False)
+        floor = measure_floor(seconds, repeats, tmp / "floor")
         with postgres_database() as url:
             if url is not None:
                 results["PostgreSQL"] = measure("PostgreSQL", url, seconds, repeats, tmp / "postgres", scale_out=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print_summary(results, seconds, repeats, fsync)
+    print_summary(results, floor, seconds, repeats, fsync)
 
 
 if __name__ == "__main__":

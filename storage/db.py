@@ -17,6 +17,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
+from storage.driver_sql import DriverStatement
+
 logger = logging.getLogger(__name__)
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 AFTER_COMMIT = "labelwheel_after_commit"
@@ -46,7 +48,11 @@ def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
         read_only = connection.get_execution_options().get(READ_ONLY, False)
-        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+        (_BEGIN if read_only else _BEGIN_IMMEDIATE).rows(connection, {})
+
+
+_BEGIN = DriverStatement(text("BEGIN"))  # every transaction runs one: on the cursor (storage.driver_sql)
+_BEGIN_IMMEDIATE = DriverStatement(text("BEGIN IMMEDIATE"))
 
 
 def create_db_engine(url: str) -> Engine:
@@ -54,7 +60,14 @@ def create_db_engine(url: str) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False})
+        # LIFO: the connection that wrote last is handed out next. SQLite drops a connection's page cache whenever
+        # another connection has written since its last transaction; writers here take turns (``WriterLock``), so
+        # handing them the last writer's connection keeps its cache warm instead of rotating through the pool.
+        engine = create_engine(
+            url,
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+            pool_use_lifo=True,
+        )
         _configure_sqlite(engine)
         return engine
     engine = create_engine(url, pool_size=10, max_overflow=20)
@@ -163,12 +176,14 @@ def after_commit(session: Session, action: Callable[[], None]) -> None:
     session.info[AFTER_COMMIT].append(action)
 
 
-def commit_between_locks(session: Session) -> None:
+def commit_between_locks(session: Session) -> bool:
     """Commit what the session wrote so far on PostgreSQL, before a step that locks other rows: waiting for one row
     lock while holding another deadlocks with a request doing the same the other way round. SQLite has no row locks
-    (one writer at a time): both steps share one transaction there, and one fsync."""
-    if session.get_bind().dialect.name != "sqlite":
-        session.commit()
+    (one writer at a time): both steps share one transaction there, and one fsync. True when it committed."""
+    if session.get_bind().dialect.name == "sqlite":
+        return False
+    session.commit()
+    return True
 
 
 def insert_new(session: Session, table: type[Any], rows: list[dict[str, Any]]) -> None:

@@ -12,6 +12,7 @@ from sqlalchemy import Text, and_, bindparam, cast, delete, exists, false, func,
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from storage.driver_sql import DriverStatement
 from storage.errors import Conflict, Forbidden, InvalidInput, NotFound
 from storage.models import Image, Membership, Project, ProjectCount, Role, TaskType, User
 from storage.names import clean_name, name_problem, nfc
@@ -460,6 +461,9 @@ def get_project(session: Session, *, principal: Principal, project_id: int) -> P
 # new key, never a stale hit, in this process or another. Read-only: shared between requests.
 _SNAPSHOTS: dict[tuple[Any, ...], Project] = {}
 _SNAPSHOTS_KEPT = 256
+# Each snapshot's settings, validated once (``project_settings`` runs on every submission), by the snapshot's id();
+# the entry holds the snapshot, so no other object can have that id while it is here.
+_SNAPSHOT_SETTINGS: dict[int, tuple[Project, ProjectSettings]] = {}
 
 
 def _member_query() -> Any:
@@ -483,7 +487,7 @@ def _member_query() -> Any:
     )
 
 
-_MEMBER = _member_query()  # built once: it runs on every labeling request
+_MEMBER = DriverStatement(_member_query())  # compiled once: it runs on every labeling request
 
 
 def authenticate_member(session: Session, *, token: str | None, project_id: int) -> tuple[Principal, Project]:
@@ -491,11 +495,8 @@ def authenticate_member(session: Session, *, token: str | None, project_id: int)
     checks. The token is looked up every time (a rotated token or a removed member stops at once); only the project's
     parsed labels and settings are reused, keyed by their stored text. 401 as ``authenticate``, 404 as
     ``get_project``. The project is a detached snapshot: read it, never change it."""
-    row = (
-        session.connection()
-        .execute(_MEMBER, {"token_hash": hash_token(token) if token else "", "project_id": project_id})
-        .first()
-    )
+    params = {"token_hash": hash_token(token) if token else "", "project_id": project_id}
+    row = _MEMBER.first(session.connection(), params)
     principal = authenticate_row(token, None if row is None else row[:3])
     assert row is not None  # authenticate_row raised otherwise
     if row[3] is None:
@@ -514,7 +515,9 @@ def authenticate_member(session: Session, *, token: str | None, project_id: int)
         )
         if len(_SNAPSHOTS) >= _SNAPSHOTS_KEPT:
             _SNAPSHOTS.clear()
+            _SNAPSHOT_SETTINGS.clear()
         _SNAPSHOTS[key] = project
+        _SNAPSHOT_SETTINGS[id(project)] = (project, ProjectSettings.model_validate(project.settings or {}))
     return principal, project
 
 
@@ -593,5 +596,9 @@ def require_detection(project: Project, *, feature: str) -> None:
 
 
 def project_settings(project: Project) -> ProjectSettings:
-    """A project's settings with today's defaults for keys added since they were stored."""
+    """A project's settings with today's defaults for keys added since they were stored. A snapshot's
+    (``authenticate_member``) were validated once: like the snapshot, they are for reading only."""
+    cached = _SNAPSHOT_SETTINGS.get(id(project))
+    if cached is not None and cached[0] is project:
+        return cached[1]
     return ProjectSettings.model_validate(project.settings or {})

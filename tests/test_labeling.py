@@ -184,6 +184,15 @@ def test_a_retried_round_trip_stores_once_and_never_holds_two_leases(client, adm
     assert len(rows(app, Annotation)) == 1
 
 
+def test_a_round_trip_answering_another_image_returns_the_task_still_held(client, admin, team, app):
+    project, image_ids = setup_project(client, admin, team, images=3)
+    held = next_task(client, project, team[0]).json()["image_id"]
+    other = next(i for i in image_ids if i != held)
+    answer = submit(client, project, team[0], other, "cat", and_next=True)
+    assert answer.status_code == 201 and answer.json()["next_task"]["image_id"] == held
+    assert [a.image_id for a in live_leases(app, team[0])] == [held]
+
+
 def test_a_refused_round_trip_stores_nothing_and_leases_nothing(client, admin, team, app):
     project, _ = setup_project(client, admin, team, images=2)
     image_id = next_task(client, project, team[0]).json()["image_id"]
@@ -197,13 +206,14 @@ def test_a_refused_round_trip_stores_nothing_and_leases_nothing(client, admin, t
 
 # The statements one label costs through the HTTP API, pinned: a change that adds one fails here
 # (bench/labeling_scale.py measures the CPU). Round trip on SQLite: BEGIN, access (token, membership and project),
-# the image with its situation (answers, lease, key, team: SQLite's one writer needs no row lock first), the answer,
-# the lease closed, the image's new state, then in the same transaction the held lease, the first open image, the new
-# lease, and where its pre-label comes from (a champion? else the stored prediction: without a model no read
-# transaction follows the commit; with one, its inference runs in one, holding no lock). PostgreSQL begins implicitly,
-# locks the image before reading its situation, commits between the answer and the lease, locks the annotator's user
-# row first, and checks the capacity again once the image is locked.
-ROUND_TRIP_STATEMENTS = {"sqlite": 10, "postgresql": 12}
+# the image with its situation (answers, lease, key, team, a lease held on another image: SQLite's one writer needs no
+# row lock first), the answer, the lease closed, the image's new state, then in the same transaction (so no second
+# look for a held lease) the first open image with where its pre-label comes from (a champion? else the stored
+# prediction: without a model no read transaction follows the commit; with one, its inference runs in one, holding no
+# lock), and the new lease. PostgreSQL begins implicitly, locks the image before reading its situation, commits
+# between the answer and the lease, locks the annotator's user row first, looks for a held lease, and checks the
+# capacity again once the image is locked.
+ROUND_TRIP_STATEMENTS = {"sqlite": 8, "postgresql": 11}
 
 
 def test_one_round_trip_label_costs_a_pinned_number_of_statements(client, admin, team, app):
@@ -408,6 +418,18 @@ def test_the_newest_model_prediction_is_the_prelabel(client, admin, team, app):
         session.add(Prediction(image_id=image_ids[0], model_version="v2", label="dog", confidence=0.93))
     task = next_task(client, project, team[0]).json()
     assert task["prelabel"] == {"label": "dog", "confidence": 0.93, "model_version": "v2", "fallback": False}
+
+
+def test_the_round_trips_next_task_carries_its_prelabel_read_with_the_lease(client, admin, team, app):
+    project, image_ids = setup_project(client, admin, team, images=2)
+    with app.state.runtime.db.session() as session:
+        for image_id, label in zip(image_ids, ("cat", "bird"), strict=True):
+            session.add(Prediction(image_id=image_id, model_version="v1", label=label, confidence=0.7))
+    first = next_task(client, project, team[0]).json()
+    second = submit(client, project, team[0], first["image_id"], "cat", and_next=True).json()["next_task"]
+    expected = {image_ids[0]: "cat", image_ids[1]: "bird"}[second["image_id"]]
+    assert second["prelabel"] == {"label": expected, "confidence": 0.7, "model_version": "v1", "fallback": False}
+    assert next_task(client, project, team[0]).json() == second  # the held task, its pre-label read on its own
 
 
 def test_progress_counts_for_the_page(client, admin, team):

@@ -2,47 +2,27 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
-from sqlalchemy import ScalarSelect, bindparam, select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
-from annotation.queue import PreLabel, Task, stored_prelabel
+from annotation.queue import PreLabel, PreLabelSource, Task, source_columns, source_of, stored_prelabel
 from flywheel.serving.detection import ScoredBox
 from flywheel.serving.inference import Predictor, model_version
-from storage.models import ModelStatus, ModelVersion, Prediction
+from storage.driver_sql import DriverStatement
 
-
-@dataclass(frozen=True)
-class PreLabelSource:
-    """Where a task's pre-label comes from, read in the transaction that leased it: a model, whose answer is worked
-    out after the commit (inference holds no lock), or else the newest stored prediction, here already."""
-
-    model: bool
-    stored: PreLabel | None
-
-
-def _newest(column: Any) -> ScalarSelect[Any]:
-    newest = select(column).where(Prediction.image_id == bindparam("image_id"))
-    return newest.order_by(Prediction.id.desc()).limit(1).scalar_subquery()
-
-
-_SOURCE = select(  # built once: every task served asks it
-    select(ModelVersion.id)
-    .where(ModelVersion.project_id == bindparam("project_id"), ModelVersion.status == ModelStatus.champion)
-    .exists(),
-    _newest(Prediction.label),
-    _newest(Prediction.confidence),
-    _newest(Prediction.model_version),
+_SOURCE = DriverStatement(  # compiled once: tasks not served from the open queue ask it
+    select(*source_columns(bindparam("project_id"), bindparam("image_id")))
 )
 
 
 def prelabel_source(session: Session, *, task: Task) -> PreLabelSource:
-    """One statement: whether a champion serves the task's project, and the image's newest stored prediction."""
+    """Whether a champion serves the task's project, and the image's newest stored prediction: read with the lease
+    when the task came from the open queue, else in one statement."""
+    if task.prelabel_source is not None:
+        return task.prelabel_source
     params = {"project_id": task.image.project_id, "image_id": task.image.id}
-    model, label, confidence, version = session.connection().execute(_SOURCE, params).one()
-    return PreLabelSource(bool(model), None if label is None else PreLabel(label, confidence, version))
+    (row,) = _SOURCE.rows(session.connection(), params)
+    return source_of(row)
 
 
 def prelabel_for(session: Session, predictor: Predictor, *, task: Task) -> PreLabel | None:

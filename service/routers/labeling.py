@@ -3,15 +3,15 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response, status
-from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from annotation.annotations import list_annotations, project_image, submit_annotation, visible_annotator
 from annotation.box_answers import DrawnBox
 from annotation.curation import gold_scores, send_for_review, set_gold
 from annotation.labels import current_labels
-from annotation.queue import Task, next_task, progress, skip_task
+from annotation.queue import PreLabelSource, Task, next_task, progress, skip_task
 from flywheel.quality import recompute_reports_soon
-from flywheel.serving.prelabels import PreLabelSource, prelabel_boxes_for, prelabel_for, prelabel_source
+from flywheel.serving.prelabels import prelabel_boxes_for, prelabel_for, prelabel_source
 from service.deps import (
     AdminProjectForWrite,
     BearerToken,
@@ -49,6 +49,12 @@ from service.schemas.labeling import (
 from storage.db import after_commit, commit_between_locks
 from storage.models import TaskType
 from storage.projects import authenticate_member
+
+
+def _json(model: BaseModel, *, status_code: int = status.HTTP_200_OK) -> Response:
+    """The model as JSON, serialized in one step by pydantic (no dict, then ``json.dumps``): the labeling routes
+    answer every label with one."""
+    return Response(model.model_dump_json(), status_code=status_code, media_type="application/json")
 
 
 def _boxes(given: list[BoxCreate] | None) -> list[DrawnBox] | None:
@@ -111,7 +117,7 @@ def next_(project_id: ProjectId, token: BearerToken, runtime: RuntimeDep) -> Res
     if task is None or source is None:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
     payload = _task_read(runtime, task, source, detection=project.task_type is TaskType.detection)
-    return JSONResponse(payload.model_dump(mode="json"))
+    return _json(payload)
 
 
 @router.post(
@@ -144,7 +150,7 @@ def submit(
             description="Also lease your next task and answer `{annotation, next_task}`: one round trip per label.",
         ),
     ] = False,
-) -> JSONResponse:
+) -> Response:
     """Stores your answer for an image (a lease is not required): `label` in a classification project, `boxes` in a
     detection project (`[]`: no objects), each box checked against the image and named by its index when refused.
     A second answer from you for the same image is a correction: a new row that supersedes the old. With an
@@ -176,8 +182,10 @@ def submit(
             # On PostgreSQL the answer is committed before the next lease is taken (waiting for another image's row
             # lock while holding the answered one's deadlocks): should the lease then fail, the answer stays stored
             # (a retry replays it) but the flywheel hears of it at the next one.
-            commit_between_locks(session)
-            task = next_task(session, principal=principal, project=project)
+            committed = commit_between_locks(session)
+            # Still in the transaction that read the annotator's leases (SQLite): no second look for a held one.
+            holds_none = not committed and result.other_lease is False
+            task = next_task(session, principal=principal, project=project, holds_none=holds_none)
             source = None if task is None else prelabel_source(session, task=task)
     # Shaped once the transaction has committed (on SQLite, once the write lock is free for the next writer).
     answer: AnnotationRead | AnnotationAndNext = stored
@@ -187,8 +195,7 @@ def submit(
             annotation=stored,
             next_task=_task_read(runtime, task, source, detection=detection) if task and source else None,
         )
-    payload = answer.model_dump(mode="json")
-    return JSONResponse(payload, status_code=status.HTTP_200_OK if result.replayed else status.HTTP_201_CREATED)
+    return _json(answer, status_code=status.HTTP_200_OK if result.replayed else status.HTTP_201_CREATED)
 
 
 @router.get("/annotations", summary="Annotations by id, history included (annotators see their own)")
