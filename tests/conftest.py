@@ -7,6 +7,7 @@ absent; CI sets ``LABELWHEEL_TEST_REQUIRE`` so the same absence fails the run in
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
@@ -48,6 +49,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Slow tests first, those running real worker processes (the longest) leading: ``./dev test`` hands tests to
     its processes one at a time, so the quick ones fill in around the slow ones instead of waiting behind them."""
     items.sort(key=lambda item: (item.get_closest_marker("slow") is None, "tests/test_worker.py" not in item.nodeid))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Keep the collector off the heap the imports made (torch, scikit-learn, every test module: ~335k objects,
+    as service.app's ``settle_heap`` does for the server), and collect less often: each test makes apps, engines and
+    sessions by the thousand objects, and full collections over it all took a quarter of tests/test_access.py."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 10)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
