@@ -173,6 +173,15 @@ class TestDisagreement(StrategyChecks):
         agreed = order[disagree == 0]  # the images both models answer alike: by margin, as Margin ranks them
         assert agreed.tolist() == agreed[Margin().query(pool.take(agreed), len(agreed))].tolist()
 
+    def test_a_detectors_margin_far_below_minus_one_still_only_breaks_ties(self):
+        # Box mining's margin is 1 - 2 x an image's summed box doubts: 60 coin-toss boxes give -59.
+        pool = replace(seeded_pool(), margin=1 - 2 * np.arange(len(seeded_pool())) * 0.5)
+        assert pool.disagreement is not None
+        order = self.strategy.query(pool, len(pool))
+        assert np.all(np.diff(pool.disagreement[order]) <= self.strategy.tie_break)
+        agreed = order[pool.disagreement[order] == 0]
+        assert agreed.tolist() == agreed[Margin().query(pool.take(agreed), len(agreed))].tolist()
+
     def test_without_a_second_model_it_ranks_by_margin(self):
         pool = replace(seeded_pool(), disagreement=None)
         assert self.strategy.query(pool, 20).tolist() == Margin().query(pool, 20).tolist()

@@ -174,7 +174,10 @@ class Disagreement(QueryStrategy):
 
     def scores(self, pool: Pool, rng: np.random.Generator) -> np.ndarray:
         disagreement = pool.disagreement if pool.disagreement is not None else np.zeros(len(pool))
-        return disagreement + self.tie_break * (1 - pool.margin)
+        # 1 - margin is in [0, 2] for a classifier, but up to twice the summed doubts of its boxes for a detector
+        # (flywheel.training.box_mining): bounded below 1 in the same order, so it stays a tie-break.
+        doubt = 1 - pool.margin
+        return disagreement + self.tie_break * doubt / (1 + doubt)
 
 
 class DisagreementKCenter(MarginKCenter):
