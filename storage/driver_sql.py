@@ -17,6 +17,7 @@ statement is refused when first compiled.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -47,20 +48,22 @@ class DriverStatement:
     ) -> None:
         self.statement = statement
         self.keys = list(keys) if keys is not None else None
-        self._compiled: dict[str, _Compiled] = {}
+        # By dialect and driver: psycopg and psycopg2 are both "postgresql", with other paramstyles and processors.
+        self._compiled: dict[tuple[str, str, str], _Compiled] = {}
 
     def rows(self, connection: Connection, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         """Run the statement; its rows (none for a statement without RETURNING)."""
         dialect = connection.dialect
-        compiled = self._compiled.get(dialect.name) or self._compile(dialect)
+        compiled = self._compiled.get((dialect.name, dialect.driver, dialect.paramstyle)) or self._compile(dialect)
         values = {**compiled.fixed, **params}
         for name, process in compiled.binds:
             values[name] = process(values[name])
         arguments: Any = values if compiled.order is None else tuple(values[name] for name in compiled.order)
         listened = bool(connection.dispatch.before_cursor_execute or connection.dispatch.after_cursor_execute)
         fairy = connection.connection
-        cursor = fairy.cursor()
+        cursor = None
         try:
+            cursor = fairy.cursor()
             if listened:
                 connection.dispatch.before_cursor_execute(connection, cursor, compiled.sql, arguments, None, False)
             cursor.execute(compiled.sql, arguments)
@@ -81,10 +84,13 @@ class DriverStatement:
                 error,
                 dialect.loaded_dbapi.Error,
                 connection_invalidated=invalidated,
+                hide_parameters=connection.engine.hide_parameters,
                 dialect=dialect,
             ) from error
         finally:
-            cursor.close()
+            if cursor is not None:
+                with contextlib.suppress(Exception):  # an invalidated connection's cursor may refuse; the error stands
+                    cursor.close()
         if not compiled.results:
             return list(found)
         converted = []
@@ -128,7 +134,7 @@ class DriverStatement:
             binds=tuple(binds.items()),
             types=types,
         )
-        self._compiled[dialect.name] = ready
+        self._compiled[(dialect.name, dialect.driver, dialect.paramstyle)] = ready
         return ready
 
 
