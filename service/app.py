@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import importlib
+import threading
 
 from fastapi import FastAPI
 
@@ -102,10 +104,26 @@ def create_worker_app() -> FastAPI:
     return app
 
 
-def settle_heap() -> None:
+# Imported when first used (they were half the start-up), then soon after start-up by ``settle_heap``'s thread: not
+# by the first detection submission or consensus fit, under SQLite's write lock.
+DEFERRED_IMPORTS = ("scipy.optimize", "scipy.sparse", "scipy.stats", "sklearn.metrics")
+
+
+def settle_heap() -> threading.Thread:
     """Take the ~130k objects made at start-up, which live as long as the process, out of the collector's sight.
 
-    A full collection then takes a few ms instead of ~70 ms that stall every request (bench/export.py).
+    A full collection then takes a few ms instead of ~70 ms that stall every request (bench/export.py). The
+    deferred imports follow in a thread while the server starts answering, and their objects are frozen too.
     """
     gc.collect()
     gc.freeze()
+
+    def import_the_rest() -> None:
+        for name in DEFERRED_IMPORTS:
+            importlib.import_module(name)
+        gc.collect()
+        gc.freeze()
+
+    thread = threading.Thread(target=import_the_rest, name="deferred-imports", daemon=True)
+    thread.start()
+    return thread
