@@ -22,8 +22,9 @@ from sqlalchemy.orm import Session, aliased
 
 from annotation.box_answers import DrawnBox, check_boxes, matches_gold, raw_boxes
 from annotation.consensus import apply_answers, refresh_consensus
-from annotation.queue import capacity_left
+from annotation.queue import Task, capacity_left, next_task
 from annotation.report_marks import mark_reports_outdated
+from storage.db import commit_between_locks
 from storage.driver_sql import DriverStatement
 from storage.errors import Conflict, InvalidInput, NotFound
 from storage.models import (
@@ -425,6 +426,17 @@ def submit_annotation(
     # Transient, as the ORM would load it (``from_columns``): the caller reads it; nothing writes it again.
     stored = Annotation.from_columns([annotation_id, *(row[name] for name in _ANSWER_COLUMNS)])
     return Submitted(stored, replayed=False, other_lease=situation.other_lease)
+
+
+def lease_next_after(session: Session, *, submitted: Submitted, principal: Principal, project: Project) -> Task | None:
+    """The annotator's next task, right after ``submitted`` (one round trip per label).
+
+    On PostgreSQL the answer is committed before the next lease is taken (waiting for another image's row lock while
+    holding the answered one's deadlocks): should the lease then fail, the answer stays stored (a retry replays it).
+    On SQLite both share the transaction that read the annotator's leases: no second look for a held one."""
+    committed = commit_between_locks(session)
+    holds_none = not committed and submitted.other_lease is False
+    return next_task(session, principal=principal, project=project, holds_none=holds_none)
 
 
 def withdraw_answer(session: Session, *, project: Project, image_id: int, annotator_id: int) -> bool:

@@ -5,7 +5,13 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Response, status
 from pydantic import BaseModel
 
-from annotation.annotations import list_annotations, project_image, submit_annotation, visible_annotator
+from annotation.annotations import (
+    lease_next_after,
+    list_annotations,
+    project_image,
+    submit_annotation,
+    visible_annotator,
+)
 from annotation.box_answers import DrawnBox
 from annotation.curation import gold_scores, send_for_review, set_gold
 from annotation.labels import current_labels
@@ -46,7 +52,7 @@ from service.schemas.labeling import (
     ScoredBoxRead,
     TaskRead,
 )
-from storage.db import after_commit, commit_between_locks
+from storage.db import after_commit
 from storage.models import TaskType
 from storage.projects import authenticate_member
 
@@ -179,13 +185,8 @@ def submit(
         stored = AnnotationRead.model_validate(result.annotation)
         task, source = None, None
         if and_next:
-            # On PostgreSQL the answer is committed before the next lease is taken (waiting for another image's row
-            # lock while holding the answered one's deadlocks): should the lease then fail, the answer stays stored
-            # (a retry replays it) but the flywheel hears of it at the next one.
-            committed = commit_between_locks(session)
-            # Still in the transaction that read the annotator's leases (SQLite): no second look for a held one.
-            holds_none = not committed and result.other_lease is False
-            task = next_task(session, principal=principal, project=project, holds_none=holds_none)
+            # Should the lease fail once the answer is committed (PostgreSQL), the flywheel hears of it at the next.
+            task = lease_next_after(session, submitted=result, principal=principal, project=project)
             source = None if task is None else prelabel_source(session, task=task)
     # Shaped once the transaction has committed (on SQLite, once the write lock is free for the next writer).
     answer: AnnotationRead | AnnotationAndNext = stored
