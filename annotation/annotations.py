@@ -24,7 +24,6 @@ from annotation.box_answers import DrawnBox, check_boxes, matches_gold, raw_boxe
 from annotation.consensus import apply_answers, refresh_consensus
 from annotation.queue import Task, capacity_left, next_task
 from annotation.report_marks import mark_reports_outdated
-from storage.db import commit_between_locks
 from storage.driver_sql import DriverStatement
 from storage.errors import Conflict, InvalidInput, NotFound
 from storage.models import (
@@ -53,7 +52,7 @@ class Submitted:
     annotation: Annotation
     replayed: bool  # True when an Idempotency-Key matched an earlier, identical request
     # Whether the annotator holds a live lease on another image of the project, as this transaction read it; None
-    # when it did not (``annotation.queue.next_task`` may skip its own look in the same transaction).
+    # when it did not, or started over (``lease_next_after`` may skip its own look in the same transaction).
     other_lease: bool | None = None
 
 
@@ -429,14 +428,16 @@ def submit_annotation(
 
 
 def lease_next_after(session: Session, *, submitted: Submitted, principal: Principal, project: Project) -> Task | None:
-    """The annotator's next task, right after ``submitted`` (one round trip per label).
+    """The annotator's next task, right after ``submitted``, in the same transaction (one round trip per label).
 
-    On PostgreSQL the answer is committed before the next lease is taken (waiting for another image's row lock while
-    holding the answered one's deadlocks): should the lease then fail, the answer stays stored (a retry replays it).
-    On SQLite both share the transaction that read the annotator's leases: no second look for a held one."""
-    committed = commit_between_locks(session)
-    holds_none = not committed and submitted.other_lease is False
-    return next_task(session, principal=principal, project=project, holds_none=holds_none)
+    The transaction must have begun by locking the annotator's user row (``authenticate_member`` with ``lock_user``):
+    then the situation ``submit_annotation`` read says whether they hold another lease, and no look is needed when
+    they hold none. On PostgreSQL the locks come in one order, so the answer and the lease can share the transaction
+    without deadlocks: the user row (waiting, holding nothing), the answered image (waiting, holding only the user
+    row: one annotator's requests take turns, so no request holding this image waits for that row), then open images
+    (SKIP LOCKED: never waiting). A transaction that holds image rows therefore never waits for a row lock the
+    labeling path holds."""
+    return next_task(session, principal=principal, project=project, other_lease=submitted.other_lease)
 
 
 def withdraw_answer(session: Session, *, project: Project, image_id: int, annotator_id: int) -> bool:

@@ -176,16 +176,6 @@ def after_commit(session: Session, action: Callable[[], None]) -> None:
     session.info[AFTER_COMMIT].append(action)
 
 
-def commit_between_locks(session: Session) -> bool:
-    """Commit what the session wrote so far on PostgreSQL, before a step that locks other rows: waiting for one row
-    lock while holding another deadlocks with a request doing the same the other way round. SQLite has no row locks
-    (one writer at a time): both steps share one transaction there, and one fsync. True when it committed."""
-    if session.get_bind().dialect.name == "sqlite":
-        return False
-    session.commit()
-    return True
-
-
 def insert_new(session: Session, table: type[Any], rows: list[dict[str, Any]]) -> None:
     """Insert rows in one statement, leaving any that another job stored meanwhile (same key) as they are."""
     if rows:

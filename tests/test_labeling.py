@@ -213,7 +213,7 @@ def test_a_refused_round_trip_stores_nothing_and_leases_nothing(client, admin, t
 # lock), and the new lease. PostgreSQL begins implicitly, locks the image before reading its situation, commits
 # between the answer and the lease, locks the annotator's user row first, looks for a held lease, and checks the
 # capacity again once the image is locked.
-ROUND_TRIP_STATEMENTS = {"sqlite": 8, "postgresql": 11}
+ROUND_TRIP_STATEMENTS = {"sqlite": 8, "postgresql": 8}
 
 
 def test_one_round_trip_label_costs_a_pinned_number_of_statements(client, admin, team, app):
