@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BindParameter, Exists, Select, and_, bindparam, func, insert, select, update
+from sqlalchemy import BindParameter, Connection, Exists, Select, and_, bindparam, func, insert, select, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
@@ -309,8 +310,66 @@ _UPDATE_IMAGE = DriverStatement(
 )
 
 
-def _columns(row: Any, names: Sequence[str]) -> dict[str, Any]:
-    return {name: getattr(row, name) for name in names}
+def _writes_query() -> Select[Any]:
+    """PostgreSQL: ``_write``'s statements as one (writable CTEs), answering the answer's id. The CTEs touch
+    different rows, and the row triggers on these tables read only their own row: they run after the statement, as
+    they would after the last of the separate statements."""
+    answer = insert(Annotation).values({c: bindparam(c) for c in _ANSWER_COLUMNS}).returning(Annotation.id)
+    superseded = update(Annotation).where(Annotation.id == bindparam("supersedes_id")).values(is_current=False)
+    # The caller's assignment closed (status and time; it keeps its expiry), or added as submitted when none exists.
+    assignment = postgresql.insert(Assignment).values(
+        project_id=bindparam("project_id"),
+        image_id=bindparam("image_id"),
+        annotator_id=bindparam("annotator_id"),
+        status=AssignmentStatus.submitted,
+        expires_at=bindparam("created_at"),
+        updated_at=bindparam("created_at"),
+    )
+    assignment = assignment.on_conflict_do_update(
+        index_elements=[Assignment.image_id, Assignment.annotator_id],
+        set_={"status": assignment.excluded.status, "updated_at": assignment.excluded.updated_at},
+    )
+    image = (
+        update(Image)
+        .where(Image.id == bindparam("image_id"))
+        .values({c: bindparam(f"new_{c}") for c in _IMAGE_COLUMNS})
+    )
+    written = answer.cte("answer")
+    return select(written.c.id).add_cte(superseded.cte("superseded"), assignment.cte("assignment"), image.cte("image"))
+
+
+_WRITES = DriverStatement(_writes_query())
+
+
+def _write(connection: Connection, *, row: dict[str, Any], assignment_id: int | None, image: Image) -> int:
+    """Store the answer ``row`` (superseding the caller's previous one), close or add the caller's assignment and
+    write the image's new state; the answer's id. One statement on PostgreSQL (a round trip each costs the API
+    process more CPU than the statement costs the database), four or fewer on SQLite, in process."""
+    new_state = {f"new_{name}": getattr(image, name) for name in _IMAGE_COLUMNS}
+    if connection.dialect.name == "postgresql":
+        ((annotation_id,),) = _WRITES.rows(connection, {**row, **new_state})
+        return int(annotation_id)
+    ((annotation_id,),) = _INSERT_ANSWER.rows(connection, row)
+    if row["supersedes_id"] is not None:
+        _SUPERSEDE.rows(connection, {"answer_id": row["supersedes_id"]})
+    if assignment_id is None:
+        now = row["created_at"]
+        _INSERT_ASSIGNMENT.rows(
+            connection,
+            {
+                "project_id": row["project_id"],
+                "image_id": row["image_id"],
+                "annotator_id": row["annotator_id"],
+                "status": AssignmentStatus.submitted,
+                "expires_at": now,
+                "updated_at": now,
+            },
+        )
+    else:
+        _CLOSE_ASSIGNMENT.rows(connection, {"assignment_id": assignment_id, "now": row["created_at"]})
+    # The image's new state in one UPDATE (the object is in no session: nothing else writes it).
+    _UPDATE_IMAGE.rows(connection, {"image_id": image.id, **new_state})
+    return int(annotation_id)
 
 
 def submit_annotation(
@@ -364,6 +423,14 @@ def submit_annotation(
                 "others labeled it meanwhile); nothing was stored: ask for the next task",
                 code="lease_lost",
             )
+    if previous is None:
+        image.label_count += 1
+    counted = {a: answer.value for a, answer in situation.answers.items() if not answer.excluded and a != principal.id}
+    if not situation.me_excluded:
+        counted[principal.id] = stored_boxes if stored_boxes is not None else label
+    apply_answers(
+        session, project=project, image=image, answers=counted, annotators=situation.annotators, fit=situation.fit
+    )
     row = {
         "project_id": project.id,
         "image_id": image.id,
@@ -379,9 +446,8 @@ def submit_annotation(
         "request_hash": request_hash,
         "created_at": now,
     }
-    connection = session.connection()  # Core writes: no unit of work to run for four rows
-    try:
-        ((annotation_id,),) = _INSERT_ANSWER.rows(connection, row)
+    try:  # Core writes: no unit of work to run for four rows
+        annotation_id = _write(session.connection(), row=row, assignment_id=situation.assignment_id, image=image)
     except IntegrityError:
         # The same Idempotency-Key with another image, in parallel (a retry of the same request waits on the image
         # lock above instead): the transaction is spoilt, so start over and answer as a replay would.
@@ -395,33 +461,6 @@ def submit_annotation(
             "was stored: send it again",
             code="concurrent_submission",
         ) from None
-    if previous is not None:
-        _SUPERSEDE.rows(connection, {"answer_id": previous.id})
-    if situation.assignment_id is None:
-        _INSERT_ASSIGNMENT.rows(
-            connection,
-            {
-                "project_id": project.id,
-                "image_id": image.id,
-                "annotator_id": principal.id,
-                "status": AssignmentStatus.submitted,
-                "expires_at": now,
-                "updated_at": now,
-            },
-        )
-    else:
-        _CLOSE_ASSIGNMENT.rows(connection, {"assignment_id": situation.assignment_id, "now": now})
-    if previous is None:
-        image.label_count += 1
-    counted = {a: answer.value for a, answer in situation.answers.items() if not answer.excluded and a != principal.id}
-    if not situation.me_excluded:
-        counted[principal.id] = stored_boxes if stored_boxes is not None else label
-    apply_answers(
-        session, project=project, image=image, answers=counted, annotators=situation.annotators, fit=situation.fit
-    )
-    # The image's new state in one UPDATE (the object is in no session: nothing else writes it).
-    new_state = {f"new_{name}": value for name, value in _columns(image, _IMAGE_COLUMNS).items()}
-    _UPDATE_IMAGE.rows(connection, {"image_id": image.id, **new_state})
     # Transient, as the ORM would load it (``from_columns``): the caller reads it; nothing writes it again.
     stored = Annotation.from_columns([annotation_id, *(row[name] for name in _ANSWER_COLUMNS)])
     return Submitted(stored, replayed=False, other_lease=situation.other_lease)
