@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import BindParameter, Insert, Select, and_, bindparam, case, func, insert, select, true, update
+from sqlalchemy import BindParameter, Insert, Select, all_, and_, bindparam, case, func, insert, select, true, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from storage.driver_sql import DriverStatement
@@ -187,6 +188,11 @@ def _open_query() -> Select[Any]:
 _OPEN = _open_query()
 _OPEN_LOCKED = _OPEN.with_for_update(skip_locked=True)
 _FIRST_OPEN = DriverStatement(_OPEN_LOCKED)  # the usual case: no candidate passed over
+# PostgreSQL (only there is a candidate passed over, see _lease_first_open): the next, past those in ``passed``, an
+# array (one compiled statement however many there are, where NOT IN would be compiled for each count).
+_NEXT_OPEN = DriverStatement(
+    _OPEN_LOCKED.where(Image.id != all_(bindparam("passed", type_=postgresql.ARRAY(Image.id.type))))
+)
 _IMAGE_WIDTH = len(Image.columns())  # an open row's image columns, before its pre-label source
 
 
@@ -311,11 +317,11 @@ def _lease_first_open(
     passed: set[int] = set()
     for _ in range(LOCKED_RETRIES + 1):
         while True:
-            if passed:
-                found = connection.execute(_OPEN_LOCKED.where(Image.id.not_in(passed)), params).first()
-                row = None if found is None else tuple(found)
-            else:
-                row = _FIRST_OPEN.first(connection, params)
+            row = (
+                _NEXT_OPEN.first(connection, {**params, "passed": list(passed)})
+                if passed
+                else _FIRST_OPEN.first(connection, params)
+            )
             if row is None:
                 break
             image = Image.from_columns(row[:_IMAGE_WIDTH])

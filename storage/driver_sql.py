@@ -70,8 +70,8 @@ class DriverStatement:
             if listened:
                 connection.dispatch.after_cursor_execute(connection, cursor, compiled.sql, arguments, None, False)
             # A statement without result columns of its own (an INSERT that PostgreSQL's compiler gave an implicit
-            # RETURNING of the key) answers no rows.
-            found = cursor.fetchall() if compiled.types and cursor.description is not None else []
+            # RETURNING of the key) answers no rows. Not ``cursor.description`` on every call: psycopg builds it anew.
+            found = cursor.fetchall() if compiled.types else []
             if compiled.results is None and found:
                 compiled.results = _result_processors(dialect, compiled.types, cursor.description)
         except dialect.loaded_dbapi.Error as error:
