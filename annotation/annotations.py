@@ -343,8 +343,8 @@ _WRITES = DriverStatement(_writes_query())
 
 def _write(connection: Connection, *, row: dict[str, Any], assignment_id: int | None, image: Image) -> int:
     """Store the answer ``row`` (superseding the caller's previous one), close or add the caller's assignment and
-    write the image's new state; the answer's id. One statement on PostgreSQL (a round trip each costs the API
-    process more CPU than the statement costs the database), four or fewer on SQLite, in process."""
+    write the image's new state; the answer's id. One statement on PostgreSQL, where each statement is a round trip
+    that costs the API process its CPU in the driver; up to four on SQLite, in process."""
     new_state = {f"new_{name}": getattr(image, name) for name in _IMAGE_COLUMNS}
     if connection.dialect.name == "postgresql":
         ((annotation_id,),) = _WRITES.rows(connection, {**row, **new_state})
@@ -474,8 +474,8 @@ def lease_next_after(session: Session, *, submitted: Submitted, principal: Princ
     they hold none. On PostgreSQL the locks come in one order, so the answer and the lease can share the transaction
     without deadlocks: the user row (waiting, holding nothing), the answered image (waiting, holding only the user
     row: one annotator's requests take turns, so no request holding this image waits for that row), then open images
-    (SKIP LOCKED: never waiting). A transaction that holds image rows therefore never waits for a row lock the
-    labeling path holds."""
+    (SKIP LOCKED: never waiting). Once it holds an image row it waits for no other lock but the key-share locks of its
+    inserts' foreign-key checks, which only a FOR UPDATE (or a key change) of the user, project or image row blocks."""
     return next_task(session, principal=principal, project=project, other_lease=submitted.other_lease)
 
 

@@ -1,6 +1,6 @@
 """Core statements compiled once per dialect and run on the DB-API cursor: for the labeling round trip's statements.
 
-A label costs eight to eleven statements, and running a cached Core statement through ``Connection.execute`` costs
+A label costs six to eight statements, and running a cached Core statement through ``Connection.execute`` costs
 tens of microseconds of Python on top of the driver (cache key, execution context, result metadata, per-row
 processing): running them this way instead cut the server's CPU per label by about a fifth
 (``bench/labeling_scale.py``). A ``DriverStatement`` keeps what SQLAlchemy would work out on every call (the SQL
