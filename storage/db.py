@@ -71,11 +71,11 @@ def create_db_engine(url: str) -> Engine:
         )
         _configure_sqlite(engine)
         return engine
-    # Up to 40 connections, as many as the thread pool runs requests; POOL_KEPT stay open between bursts. A connection
-    # opened per request costs the API process a connection setup and psycopg's prepared statements (PostgreSQL parses
-    # and plans each statement again): with 16 annotators labeling at once, a pool of 10 cost about a quarter more
-    # CPU per label (bench/labeling_scale.py).
-    engine = create_engine(url, pool_size=POOL_KEPT, max_overflow=40 - POOL_KEPT)
+    # At most 30 connections per process; POOL_KEPT of them stay open between bursts. A connection opened per request
+    # costs the API process a connection setup and psycopg's prepared statements (PostgreSQL parses and plans each
+    # statement again): with 16 annotators labeling at once, keeping 10 cost about a quarter more CPU per label
+    # (bench/labeling_scale.py).
+    engine = create_engine(url, pool_size=POOL_KEPT, max_overflow=30 - POOL_KEPT)
     event.listen(engine, "checkout", _drop_if_closed_by_server)
     return engine
 
