@@ -488,15 +488,22 @@ def _member_query() -> Any:
 
 
 _MEMBER = DriverStatement(_member_query())  # compiled once: it runs on every labeling request
+# The same, locking the caller's user row (PostgreSQL; FOR NO KEY UPDATE does not block the foreign-key checks of
+# inserts naming the user): a request that leases takes it before any other lock, so one annotator's requests take
+# turns and each reads the leases the one before it took.
+_MEMBER_LOCKING = DriverStatement(_member_query().with_for_update(of=User, key_share=True))
 
 
-def authenticate_member(session: Session, *, token: str | None, project_id: int) -> tuple[Principal, Project]:
+def authenticate_member(
+    session: Session, *, token: str | None, project_id: int, lock_user: bool = False
+) -> tuple[Principal, Project]:
     """The caller and the project they are a member of (any role), in one statement: what every labeling request
     checks. The token is looked up every time (a rotated token or a removed member stops at once); only the project's
     parsed labels and settings are reused, keyed by their stored text. 401 as ``authenticate``, 404 as
-    ``get_project``. The project is a detached snapshot: read it, never change it."""
+    ``get_project``. The project is a detached snapshot: read it, never change it. ``lock_user``: the caller's user
+    row is locked for the transaction (PostgreSQL), as ``annotation.queue.next_task`` would lock it."""
     params = {"token_hash": hash_token(token) if token else "", "project_id": project_id}
-    row = _MEMBER.first(session.connection(), params)
+    row = (_MEMBER_LOCKING if lock_user else _MEMBER).first(session.connection(), params)
     principal = authenticate_row(token, None if row is None else row[:3])
     assert row is not None  # authenticate_row raised otherwise
     if row[3] is None:
