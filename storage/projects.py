@@ -382,6 +382,14 @@ def update_settings(session: Session, *, project: Project, changes: dict[str, An
     return project
 
 
+def take_turns_on_project(session: Session, *, project_id: int) -> None:
+    """Lock the project row until the transaction ends, so decisions about the project (jobs, exclusions, canaries)
+    take turns on PostgreSQL (SQLite's writers take turns anyway). ``FOR NO KEY UPDATE``, not ``FOR UPDATE``: the
+    foreign-key checks of rows inserted meanwhile (a label, an assignment) take a key-share lock on the project row,
+    which ``FOR UPDATE`` would block; a label holding its image would then wait on a decision waiting on that image."""
+    session.execute(select(Project.id).where(Project.id == project_id).with_for_update(key_share=True))
+
+
 def project_counts(session: Session, *, project_id: int, figure: str, since: str | None = None) -> dict[str, int]:
     """One of the project's figures as the triggers keep it ({item: count}, zeros left out); ``since``: items from
     this one on (days, as ISO dates)."""

@@ -15,6 +15,7 @@ from sqlalchemy import Connection, create_engine, text
 
 from annotation.queue import _LEASE_IF_ROOM, _NEXT_OPEN
 from storage.models import Assignment, AssignmentStatus, Role, utcnow
+from storage.projects import take_turns_on_project
 from tests.factories import make_user
 from tests.test_labeling import live_leases, next_task, rows, setup_project, submit
 
@@ -110,3 +111,18 @@ def test_a_lease_is_taken_only_while_the_image_has_room_and_passed_images_are_le
         assert len(_LEASE_IF_ROOM.rows(connection, {**lease, "image_id": taken})) == 1
     leased = rows(app, Assignment, Assignment.annotator_id == team[0].id)
     assert sorted(a.image_id for a in leased) == sorted([first[0], taken])
+
+
+def test_labels_go_on_while_a_decision_holds_the_project(client, admin, team, app):
+    """A job decision, an exclusion or a canary holds the project row (``take_turns_on_project``) while it may wait
+    for images; a label holding its image must not then wait for the project row (its inserts' foreign-key checks),
+    or the two deadlock."""
+    project, _ = setup_project(client, admin, team, images=3)
+    image_id = next_task(client, project, team[0]).json()["image_id"]
+    with ThreadPoolExecutor(1) as pool, app.state.runtime.db.session() as deciding:
+        take_turns_on_project(deciding, project_id=project["id"])
+        answered = pool.submit(submit, client, project, team[0], image_id, "cat", and_next=True)
+        answer = answered.result(timeout=30 * WAIT_SECONDS)  # with FOR UPDATE it waits until the decision ends
+        deciding.rollback()
+    assert answer.status_code == 201
+    assert [a.image_id for a in live_leases(app, team[0])] == [answer.json()["next_task"]["image_id"]]
