@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, aliased
 
 from annotation.box_answers import DrawnBox, check_boxes, matches_gold, raw_boxes
 from annotation.consensus import apply_answers, refresh_consensus
-from annotation.queue import Task, capacity_left, next_task
+from annotation.queue import OpenImagesLocked, Task, capacity_left, next_task
 from annotation.report_marks import mark_reports_outdated
 from storage.driver_sql import DriverStatement
 from storage.errors import Conflict, InvalidInput, NotFound
@@ -473,10 +473,19 @@ def lease_next_after(session: Session, *, submitted: Submitted, principal: Princ
     then the situation ``submit_annotation`` read says whether they hold another lease, and no look is needed when
     they hold none. On PostgreSQL the locks come in one order, so the answer and the lease can share the transaction
     without deadlocks: the user row (waiting, holding nothing), the answered image (waiting, holding only the user
-    row: one annotator's requests take turns, so no request holding this image waits for that row), then open images
-    (SKIP LOCKED: never waiting). Once it holds an image row it waits for no other lock but the key-share locks of its
-    inserts' foreign-key checks, which only a FOR UPDATE (or a key change) of the user, project or image row blocks."""
-    return next_task(session, principal=principal, project=project, other_lease=submitted.other_lease)
+    row: one annotator's requests take turns, so no request holding this image waits for that row), then an image to
+    lease, open or gold (SKIP LOCKED: never waiting for one another transaction holds). The project row is locked
+    only FOR NO KEY UPDATE (``take_turns_on_project``), so the inserts' foreign-key checks do not wait for it either.
+
+    Should every open image be locked by others (their transactions are leasing them, and one of them may be waiting
+    for the image this one answered), the answer is committed first, letting that image go, and the look starts over
+    as ``GET tasks/next`` does, pausing for the others (the answer stays stored should that fail; a retry replays
+    it)."""
+    try:
+        return next_task(session, principal=principal, project=project, other_lease=submitted.other_lease, wait=False)
+    except OpenImagesLocked:
+        session.commit()
+        return next_task(session, principal=principal, project=project)
 
 
 def withdraw_answer(session: Session, *, project: Project, image_id: int, annotator_id: int) -> bool:

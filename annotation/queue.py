@@ -202,11 +202,14 @@ def _gold_candidate(session: Session, *, project: Project, annotator_id: int) ->
     )
     # Each kind of project keeps its gold answers in its own column (gold_label is indexed for classification).
     gold = Image.gold_boxes if project.task_type is TaskType.detection else Image.gold_label
+    # SKIP LOCKED (PostgreSQL): the lease below writes the image (its foreign-key check, the assignment count's
+    # trigger), and a round trip holding the image it answered must not wait for one another transaction holds.
     return session.scalar(
         select(Image)
         .where(Image.project_id == project.id, gold.is_not(None), Image.id.not_in(seen))
         .order_by(Image.priority.desc(), Image.id)
         .limit(1)
+        .with_for_update(skip_locked=True)
     )
 
 
@@ -247,6 +250,11 @@ _LOCK_USER = DriverStatement(
 _HELD = DriverStatement(_held_query())  # compiled once: it runs on every task served
 
 
+class OpenImagesLocked(Exception):
+    """Every open image the annotator could be given is locked by other transactions (PostgreSQL), and the caller
+    asked not to wait for them (``next_task`` with ``wait=False``)."""
+
+
 LOCKED_RETRIES = 40  # looks again at most this many times while every open candidate is locked by others ...
 LOCKED_PAUSE_SECONDS = 0.025  # ... this long apart (about a second in all)
 
@@ -258,6 +266,7 @@ def next_task(
     project: Project,
     rng: random.Random | None = None,
     other_lease: bool | None = None,
+    wait: bool = True,
 ) -> Task | None:
     """Lease the most useful image this annotator has not seen; None when nothing is left for them.
 
@@ -266,7 +275,8 @@ def next_task(
     first's lease (SQLite runs one writer at a time anyway). ``other_lease``: whether the annotator holds a live lease
     in the project, as this transaction read it once it had locked their user row (``authenticate_member`` with
     ``lock_user``, then ``Submitted.other_lease``): no lock to take then, and no look for a lease when False. None:
-    not read, so lock and look here.
+    not read, so lock and look here. ``wait=False``: raise ``OpenImagesLocked`` rather than pause while every open
+    candidate is locked by others (for a transaction holding an image of its own, which they may be waiting for).
     """
     connection = session.connection()
     if other_lease is None and connection.dialect.name != "sqlite":  # SQLite runs one writer at a time: no lock
@@ -289,7 +299,9 @@ def next_task(
     until = now + lease
     if chosen is not None:
         _LEASE.rows(connection, _lease_row(chosen, annotator_id=principal.id, now=now, until=until))
-    elif opened := _lease_first_open(session, project_id=project.id, annotator_id=principal.id, now=now, until=until):
+    elif opened := _lease_first_open(
+        session, project_id=project.id, annotator_id=principal.id, now=now, until=until, wait=wait
+    ):
         chosen, source = opened
     if chosen is None:
         return None
@@ -297,7 +309,7 @@ def next_task(
 
 
 def _lease_first_open(
-    session: Session, *, project_id: int, annotator_id: int, now: datetime, until: datetime
+    session: Session, *, project_id: int, annotator_id: int, now: datetime, until: datetime, wait: bool
 ) -> tuple[Image, PreLabelSource] | None:
     """Lease the first open image (its row locked for this transaction) until ``until``; the image and where its
     pre-label comes from.
@@ -307,8 +319,8 @@ def _lease_first_open(
     request may have just taken the last place. The rows passed over stay locked until the transaction ends, so this
     never waits for a row lock (waiting while holding some deadlocks with a request doing the same the other way
     round): when every open candidate is locked by others it looks again after a short pause, up to
-    ``LOCKED_RETRIES`` times, so an annotator does not get a premature 204 while others' transactions finish. SQLite
-    runs one writer at a time and ignores the locking clauses.
+    ``LOCKED_RETRIES`` times, so an annotator does not get a premature 204 while others' transactions finish (or,
+    ``wait=False``, raises ``OpenImagesLocked``). SQLite runs one writer at a time and ignores the locking clauses.
     """
     params = {"project_id": project_id, "annotator_id": annotator_id, "now": now}
     connection = session.connection()
@@ -337,6 +349,8 @@ def _lease_first_open(
         unlocked = _OPEN.where(Image.id.not_in(passed)) if passed else _OPEN
         if connection.execute(unlocked, params).first() is None:  # none open at all, not only locked: none left
             return None
+        if not wait:
+            raise OpenImagesLocked
         time.sleep(LOCKED_PAUSE_SECONDS)
     return None
 

@@ -126,3 +126,39 @@ def test_labels_go_on_while_a_decision_holds_the_project(client, admin, team, ap
         deciding.rollback()
     assert answer.status_code == 201
     assert [a.image_id for a in live_leases(app, team[0])] == [answer.json()["next_task"]["image_id"]]
+
+
+def test_a_round_trip_passes_over_a_gold_image_another_transaction_holds(client, admin, team, app, database_url):
+    project, image_ids = setup_project(client, admin, team, images=3, settings={"gold_rate": 1.0})
+    answered_id = next_task(client, project, team[0]).json()["image_id"]  # no gold yet: an open image
+    gold_id = next(i for i in image_ids if i != answered_id)
+    gold = {"image_id": gold_id, "label": "dog"}
+    assert client.put(f"/api/v1/projects/{project['id']}/gold", json=gold, headers=admin.headers).status_code == 200
+    with (
+        ThreadPoolExecutor(1) as pool,
+        holding(database_url, "SELECT id FROM images WHERE id = :id FOR UPDATE", id=gold_id),
+    ):
+        answered = pool.submit(submit, client, project, team[0], answered_id, "cat", and_next=True)
+        # Holding the answered image, it must not wait for the gold one (a refit holding it may wait for ours).
+        answer = answered.result(timeout=30 * WAIT_SECONDS)
+    assert answer.status_code == 201
+    assert answer.json()["next_task"]["image_id"] not in (answered_id, gold_id)
+
+
+def test_a_round_trip_lets_its_image_go_before_waiting_for_images_others_are_leasing(
+    client, admin, team, app, database_url
+):
+    project, image_ids = setup_project(client, admin, team, images=2)
+    answered_id = next_task(client, project, team[0]).json()["image_id"]
+    (other_id,) = set(image_ids) - {answered_id}
+    with ThreadPoolExecutor(1) as pool:
+        with holding(database_url, "SELECT id FROM images WHERE id = :id FOR UPDATE", id=other_id):
+            answered = pool.submit(submit, client, project, team[0], answered_id, "cat", and_next=True)
+            assert still_waiting(answered)  # the only open image is another transaction's: it pauses for it ...
+            # ... its answer stored and its image let go (the other transaction may be waiting for that image)
+            with holding(database_url, "SELECT id FROM images WHERE id = :id FOR UPDATE NOWAIT", id=answered_id):
+                pass
+        answer = answered.result(timeout=30)
+    assert answer.status_code == 201
+    assert answer.json()["next_task"]["image_id"] == other_id  # leased once the other transaction ended
+    assert [a.image_id for a in live_leases(app, team[0])] == [other_id]
