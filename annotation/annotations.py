@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BindParameter, Exists, Select, and_, bindparam, func, insert, select, update
+from sqlalchemy import BindParameter, Connection, Exists, Select, and_, bindparam, func, insert, select, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
@@ -24,7 +25,6 @@ from annotation.box_answers import DrawnBox, check_boxes, matches_gold, raw_boxe
 from annotation.consensus import apply_answers, refresh_consensus
 from annotation.queue import Task, capacity_left, next_task
 from annotation.report_marks import mark_reports_outdated
-from storage.db import commit_between_locks
 from storage.driver_sql import DriverStatement
 from storage.errors import Conflict, InvalidInput, NotFound
 from storage.models import (
@@ -53,7 +53,7 @@ class Submitted:
     annotation: Annotation
     replayed: bool  # True when an Idempotency-Key matched an earlier, identical request
     # Whether the annotator holds a live lease on another image of the project, as this transaction read it; None
-    # when it did not (``annotation.queue.next_task`` may skip its own look in the same transaction).
+    # when it did not, or started over (``lease_next_after`` may skip its own look in the same transaction).
     other_lease: bool | None = None
 
 
@@ -310,8 +310,66 @@ _UPDATE_IMAGE = DriverStatement(
 )
 
 
-def _columns(row: Any, names: Sequence[str]) -> dict[str, Any]:
-    return {name: getattr(row, name) for name in names}
+def _writes_query() -> Select[Any]:
+    """PostgreSQL: ``_write``'s statements as one (writable CTEs), answering the answer's id. The CTEs touch
+    different rows, and the row triggers on these tables read only their own row: they run after the statement, as
+    they would after the last of the separate statements."""
+    answer = insert(Annotation).values({c: bindparam(c) for c in _ANSWER_COLUMNS}).returning(Annotation.id)
+    superseded = update(Annotation).where(Annotation.id == bindparam("supersedes_id")).values(is_current=False)
+    # The caller's assignment closed (status and time; it keeps its expiry), or added as submitted when none exists.
+    assignment = postgresql.insert(Assignment).values(
+        project_id=bindparam("project_id"),
+        image_id=bindparam("image_id"),
+        annotator_id=bindparam("annotator_id"),
+        status=AssignmentStatus.submitted,
+        expires_at=bindparam("created_at"),
+        updated_at=bindparam("created_at"),
+    )
+    assignment = assignment.on_conflict_do_update(
+        index_elements=[Assignment.image_id, Assignment.annotator_id],
+        set_={"status": assignment.excluded.status, "updated_at": assignment.excluded.updated_at},
+    )
+    image = (
+        update(Image)
+        .where(Image.id == bindparam("image_id"))
+        .values({c: bindparam(f"new_{c}") for c in _IMAGE_COLUMNS})
+    )
+    written = answer.cte("answer")
+    return select(written.c.id).add_cte(superseded.cte("superseded"), assignment.cte("assignment"), image.cte("image"))
+
+
+_WRITES = DriverStatement(_writes_query())
+
+
+def _write(connection: Connection, *, row: dict[str, Any], assignment_id: int | None, image: Image) -> int:
+    """Store the answer ``row`` (superseding the caller's previous one), close or add the caller's assignment and
+    write the image's new state; the answer's id. One statement on PostgreSQL, where each statement is a round trip
+    that costs the API process its CPU in the driver; up to four on SQLite, in process."""
+    new_state = {f"new_{name}": getattr(image, name) for name in _IMAGE_COLUMNS}
+    if connection.dialect.name == "postgresql":
+        ((annotation_id,),) = _WRITES.rows(connection, {**row, **new_state})
+        return int(annotation_id)
+    ((annotation_id,),) = _INSERT_ANSWER.rows(connection, row)
+    if row["supersedes_id"] is not None:
+        _SUPERSEDE.rows(connection, {"answer_id": row["supersedes_id"]})
+    if assignment_id is None:
+        now = row["created_at"]
+        _INSERT_ASSIGNMENT.rows(
+            connection,
+            {
+                "project_id": row["project_id"],
+                "image_id": row["image_id"],
+                "annotator_id": row["annotator_id"],
+                "status": AssignmentStatus.submitted,
+                "expires_at": now,
+                "updated_at": now,
+            },
+        )
+    else:
+        _CLOSE_ASSIGNMENT.rows(connection, {"assignment_id": assignment_id, "now": row["created_at"]})
+    # The image's new state in one UPDATE (the object is in no session: nothing else writes it).
+    _UPDATE_IMAGE.rows(connection, {"image_id": image.id, **new_state})
+    return int(annotation_id)
 
 
 def submit_annotation(
@@ -365,6 +423,14 @@ def submit_annotation(
                 "others labeled it meanwhile); nothing was stored: ask for the next task",
                 code="lease_lost",
             )
+    if previous is None:
+        image.label_count += 1
+    counted = {a: answer.value for a, answer in situation.answers.items() if not answer.excluded and a != principal.id}
+    if not situation.me_excluded:
+        counted[principal.id] = stored_boxes if stored_boxes is not None else label
+    apply_answers(
+        session, project=project, image=image, answers=counted, annotators=situation.annotators, fit=situation.fit
+    )
     row = {
         "project_id": project.id,
         "image_id": image.id,
@@ -380,9 +446,8 @@ def submit_annotation(
         "request_hash": request_hash,
         "created_at": now,
     }
-    connection = session.connection()  # Core writes: no unit of work to run for four rows
-    try:
-        ((annotation_id,),) = _INSERT_ANSWER.rows(connection, row)
+    try:  # Core writes: no unit of work to run for four rows
+        annotation_id = _write(session.connection(), row=row, assignment_id=situation.assignment_id, image=image)
     except IntegrityError:
         # The same Idempotency-Key with another image, in parallel (a retry of the same request waits on the image
         # lock above instead): the transaction is spoilt, so start over and answer as a replay would.
@@ -396,47 +461,22 @@ def submit_annotation(
             "was stored: send it again",
             code="concurrent_submission",
         ) from None
-    if previous is not None:
-        _SUPERSEDE.rows(connection, {"answer_id": previous.id})
-    if situation.assignment_id is None:
-        _INSERT_ASSIGNMENT.rows(
-            connection,
-            {
-                "project_id": project.id,
-                "image_id": image.id,
-                "annotator_id": principal.id,
-                "status": AssignmentStatus.submitted,
-                "expires_at": now,
-                "updated_at": now,
-            },
-        )
-    else:
-        _CLOSE_ASSIGNMENT.rows(connection, {"assignment_id": situation.assignment_id, "now": now})
-    if previous is None:
-        image.label_count += 1
-    counted = {a: answer.value for a, answer in situation.answers.items() if not answer.excluded and a != principal.id}
-    if not situation.me_excluded:
-        counted[principal.id] = stored_boxes if stored_boxes is not None else label
-    apply_answers(
-        session, project=project, image=image, answers=counted, annotators=situation.annotators, fit=situation.fit
-    )
-    # The image's new state in one UPDATE (the object is in no session: nothing else writes it).
-    new_state = {f"new_{name}": value for name, value in _columns(image, _IMAGE_COLUMNS).items()}
-    _UPDATE_IMAGE.rows(connection, {"image_id": image.id, **new_state})
     # Transient, as the ORM would load it (``from_columns``): the caller reads it; nothing writes it again.
     stored = Annotation.from_columns([annotation_id, *(row[name] for name in _ANSWER_COLUMNS)])
     return Submitted(stored, replayed=False, other_lease=situation.other_lease)
 
 
 def lease_next_after(session: Session, *, submitted: Submitted, principal: Principal, project: Project) -> Task | None:
-    """The annotator's next task, right after ``submitted`` (one round trip per label).
+    """The annotator's next task, right after ``submitted``, in the same transaction (one round trip per label).
 
-    On PostgreSQL the answer is committed before the next lease is taken (waiting for another image's row lock while
-    holding the answered one's deadlocks): should the lease then fail, the answer stays stored (a retry replays it).
-    On SQLite both share the transaction that read the annotator's leases: no second look for a held one."""
-    committed = commit_between_locks(session)
-    holds_none = not committed and submitted.other_lease is False
-    return next_task(session, principal=principal, project=project, holds_none=holds_none)
+    The transaction must have begun by locking the annotator's user row (``authenticate_member`` with ``lock_user``):
+    then the situation ``submit_annotation`` read says whether they hold another lease, and no look is needed when
+    they hold none. On PostgreSQL the locks come in one order, so the answer and the lease can share the transaction
+    without deadlocks: the user row (waiting, holding nothing), the answered image (waiting, holding only the user
+    row: one annotator's requests take turns, so no request holding this image waits for that row), then open images
+    (SKIP LOCKED: never waiting). Once it holds an image row it waits for no other lock but the key-share locks of its
+    inserts' foreign-key checks, which only a FOR UPDATE (or a key change) of the user, project or image row blocks."""
+    return next_task(session, principal=principal, project=project, other_lease=submitted.other_lease)
 
 
 def withdraw_answer(session: Session, *, project: Project, image_id: int, annotator_id: int) -> bool:

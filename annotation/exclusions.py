@@ -14,6 +14,7 @@ from annotation.quality_reports import patch_exclusion
 from annotation.scorecards import Exclusion
 from storage.errors import Conflict, NotFound
 from storage.models import AnnotatorExclusion, Project, User, utcnow
+from storage.projects import take_turns_on_project
 from storage.users import Principal
 
 
@@ -35,8 +36,8 @@ def exclude_annotator(
     Any user may be excluded, before or after labeling, member or not: the decision is about labels."""
     if session.get(User, annotator_id) is None:
         raise NotFound(f"user {annotator_id} not found", code="user_not_found")
-    # Locking the project row serializes exclusions of one project, so there is never two active rows.
-    session.scalar(select(Project.id).where(Project.id == project.id).with_for_update())
+    # Exclusions of one project take turns, so there are never two active rows.
+    take_turns_on_project(session, project_id=project.id)
     if _active(session, project_id=project.id, annotator_id=annotator_id) is not None:
         raise Conflict(f"user {annotator_id} is already excluded from project {project.id}", code="already_excluded")
     exclusion = AnnotatorExclusion(
@@ -54,7 +55,7 @@ def revoke_exclusion(
     session: Session, *, project: Project, annotator_id: int, by: Principal
 ) -> tuple[AnnotatorExclusion, ConsensusSummary]:
     """Put the annotator's labels back into consensus; the exclusion stays in the record, revoked."""
-    session.scalar(select(Project.id).where(Project.id == project.id).with_for_update())
+    take_turns_on_project(session, project_id=project.id)
     exclusion = _active(session, project_id=project.id, annotator_id=annotator_id)
     if exclusion is None:
         raise Conflict(f"user {annotator_id} is not excluded from project {project.id}", code="not_excluded")

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import BindParameter, Select, and_, bindparam, case, func, insert, select, true, update
+from sqlalchemy import BindParameter, Insert, Select, all_, and_, bindparam, case, func, insert, select, true, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from storage.driver_sql import DriverStatement
@@ -187,6 +188,11 @@ def _open_query() -> Select[Any]:
 _OPEN = _open_query()
 _OPEN_LOCKED = _OPEN.with_for_update(skip_locked=True)
 _FIRST_OPEN = DriverStatement(_OPEN_LOCKED)  # the usual case: no candidate passed over
+# PostgreSQL (only there is a candidate passed over, see _lease_first_open): the next, past those in ``passed``, an
+# array (one compiled statement however many there are, where NOT IN would be compiled for each count).
+_NEXT_OPEN = DriverStatement(
+    _OPEN_LOCKED.where(Image.id != all_(bindparam("passed", type_=postgresql.ARRAY(Image.id.type))))
+)
 _IMAGE_WIDTH = len(Image.columns())  # an open row's image columns, before its pre-label source
 
 
@@ -251,22 +257,24 @@ def next_task(
     principal: Principal,
     project: Project,
     rng: random.Random | None = None,
-    holds_none: bool = False,
+    other_lease: bool | None = None,
 ) -> Task | None:
     """Lease the most useful image this annotator has not seen; None when nothing is left for them.
 
     Calling again while a lease is held returns the same task, so a retried request never holds two: on PostgreSQL
     the annotator's user row is locked first, so two requests of one annotator take turns and the second sees the
-    first's lease (SQLite runs one writer at a time anyway). ``holds_none``: this transaction has already read that
-    the annotator holds no live lease in the project (``Submitted.other_lease``), so no look for one.
+    first's lease (SQLite runs one writer at a time anyway). ``other_lease``: whether the annotator holds a live lease
+    in the project, as this transaction read it once it had locked their user row (``authenticate_member`` with
+    ``lock_user``, then ``Submitted.other_lease``): no lock to take then, and no look for a lease when False. None:
+    not read, so lock and look here.
     """
     connection = session.connection()
-    if connection.dialect.name != "sqlite":  # SQLite runs one writer at a time: no lock to take
+    if other_lease is None and connection.dialect.name != "sqlite":  # SQLite runs one writer at a time: no lock
         _LOCK_USER.rows(connection, {"annotator_id": principal.id})
     now = utcnow()
     held = (
         None
-        if holds_none
+        if other_lease is False
         else _HELD.first(connection, {"annotator_id": principal.id, "project_id": project.id, "now": now})
     )
     if held is not None:
@@ -278,25 +286,29 @@ def next_task(
     source: PreLabelSource | None = None  # read with an open image; a gold question's is asked for afterwards
     if (rng or random).random() < project.settings["gold_rate"]:
         chosen = _gold_candidate(session, project=project, annotator_id=principal.id)
-    if chosen is None and (opened := _first_open(session, project_id=project.id, annotator_id=principal.id, now=now)):
+    until = now + lease
+    if chosen is not None:
+        _LEASE.rows(connection, _lease_row(chosen, annotator_id=principal.id, now=now, until=until))
+    elif opened := _lease_first_open(session, project_id=project.id, annotator_id=principal.id, now=now, until=until):
         chosen, source = opened
     if chosen is None:
         return None
-    until = _lease(session, image=chosen, annotator_id=principal.id, now=now, until=now + lease)
     return Task(chosen, until, chosen.review_reason, source)
 
 
-def _first_open(
-    session: Session, *, project_id: int, annotator_id: int, now: datetime
+def _lease_first_open(
+    session: Session, *, project_id: int, annotator_id: int, now: datetime, until: datetime
 ) -> tuple[Image, PreLabelSource] | None:
-    """The first open image, locked for this transaction, and where its pre-label comes from.
+    """Lease the first open image (its row locked for this transaction) until ``until``; the image and where its
+    pre-label comes from.
 
-    On PostgreSQL a concurrent request may be leasing the same row: SKIP LOCKED passes over it, and the capacity is
-    checked again once the row is ours, since the other request may have just taken the last place. The rows passed
-    over stay locked until the transaction ends, so this never waits for a row lock (waiting while holding some
-    deadlocks with a request doing the same the other way round): when every open candidate is locked by others it
-    looks again after a short pause, up to ``LOCKED_RETRIES`` times, so an annotator does not get a premature 204
-    while others' transactions finish. SQLite runs one writer at a time and ignores the locking clauses.
+    On PostgreSQL a concurrent request may be leasing the same row: SKIP LOCKED passes over it, and the lease is
+    taken only if the image still has room once the row is ours (one statement, ``_LEASE_IF_ROOM``), since the other
+    request may have just taken the last place. The rows passed over stay locked until the transaction ends, so this
+    never waits for a row lock (waiting while holding some deadlocks with a request doing the same the other way
+    round): when every open candidate is locked by others it looks again after a short pause, up to
+    ``LOCKED_RETRIES`` times, so an annotator does not get a premature 204 while others' transactions finish. SQLite
+    runs one writer at a time and ignores the locking clauses.
     """
     params = {"project_id": project_id, "annotator_id": annotator_id, "now": now}
     connection = session.connection()
@@ -305,17 +317,23 @@ def _first_open(
     passed: set[int] = set()
     for _ in range(LOCKED_RETRIES + 1):
         while True:
-            if passed:
-                found = connection.execute(_OPEN_LOCKED.where(Image.id.not_in(passed)), params).first()
-                row = None if found is None else tuple(found)
-            else:
-                row = _FIRST_OPEN.first(connection, params)
+            row = (
+                _NEXT_OPEN.first(connection, {**params, "passed": list(passed)})
+                if passed
+                else _FIRST_OPEN.first(connection, params)
+            )
             if row is None:
                 break
             image = Image.from_columns(row[:_IMAGE_WIDTH])
-            if not recheck or capacity_left(session, image=image, annotator_id=annotator_id, now=now):
-                return image, source_of(row[_IMAGE_WIDTH:])
-            passed.add(image.id)
+            lease = _lease_row(image, annotator_id=annotator_id, now=now, until=until)
+            if not recheck:
+                _LEASE.rows(connection, lease)
+            elif not _LEASE_IF_ROOM.rows(
+                connection, {**lease, "label_count": image.label_count, "labels_needed": image.labels_needed}
+            ):
+                passed.add(image.id)  # another request took the last place meanwhile
+                continue
+            return image, source_of(row[_IMAGE_WIDTH:])
         unlocked = _OPEN.where(Image.id.not_in(passed)) if passed else _OPEN
         if connection.execute(unlocked, params).first() is None:  # none open at all, not only locked: none left
             return None
@@ -323,18 +341,46 @@ def _first_open(
     return None
 
 
-def _lease(session: Session, *, image: Image, annotator_id: int, now: datetime, until: datetime) -> datetime:
-    row = {"project_id": image.project_id, "image_id": image.id, "annotator_id": annotator_id, "leased_at": now}
-    _LEASE.rows(
-        session.connection(), {**row, "status": AssignmentStatus.leased, "expires_at": until, "updated_at": now}
-    )
-    return until
+def _lease_row(image: Image, *, annotator_id: int, now: datetime, until: datetime) -> dict[str, Any]:
+    return {
+        "project_id": image.project_id,
+        "image_id": image.id,
+        "annotator_id": annotator_id,
+        "leased_at": now,
+        "status": AssignmentStatus.leased,
+        "expires_at": until,
+        "updated_at": now,
+    }
 
 
 _LEASE = DriverStatement(
     insert(Assignment),
     keys=("project_id", "image_id", "annotator_id", "leased_at", "status", "expires_at", "updated_at"),
 )
+
+
+def _lease_if_room() -> Insert:
+    """``_LEASE`` if the image has room for one more annotator now: its label count (read with its row locked, so
+    current) plus the live leases of others, counted by this statement, whose snapshot is taken once the row is ours
+    (PostgreSQL, READ COMMITTED), below the labels it needs. Returns no row when there is no room."""
+    params = {c: bindparam(c, type_=Assignment.__table__.c[c].type) for c in _LEASE.keys or ()}
+    others = (
+        select(func.count())
+        .where(
+            Assignment.image_id == params["image_id"],
+            Assignment.annotator_id != params["annotator_id"],
+            Assignment.status == AssignmentStatus.leased,
+            Assignment.expires_at > params["leased_at"],
+        )
+        .scalar_subquery()
+    )
+    room = bindparam("label_count", type_=Image.label_count.type) + others < bindparam(
+        "labels_needed", type_=Image.labels_needed.type
+    )
+    return insert(Assignment).from_select(list(params), select(*params.values()).where(room)).returning(Assignment.id)
+
+
+_LEASE_IF_ROOM = DriverStatement(_lease_if_room())
 
 
 def skip_task(session: Session, *, principal: Principal, project: Project, image_id: int) -> None:

@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 AFTER_COMMIT = "labelwheel_after_commit"
 READ_ONLY = "labelwheel_read_only"
+POOL_KEPT = 20  # PostgreSQL connections each process keeps open
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -70,7 +71,11 @@ def create_db_engine(url: str) -> Engine:
         )
         _configure_sqlite(engine)
         return engine
-    engine = create_engine(url, pool_size=10, max_overflow=20)
+    # At most 30 connections per process; POOL_KEPT of them stay open between bursts. A connection opened per request
+    # costs the API process a connection setup and psycopg's prepared statements (PostgreSQL parses and plans each
+    # statement again): with 16 annotators labeling at once, keeping 10 cost about a quarter more CPU per label
+    # (bench/labeling_scale.py).
+    engine = create_engine(url, pool_size=POOL_KEPT, max_overflow=30 - POOL_KEPT)
     event.listen(engine, "checkout", _drop_if_closed_by_server)
     return engine
 
@@ -174,16 +179,6 @@ def after_commit(session: Session, action: Callable[[], None]) -> None:
     if AFTER_COMMIT not in session.info:
         raise RuntimeError("after_commit needs a session from Database.session()")
     session.info[AFTER_COMMIT].append(action)
-
-
-def commit_between_locks(session: Session) -> bool:
-    """Commit what the session wrote so far on PostgreSQL, before a step that locks other rows: waiting for one row
-    lock while holding another deadlocks with a request doing the same the other way round. SQLite has no row locks
-    (one writer at a time): both steps share one transaction there, and one fsync. True when it committed."""
-    if session.get_bind().dialect.name == "sqlite":
-        return False
-    session.commit()
-    return True
 
 
 def insert_new(session: Session, table: type[Any], rows: list[dict[str, Any]]) -> None:

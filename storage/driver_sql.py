@@ -1,6 +1,6 @@
 """Core statements compiled once per dialect and run on the DB-API cursor: for the labeling round trip's statements.
 
-A label costs eight to eleven statements, and running a cached Core statement through ``Connection.execute`` costs
+A label costs six to eight statements, and running a cached Core statement through ``Connection.execute`` costs
 tens of microseconds of Python on top of the driver (cache key, execution context, result metadata, per-row
 processing): running them this way instead cut the server's CPU per label by about a fifth
 (``bench/labeling_scale.py``). A ``DriverStatement`` keeps what SQLAlchemy would work out on every call (the SQL
@@ -70,8 +70,8 @@ class DriverStatement:
             if listened:
                 connection.dispatch.after_cursor_execute(connection, cursor, compiled.sql, arguments, None, False)
             # A statement without result columns of its own (an INSERT that PostgreSQL's compiler gave an implicit
-            # RETURNING of the key) answers no rows.
-            found = cursor.fetchall() if compiled.types and cursor.description is not None else []
+            # RETURNING of the key) answers no rows. Not ``cursor.description`` on every call: psycopg builds it anew.
+            found = cursor.fetchall() if compiled.types else []
             if compiled.results is None and found:
                 compiled.results = _result_processors(dialect, compiled.types, cursor.description)
         except dialect.loaded_dbapi.Error as error:

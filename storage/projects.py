@@ -382,6 +382,14 @@ def update_settings(session: Session, *, project: Project, changes: dict[str, An
     return project
 
 
+def take_turns_on_project(session: Session, *, project_id: int) -> None:
+    """Lock the project row until the transaction ends, so decisions about the project (jobs, exclusions, canaries)
+    take turns on PostgreSQL (SQLite's writers take turns anyway). ``FOR NO KEY UPDATE``, not ``FOR UPDATE``: the
+    foreign-key checks of rows inserted meanwhile (a label, an assignment) take a key-share lock on the project row,
+    which ``FOR UPDATE`` would block; a label holding its image would then wait on a decision waiting on that image."""
+    session.execute(select(Project.id).where(Project.id == project_id).with_for_update(key_share=True))
+
+
 def project_counts(session: Session, *, project_id: int, figure: str, since: str | None = None) -> dict[str, int]:
     """One of the project's figures as the triggers keep it ({item: count}, zeros left out); ``since``: items from
     this one on (days, as ISO dates)."""
@@ -488,15 +496,22 @@ def _member_query() -> Any:
 
 
 _MEMBER = DriverStatement(_member_query())  # compiled once: it runs on every labeling request
+# The same, locking the caller's user row (PostgreSQL; FOR NO KEY UPDATE does not block the foreign-key checks of
+# inserts naming the user): a request that leases takes it before any other lock, so one annotator's requests take
+# turns and each reads the leases the one before it took.
+_MEMBER_LOCKING = DriverStatement(_member_query().with_for_update(of=User, key_share=True))
 
 
-def authenticate_member(session: Session, *, token: str | None, project_id: int) -> tuple[Principal, Project]:
+def authenticate_member(
+    session: Session, *, token: str | None, project_id: int, lock_user: bool = False
+) -> tuple[Principal, Project]:
     """The caller and the project they are a member of (any role), in one statement: what every labeling request
     checks. The token is looked up every time (a rotated token or a removed member stops at once); only the project's
     parsed labels and settings are reused, keyed by their stored text. 401 as ``authenticate``, 404 as
-    ``get_project``. The project is a detached snapshot: read it, never change it."""
+    ``get_project``. The project is a detached snapshot: read it, never change it. ``lock_user``: the caller's user
+    row is locked for the transaction (PostgreSQL), as ``annotation.queue.next_task`` would lock it."""
     params = {"token_hash": hash_token(token) if token else "", "project_id": project_id}
-    row = _MEMBER.first(session.connection(), params)
+    row = (_MEMBER_LOCKING if lock_user else _MEMBER).first(session.connection(), params)
     principal = authenticate_row(token, None if row is None else row[:3])
     assert row is not None  # authenticate_row raised otherwise
     if row[3] is None:

@@ -22,6 +22,7 @@ from flywheel.jobs.transport import Transport
 from storage.db import Database, after_commit
 from storage.errors import Conflict, InvalidInput, NotFound
 from storage.models import Image, Job, JobKind, JobStatus, Project, TaskType, utcnow
+from storage.projects import take_turns_on_project
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def create_job(
     require_job_for_task(project, kind=kind)
     _require_params_for_task(project, kind=kind, params=params or {})
     if kind == JobKind.train:
-        _lock_project(session, project_id)
+        take_turns_on_project(session, project_id=project_id)
         waiting = session.scalars(
             select(Job)
             .where(Job.project_id == project_id, Job.kind == JobKind.train, Job.status == JobStatus.queued)
@@ -149,7 +150,7 @@ def claim_job(db: Database, *, job_id: int, worker: str) -> Claim | None:
         job = session.get(Job, job_id)
         if job is None or job.status != JobStatus.queued:
             return None
-        _lock_project(session, job.project_id)
+        take_turns_on_project(session, project_id=job.project_id)
         session.refresh(job)
         if job.status != JobStatus.queued:
             return None
@@ -263,11 +264,6 @@ def _dead_here(worker: str | None, host: str) -> bool:
             return stat.read().rpartition(")")[2].split()[0] == "Z"
     except (OSError, IndexError):
         return False
-
-
-def _lock_project(session: Session, project_id: int) -> None:
-    # Serializes job decisions per project on PostgreSQL; SQLite writers are serialized already.
-    session.execute(select(Project.id).where(Project.id == project_id).with_for_update())
 
 
 def _running_training(session: Session, project_id: int, *, other_than: int) -> bool:

@@ -20,7 +20,8 @@ from flywheel.serving.preprocess import MEAN, PREPROCESSING, STD
 from storage.blobs import BlobStore
 from storage.db import after_commit
 from storage.errors import Conflict, Gone, NotFound
-from storage.models import DatasetSnapshot, ModelKind, ModelStatus, ModelVersion, Project, utcnow
+from storage.models import DatasetSnapshot, ModelKind, ModelStatus, ModelVersion, utcnow
+from storage.projects import take_turns_on_project
 
 PROMOTABLE = frozenset({ModelStatus.candidate, ModelStatus.retired, ModelStatus.champion})
 
@@ -173,7 +174,7 @@ def deploy(session: Session, *, model: ModelVersion, mode: Deployment | None, sh
         if mode is Deployment.canary:
             # Two requests making two models canary at once take turns on the project row (PostgreSQL; SQLite
             # writers take turns anyway), so the second one sees the first's canary.
-            session.execute(select(Project.id).where(Project.id == model.project_id).with_for_update())
+            take_turns_on_project(session, project_id=model.project_id)
             other = session.scalars(
                 select(ModelVersion).where(
                     ModelVersion.project_id == model.project_id,

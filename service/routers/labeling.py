@@ -169,7 +169,8 @@ def submit(
     `Idempotency-Key` gets the same annotation and the task you hold then (the same one, unless its lease ended: then
     a fresh one), so you never hold two leases."""
     with runtime.db.session() as session:
-        principal, project = authenticate_member(session, token=token, project_id=project_id)
+        # With the next task: the annotator's user row locked first (``lease_next_after`` says why).
+        principal, project = authenticate_member(session, token=token, project_id=project_id, lock_user=and_next)
         result = submit_annotation(
             session,
             principal=principal,
@@ -185,7 +186,6 @@ def submit(
         stored = AnnotationRead.model_validate(result.annotation)
         task, source = None, None
         if and_next:
-            # Should the lease fail once the answer is committed (PostgreSQL), the flywheel hears of it at the next.
             task = lease_next_after(session, submitted=result, principal=principal, project=project)
             source = None if task is None else prelabel_source(session, task=task)
     # Shaped once the transaction has committed (on SQLite, once the write lock is free for the next writer).

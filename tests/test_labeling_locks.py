@@ -1,0 +1,128 @@
+"""PostgreSQL's lock order in one round trip per label (``annotation.annotations.lease_next_after``): the annotator's
+user row, then the answered image, then open images without waiting. Other transactions hold the rows here, so the
+waits are seen as they happen; the 16-annotator run (``tests/test_labeling_concurrency.py``) checks the whole."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import Connection, create_engine, text
+
+from annotation.queue import _LEASE_IF_ROOM, _NEXT_OPEN
+from storage.models import Assignment, AssignmentStatus, Role, utcnow
+from storage.projects import take_turns_on_project
+from tests.factories import make_user
+from tests.test_labeling import live_leases, next_task, rows, setup_project, submit
+
+pytestmark = pytest.mark.parametrize("database_url", ["postgres"], indirect=True)  # SQLite has no row locks
+
+WAIT_SECONDS = 0.5  # long enough for a request that would not wait to have finished
+
+
+@pytest.fixture
+def team(app):
+    return [make_user(app, f"annotator{i}", Role.annotator) for i in range(2)]
+
+
+@contextmanager
+def holding(database_url: str, statement: str, **params: int) -> Iterator[Connection]:
+    """A transaction of another connection holding the row lock ``statement`` takes, until the block ends."""
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as connection, connection.begin():
+            connection.execute(text(statement), params)
+            yield connection
+    finally:
+        engine.dispose()
+
+
+def still_waiting(*requests: Future) -> bool:
+    time.sleep(WAIT_SECONDS)
+    return not any(r.done() for r in requests)
+
+
+def test_a_round_trip_waits_for_the_annotators_row_before_locking_the_image(client, admin, team, app, database_url):
+    project, _ = setup_project(client, admin, team, images=3)
+    image_id = next_task(client, project, team[0]).json()["image_id"]
+    user_lock = "SELECT id FROM users WHERE id = :id FOR NO KEY UPDATE"
+    with ThreadPoolExecutor(1) as pool, holding(database_url, user_lock, id=team[0].id):
+        answered = pool.submit(submit, client, project, team[0], image_id, "cat", and_next=True)
+        assert still_waiting(answered)
+        # Waiting for the user row, it holds no image: another transaction may lock the answered one at once.
+        with holding(database_url, "SELECT id FROM images WHERE id = :id FOR UPDATE NOWAIT", id=image_id):
+            pass
+    answer = answered.result(timeout=30)
+    assert answer.status_code == 201
+    assert [a.image_id for a in live_leases(app, team[0])] == [answer.json()["next_task"]["image_id"]]
+
+
+def test_one_annotators_requests_take_turns_while_the_answered_image_is_locked(client, admin, team, app, database_url):
+    project, _ = setup_project(client, admin, team, images=4)
+    image_id = next_task(client, project, team[0]).json()["image_id"]
+    with ThreadPoolExecutor(2) as pool:
+        with holding(database_url, "SELECT id FROM images WHERE id = :id FOR UPDATE", id=image_id):
+            answered = pool.submit(submit, client, project, team[0], image_id, "cat", and_next=True)
+            time.sleep(WAIT_SECONDS)  # the round trip holds the user row, waiting for the image
+            asked = pool.submit(next_task, client, project, team[0])
+            assert still_waiting(answered, asked)  # the second waits for the user row: no lease behind its back
+        answer, task = answered.result(timeout=30), asked.result(timeout=30)
+    assert answer.status_code == 201 and task.status_code == 200
+    assert task.json()["image_id"] == answer.json()["next_task"]["image_id"]  # the same task: one lease
+    assert [a.image_id for a in live_leases(app, team[0])] == [task.json()["image_id"]]
+
+
+def test_a_lease_is_taken_only_while_the_image_has_room_and_passed_images_are_left(client, admin, team, app):
+    """The two statements of the leasing step's race (another request took the last place after the open image was
+    read): the lease counts others' live leases afresh, and the next look leaves out the images passed over."""
+    project, image_ids = setup_project(client, admin, team, images=3)
+    taken = next_task(client, project, team[1]).json()["image_id"]  # labels_needed 1: no room left for another
+    now = utcnow()
+    lease = {
+        "project_id": project["id"],
+        "annotator_id": team[0].id,
+        "leased_at": now,
+        "status": AssignmentStatus.leased,
+        "expires_at": now + timedelta(minutes=5),
+        "updated_at": now,
+        "label_count": 0,
+        "labels_needed": 1,
+    }
+    with app.state.runtime.db.session() as session:
+        connection = session.connection()
+        assert _LEASE_IF_ROOM.rows(connection, {**lease, "image_id": taken}) == []
+        params = {"project_id": project["id"], "annotator_id": team[0].id, "now": now}
+        first = _NEXT_OPEN.first(connection, {**params, "passed": [taken]})
+        assert first is not None
+        second = _NEXT_OPEN.first(connection, {**params, "passed": [taken, first[0]]})
+        assert second is not None and {first[0], second[0]} == set(image_ids) - {taken}
+        assert _NEXT_OPEN.first(connection, {**params, "passed": image_ids}) is None
+        assert len(_LEASE_IF_ROOM.rows(connection, {**lease, "image_id": first[0]})) == 1
+        # An expired lease counts for nobody.
+        session.execute(
+            Assignment.__table__.update()
+            .where(Assignment.image_id == taken)
+            .values(expires_at=now - timedelta(seconds=1))
+        )
+        assert len(_LEASE_IF_ROOM.rows(connection, {**lease, "image_id": taken})) == 1
+    leased = rows(app, Assignment, Assignment.annotator_id == team[0].id)
+    assert sorted(a.image_id for a in leased) == sorted([first[0], taken])
+
+
+def test_labels_go_on_while_a_decision_holds_the_project(client, admin, team, app):
+    """A job decision, an exclusion or a canary holds the project row (``take_turns_on_project``) while it may wait
+    for images; a label holding its image must not then wait for the project row (its inserts' foreign-key checks),
+    or the two deadlock."""
+    project, _ = setup_project(client, admin, team, images=3)
+    image_id = next_task(client, project, team[0]).json()["image_id"]
+    with ThreadPoolExecutor(1) as pool, app.state.runtime.db.session() as deciding:
+        take_turns_on_project(deciding, project_id=project["id"])
+        answered = pool.submit(submit, client, project, team[0], image_id, "cat", and_next=True)
+        answer = answered.result(timeout=30 * WAIT_SECONDS)  # with FOR UPDATE it waits until the decision ends
+        deciding.rollback()
+    assert answer.status_code == 201
+    assert [a.image_id for a in live_leases(app, team[0])] == [answer.json()["next_task"]["image_id"]]
