@@ -190,9 +190,8 @@ _OPEN_LOCKED = _OPEN.with_for_update(skip_locked=True)
 _FIRST_OPEN = DriverStatement(_OPEN_LOCKED)  # the usual case: no candidate passed over
 # PostgreSQL (only there is a candidate passed over, see _lease_first_open): the next, past those in ``passed``, an
 # array (one compiled statement however many there are, where NOT IN would be compiled for each count).
-_NEXT_OPEN = DriverStatement(
-    _OPEN_LOCKED.where(Image.id != all_(bindparam("passed", type_=postgresql.ARRAY(Image.id.type))))
-)
+_NOT_PASSED = Image.id != all_(bindparam("passed", type_=postgresql.ARRAY(Image.id.type)))
+_NEXT_OPEN = DriverStatement(_OPEN_LOCKED.where(_NOT_PASSED))
 _IMAGE_WIDTH = len(Image.columns())  # an open row's image columns, before its pre-label source
 
 
@@ -346,8 +345,8 @@ def _lease_first_open(
                 passed.add(image.id)  # another request took the last place meanwhile
                 continue
             return image, source_of(row[_IMAGE_WIDTH:])
-        unlocked = _OPEN.where(Image.id.not_in(passed)) if passed else _OPEN
-        if connection.execute(unlocked, params).first() is None:  # none open at all, not only locked: none left
+        unlocked = (_OPEN.where(_NOT_PASSED), {**params, "passed": list(passed)}) if passed else (_OPEN, params)
+        if connection.execute(*unlocked).first() is None:  # none open at all, not only locked: none left
             return None
         if not wait:
             raise OpenImagesLocked
