@@ -115,7 +115,7 @@ def run_lane(lane: str) -> None:
     torch.set_num_threads(rt.settings.train_threads)
     rt.transport.serve(TaskBodies(run_job=run_job_task, check_policy=check_policy_task, upkeep=upkeep))
     logger.info("worker lane %s consuming %s", lane, rt.transport.url.split("@")[-1])
-    rt.transport.consumer(lane).run()
+    rt.transport.consumer(lane, upkeep_seconds=rt.settings.upkeep_seconds).run()
 
 
 def exit_with_parent() -> None:

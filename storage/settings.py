@@ -92,6 +92,14 @@ class Settings(BaseSettings):
     job_stale_seconds: float = Field(
         default=30.0, gt=0, description="A running job whose heartbeat is this old has lost its worker."
     )
+    upkeep_seconds: int = Field(
+        default=60,
+        ge=1,
+        le=60,
+        description="How often a worker's slow lane runs its upkeep: schedules that fell due start their jobs, every "
+        "project's policy is checked, old refreshed heads lose their files. Schedules are cron lines to the minute, so "
+        "60 misses none; less starts a due schedule sooner.",
+    )
     refresh_heads_kept: int = Field(
         default=3,
         ge=0,

@@ -77,10 +77,12 @@ def predict(client, project, engineer) -> dict:
 
 
 def test_labels_alone_produce_a_champion_then_a_refresh_then_a_second_model_and_serve_stops_its_worker(env, tmp_path):
-    """The embedded default end to end. Meanwhile huey's real minute tick starts a schedule that fell due (the
-    one test that waits for the clock; run_due_schedules itself is tested without it in tests/test_mining.py)."""
+    """The embedded default end to end. Meanwhile huey's real periodic tick starts a schedule that fell due (the
+    one test that waits for the clock, every 15 s here instead of 60; run_due_schedules itself is tested without it
+    in tests/test_mining.py)."""
     import psutil
 
+    env = {**env, "LABELWHEEL_UPKEEP_SECONDS": "15"}
     # Training waits 3 s for labels to settle, so the first one sees all 150 labels given at once.
     policy = {"min_new_labels": 100, "epochs": 8, "patience": 8, "debounce_seconds": 3, "input_size": 16}
     with (
@@ -93,7 +95,7 @@ def test_labels_alone_produce_a_champion_then_a_refresh_then_a_second_model_and_
         project, truth = digit_project(client, admin, engineer, annotator, count=400, training=policy)
         schedules = f"/api/v1/projects/{project['id']}/schedules"
         assert client.put(schedules, json={"mine": "0 4 * * *"}, headers=engineer.headers).status_code == 200
-        make_due(env["LABELWHEEL_DATABASE_URL"], timedelta(0))  # due now: the next minute tick starts it
+        make_due(env["LABELWHEEL_DATABASE_URL"], timedelta(0))  # due now: the next tick starts it
         label_digits(client, project, annotator, truth, 150)
 
         champion = wait_for(
@@ -139,7 +141,7 @@ def test_labels_alone_produce_a_champion_then_a_refresh_then_a_second_model_and_
             (schedule,) = client.get(schedules, headers=engineer.headers).json()
             return schedule["last_job_id"] is not None and schedule
 
-        schedule = wait_for(ticked, timeout=90, what="the minute tick's mining job")  # usually long done
+        schedule = wait_for(ticked, timeout=90, what="the tick's mining job")  # usually long done
         assert schedule["next_run_at"][11:16] == "04:00"
         # Its own job, or (a mining pass of the new champion still waiting) that one standing in for it.
         (job_,) = [j for j in mine_jobs(client, project, engineer) if j["id"] == schedule["last_job_id"]]

@@ -16,6 +16,7 @@ from datetime import timedelta
 from typing import Any
 
 from huey import Huey, RedisHuey, SqliteHuey, crontab
+from huey.consumer import Consumer, Scheduler
 
 from storage.models import JobKind
 
@@ -78,13 +79,25 @@ class Transport:
         """Give this process the task bodies, before it consumes a lane."""
         self._bodies = bodies
 
-    def consumer(self, lane: str) -> Any:
+    def consumer(self, lane: str, *, upkeep_seconds: int = 60) -> Any:
         """A huey consumer for one lane: one task at a time; on SQLite it polls every 0.1 s (fast) or at most
-        every second (slow) when idle; on Redis it blocks until a message comes."""
+        every second (slow) when idle; on Redis it blocks until a message comes. The slow lane enqueues the upkeep
+        every ``upkeep_seconds`` from its start (huey's own scheduler: every 60 s)."""
         if self._bodies is None:
             raise RuntimeError("no task bodies: a process consumes the queue through flywheel.worker only")
-        return self.lanes[lane].create_consumer(
-            workers=1, periodic=lane == "slow", initial_delay=0.05, max_delay=0.1 if lane == "fast" else 1.0
+
+        class UpkeepScheduler(Scheduler):
+            periodic_task_seconds = upkeep_seconds
+
+        class LaneConsumer(Consumer):
+            scheduler_class = UpkeepScheduler
+
+        return LaneConsumer(
+            self.lanes[lane],
+            workers=1,
+            periodic=lane == "slow",
+            initial_delay=0.05,
+            max_delay=0.1 if lane == "fast" else 1.0,
         )
 
     def _served(self) -> TaskBodies:
