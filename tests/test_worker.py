@@ -300,3 +300,25 @@ def test_lanes_killed_mid_job_are_restarted_the_jobs_finish_once_and_past_the_bu
             "slow": "down",
         }
         assert "LABELWHEEL_LANE_RESTARTS" in lane("slow")["last_exit"]
+
+
+def test_the_slow_lane_runs_its_upkeep_every_upkeep_seconds(tmp_path):
+    """LABELWHEEL_UPKEEP_SECONDS is the slow lane's periodic cadence: its scheduler enqueues one upkeep message per
+    ``upkeep_seconds`` (huey's own is one a minute, counted from the lane's start)."""
+    from flywheel.jobs.transport import TaskBodies, Transport
+
+    def enqueued_in_two_ticks(upkeep_seconds: int) -> int:
+        transport = Transport(f"sqlite:///{tmp_path / f'queue-{upkeep_seconds}.db'}")
+        transport.serve(TaskBodies(run_job=print, check_policy=print, upkeep=lambda: None))
+        consumer = transport.consumer("slow", upkeep_seconds=upkeep_seconds)
+        scheduler = consumer.scheduler_class(
+            huey=transport.lanes["slow"], stop_flag=consumer.stop_flag, interval=1, periodic=True
+        )
+        for _ in range(2):  # each loop waits out its one-second interval
+            scheduler.loop()
+        count = transport.lanes["slow"].pending_count()
+        transport.close()
+        return count
+
+    assert enqueued_in_two_ticks(1) == 2
+    assert enqueued_in_two_ticks(60) == 1
