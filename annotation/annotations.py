@@ -43,6 +43,7 @@ from storage.models import (
     utcnow,
 )
 from storage.names import nfc
+from storage.projects import ProjectSettings, project_settings
 from storage.users import Principal
 
 MAX_DURATION_MS = 24 * 3600 * 1000
@@ -160,8 +161,8 @@ def _situation_query() -> Select[Any]:
     """The image's current answers (each with whether its annotator is excluded from consensus), every row carrying
     the caller's assignment, their answer under the request's Idempotency-Key, whether they are excluded, the
     project's annotator members, whether a consensus fit exists, whether the caller holds a live lease on another of
-    the project's images, and the image's own columns. An image without answers gives one row, its answer columns
-    NULL; an image of another project (or none) gives no row."""
+    the project's images, the project's settings as they are now, and the image's own columns. An image without
+    answers gives one row, its answer columns NULL; an image of another project (or none) gives no row."""
     me: BindParameter[int] = bindparam("annotator_id")
     other = aliased(Assignment)
     other_lease = select(other.id).where(
@@ -198,6 +199,7 @@ def _situation_query() -> Select[Any]:
             annotators,
             select(ConsensusFit.project_id).where(ConsensusFit.project_id == Image.project_id).exists(),
             other_lease.exists(),
+            select(Project.settings).where(Project.id == Image.project_id).scalar_subquery(),
             *Image.columns(),
         )
         .select_from(Image)
@@ -238,6 +240,7 @@ class _Situation:
     annotators: int  # the project's annotator members
     fit: bool  # the project has a consensus fit
     other_lease: bool  # the caller holds a live lease on another image of the project
+    settings: dict[str, Any]  # the project's, read after the image's lock (the access statement's may be older)
 
 
 def _situation(
@@ -265,6 +268,7 @@ def _situation(
         annotators=first[11] or 0,
         fit=bool(first[12]),
         other_lease=bool(first[13]),
+        settings=first[14] or {},
     )
 
 
@@ -428,8 +432,19 @@ def submit_annotation(
     counted = {a: answer.value for a, answer in situation.answers.items() if not answer.excluded and a != principal.id}
     if not situation.me_excluded:
         counted[principal.id] = stored_boxes if stored_boxes is not None else label
+    # A settings change that committed after the access statement read them has re-marked the project's weak images
+    # already, this one as it was: its new consensus is judged under the settings as they are now.
+    settings = project_settings(project)
+    if situation.settings != project.settings:
+        settings = ProjectSettings.model_validate(situation.settings)
     apply_answers(
-        session, project=project, image=image, answers=counted, annotators=situation.annotators, fit=situation.fit
+        session,
+        project=project,
+        image=image,
+        answers=counted,
+        annotators=situation.annotators,
+        fit=situation.fit,
+        settings=settings,
     )
     row = {
         "project_id": project.id,

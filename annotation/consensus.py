@@ -439,14 +439,17 @@ def apply_answers(
     answers: Mapping[int, Any],
     annotators: int,
     fit: bool = True,
+    settings: ProjectSettings | None = None,
 ) -> None:
     """Set one image's current label (or boxes) and queue place from its counted answers ({annotator: label, or
     boxes}, excluded annotators left out) and the project's last fit: what a submission calls with the answers it
-    already read, and ``refresh_consensus`` after reading them. ``fit=False``: the caller knows there is none."""
+    already read, and ``refresh_consensus`` after reading them. ``fit=False``: the caller knows there is none;
+    ``settings``: the project's as the caller read them (by default, ``project``'s)."""
+    settings = settings or project_settings(project)
     if project.task_type is TaskType.detection:
         boxes = {annotator: given or [] for annotator, given in answers.items()}
         picker = _box_picker(session, project=project, annotator_ids=list(boxes)) if fit else None
-        _settle_boxes(project, project_settings(project), image, boxes, annotators=annotators, pick_class=picker)
+        _settle_boxes(project, settings, image, boxes, annotators=annotators, pick_class=picker)
         return
     if image.gold_label is not None:
         image.consensus_label, image.consensus_tie, image.consensus_posterior = image.gold_label, False, 1.0
@@ -474,7 +477,7 @@ def apply_answers(
         image.consensus_label = project.labels[int(posterior.argmax())]
         image.consensus_posterior = float(ordered[-1])
         image.consensus_tie = bool(ordered[-1] - ordered[-2] < TIE_TOLERANCE)
-    _settle(image, project_settings(project), annotators=annotators)
+    _settle(image, settings, annotators=annotators)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import Connection, create_engine, text
 
 from annotation.queue import _LEASE_IF_ROOM, _NEXT_OPEN
-from storage.models import Assignment, AssignmentStatus, Role, utcnow
+from storage.models import Assignment, AssignmentStatus, Image, Role, utcnow
 from storage.projects import take_turns_on_project
 from tests.factories import make_user
 from tests.test_labeling import live_leases, next_task, rows, setup_project, submit
@@ -162,3 +162,29 @@ def test_a_round_trip_lets_its_image_go_before_waiting_for_images_others_are_lea
     assert answer.status_code == 201
     assert answer.json()["next_task"]["image_id"] == other_id  # leased once the other transaction ended
     assert [a.image_id for a in live_leases(app, team[0])] == [other_id]
+
+
+def test_a_label_is_judged_under_settings_changed_while_it_waited_for_its_image(client, admin, team, app, database_url):
+    """A review_posterior change that commits while a submission waits for its image re-marks the project's weak
+    images without that one (not labeled yet); the submission, whose access statement read the old settings, then
+    judges the image's new consensus under the new ones (it read them again after the image's lock)."""
+    settings = {"review_posterior": 0.0, "overlap_rate": 1.0, "overlap_k": 2, "auto_review": False}
+    project, _ = setup_project(client, admin, team, images=21, settings=settings)
+    api = f"/api/v1/projects/{project['id']}"
+    for annotator in team:  # twenty images labeled by both: the overlap a Dawid-Skene fit needs
+        for n in range(20):
+            image = next_task(client, project, annotator).json()["image_id"]
+            assert submit(client, project, annotator, image, ("cat", "dog", "bird")[n % 3]).status_code == 201
+    assert client.post(f"{api}/consensus", headers=admin.headers).json()["method"] == "dawid_skene"
+    image_id = next_task(client, project, team[1]).json()["image_id"]
+    assert rows(app, Image, Image.id == image_id)[0].label_count == 0  # the settings change passes it by
+    image_lock = "SELECT id FROM images WHERE id = :id FOR UPDATE"
+    with ThreadPoolExecutor(1) as pool, holding(database_url, image_lock, id=image_id):
+        answered = pool.submit(submit, client, project, team[1], image_id, "dog")
+        assert still_waiting(answered)  # past its access statement, which read review_posterior 0.0
+        stricter = {"settings": {"review_posterior": 1.0}}  # every posterior under 1 is weak
+        assert client.patch(f"{api}/settings", json=stricter, headers=admin.headers).status_code == 200
+    assert answered.result(timeout=30).status_code == 201
+    (image,) = rows(app, Image, Image.id == image_id)
+    assert image.consensus_label == "dog" and image.consensus_posterior is not None
+    assert image.consensus_posterior < 1.0 and image.consensus_weak
