@@ -362,7 +362,9 @@ def create_project(
 
 def update_settings(session: Session, *, project: Project, changes: dict[str, Any]) -> Project:
     """A new review_posterior re-marks the classification images whose consensus it makes weak or no longer weak
-    (annotation.consensus marks them as it writes consensus, under the setting of the time)."""
+    (annotation.consensus marks them as it writes consensus, under the setting of the time). Unlabeled images are
+    written too: on PostgreSQL the UPDATE then waits for a submission holding one (it may have read the old setting)
+    and judges the row it commits; a submission that reads the settings after this commits judges under the new one."""
     before = project_settings(project).review_posterior
     project.settings = validate_settings(_merged(project.settings, changes), labels=project.labels)
     threshold = project_settings(project).review_posterior
@@ -374,8 +376,8 @@ def update_settings(session: Session, *, project: Project, changes: dict[str, An
         )
         session.execute(
             update(Image)
-            .where(Image.project_id == project.id, Image.label_count > 0, Image.gold_label.is_(None))
-            .values(consensus_weak=weak)
+            .where(Image.project_id == project.id, Image.gold_label.is_(None))
+            .values(consensus_weak=and_(Image.label_count > 0, weak))
             .execution_options(synchronize_session=False)
         )
     session.flush()

@@ -164,27 +164,63 @@ def test_a_round_trip_lets_its_image_go_before_waiting_for_images_others_are_lea
     assert [a.image_id for a in live_leases(app, team[0])] == [other_id]
 
 
-def test_a_label_is_judged_under_settings_changed_while_it_waited_for_its_image(client, admin, team, app, database_url):
-    """A review_posterior change that commits while a submission waits for its image re-marks the project's weak
-    images without that one (not labeled yet); the submission, whose access statement read the old settings, then
-    judges the image's new consensus under the new ones (it read them again after the image's lock)."""
+STRICTER = {"settings": {"review_posterior": 1.0}}  # from 0.0: every posterior under 1 is weak
+
+
+def fitted_project_and_an_unlabeled_image(client, admin, team, app) -> tuple[dict, int]:
+    """A project whose consensus is a Dawid-Skene fit (posteriors under 1) with review_posterior 0.0 (none weak),
+    and an image leased to ``team[1]`` that nobody has labeled."""
     settings = {"review_posterior": 0.0, "overlap_rate": 1.0, "overlap_k": 2, "auto_review": False}
     project, _ = setup_project(client, admin, team, images=21, settings=settings)
-    api = f"/api/v1/projects/{project['id']}"
     for annotator in team:  # twenty images labeled by both: the overlap a Dawid-Skene fit needs
         for n in range(20):
             image = next_task(client, project, annotator).json()["image_id"]
             assert submit(client, project, annotator, image, ("cat", "dog", "bird")[n % 3]).status_code == 201
-    assert client.post(f"{api}/consensus", headers=admin.headers).json()["method"] == "dawid_skene"
+    fit = client.post(f"/api/v1/projects/{project['id']}/consensus", headers=admin.headers)
+    assert fit.json()["method"] == "dawid_skene"
     image_id = next_task(client, project, team[1]).json()["image_id"]
-    assert rows(app, Image, Image.id == image_id)[0].label_count == 0  # the settings change passes it by
-    image_lock = "SELECT id FROM images WHERE id = :id FOR UPDATE"
-    with ThreadPoolExecutor(1) as pool, holding(database_url, image_lock, id=image_id):
-        answered = pool.submit(submit, client, project, team[1], image_id, "dog")
-        assert still_waiting(answered)  # past its access statement, which read review_posterior 0.0
-        stricter = {"settings": {"review_posterior": 1.0}}  # every posterior under 1 is weak
-        assert client.patch(f"{api}/settings", json=stricter, headers=admin.headers).status_code == 200
-    assert answered.result(timeout=30).status_code == 201
+    assert rows(app, Image, Image.id == image_id)[0].label_count == 0
+    return project, image_id
+
+
+def judged_under_the_stricter_setting(app, image_id: int) -> bool:
     (image,) = rows(app, Image, Image.id == image_id)
     assert image.consensus_label == "dog" and image.consensus_posterior is not None
-    assert image.consensus_posterior < 1.0 and image.consensus_weak
+    return image.consensus_posterior < 1.0 and image.consensus_weak
+
+
+def test_a_label_is_judged_under_settings_changed_while_it_waited_for_its_annotator(
+    client, admin, team, app, database_url
+):
+    """A review_posterior change that commits while a submission waits for its annotator's row (the access
+    statement, which reads the settings from the snapshot it started with) re-marks the image before the submission
+    holds it; the submission reads the settings again after the image's lock and judges under the new ones."""
+    project, image_id = fitted_project_and_an_unlabeled_image(client, admin, team, app)
+    user_lock = "SELECT id FROM users WHERE id = :id FOR NO KEY UPDATE"
+    with ThreadPoolExecutor(1) as pool, holding(database_url, user_lock, id=team[1].id):
+        answered = pool.submit(submit, client, project, team[1], image_id, "dog", and_next=True)  # locks the user
+        assert still_waiting(answered)
+        changed = client.patch(f"/api/v1/projects/{project['id']}/settings", json=STRICTER, headers=admin.headers)
+        assert changed.status_code == 200
+    assert answered.result(timeout=30).status_code == 201
+    assert judged_under_the_stricter_setting(app, image_id)
+
+
+def test_a_settings_change_waits_for_a_label_that_read_the_old_settings_and_judges_its_image(
+    client, admin, team, app, database_url
+):
+    """The other order: a submission has locked its image and read the old settings when the change runs. The
+    change's re-marking waits for that image (unlabeled as far as it can see) and judges the row the label commits."""
+    project, image_id = fitted_project_and_an_unlabeled_image(client, admin, team, app)
+    (lease,) = live_leases(app, team[1])
+    lease_lock = "SELECT id FROM assignments WHERE id = :id FOR UPDATE"  # the submission's write closes this lease
+    with ThreadPoolExecutor(2) as pool:
+        with holding(database_url, lease_lock, id=lease.id):
+            answered = pool.submit(submit, client, project, team[1], image_id, "dog")
+            assert still_waiting(answered)  # its image locked, the old settings read, its writes waiting
+            url = f"/api/v1/projects/{project['id']}/settings"
+            changed = pool.submit(client.patch, url, json=STRICTER, headers=admin.headers)
+            assert still_waiting(changed)  # the re-marking waits for the image the submission holds
+        assert answered.result(timeout=30).status_code == 201
+        assert changed.result(timeout=30).status_code == 200
+    assert judged_under_the_stricter_setting(app, image_id)
