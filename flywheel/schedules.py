@@ -1,10 +1,10 @@
 """Per-project schedules: cron expressions (UTC) that start ``mine``, ``train``, ``label_quality``, ``drift`` and
 ``quality_report`` jobs.
 
-The worker's once-a-minute ``upkeep`` (a huey periodic task, on SQLite's queue and Redis alike) and
-every worker start call ``run_due_schedules``. A schedule keeps only its next due time, which moves
-past *now* whenever it runs: a service that was down over many slots runs the job once. Several
-workers may tick at the same moment; a conditional update lets exactly one of them start the job.
+The worker's ``upkeep`` (a huey periodic task every ``LABELWHEEL_UPKEEP_SECONDS``, a minute by default, on SQLite's
+queue and Redis alike) and every worker start call ``run_due_schedules``. A schedule keeps only its next due time,
+which moves past *now* whenever it runs: a service that was down over many slots runs the job once. Several workers
+may tick at the same moment; a conditional update lets exactly one of them start the job.
 """
 
 from __future__ import annotations

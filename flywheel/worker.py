@@ -81,10 +81,10 @@ def check_policy_task(project_id: int) -> None:
 
 
 def upkeep() -> None:
-    """Every minute: due schedules start their jobs, every project's policy is checked (labels that arrived
-    by import, or a notice that was lost, still lead to training), refreshed heads past their grace period
-    lose their files even when no refresh follows, and the console's count rows are folded. Stale jobs are the
-    supervisor's (every worker has one, whatever its lanes)."""
+    """Every minute (``LABELWHEEL_UPKEEP_SECONDS``): due schedules start their jobs, every project's policy is
+    checked (labels that arrived by import, or a notice that was lost, still lead to training), refreshed heads past
+    their grace period lose their files even when no refresh follows, and the console's count rows are folded. Stale
+    jobs are the supervisor's (every worker has one, whatever its lanes)."""
     rt = runtime()
     run_due_schedules(rt.db, rt.transport)
     with rt.db.read_session() as session:

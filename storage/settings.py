@@ -94,7 +94,7 @@ class Settings(BaseSettings):
     )
     upkeep_seconds: int = Field(
         default=60,
-        ge=1,
+        ge=5,
         le=60,
         description="How often a worker's slow lane runs its upkeep: schedules that fell due start their jobs, every "
         "project's policy is checked, old refreshed heads lose their files. Schedules are cron lines to the minute, so "

@@ -302,23 +302,35 @@ def test_lanes_killed_mid_job_are_restarted_the_jobs_finish_once_and_past_the_bu
         assert "LABELWHEEL_LANE_RESTARTS" in lane("slow")["last_exit"]
 
 
-def test_the_slow_lane_runs_its_upkeep_every_upkeep_seconds(tmp_path):
+def test_the_slow_lane_runs_its_upkeep_every_upkeep_seconds_and_drops_one_left_waiting(tmp_path):
     """LABELWHEEL_UPKEEP_SECONDS is the slow lane's periodic cadence: its scheduler enqueues one upkeep message per
-    ``upkeep_seconds`` (huey's own is one a minute, counted from the lane's start)."""
+    ``upkeep_seconds`` (huey's own is one a minute, counted from the lane's start). An upkeep that waited more than
+    a minute (behind a long job) is dropped unrun."""
+    from datetime import UTC, datetime
+
     from flywheel.jobs.transport import TaskBodies, Transport
 
-    def enqueued_in_two_ticks(upkeep_seconds: int) -> int:
+    upkeeps: list[int] = []
+
+    def enqueued_in_two_ticks(upkeep_seconds: int) -> list:
         transport = Transport(f"sqlite:///{tmp_path / f'queue-{upkeep_seconds}.db'}")
-        transport.serve(TaskBodies(run_job=print, check_policy=print, upkeep=lambda: None))
+        transport.serve(TaskBodies(run_job=print, check_policy=print, upkeep=lambda: upkeeps.append(1)))
         consumer = transport.consumer("slow", upkeep_seconds=upkeep_seconds)
         scheduler = consumer.scheduler_class(
             huey=transport.lanes["slow"], stop_flag=consumer.stop_flag, interval=1, periodic=True
         )
         for _ in range(2):  # each loop waits out its one-second interval
             scheduler.loop()
-        count = transport.lanes["slow"].pending_count()
+        huey = transport.lanes["slow"]
+        tasks = [huey.dequeue() for _ in range(huey.pending_count())]
+        if upkeep_seconds == 1:
+            a_minute_later = datetime.now(UTC).replace(tzinfo=None) + timedelta(seconds=61)  # huey's: naive UTC
+            huey.execute(tasks[0], timestamp=a_minute_later)
+            assert upkeeps == []
+            huey.execute(tasks[1])
+            assert upkeeps == [1]
         transport.close()
-        return count
+        return tasks
 
-    assert enqueued_in_two_ticks(1) == 2
-    assert enqueued_in_two_ticks(60) == 1
+    assert len(enqueued_in_two_ticks(1)) == 2
+    assert len(enqueued_in_two_ticks(60)) == 1

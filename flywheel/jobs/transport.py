@@ -22,7 +22,8 @@ from storage.models import JobKind
 
 LANES = ("fast", "slow")
 FAST_KINDS = frozenset({JobKind.refresh})
-UPKEEP_MINUTES = "*"  # every minute
+UPKEEP_MINUTES = "*"  # every minute (every tick of the slow lane's scheduler: see Transport.consumer)
+UPKEEP_EXPIRES_SECONDS = 60
 
 
 def lane_for(kind: JobKind) -> str:
@@ -55,7 +56,11 @@ class Transport:
         self._bodies: TaskBodies | None = None
         self._run_job = {lane: huey.task(name="run_job")(self._run_job_message) for lane, huey in self.lanes.items()}
         self._check_policy = self.lanes["fast"].task(name="check_policy")(self._check_policy_message)
-        self.lanes["slow"].periodic_task(crontab(minute=UPKEEP_MINUTES), name="upkeep")(self._upkeep_message)
+        # An upkeep left waiting behind a long job expires: the next one does the same work, and a training of an
+        # hour would otherwise leave one per tick to run back to back.
+        self.lanes["slow"].periodic_task(
+            crontab(minute=UPKEEP_MINUTES), name="upkeep", expires=timedelta(seconds=UPKEEP_EXPIRES_SECONDS)
+        )(self._upkeep_message)
 
     def enqueue_job(self, job_id: int, kind: JobKind, *, delay_seconds: float = 0.0) -> None:
         """Ask a worker to run the job row ``job_id`` on its kind's lane (after ``delay_seconds``)."""
