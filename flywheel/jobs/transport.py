@@ -84,7 +84,7 @@ class Transport:
         """Give this process the task bodies, before it consumes a lane."""
         self._bodies = bodies
 
-    def consumer(self, lane: str, *, upkeep_seconds: int = 60) -> Any:
+    def consumer(self, lane: str, *, upkeep_seconds: int) -> Any:
         """A huey consumer for one lane: one task at a time; on SQLite it polls every 0.1 s (fast) or at most
         every second (slow) when idle; on Redis it blocks until a message comes. The slow lane enqueues the upkeep
         every ``upkeep_seconds`` from its start (huey's own scheduler: every 60 s)."""
